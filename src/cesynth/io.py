@@ -1,0 +1,140 @@
+"""File input and output shared by every stage: NIfTI, JSON and TSV, written atomically.
+
+Every writer goes through :func:`atomic_path`, so a crash or a kill never leaves a half-written
+file at an output path: the data go to a temporary file in the same folder, which is renamed
+into place only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+SYNTHETIC_DESCRIP = b"cesynth SYNTHETIC image - not acquired"
+
+
+class InputError(Exception):
+    """Bad input: names who (a subject or a file) and what is wrong, for a one-line message."""
+
+    def __init__(self, who: str | os.PathLike, problem: str):
+        self.who = str(who)
+        self.problem = problem
+        super().__init__(f"{self.who}: {problem}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the full suffix (``.nii.gz``), so writers that choose a format by
+    extension behave as they would on the final path.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=suffix,
+                                    dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Load a NIfTI image, turning any reader failure into an :class:`InputError` on the file."""
+    try:
+        img = nib.load(str(path))
+        img.get_fdata(dtype=np.float32)  # force a full read so truncated files fail here
+    except FileNotFoundError as err:
+        raise InputError(path, "file not found") from err
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise InputError(path, f"unreadable NIfTI ({type(err).__name__}: {err})") from err
+    return img
+
+
+def save_nifti(
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    dtype: np.dtype | type = np.float32,
+    synthetic: bool = False,
+    header: nib.Nifti1Header | None = None,
+) -> Path:
+    """Write ``data`` as NIfTI atomically, with sform and qform set to ``affine``.
+
+    Args:
+        data: the voxel array.
+        affine: 4x4 voxel-to-world (RAS, mm) matrix.
+        path: output path (``.nii`` or ``.nii.gz``).
+        dtype: on-disk data type.
+        synthetic: mark the image as synthetic in the header's ``descrip`` field.
+        header: optional header to copy units and other fields from.
+
+    Returns:
+        The output path.
+    """
+    img = nib.Nifti1Image(np.asarray(data).astype(dtype, copy=False), affine, header=header)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = SYNTHETIC_DESCRIP if synthetic else b"cesynth"
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
+
+
+def is_synthetic(img: nib.Nifti1Image) -> bool:
+    """True when the header carries cesynth's synthetic-image mark."""
+    return bytes(img.header["descrip"]).rstrip(b"\0") == SYNTHETIC_DESCRIP
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON atomically (numpy scalars and arrays are converted)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read JSON, naming the file in the error when it is missing or malformed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise InputError(path, "file not found") from err
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"malformed JSON ({err})") from err
+
+
+def write_tsv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as TSV atomically (no index, ``n/a`` for missing values as BIDS does)."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+    return Path(path)
+
+
+def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a BIDS-style TSV (``n/a`` as missing, identifiers kept as strings)."""
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype=str)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
