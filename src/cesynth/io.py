@@ -138,3 +138,34 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+BIDS_ENTITY_ORDER = ("ses", "ce", "from", "to", "space", "desc")
+
+
+def bids_path(root: str | os.PathLike, subject: str, datatype: str, suffix: str,
+              ext: str = ".nii.gz", **entities: str) -> str:
+    """Build a BIDS(-derivatives) path such as ``root/sub-01/anat/sub-01_space-ceT1w_T1w.nii.gz``.
+
+    Entities are written in BIDS order whatever order they are passed in; ``from`` is spelt
+    ``from_`` in Python. Values may be Snakemake wildcards (``"{subject}"``).
+
+    Args:
+        root: dataset or derivatives folder.
+        subject: subject label without ``sub-``.
+        datatype: ``anat``, ``dwi``...
+        suffix: the final BIDS suffix (``T1w``, ``mask``, ``xfm``...).
+        ext: file extension with the dot.
+        **entities: entity values by name.
+
+    Returns:
+        The path as a string (Snakemake patterns are strings).
+    """
+    values = {key.rstrip("_"): value for key, value in entities.items() if value is not None}
+    unknown = set(values) - set(BIDS_ENTITY_ORDER)
+    if unknown:
+        raise ValueError(f"unknown BIDS entities: {sorted(unknown)}")
+    parts = [f"sub-{subject}"] + [f"{key}-{values[key]}" for key in BIDS_ENTITY_ORDER
+                                  if key in values]
+    name = "_".join(parts + [suffix]) + ext
+    return str(Path(root) / f"sub-{subject}" / datatype / name)

@@ -1,0 +1,20 @@
+# cesynth: raw brain MRI -> ADC, co-registration, brain masks, model-grid volumes -> CE-T1 synthesis.
+# This file is the table of contents; each stage lives in rules/<stage>.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/phantom.smk"
+include: "rules/ingest.smk"
+
+
+rule all:
+    """Every output of the stages that exist, for every subject that exists."""
+    input:
+        get_final_targets(),
+    default_target: True

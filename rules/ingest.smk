@@ -1,0 +1,71 @@
+# Ingest: DICOM conversion (when configured), validation of every input, and the Set A/B split.
+
+
+checkpoint convert_dicom:
+    """One subject's DICOM series converted with dcm2niix into the BIDS layout, anonymised."""
+    wildcard_constraints:
+        subject=get_dicom_subject_regex(),
+    input:
+        dicom=get_dicom_subject_dir,
+    output:
+        report=f"{RESULTS}/ingest/dicom/sub-{{subject}}.json",
+    log:
+        f"{LOGS}/convert_dicom/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/convert_dicom/sub-{{subject}}.tsv"
+    params:
+        bids_dir=BIDS,
+        patterns=config["ingest"]["dicom_series_patterns"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/convert_dicom.py"
+
+
+rule validate_subject:
+    """Every input file of one subject checked before any work; a bad one stops this subject."""
+    input:
+        unpack(get_raw_inputs),
+    output:
+        report=f"{QC}/ingest/sub-{{subject}}.json",
+    log:
+        f"{LOGS}/validate_subject/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/validate_subject/sub-{{subject}}.tsv"
+    params:
+        b_values=config["ingest"]["b_values"],
+        b_tolerance=config["ingest"]["b_tolerance"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/validate_subject.py"
+
+
+rule assign_sets:
+    """Set A train/validation (by participant ID hash) and Set B, over the validated subjects."""
+    input:
+        reports=get_ingest_reports(),
+    output:
+        sets=f"{RESULTS}/ingest/sets.tsv",
+    log:
+        f"{LOGS}/assign_sets.log",
+    benchmark:
+        f"{BENCH}/assign_sets.tsv"
+    params:
+        validation_fraction=config["sets"]["validation_fraction"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/assign_sets.py"

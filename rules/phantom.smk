@@ -1,0 +1,60 @@
+# The built-in demo cohort: synthetic brain-tumor patients written as a BIDS dataset at bids_dir.
+
+
+def get_demo_subject_outputs():
+    anat = lambda suffix, **ent: bids_path(BIDS, "{subject}", "anat", suffix, **ent)
+    dwi = lambda ext: bids_path(BIDS, "{subject}", "dwi", "dwi", ext=ext)
+    return {
+        "t1w": anat("T1w"),
+        "cet1w": anat("T1w", ce="gadolinium"),
+        "t2w": anat("T2w"),
+        "dwi": dwi(".nii.gz"),
+        "bval": dwi(".bval"),
+        "bvec": dwi(".bvec"),
+        "truth": f"{BIDS}/derivatives/phantom/sub-{{subject}}/sub-{{subject}}_desc-transforms.json",
+    }
+
+
+rule make_demo_dataset_files:
+    """Dataset description and participants table of the demo cohort."""
+    output:
+        description=f"{BIDS}/dataset_description.json",
+        participants=f"{BIDS}/participants.tsv",
+    log:
+        f"{LOGS}/make_demo_dataset_files.log",
+    benchmark:
+        f"{BENCH}/make_demo_dataset_files.tsv"
+    params:
+        demo=config["demo"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/make_demo_dataset_files.py"
+
+
+rule make_demo_subject:
+    """One synthetic patient: T1w, CE-T1, T2w, DWI with sidecars, plus the ground truth."""
+    wildcard_constraints:
+        subject=get_demo_subject_regex(),
+    input:
+        participants=rules.make_demo_dataset_files.output.participants,
+    output:
+        **get_demo_subject_outputs(),
+    log:
+        f"{LOGS}/make_demo_subject/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/make_demo_subject/sub-{{subject}}.tsv"
+    params:
+        demo=config["demo"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/make_demo_subject.py"

@@ -1,0 +1,489 @@
+"""Apparent diffusion coefficient (ADC) maps from diffusion-weighted images.
+
+Method (the paper's: ADC = -1/b ln(S(b)/S0), least squares over b = 0, 500, 1000 s/mm2):
+
+1. Volumes are grouped into shells by b-value (``tolerance`` s/mm2, default 50). Within a shell the
+   directions are averaged with the *geometric* mean, which gives the trace-weighted image:
+   for three orthogonal directions ``(prod_i S0 exp(-b D_i))^(1/3) = S0 exp(-b trace(D)/3)``.
+   Several b=0 volumes are averaged the same way (geometric mean). The fit below is linear in
+   ``ln S``, so the geometric mean (the mean of the logs) is the average the fit is consistent with;
+   it is also what MRtrix3's ``dwi2adc`` implicitly uses (see below).
+2. A log-linear least-squares line ``ln S(b) = ln S0 - b ADC`` is fitted per voxel in closed form
+   (a fixed linear combination of the per-shell logs), vectorised over the volume in float32.
+
+Relation to MRtrix3 ``dwi2adc`` (3.0.3, ``cmd/dwi2adc.cpp``): it solves the unweighted
+least-squares problem over *all volumes* with the pseudo-inverse of ``[1, -b]``, taking
+``ln S`` of each volume (a sample equal to 0 is given log value 1e-12, a negative one gives NaN),
+with no mask, threshold or clipping; it writes S0 then ADC. Grouping volumes by shell, an
+all-volume fit equals the fit over the per-shell geometric means *weighted by the number of
+volumes per shell* (exactly so when every volume of a shell has the same b-value). Our default,
+``weighting="shell"``, gives every shell the same weight, as the method asks (one point per
+b-value); it equals ``dwi2adc`` whenever all shells hold the same number of volumes.
+``weighting="volume"`` reproduces ``dwi2adc`` for any direction counts.
+
+Robustness: signals are clamped to a small positive floor (and non-finite ones replaced) before
+the log, so the output never holds NaN or inf. Voxels outside the mask, or whose b=0 signal is
+below a noise threshold, are set to 0. Fitted ADCs outside ``[min_adc, max_adc]`` are clipped to
+the limits and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cesynth.io import InputError, load_nifti, save_nifti
+
+PathLike = str | os.PathLike
+
+#: Signals at or below this value (arbitrary scanner units) are clamped to it before the log.
+SIGNAL_FLOOR = 1e-6
+#: Automatic noise threshold: this fraction of the 99th percentile of the b=0 signal.
+AUTO_THRESHOLD_FRACTION = 0.05
+_SIGNAL_CEIL = 1e30  # replaces +inf so the log stays finite
+_PERCENTILE_SAMPLE = 1_000_003  # at most this many voxels feed the automatic threshold
+_AFFINE_ATOL = 1e-3  # mm
+
+
+@dataclass(frozen=True)
+class AdcStats:
+    """Summary of one ADC fit.
+
+    Attributes:
+        n_voxels_fitted: voxels inside the mask with b=0 signal above the noise threshold.
+        n_clipped_low: fitted voxels whose ADC was below ``min_adc`` (set to ``min_adc``).
+        n_clipped_high: fitted voxels whose ADC was above ``max_adc`` (set to ``max_adc``).
+        n_nonpositive_signal: fitted voxels with at least one sample that was zero, negative or
+            not finite (clamped to the signal floor before the log).
+        median_in_mask: median ADC (mm2/s) over the fitted voxels, after clipping (0 if none).
+        b_values: the shell b-values (s/mm2) used in the fit.
+    """
+
+    n_voxels_fitted: int
+    n_clipped_low: int
+    n_clipped_high: int
+    n_nonpositive_signal: int
+    median_in_mask: float
+    b_values: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        """The statistics as a JSON-ready dictionary."""
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- gradient files
+
+
+def read_bvals_bvecs(
+    bval_path: PathLike, bvec_path: PathLike, n_volumes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read FSL gradient files and check them against the number of DWI volumes.
+
+    Args:
+        bval_path: FSL ``.bval`` file: one row of b-values in s/mm2 (one per line also accepted).
+        bvec_path: FSL ``.bvec`` file: three rows (x, y, z), one column per volume.
+        n_volumes: number of volumes in the DWI (its 4th dimension).
+
+    Returns:
+        ``(bvals, bvecs)``: float64 arrays of shape ``(n_volumes,)`` and ``(3, n_volumes)``.
+
+    Raises:
+        InputError: naming the file that is missing, malformed or of the wrong length.
+    """
+    bvals = _read_numbers(bval_path)
+    if bvals.ndim == 2 and 1 in bvals.shape:
+        bvals = bvals.ravel()
+    if bvals.ndim != 1:
+        raise InputError(bval_path, f"expected one row of b-values, found shape {bvals.shape}")
+    if bvals.size != n_volumes:
+        raise InputError(bval_path, f"{bvals.size} b-values for {n_volumes} DWI volumes")
+    if not np.all(np.isfinite(bvals)) or np.any(bvals < 0):
+        raise InputError(bval_path, "b-values must be finite and non-negative")
+
+    bvecs = _read_numbers(bvec_path)
+    if bvecs.ndim == 1 and n_volumes == 1:
+        bvecs = bvecs.reshape(3, 1) if bvecs.size == 3 else bvecs
+    if bvecs.ndim != 2 or bvecs.shape[0] != 3:
+        raise InputError(bvec_path, f"expected 3 rows (x, y, z), found shape {bvecs.shape}")
+    if bvecs.shape[1] != n_volumes:
+        raise InputError(bvec_path, f"{bvecs.shape[1]} gradient directions for {n_volumes} DWI "
+                                    f"volumes ({bval_path} has {bvals.size} b-values)")
+    if not np.all(np.isfinite(bvecs)):
+        raise InputError(bvec_path, "gradient directions must be finite")
+    return bvals, bvecs
+
+
+def _read_numbers(path: PathLike) -> np.ndarray:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError as err:
+        raise InputError(path, "file not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, f"unreadable ({err})") from err
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if not rows:
+        raise InputError(path, "empty gradient file")
+    if len({len(row) for row in rows}) != 1:
+        raise InputError(path, "rows of different lengths")
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except ValueError as err:
+        raise InputError(path, f"non-numeric value ({err})") from err
+    return values[0] if values.shape[0] == 1 else values
+
+
+# ----------------------------------------------------------------------------- shells
+
+
+def group_shells(bvals: np.ndarray, tolerance: float = 50.0) -> list[np.ndarray]:
+    """Group volume indices into shells of similar b-value.
+
+    Sorted b-values start a new shell where the gap to the previous one exceeds ``tolerance``.
+
+    Args:
+        bvals: b-value of each volume (s/mm2).
+        tolerance: largest gap (s/mm2) between neighbouring b-values of one shell.
+
+    Returns:
+        One array of volume indices per shell, shells in increasing b.
+    """
+    bvals = np.asarray(bvals, dtype=np.float64)
+    order = np.argsort(bvals, kind="stable")
+    breaks = np.flatnonzero(np.diff(bvals[order]) > tolerance) + 1
+    return [np.sort(idx) for idx in np.split(order, breaks)]
+
+
+def shell_means(
+    dwi: np.ndarray, bvals: np.ndarray, tolerance: float = 50.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Geometric mean over the volumes of each shell (the trace-weighted image).
+
+    A shell's mean is 0 in a voxel where any of its samples is zero, negative or not finite
+    (the geometric mean is then 0 or undefined); :func:`fit_adc` clamps and counts those.
+
+    Args:
+        dwi: DWI data, shape ``(X, Y, Z, N)``.
+        bvals: b-value of each of the ``N`` volumes (s/mm2).
+        tolerance: b-value tolerance for grouping shells (s/mm2).
+
+    Returns:
+        ``(shell_b, shell_signal)``: mean b-value of each shell, shape ``(K,)``, increasing; and
+        the float32 geometric means, shape ``(X, Y, Z, K)``.
+    """
+    dwi = _check_dwi(dwi, bvals)
+    shells = group_shells(bvals, tolerance)
+    shell_b = np.array([np.mean(bvals[idx]) for idx in shells])
+    out = np.empty(dwi.shape[:3] + (len(shells),), dtype=np.float32)
+    for k, idx in enumerate(shells):
+        log_mean, bad = _mean_log(dwi, idx)
+        np.exp(log_mean, out=out[..., k])
+        out[..., k][bad] = 0.0
+    return shell_b, out
+
+
+def _check_dwi(dwi: np.ndarray, bvals: np.ndarray) -> np.ndarray:
+    dwi = np.asarray(dwi)
+    if dwi.ndim != 4:
+        raise ValueError(f"DWI must be 4-D (X, Y, Z, N), got shape {dwi.shape}")
+    if dwi.shape[3] != len(bvals):
+        raise ValueError(f"{dwi.shape[3]} DWI volumes but {len(bvals)} b-values")
+    return dwi
+
+
+def _safe_log(signal: np.ndarray, out: np.ndarray, bad: np.ndarray | None) -> None:
+    """``out = ln(clamp(signal))`` in float32; OR non-positive/non-finite samples into ``bad``."""
+    np.copyto(out, signal, casting="unsafe")
+    if bad is not None:
+        bad |= ~(out > 0)  # also true for NaN
+        bad |= np.isposinf(out)
+    np.fmax(out, SIGNAL_FLOOR, out=out)  # fmax drops NaN
+    np.fmin(out, _SIGNAL_CEIL, out=out)
+    np.log(out, out=out)
+
+
+def _mean_log(dwi: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the clamped logs over volumes ``idx``, and where any sample was bad."""
+    shape = dwi.shape[:3]
+    total = np.zeros(shape, dtype=np.float32)
+    work = np.empty(shape, dtype=np.float32)
+    bad = np.zeros(shape, dtype=bool)
+    for i in idx:
+        _safe_log(dwi[..., i], work, bad)
+        total += work
+    total /= np.float32(len(idx))
+    return total, bad
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def fit_adc(
+    shell_b: np.ndarray,
+    shell_signal: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    min_adc: float = 0.0,
+    max_adc: float = 4e-3,
+    s0_threshold: float | None = None,
+    weights: Sequence[float] | None = None,
+) -> tuple[np.ndarray, AdcStats]:
+    """Log-linear least-squares ADC fit over the shells, in closed form.
+
+    Args:
+        shell_b: b-value of each shell (s/mm2), shape ``(K,)``, at least two distinct values.
+        shell_signal: per-shell signal, shape ``(X, Y, Z, K)`` (e.g. from :func:`shell_means`).
+        mask: optional boolean ``(X, Y, Z)``; voxels outside get ADC 0.
+        min_adc: lower physiological limit (mm2/s); smaller fitted values are clipped to it.
+        max_adc: upper physiological limit (mm2/s); larger fitted values are clipped to it.
+        s0_threshold: voxels whose lowest-b signal is at or below this get ADC 0. ``None``:
+            automatic, ``AUTO_THRESHOLD_FRACTION`` times the 99th percentile of the positive
+            lowest-b signal inside the mask (whole volume without a mask).
+        weights: optional per-shell least-squares weights (e.g. volumes per shell, which
+            reproduces an all-volume fit such as MRtrix3's ``dwi2adc``); default equal.
+
+    Returns:
+        ``(adc, stats)``: float32 ADC map (mm2/s), shape ``(X, Y, Z)``, and :class:`AdcStats`.
+    """
+    shell_b = np.asarray(shell_b, dtype=np.float64)
+    shell_signal = np.asarray(shell_signal)
+    if shell_signal.ndim != 4 or shell_signal.shape[3] != shell_b.size:
+        raise ValueError(f"shell_signal shape {shell_signal.shape} does not match "
+                         f"{shell_b.size} shells")
+    log_signal = np.empty(shell_signal.shape, dtype=np.float32)
+    bad = np.zeros(shell_signal.shape[:3], dtype=bool)
+    for k in range(shell_b.size):
+        _safe_log(shell_signal[..., k], log_signal[..., k], bad)
+    return _fit_log_signal(shell_b, log_signal, bad, mask, min_adc=min_adc, max_adc=max_adc,
+                           s0_threshold=s0_threshold, weights=weights)
+
+
+def _fit_log_signal(
+    shell_b: np.ndarray,
+    log_signal: np.ndarray,
+    bad: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    min_adc: float,
+    max_adc: float,
+    s0_threshold: float | None,
+    weights: Sequence[float] | None,
+) -> tuple[np.ndarray, AdcStats]:
+    if min_adc > max_adc:
+        raise ValueError(f"min_adc {min_adc} exceeds max_adc {max_adc}")
+    slope_coef = _slope_coefficients(shell_b, weights)
+    adc = np.zeros(log_signal.shape[:3], dtype=np.float32)
+    for k, coef in enumerate(slope_coef):
+        # ADC = -slope = -sum_k c_k ln S_k; accumulate in place, no 4-D temporaries
+        adc -= np.float32(coef) * log_signal[..., k]
+    fitted = _fitted_voxels(log_signal[..., int(np.argmin(shell_b))], mask, s0_threshold)
+
+    adc[~fitted] = 0.0
+    values = adc[fitted]
+    n_low = int(np.count_nonzero(values < min_adc))
+    n_high = int(np.count_nonzero(values > max_adc))
+    np.clip(values, min_adc, max_adc, out=values)
+    adc[fitted] = values
+    stats = AdcStats(
+        n_voxels_fitted=int(values.size),
+        n_clipped_low=n_low,
+        n_clipped_high=n_high,
+        n_nonpositive_signal=int(np.count_nonzero(bad[fitted])),
+        median_in_mask=float(np.median(values)) if values.size else 0.0,
+        b_values=tuple(float(b) for b in shell_b),
+    )
+    return adc, stats
+
+
+def _slope_coefficients(shell_b: np.ndarray, weights: Sequence[float] | None) -> np.ndarray:
+    """``c`` with ``slope = sum_k c_k y_k`` for weighted least squares of ``y`` on ``b``."""
+    w = np.ones_like(shell_b) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != shell_b.shape or np.any(w <= 0):
+        raise ValueError(f"need one positive weight per shell, got {w!r}")
+    b_mean = np.sum(w * shell_b) / np.sum(w)
+    centred = shell_b - b_mean
+    s_bb = np.sum(w * centred**2)
+    if s_bb <= 0:
+        raise ValueError(f"need at least two distinct b-values, got {shell_b.tolist()}")
+    return w * centred / s_bb
+
+
+def _fitted_voxels(
+    log_s0: np.ndarray, mask: np.ndarray | None, s0_threshold: float | None
+) -> np.ndarray:
+    """Voxels to fit: inside the mask and with the lowest-b signal above the noise threshold."""
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != log_s0.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from image shape {log_s0.shape}")
+    if s0_threshold is None:
+        s0_threshold = auto_noise_threshold(log_s0, mask)
+    # compare in the log domain: no exp over the volume
+    log_threshold = np.log(max(s0_threshold, SIGNAL_FLOOR))
+    fitted = log_s0 > np.float32(log_threshold)
+    if mask is not None:
+        fitted &= mask
+    return fitted
+
+
+def auto_noise_threshold(log_s0: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Automatic S0 noise threshold: a fraction of the 99th percentile of the positive S0.
+
+    Args:
+        log_s0: natural log of the b=0 signal (clamped), shape ``(X, Y, Z)``.
+        mask: optional boolean mask restricting the voxels considered.
+
+    Returns:
+        ``AUTO_THRESHOLD_FRACTION * P99(S0)`` over the voxels whose S0 exceeds the signal floor
+        (a regular subsample of at most about a million of them, for speed); 0 if there are none.
+    """
+    values = log_s0[mask] if mask is not None else log_s0.ravel()
+    step = max(1, values.size // _PERCENTILE_SAMPLE)
+    sample = values[::step]
+    sample = sample[sample > np.float32(np.log(SIGNAL_FLOOR))]
+    if sample.size == 0:
+        return 0.0
+    return float(AUTO_THRESHOLD_FRACTION * np.exp(np.percentile(sample, 99)))
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def fit_adc_file(
+    dwi_path: PathLike,
+    bval_path: PathLike,
+    bvec_path: PathLike,
+    out_path: PathLike,
+    mask_path: PathLike | None = None,
+    required_b: Sequence[float] = (0, 500, 1000),
+    b_tolerance: float = 50.0,
+    *,
+    min_adc: float = 0.0,
+    max_adc: float = 4e-3,
+    weighting: str = "shell",
+) -> AdcStats:
+    """Fit the ADC map of a DWI file and write it (float32, mm2/s, DWI grid) atomically.
+
+    Only the shells matching ``required_b`` enter the fit; other shells are ignored.
+    Without a mask, voxels whose b=0 signal exceeds the automatic noise threshold
+    (:func:`auto_noise_threshold`) are fitted; with one, that threshold is taken inside it.
+
+    Args:
+        dwi_path: 4-D DWI NIfTI.
+        bval_path: FSL ``.bval`` file.
+        bvec_path: FSL ``.bvec`` file.
+        out_path: output ADC NIfTI (3-D, same shape and affine as the DWI's first 3 axes).
+        mask_path: optional brain mask on the DWI grid (non-zero = inside).
+        required_b: b-values (s/mm2) that must be present as shells; the fit uses these.
+        b_tolerance: b-value tolerance for grouping and matching shells (s/mm2).
+        min_adc: lower ADC limit (mm2/s), values below are clipped and counted.
+        max_adc: upper ADC limit (mm2/s), values above are clipped and counted.
+        weighting: ``"shell"`` (each shell one point, the method's definition) or ``"volume"``
+            (shells weighted by their volume count: the all-volume fit of MRtrix3 ``dwi2adc``).
+
+    Returns:
+        The fit's :class:`AdcStats`.
+
+    Raises:
+        InputError: a file is unreadable, the DWI is not 4-D, the gradient files do not match it,
+            a required shell is missing (names the ``.bval`` file) or the mask is on another grid.
+    """
+    if weighting not in ("shell", "volume"):
+        raise ValueError(f"weighting must be 'shell' or 'volume', not {weighting!r}")
+    img = load_nifti(dwi_path)
+    if len(img.shape) != 4 or img.shape[3] < 2:
+        raise InputError(dwi_path, f"expected a 4-D DWI with several volumes, shape {img.shape}")
+    dwi = img.get_fdata(dtype=np.float32)
+    bvals, _ = read_bvals_bvecs(bval_path, bvec_path, img.shape[3])
+    shells = _select_shells(bvals, required_b, b_tolerance, bval_path)
+    mask = _load_mask(mask_path, img) if mask_path is not None else None
+
+    shell_b = np.array([np.mean(bvals[idx]) for idx in shells])
+    log_signal = np.empty(img.shape[:3] + (len(shells),), dtype=np.float32)
+    bad = np.zeros(img.shape[:3], dtype=bool)
+    for k, idx in enumerate(shells):
+        log_signal[..., k], shell_bad = _mean_log(dwi, idx)
+        bad |= shell_bad
+    del dwi
+    weights = [len(idx) for idx in shells] if weighting == "volume" else None
+    adc, stats = _fit_log_signal(shell_b, log_signal, bad, mask, min_adc=min_adc,
+                                 max_adc=max_adc, s0_threshold=None, weights=weights)
+    save_nifti(adc, img.affine, out_path, dtype=np.float32)
+    return stats
+
+
+def _select_shells(
+    bvals: np.ndarray, required_b: Sequence[float], tolerance: float, bval_path: PathLike
+) -> list[np.ndarray]:
+    """The shells matching ``required_b``, in that order; InputError naming the file if missing."""
+    shells = group_shells(bvals, tolerance)
+    centres = np.array([np.mean(bvals[idx]) for idx in shells])
+    present = sorted({round(float(c)) for c in centres})
+    chosen = []
+    for b in sorted(required_b):
+        k = int(np.argmin(np.abs(centres - b)))
+        if abs(centres[k] - b) > tolerance:
+            raise InputError(bval_path, f"no b={b:g} s/mm2 shell (shells present: {present}; "
+                                        f"required: {list(required_b)})")
+        chosen.append(shells[k])
+    if len({id(s) for s in chosen}) != len(chosen):
+        raise InputError(bval_path, f"required b-values {list(required_b)} are not distinct "
+                                    f"shells at tolerance {tolerance:g}")
+    return chosen
+
+
+def _load_mask(mask_path: PathLike, dwi_img) -> np.ndarray:
+    mask_img = load_nifti(mask_path)
+    if mask_img.shape[:3] != dwi_img.shape[:3] or len(mask_img.shape) > 3 and any(
+        n != 1 for n in mask_img.shape[3:]
+    ):
+        raise InputError(mask_path, f"mask shape {mask_img.shape} is not the DWI grid "
+                                    f"{dwi_img.shape[:3]}")
+    if not np.allclose(mask_img.affine, dwi_img.affine, atol=_AFFINE_ATOL):
+        raise InputError(mask_path, "mask affine differs from the DWI's (not on the DWI grid)")
+    data = np.asanyarray(mask_img.dataobj).reshape(dwi_img.shape[:3])
+    return data != 0
+
+
+# ----------------------------------------------------------------------------- QC
+
+
+def adc_error_vs_truth(
+    adc_path: PathLike, true_adc_path: PathLike, mask_path: PathLike | None = None
+) -> dict:
+    """Errors of a fitted ADC map against the true (phantom) one, for the QC table.
+
+    Args:
+        adc_path: fitted ADC NIfTI (mm2/s).
+        true_adc_path: true ADC NIfTI on the same grid (mm2/s).
+        mask_path: optional mask on that grid; default the voxels with true ADC > 0.
+
+    Returns:
+        ``{"median_abs_error", "mean_abs_error", "median_rel_error", "n_voxels"}``: errors in
+        mm2/s; the relative error is ``|fit - true| / true`` over voxels with true ADC > 0.
+        Errors are NaN when the region is empty.
+    """
+    fit = load_nifti(adc_path).get_fdata(dtype=np.float32)
+    truth = load_nifti(true_adc_path).get_fdata(dtype=np.float32)
+    if fit.shape != truth.shape:
+        raise InputError(adc_path, f"shape {fit.shape} differs from the true ADC's {truth.shape}")
+    if mask_path is not None:
+        mask_img = load_nifti(mask_path)
+        if mask_img.shape[:3] != fit.shape[:3]:
+            raise InputError(mask_path, f"mask shape {mask_img.shape} differs from {fit.shape}")
+        region = np.asanyarray(mask_img.dataobj).reshape(fit.shape) != 0
+    else:
+        region = truth > 0
+    err = np.abs(fit[region].astype(np.float64) - truth[region])
+    true_vals = truth[region].astype(np.float64)
+    positive = true_vals > 0
+    rel = err[positive] / true_vals[positive]
+    return {
+        "median_abs_error": float(np.median(err)) if err.size else float("nan"),
+        "mean_abs_error": float(np.mean(err)) if err.size else float("nan"),
+        "median_rel_error": float(np.median(rel)) if rel.size else float("nan"),
+        "n_voxels": int(err.size),
+    }

@@ -1,0 +1,172 @@
+"""The ``cesynth`` command line: each pipeline stage runnable alone, as the rules run it.
+
+Every error is one line, ``error: <subject or file>: <what is wrong>``, with a non-zero exit; the
+library functions write atomically, so nothing partial is left at an output path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cesynth import __version__
+from cesynth.io import InputError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cesynth`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = args.handler(args)
+    except InputError as err:
+        print(f"error: {err.who}: {err.problem}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cesynth", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cesynth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (adder, handler) in COMMANDS.items():
+        sub = commands.add_parser(name, help=handler.__doc__.splitlines()[0])
+        adder(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def _add_phantom(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="BIDS dataset folder to create")
+    parser.add_argument("--subjects", required=True, type=int, help="number of subjects")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set-b", type=int, default=None,
+                        help="subjects in Set B (with tumor masks); default a quarter")
+    parser.add_argument("--voxel-mm", type=float, default=2.0,
+                        help="voxel size of the anatomy and CE-T1 grids (1.0: full resolution)")
+
+
+def run_phantom(args: argparse.Namespace) -> dict:
+    """Write the synthetic demo cohort as a BIDS dataset."""
+    from cesynth import phantom
+
+    if args.subjects < 1:
+        raise InputError(args.out, "--subjects must be at least 1")
+    phantom.guard_demo_target(args.out)
+    plan = phantom.make_cohort(args.out, args.subjects, seed=args.seed, n_set_b=args.set_b,
+                               settings=phantom.PhantomSettings(voxel_mm=args.voxel_mm))
+    return {"bids_dir": str(args.out), "subjects": plan["participant_id"].tolist(),
+            "set": plan["set"].tolist()}
+
+
+def _add_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bids", required=True, type=Path, help="BIDS dataset to check")
+    parser.add_argument("--out", type=Path, help="write the per-subject table here (TSV)")
+    parser.add_argument("--validation-fraction", type=float, default=0.1)
+
+
+def run_validate(args: argparse.Namespace) -> dict:
+    """Check every subject of a BIDS dataset as the pipeline's ingest does."""
+    from cesynth import ingest
+
+    table = ingest.validate_dataset(args.bids, args.validation_fraction, out_tsv=args.out)
+    excluded = table[table["status"] == "excluded"]
+    for reason in excluded["reason"]:
+        print(f"error: {reason}", file=sys.stderr)
+    summary = table["status"].value_counts().to_dict()
+    if not excluded.empty:
+        raise InputError(args.bids, f"{len(excluded)} of {len(table)} subjects excluded")
+    return summary
+
+
+def _add_dicom2bids(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dicom", required=True, type=Path,
+                        help="folder with one sub-folder of DICOM series per subject")
+    parser.add_argument("--out", required=True, type=Path, help="BIDS dataset to write")
+
+
+def run_dicom2bids(args: argparse.Namespace) -> dict:
+    """Convert DICOM series (one folder per subject) to the BIDS layout, anonymised."""
+    from cesynth import dicom, ingest
+
+    converted = {}
+    for label in ingest.list_dicom_subjects(args.dicom):
+        converted[label] = dicom.convert_dicom_subject(args.dicom / label, args.out, label)
+    ingest.write_dataset_description(args.out)
+    return converted
+
+
+def _add_adc(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dwi", required=True, type=Path)
+    parser.add_argument("--bval", required=True, type=Path)
+    parser.add_argument("--bvec", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--mask", type=Path, help="fit only inside this mask (DWI grid)")
+
+
+def run_adc(args: argparse.Namespace) -> dict:
+    """Fit the ADC map (mm2/s) from DWI at b = 0, 500, 1000."""
+    from dataclasses import asdict
+
+    from cesynth import adc
+
+    stats = adc.fit_adc_file(args.dwi, args.bval, args.bvec, args.out, mask_path=args.mask)
+    return asdict(stats)
+
+
+def _add_brainmask(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", required=True, type=Path, help="CE-T1 (or any T1w) image")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--method", default="auto",
+                        choices=("auto", "fsl", "deepbet", "bet-python"))
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def run_brainmask(args: argparse.Namespace) -> dict:
+    """Brain mask of an image (FSL BET, deepbet or the Python BET port)."""
+    from cesynth import brainmask
+
+    return brainmask.brain_mask_file(args.image, args.out, args.method, threads=args.threads)
+
+
+def _add_register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fixed", required=True, type=Path, help="reference (the CE-T1)")
+    parser.add_argument("--moving", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="moving image on the fixed grid")
+    parser.add_argument("--xfm", required=True, type=Path, help="ANTs transform (.mat)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_register(args: argparse.Namespace) -> dict:
+    """Register an image to the reference (rigid then affine, mutual information)."""
+    from dataclasses import asdict
+
+    from cesynth import registration
+
+    result = registration.register_to_reference(args.fixed, args.moving, args.out, args.xfm,
+                                                threads=args.threads, seed=args.seed)
+    return asdict(result)
+
+
+COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "phantom": (_add_phantom, run_phantom),
+    "validate": (_add_validate, run_validate),
+    "dicom2bids": (_add_dicom2bids, run_dicom2bids),
+    "adc": (_add_adc, run_adc),
+    "brainmask": (_add_brainmask, run_brainmask),
+    "register": (_add_register, run_register),
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

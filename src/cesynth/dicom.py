@@ -1,0 +1,217 @@
+"""Convert one subject's DICOM folder to the SPEC's BIDS layout with dcm2niix.
+
+The subject label is the folder name (a pseudonym chosen by whoever exported the data); the
+DICOM PatientID and PatientName are never used. dcm2niix writes into a temporary folder with
+anonymised sidecars; each series is then matched to a modality by its SeriesDescription, its
+sidecar is scrubbed of the identifying fields dcm2niix keeps, and the files are moved to their
+BIDS names atomically. Nothing is written inside the DICOM folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+
+from cesynth.io import InputError, atomic_path, read_json, write_json
+
+DEFAULT_SERIES_PATTERNS: dict[str, str] = {
+    "ceT1w": r"(post|\+c|gad|gd|contrast|ce[-_ ]?t1)",
+    "T1w": r"(t1|mprage|spgr|bravo)",
+    "T2w": r"t2(?!\*)",
+    "dwi": r"(dwi|diff|trace|dti)",
+}
+
+# Sidecar fields that identify a patient, a visit or a site; acquisition parameters are kept.
+IDENTIFYING_FIELDS = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight",
+    "PatientSize", "OtherPatientIDs", "AccessionNumber", "StudyID", "InstitutionName",
+    "InstitutionAddress", "InstitutionalDepartmentName", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "RequestingPhysician", "StationName",
+    "DeviceSerialNumber", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+    "ImageComments", "StudyDescription", "ProcedureStepDescription", "StudyTime", "SeriesTime",
+})
+_DATE_FIELD = re.compile(r"(Date|DateTime)$")
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
+_DATASET_DESCRIPTION = {"Name": "cesynth input converted from DICOM", "BIDSVersion": "1.9.0",
+                        "DatasetType": "raw"}
+
+
+@dataclass(frozen=True)
+class ConvertedSeries:
+    """One series as dcm2niix wrote it: the image, its sidecar and, for DWI, bval/bvec."""
+
+    nifti: Path
+    sidecar: Path
+    description: str
+    n_slices: int
+
+    def companion(self, extension: str) -> Path | None:
+        """Return the ``.bval``/``.bvec`` file beside the image, if dcm2niix wrote one."""
+        path = self.sidecar.with_suffix(extension)
+        return path if path.is_file() else None
+
+
+def find_dcm2niix() -> str:
+    """Locate the dcm2niix executable: next to the running Python first, then on PATH.
+
+    Returns:
+        The path of the executable.
+
+    Raises:
+        InputError: when no dcm2niix can be found.
+    """
+    beside_python = Path(sys.executable).parent / "dcm2niix"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    on_path = shutil.which("dcm2niix")
+    if on_path:
+        return on_path
+    raise InputError("dcm2niix", "executable not found next to Python or on PATH "
+                                 "(install the dcm2niix package)")
+
+
+def convert_dicom_subject(
+    subject_dir: str | os.PathLike,
+    bids_dir: str | os.PathLike,
+    subject: str,
+    patterns: Mapping[str, str] = DEFAULT_SERIES_PATTERNS,
+    work_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Convert a subject's DICOM series into ``bids_dir/sub-<subject>/`` under SPEC names.
+
+    Args:
+        subject_dir: folder holding the subject's DICOM files (any depth, any names).
+        bids_dir: output BIDS dataset root (``dataset_description.json`` added if absent).
+        subject: the pseudonymous subject label (alphanumeric).
+        patterns: modality -> case-insensitive regex on SeriesDescription, tried in order.
+        work_dir: where to put dcm2niix's temporary output (default: the system temp folder).
+
+    Returns:
+        ``{"files": {modality: path of the NIfTI}, "unmatched": [series descriptions],
+        "duplicates": {modality: [descriptions of the series not kept]}}``.
+
+    Raises:
+        InputError: bad label, no DICOM folder, dcm2niix failure, or no series matched T1w.
+    """
+    who = f"sub-{subject}"
+    if not _LABEL.match(subject):
+        raise InputError(who, "subject label is not alphanumeric")
+    source = Path(subject_dir)
+    if not source.is_dir():
+        raise InputError(who, "DICOM folder not found")
+    with tempfile.TemporaryDirectory(prefix="cesynth-dcm2niix-", dir=work_dir) as tmp:
+        series = _run_dcm2niix(who, source, Path(tmp))
+        matched, unmatched = _match_series(series, patterns)
+        if "T1w" not in matched:
+            found = "; ".join(s.description for s in series) or "none"
+            raise InputError(who, f"no series matched T1w (SeriesDescriptions: {found})")
+        kept, duplicates = _keep_largest(matched)
+        root = Path(bids_dir)
+        _ensure_dataset_description(root)
+        files = {modality: _install(item, root, subject, modality)
+                 for modality, item in kept.items()}
+    return {"files": files, "unmatched": unmatched, "duplicates": duplicates}
+
+
+def _run_dcm2niix(who: str, source: Path, out_dir: Path) -> list[ConvertedSeries]:
+    # -f %s: name outputs by series number only, so no identifying text reaches a file name
+    command = [find_dcm2niix(), "-ba", "y", "-z", "y", "-f", "series%s", "-o", str(out_dir),
+               str(source)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        last_line = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
+        raise InputError(who, f"dcm2niix failed (exit {result.returncode}): {last_line[0]}")
+    series = []
+    for sidecar in sorted(out_dir.glob("*.json")):
+        nifti = sidecar.with_suffix(".nii.gz")
+        if not nifti.is_file():
+            continue
+        description = str(read_json(sidecar).get("SeriesDescription", ""))
+        shape = nib.load(str(nifti)).shape
+        series.append(ConvertedSeries(nifti, sidecar, description, int(shape[2])))
+    if not series:
+        raise InputError(who, "dcm2niix found no convertible DICOM series")
+    return series
+
+
+def _match_series(series: list[ConvertedSeries], patterns: Mapping[str, str]
+                  ) -> tuple[dict[str, list[ConvertedSeries]], list[str]]:
+    """Group series by the first modality whose pattern matches their description."""
+    compiled = {modality: re.compile(pattern, re.IGNORECASE)
+                for modality, pattern in patterns.items()}
+    matched: dict[str, list[ConvertedSeries]] = {}
+    unmatched = []
+    for item in series:
+        modality = next((m for m, rx in compiled.items() if rx.search(item.description)), None)
+        if modality is None:
+            unmatched.append(item.description)
+        else:
+            matched.setdefault(modality, []).append(item)
+    return matched, unmatched
+
+
+def _keep_largest(matched: dict[str, list[ConvertedSeries]]
+                  ) -> tuple[dict[str, ConvertedSeries], dict[str, list[str]]]:
+    """Keep the series with the most slices per modality; report the others."""
+    kept, duplicates = {}, {}
+    for modality, candidates in matched.items():
+        ordered = sorted(candidates, key=lambda s: s.n_slices, reverse=True)
+        kept[modality] = ordered[0]
+        if len(ordered) > 1:
+            duplicates[modality] = [s.description for s in ordered[1:]]
+    return kept, duplicates
+
+
+def _bids_stem(root: Path, subject: str, modality: str) -> Path:
+    if modality == "dwi":
+        return root / f"sub-{subject}" / "dwi" / f"sub-{subject}_dwi"
+    return root / f"sub-{subject}" / "anat" / f"sub-{subject}_{_ANAT_SUFFIXES[modality]}"
+
+
+def _install(item: ConvertedSeries, root: Path, subject: str, modality: str) -> Path:
+    """Copy a converted series to its BIDS name (atomically) with a scrubbed sidecar."""
+    stem = _bids_stem(root, subject, modality)
+    nifti = stem.with_name(stem.name + ".nii.gz")
+    _copy_atomic(item.nifti, nifti)
+    write_json(scrub_sidecar(read_json(item.sidecar)), stem.with_name(stem.name + ".json"))
+    if modality == "dwi":
+        for extension in (".bval", ".bvec"):
+            companion = item.companion(extension)
+            if companion is not None:
+                _copy_atomic(companion, stem.with_name(stem.name + extension))
+    return nifti
+
+
+def _copy_atomic(source: Path, destination: Path) -> None:
+    with atomic_path(destination) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def scrub_sidecar(sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop identifying fields (names, IDs, dates, site, UIDs) from a dcm2niix sidecar.
+
+    Args:
+        sidecar: the parsed JSON sidecar.
+
+    Returns:
+        A copy without the fields in :data:`IDENTIFYING_FIELDS` or ending in Date/DateTime.
+    """
+    return {key: value for key, value in sidecar.items()
+            if key not in IDENTIFYING_FIELDS and not _DATE_FIELD.search(key)}
+
+
+def _ensure_dataset_description(root: Path) -> None:
+    description = root / "dataset_description.json"
+    if not description.is_file():
+        write_json(_DATASET_DESCRIPTION, description)

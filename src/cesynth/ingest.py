@@ -1,0 +1,512 @@
+"""Find and check the input BIDS dataset: which scans exist, which split they belong to, and
+whether every input file is usable before any work is done on it.
+
+Discovery only looks at names on disk (no image is opened), because it runs when Snakemake
+parses the workflow, on datasets of a thousand subjects or more. Validation reads every file in
+full, one scan at a time, in the pipeline's first rule. Nothing here writes into the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cesynth.io import InputError, load_nifti, read_json, read_tsv, write_json, write_tsv
+
+MODALITIES = ("T1w", "ceT1w", "T2w", "dwi")
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+SETS = ("A", "B")
+TUMOR_MASK_DERIVATIVE = Path("derivatives") / "tumor_masks"
+VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
+MASK_GRID_TOLERANCE = 1e-3
+
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
+
+
+@dataclass(frozen=True)
+class ScanFiles:
+    """The input files of one scan (a subject, or one session of a subject) as found on disk.
+
+    ``scan_id`` names the scan in every output (``sub-<scan_id>``): the participant label, plus
+    ``ses<label>`` when the dataset has sessions.
+    """
+
+    scan_id: str
+    participant: str
+    session: str | None
+    t1w: Path | None
+    cet1w: Path | None
+    t2w: Path | None
+    dwi: Path | None
+    bval: Path | None
+    bvec: Path | None
+    tumor_mask: Path | None
+    set: str
+
+    @property
+    def entities(self) -> str:
+        """The BIDS file-name prefix: ``sub-01`` or ``sub-01_ses-2``."""
+        if self.session is None:
+            return f"sub-{self.participant}"
+        return f"sub-{self.participant}_ses-{self.session}"
+
+    def available_modalities(self) -> tuple[str, ...]:
+        """Return the modalities with an image on disk, in :data:`MODALITIES` order.
+
+        Returns:
+            A subset of ``("T1w", "ceT1w", "T2w", "dwi")``.
+        """
+        images = {"T1w": self.t1w, "ceT1w": self.cet1w, "T2w": self.t2w, "dwi": self.dwi}
+        return tuple(name for name in MODALITIES if images[name] is not None)
+
+    def missing_modalities(self) -> tuple[str, ...]:
+        """Return the modalities without an image on disk, in :data:`MODALITIES` order."""
+        present = self.available_modalities()
+        return tuple(name for name in MODALITIES if name not in present)
+
+    def expected_name(self, modality: str) -> str:
+        """Return the SPEC file name of ``modality`` (or ``bval``/``bvec``/``tumor_mask``)."""
+        if modality in _ANAT_SUFFIXES:
+            return f"{self.entities}_{_ANAT_SUFFIXES[modality]}.nii.gz"
+        if modality == "tumor_mask":
+            return f"{self.entities}_desc-tumor_mask.nii.gz"
+        if modality in ("bval", "bvec"):
+            return f"{self.entities}_dwi.{modality}"
+        return f"{self.entities}_dwi.nii.gz"
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover_bids(bids_dir: str | os.PathLike) -> list[ScanFiles]:
+    """List the scans of a BIDS dataset from file names alone (no image is read).
+
+    Args:
+        bids_dir: the dataset root (holds ``dataset_description.json`` and ``sub-*`` folders).
+
+    Returns:
+        One :class:`ScanFiles` per subject, or per subject and session, sorted by scan ID.
+
+    Raises:
+        InputError: not a directory, not a BIDS dataset, no subjects, a label that is not
+            alphanumeric, a bad ``set`` in ``participants.tsv``, or two scans with one ID.
+    """
+    root = Path(bids_dir)
+    if not root.is_dir():
+        raise InputError(root, "not a directory")
+    if not (root / "dataset_description.json").is_file():
+        raise InputError(root, "no dataset_description.json (not a BIDS dataset)")
+    sets = _read_participant_sets(root / "participants.tsv")
+    subject_dirs = sorted(p for p in root.glob("sub-*") if p.is_dir())
+    if not subject_dirs:
+        raise InputError(root, "no sub-* subject folders")
+    scans = [scan for folder in subject_dirs for scan in _scans_of_subject(root, folder, sets)]
+    _check_unique_ids(root, scans)
+    return sorted(scans, key=lambda scan: scan.scan_id)
+
+
+def _read_participant_sets(tsv: Path) -> dict[str, str]:
+    """Map participant label to set from ``participants.tsv`` (empty if absent or no column)."""
+    if not tsv.is_file():
+        return {}
+    table = read_tsv(tsv)
+    if "set" not in table.columns:
+        return {}
+    if "participant_id" not in table.columns:
+        raise InputError(tsv, "has a set column but no participant_id column")
+    sets = {}
+    for participant_id, value in zip(table["participant_id"], table["set"], strict=True):
+        if pd.isna(value):
+            continue
+        if value.strip().upper() not in SETS:
+            raise InputError(tsv, f"set of {participant_id} is {value!r} (expected A or B)")
+        sets[participant_id.removeprefix("sub-")] = value.strip().upper()
+    return sets
+
+
+def _label_of(folder: Path, prefix: str) -> str:
+    label = folder.name.removeprefix(prefix)
+    if not _LABEL.match(label):
+        raise InputError(folder.name, "BIDS label is not alphanumeric")
+    return label
+
+
+def _scans_of_subject(root: Path, subject_dir: Path, sets: dict[str, str]) -> list[ScanFiles]:
+    participant = _label_of(subject_dir, "sub-")
+    session_dirs = sorted(p for p in subject_dir.glob("ses-*") if p.is_dir())
+    if not session_dirs:
+        return [_scan_files(root, subject_dir, participant, None, sets)]
+    if any((subject_dir / kind).is_dir() for kind in ("anat", "dwi")):
+        raise InputError(subject_dir.name, "has both ses-* folders and session-less anat/dwi")
+    return [_scan_files(root, ses_dir, participant, _label_of(ses_dir, "ses-"), sets)
+            for ses_dir in session_dirs]
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    for extension in NIFTI_EXTENSIONS:
+        candidate = folder / f"{stem}{extension}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_file(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
+def _scan_files(root: Path, folder: Path, participant: str, session: str | None,
+                sets: dict[str, str]) -> ScanFiles:
+    entities = f"sub-{participant}" + (f"_ses-{session}" if session else "")
+    relative = folder.relative_to(root)
+    anat, dwi_dir = folder / "anat", folder / "dwi"
+    tumor_mask = _find_image(root / TUMOR_MASK_DERIVATIVE / relative / "anat",
+                             f"{entities}_desc-tumor_mask")
+    default_set = "B" if tumor_mask is not None else "A"
+    return ScanFiles(
+        scan_id=participant + (f"ses{session}" if session else ""),
+        participant=participant,
+        session=session,
+        t1w=_find_image(anat, f"{entities}_T1w"),
+        cet1w=_find_image(anat, f"{entities}_ce-gadolinium_T1w"),
+        t2w=_find_image(anat, f"{entities}_T2w"),
+        dwi=_find_image(dwi_dir, f"{entities}_dwi"),
+        bval=_find_file(dwi_dir / f"{entities}_dwi.bval"),
+        bvec=_find_file(dwi_dir / f"{entities}_dwi.bvec"),
+        tumor_mask=tumor_mask,
+        set=sets.get(participant, default_set),
+    )
+
+
+def _check_unique_ids(root: Path, scans: Sequence[ScanFiles]) -> None:
+    seen: dict[str, ScanFiles] = {}
+    for scan in scans:
+        if scan.scan_id in seen:
+            raise InputError(root, f"scan ID {scan.scan_id} is ambiguous: "
+                                   f"{seen[scan.scan_id].entities} and {scan.entities}")
+        seen[scan.scan_id] = scan
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def validation_split(participant: str, fraction: float = 0.1) -> str:
+    """Assign a Set A participant to training or validation from a hash of its label.
+
+    The SHA-256 of the label is stable across runs and machines, so adding subjects never moves
+    existing ones, and all sessions of one participant land on the same side.
+
+    Args:
+        participant: the participant label (without ``sub-``).
+        fraction: expected share of participants in validation, in [0, 1).
+
+    Returns:
+        ``"train"`` or ``"validation"``.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    digest = hashlib.sha256(participant.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2.0**64
+    return "validation" if position < fraction else "train"
+
+
+def scan_split(set_name: str, participant: str, validation_fraction: float = 0.1) -> str:
+    """Return the split of a scan: Set B is ``"test"``; Set A follows :func:`validation_split`."""
+    if set_name == "B":
+        return "test"
+    return validation_split(participant, validation_fraction)
+
+
+def assign_splits(scans: Iterable[ScanFiles], validation_fraction: float = 0.1) -> pd.DataFrame:
+    """Tabulate the scans with their split and which inputs they have.
+
+    Args:
+        scans: the output of :func:`discover_bids`.
+        validation_fraction: share of Set A participants used for validation.
+
+    Returns:
+        One row per scan: scan_id, participant, session, set, split, has_T1w, has_ceT1w,
+        has_T2w, has_dwi, has_tumor_mask.
+    """
+    rows = []
+    for scan in scans:
+        present = scan.available_modalities()
+        row = {"scan_id": scan.scan_id, "participant": scan.participant,
+               "session": scan.session, "set": scan.set,
+               "split": scan_split(scan.set, scan.participant, validation_fraction)}
+        row.update({f"has_{name}": name in present for name in MODALITIES})
+        row["has_tumor_mask"] = scan.tumor_mask is not None
+        rows.append(row)
+    columns = ["scan_id", "participant", "session", "set", "split",
+               *(f"has_{name}" for name in MODALITIES), "has_tumor_mask"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_scan(
+    scan: ScanFiles,
+    *,
+    b_values: Sequence[float] = (0, 500, 1000),
+    b_tolerance: float = 50.0,
+    require_target: bool = True,
+) -> dict[str, Any]:
+    """Check every input file of a scan (full read) before any work is done on it.
+
+    Args:
+        scan: the scan's files.
+        b_values: diffusion weightings that must each be present (s/mm2).
+        b_tolerance: how far a measured b-value may be from a required one.
+        require_target: the CE-T1 must be present (training and evaluation scans).
+
+    Returns:
+        A report: scan_id, participant, session, set, status ``"included"``, modalities,
+        missing, files (per file: name, shape, voxel size), dwi_volumes, b_values.
+
+    Raises:
+        InputError: on the first problem, as ``sub-<scan_id>: <file name>: <problem>``.
+    """
+    who = f"sub-{scan.scan_id}"
+    _require(scan, who, "T1w", scan.t1w, "missing (T1w is always required)")
+    if require_target:
+        _require(scan, who, "ceT1w", scan.cet1w, "missing (the CE-T1 target is required)")
+    files: dict[str, dict[str, Any]] = {}
+    grids: dict[str, Any] = {}
+    for modality, path in (("T1w", scan.t1w), ("ceT1w", scan.cet1w), ("T2w", scan.t2w)):
+        if path is not None:
+            img, data = _load_checked(who, path)
+            _check_anatomy(who, path, img, data)
+            files[modality] = _file_entry(path, img)
+            grids[modality] = img
+    report: dict[str, Any] = {"dwi_volumes": None, "b_values": None}
+    if scan.dwi is not None:
+        report.update(_check_dwi(scan, who, b_values, b_tolerance))
+        files["dwi"] = report.pop("file")
+    if scan.tumor_mask is not None:
+        mask = _check_tumor_mask(who, scan.tumor_mask, grids.get("ceT1w"))
+        files["tumor_mask"] = _file_entry(scan.tumor_mask, mask)
+    return {
+        "scan_id": scan.scan_id, "participant": scan.participant, "session": scan.session,
+        "set": scan.set, "status": "included", "reason": None,
+        "modalities": list(scan.available_modalities()),
+        "missing": list(scan.missing_modalities()), "files": files, **report,
+    }
+
+
+def _require(scan: ScanFiles, who: str, modality: str, path: Path | None, problem: str) -> None:
+    if path is None:
+        raise InputError(who, f"{scan.expected_name(modality)}: {problem}")
+
+
+def _fail(who: str, path: Path, problem: str) -> InputError:
+    return InputError(who, f"{path.name}: {problem}")
+
+
+def _load_checked(who: str, path: Path) -> tuple[Any, np.ndarray]:
+    """Read an image in full and check its values and affine; return image and data."""
+    try:
+        img = load_nifti(path)
+    except InputError as err:
+        raise _fail(who, path, err.problem) from err
+    data = img.get_fdata(dtype=np.float32)
+    n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if n_bad:
+        raise _fail(who, path, f"{n_bad} non-finite voxels (NaN or inf)")
+    _check_affine(who, path, img.affine)
+    return img, data
+
+
+def _check_affine(who: str, path: Path, affine: np.ndarray) -> None:
+    if not np.all(np.isfinite(affine)):
+        raise _fail(who, path, "affine has non-finite entries")
+    linear = affine[:3, :3]
+    voxel_sizes = np.sqrt(np.sum(linear**2, axis=0))
+    if abs(np.linalg.det(linear)) < 1e-6 * max(float(np.prod(voxel_sizes)), 1e-12):
+        raise _fail(who, path, "singular affine (voxel axes are not independent)")
+    low, high = VOXEL_SIZE_RANGE_MM
+    if np.any(voxel_sizes < low) or np.any(voxel_sizes > high):
+        sizes = " x ".join(f"{size:.3g}" for size in voxel_sizes)
+        raise _fail(who, path, f"voxel size {sizes} mm outside {low}-{high} mm")
+
+
+def _check_anatomy(who: str, path: Path, img: Any, data: np.ndarray) -> None:
+    if not (data.ndim == 3 or (data.ndim == 4 and data.shape[3] == 1)):
+        raise _fail(who, path, f"expected a 3D image, got shape {tuple(data.shape)}")
+    _check_not_constant(who, path, data)
+
+
+def _check_not_constant(who: str, path: Path, data: np.ndarray) -> None:
+    if data.size == 0 or float(data.min()) == float(data.max()):
+        value = float(data.flat[0]) if data.size else float("nan")
+        raise _fail(who, path, f"constant image (every voxel is {value:g})")
+
+
+def _file_entry(path: Path, img: Any) -> dict[str, Any]:
+    zooms = img.header.get_zooms()[:3]
+    return {"file": path.name, "shape": [int(n) for n in img.shape],
+            "voxel_size_mm": [round(float(z), 4) for z in zooms]}
+
+
+def _check_dwi(scan: ScanFiles, who: str, required_b: Sequence[float],
+               tolerance: float) -> dict[str, Any]:
+    assert scan.dwi is not None
+    img, data = _load_checked(who, scan.dwi)
+    if data.ndim != 4 or data.shape[3] < 2:
+        raise _fail(who, scan.dwi, f"expected a 4D DWI series, got shape {tuple(data.shape)}")
+    _check_not_constant(who, scan.dwi, data)
+    n_volumes = int(data.shape[3])
+    _require(scan, who, "bval", scan.bval, f"missing (required with {scan.dwi.name})")
+    _require(scan, who, "bvec", scan.bvec, f"missing (required with {scan.dwi.name})")
+    assert scan.bval is not None and scan.bvec is not None
+    bvals = _read_bval(who, scan.bval, n_volumes)
+    _read_bvec(who, scan.bvec, n_volumes)
+    shells = _check_b_values(who, scan.bval, bvals, required_b, tolerance)
+    return {"file": _file_entry(scan.dwi, img), "dwi_volumes": n_volumes, "b_values": shells}
+
+
+def _read_numbers(who: str, path: Path) -> list[list[float]]:
+    """Read a whitespace-separated table of numbers, one list per non-empty line."""
+    try:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        return [[float(token) for token in line] for line in lines]
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise _fail(who, path, f"unreadable ({type(err).__name__})") from err
+
+
+def _read_bval(who: str, path: Path, n_volumes: int) -> np.ndarray:
+    rows = _read_numbers(who, path)
+    if len(rows) != 1:
+        raise _fail(who, path, f"{len(rows)} rows (expected one row of b-values)")
+    bvals = np.array(rows[0])
+    if bvals.size != n_volumes:
+        raise _fail(who, path, f"{bvals.size} b-values for {n_volumes} volumes")
+    if not np.all(np.isfinite(bvals)) or np.any(bvals < 0):
+        raise _fail(who, path, "b-values must be finite and non-negative")
+    return bvals
+
+
+def _read_bvec(who: str, path: Path, n_volumes: int) -> np.ndarray:
+    rows = _read_numbers(who, path)
+    if len(rows) != 3:
+        raise _fail(who, path, f"{len(rows)} rows (expected 3: x, y, z)")
+    lengths = {len(row) for row in rows}
+    if len(lengths) != 1:
+        raise _fail(who, path, f"rows have different lengths {sorted(lengths)}")
+    if lengths.pop() != n_volumes:
+        raise _fail(who, path, f"{len(rows[0])} directions for {n_volumes} volumes")
+    bvecs = np.array(rows)
+    if not np.all(np.isfinite(bvecs)):
+        raise _fail(who, path, "non-finite gradient directions")
+    return bvecs
+
+
+def _check_b_values(who: str, path: Path, bvals: np.ndarray, required_b: Sequence[float],
+                    tolerance: float) -> list[float]:
+    shells = sorted({round(float(b)) for b in bvals})
+    for b in required_b:
+        if not np.any(np.abs(bvals - b) <= tolerance):
+            found = ", ".join(f"{s:g}" for s in shells)
+            raise _fail(who, path, f"no volume at b={b:g} (within {tolerance:g}); "
+                                   f"b-values found: {found}")
+    return shells
+
+
+def _check_tumor_mask(who: str, path: Path, target: Any | None) -> Any:
+    img, data = _load_checked(who, path)
+    if not (data.ndim == 3 or (data.ndim == 4 and data.shape[3] == 1)):
+        raise _fail(who, path, f"expected a 3D mask, got shape {tuple(data.shape)}")
+    binary = (np.abs(data) < 1e-3) | (np.abs(data - 1) < 1e-3)
+    if not np.all(binary):
+        values = np.unique(data[~binary])[:3]
+        shown = ", ".join(f"{v:g}" for v in values)
+        raise _fail(who, path, f"not a binary mask (values other than 0 and 1: {shown})")
+    if not np.any(data > 0.5):
+        raise _fail(who, path, "empty tumor mask (no voxel is 1)")
+    if target is not None:
+        _check_same_grid(who, path, img, target)
+    return img
+
+
+def _check_same_grid(who: str, path: Path, img: Any, target: Any) -> None:
+    if tuple(img.shape[:3]) != tuple(target.shape[:3]):
+        raise _fail(who, path, f"not on the CE-T1 grid: shape {tuple(img.shape[:3])} "
+                               f"vs {tuple(target.shape[:3])}")
+    if not np.allclose(img.affine, target.affine, atol=MASK_GRID_TOLERANCE, rtol=0):
+        raise _fail(who, path, "not on the CE-T1 grid: affine differs from the CE-T1's")
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def write_scan_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a scan's validation report as JSON (atomically).
+
+    Args:
+        report: from :func:`validate_scan` or :func:`exclusion_report`.
+        path: output JSON path.
+    """
+    write_json(report, path)
+
+
+def exclusion_report(scan: ScanFiles, error: InputError) -> dict[str, Any]:
+    """Build the report of a scan that failed validation.
+
+    Args:
+        scan: the scan's files.
+        error: the validation error.
+
+    Returns:
+        A report with status ``"excluded"`` and the one-line error message as reason.
+    """
+    return {
+        "scan_id": scan.scan_id, "participant": scan.participant, "session": scan.session,
+        "set": scan.set, "status": "excluded", "reason": str(error),
+        "modalities": list(scan.available_modalities()),
+        "missing": list(scan.missing_modalities()),
+    }
+
+
+def tabulate_reports(
+    report_paths: Iterable[str | os.PathLike],
+    out_tsv: str | os.PathLike,
+    validation_fraction: float = 0.1,
+) -> pd.DataFrame:
+    """Gather per-scan reports into the ingest QC table (``results/qc/ingest.tsv``).
+
+    Args:
+        report_paths: JSON reports written by :func:`write_scan_report`.
+        out_tsv: output TSV path (written atomically).
+        validation_fraction: share of Set A participants in validation (for the split column).
+
+    Returns:
+        One row per scan: scan_id, participant, session, set, split (empty when excluded),
+        status, reason, modalities, missing.
+    """
+    rows = []
+    for path in report_paths:
+        report = read_json(path)
+        included = report["status"] == "included"
+        rows.append({
+            "scan_id": report["scan_id"], "participant": report["participant"],
+            "session": report.get("session"), "set": report["set"],
+            "split": (scan_split(report["set"], report["participant"], validation_fraction)
+                      if included else None),
+            "status": report["status"], "reason": report.get("reason"),
+            "modalities": ",".join(report.get("modalities", [])),
+            "missing": ",".join(report.get("missing", [])),
+        })
+    columns = ["scan_id", "participant", "session", "set", "split", "status", "reason",
+               "modalities", "missing"]
+    table = pd.DataFrame(rows, columns=columns).sort_values("scan_id", kind="stable")
+    table = table.reset_index(drop=True)
+    write_tsv(table, out_tsv)
+    return table

@@ -1,0 +1,410 @@
+"""Rigid-then-affine registration of T1w, T2w and DWI (b0, carrying the ADC) onto the native CE-T1.
+
+All registrations use ANTs (antspyx) with Mattes mutual information, an initial translation that
+aligns the centres of mass, a fixed random seed and a thread count from the caller. The forward
+transform maps points in the FIXED (CE-T1) physical space to the MOVING physical space, the
+direction resampling needs. ANTs works in LPS physical coordinates; NIfTI affines here are RAS, so
+every conversion goes through ``_LPS = diag(-1, -1, 1)``.
+
+Images enter ANTs through their nibabel affines (not ITK's own NIfTI reader), so the grid written
+by :func:`cesynth.io.save_nifti` is exactly the CE-T1 grid nibabel reads back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ants
+import nibabel as nib
+import numpy as np
+
+from cesynth.io import InputError, atomic_path, load_nifti, save_nifti
+
+PathLike = str | os.PathLike
+
+_LPS = np.diag([-1.0, -1.0, 1.0])
+
+# Two ANTs stages, each on a coarse-to-fine pyramid: rigid first (robust start for thick slices),
+# then the full affine (12 parameters) that absorbs residual scaling/shear of the acquisition.
+_STAGES: tuple[str, ...] = ("Rigid", "Affine")
+_METRIC = "mattes"
+_HISTOGRAM_BINS = 32
+_SAMPLING_RATE = 0.25
+_ITERATIONS = (1000, 500, 250, 50)
+_SHRINK_FACTORS = (6, 4, 2, 1)
+_SMOOTHING_SIGMAS = (3, 2, 1, 0)
+
+# Registration is rejected when MI drops by more than this fraction of |MI before|.
+_MI_DROP_TOLERANCE = 0.05
+# A rigid-plus-affine fit between two scans of one head should barely scale; beyond this it diverged.
+_MAX_SCALE_DEVIATION = 0.25
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """Outcome of one registration.
+
+    Attributes:
+        mi_before: mutual information (nats-like, larger is better) with the moving image put on the
+            fixed grid by the identity mapping.
+        mi_after: the same after registration.
+        transform_path: the ANTs ``.mat`` (fixed physical space -> moving physical space).
+        output_path: the moving image (or the ADC) resampled onto the fixed grid.
+        seconds: wall-clock time of the whole call.
+    """
+
+    mi_before: float
+    mi_after: float
+    transform_path: Path
+    output_path: Path
+    seconds: float
+
+
+def register_to_reference(
+    fixed_path: PathLike,
+    moving_path: PathLike,
+    out_path: PathLike,
+    xfm_path: PathLike,
+    *,
+    threads: int = 1,
+    seed: int = 0,
+    moving_volume: int | Sequence[int] | None = None,
+) -> RegistrationResult:
+    """Register a moving image to the fixed (CE-T1) image and resample it onto the fixed grid.
+
+    Args:
+        fixed_path: the reference NIfTI (native CE-T1).
+        moving_path: the NIfTI to align (3D, or 4D with ``moving_volume``).
+        out_path: where the moving image resampled (linear) onto the fixed grid is written, float32.
+        xfm_path: where the ANTs ``.mat`` transform is written.
+        threads: ITK threads for the registration.
+        seed: random seed for the metric sampling (same seed and threads=1 give the same transform).
+        moving_volume: for a 4D moving image, the volume index, or indices to average.
+
+    Returns:
+        The :class:`RegistrationResult`.
+
+    Raises:
+        InputError: unreadable or unusable input, or a registration that fails (names the moving file).
+    """
+    start = time.perf_counter()
+    fixed_nii = load_nifti(fixed_path)
+    fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
+    moving_nii = load_nifti(moving_path)
+    moving = _nifti_to_ants(_volume(moving_nii, moving_path, moving_volume), moving_nii.affine)
+    _check_contrast(fixed, fixed_path)
+    _check_contrast(moving, moving_path)
+
+    with tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
+        mi_before, mi_after, xfm_tmp = _register(fixed, moving, moving_path, Path(work),
+                                                 threads=threads, seed=seed)
+        warped = _apply(fixed, moving, xfm_tmp, "linear")
+        _write_outputs(warped, fixed_nii.affine, out_path, xfm_tmp, xfm_path)
+    return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_path),
+                              time.perf_counter() - start)
+
+
+def register_dwi_to_reference(
+    fixed_path: PathLike,
+    dwi_path: PathLike,
+    bval_path: PathLike,
+    adc_path: PathLike,
+    out_adc_path: PathLike,
+    xfm_path: PathLike,
+    *,
+    threads: int = 1,
+    seed: int = 0,
+    b0_threshold: float = 50.0,
+) -> RegistrationResult:
+    """Register the mean b=0 volume of a DWI to the CE-T1 and carry the ADC map with it.
+
+    Args:
+        fixed_path: the reference NIfTI (native CE-T1).
+        dwi_path: the 4D DWI NIfTI.
+        bval_path: its FSL ``.bval`` file.
+        adc_path: the ADC map on the DWI grid.
+        out_adc_path: where the ADC resampled (linear) onto the CE-T1 grid is written, float32.
+        xfm_path: where the ANTs ``.mat`` transform (CE-T1 -> DWI physical space) is written.
+        threads: ITK threads for the registration.
+        seed: random seed for the metric sampling.
+        b0_threshold: volumes with b at or below this (s/mm2) count as b=0.
+
+    Returns:
+        The :class:`RegistrationResult`; its MI values are for the b0 against the CE-T1.
+
+    Raises:
+        InputError: unreadable input, no b=0 volume, mismatched bvals, or a failed registration.
+    """
+    start = time.perf_counter()
+    b0_index = b0_volumes(dwi_path, bval_path, b0_threshold)
+    fixed_nii = load_nifti(fixed_path)
+    fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
+    dwi_nii = load_nifti(dwi_path)
+    b0 = _nifti_to_ants(_volume(dwi_nii, dwi_path, b0_index), dwi_nii.affine)
+    adc_nii = load_nifti(adc_path)
+    adc = _nifti_to_ants(_volume(adc_nii, adc_path, None), adc_nii.affine)
+    _check_contrast(fixed, fixed_path)
+    _check_contrast(b0, dwi_path)
+
+    with tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
+        mi_before, mi_after, xfm_tmp = _register(fixed, b0, dwi_path, Path(work),
+                                                 threads=threads, seed=seed)
+        warped_adc = _apply(fixed, adc, xfm_tmp, "linear")
+        _write_outputs(warped_adc, fixed_nii.affine, out_adc_path, xfm_tmp, xfm_path)
+    return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_adc_path),
+                              time.perf_counter() - start)
+
+
+def apply_registration(
+    fixed_path: PathLike,
+    moving_path: PathLike,
+    xfm_path: PathLike,
+    out_path: PathLike,
+    *,
+    interpolation: str = "linear",
+) -> Path:
+    """Resample a moving image onto the fixed grid with a saved transform.
+
+    Args:
+        fixed_path: NIfTI whose grid (shape and affine) the output takes.
+        moving_path: the 3D NIfTI to resample.
+        xfm_path: the ANTs ``.mat`` (fixed physical space -> moving physical space).
+        out_path: output NIfTI, float32 (uint8 for ``nearestNeighbor``, as masks are).
+        interpolation: an ANTs interpolator, ``"linear"`` or ``"nearestNeighbor"`` for masks.
+
+    Returns:
+        The output path.
+    """
+    fixed_nii = load_nifti(fixed_path)
+    moving_nii = load_nifti(moving_path)
+    fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
+    moving = _nifti_to_ants(_volume(moving_nii, moving_path, None), moving_nii.affine)
+    read_ants_transform(xfm_path)  # fail early, naming the transform file
+    warped = _apply(fixed, moving, Path(xfm_path), interpolation)
+    dtype = np.uint8 if interpolation == "nearestNeighbor" else np.float32
+    return save_nifti(warped.numpy(), fixed_nii.affine, out_path, dtype=dtype)
+
+
+def displacement_error_mm(
+    estimated_xfm_path: PathLike,
+    true_fixed_to_moving_world: np.ndarray,
+    mask_path: PathLike,
+) -> dict[str, float]:
+    """Displacement between an estimated ANTs transform and the true one over a mask's voxels.
+
+    Args:
+        estimated_xfm_path: ANTs ``.mat`` from a registration (fixed -> moving physical space).
+        true_fixed_to_moving_world: the true 4x4 mapping of fixed RAS world points (mm) to moving
+            RAS world points.
+        mask_path: a mask NIfTI; its nonzero voxel centres (in world space) are the points compared.
+
+    Returns:
+        ``{"mean_mm", "max_mm", "median_mm", "n_voxels"}``.
+    """
+    estimated = ants_transform_to_ras(read_ants_transform(estimated_xfm_path))
+    mask_nii = load_nifti(mask_path)
+    ijk = np.argwhere(np.asarray(mask_nii.dataobj) > 0)
+    if ijk.size == 0:
+        raise InputError(mask_path, "mask is empty")
+    points = nib.affines.apply_affine(mask_nii.affine, ijk)
+    truth = np.asarray(true_fixed_to_moving_world, dtype=float)
+    gap = np.linalg.norm(nib.affines.apply_affine(estimated, points)
+                         - nib.affines.apply_affine(truth, points), axis=1)
+    return {"mean_mm": float(gap.mean()), "max_mm": float(gap.max()),
+            "median_mm": float(np.median(gap)), "n_voxels": int(len(gap))}
+
+
+def read_ants_transform(xfm_path: PathLike) -> ants.ANTsTransform:
+    """Read an ANTs linear transform file, as an :class:`InputError` on the file when it fails."""
+    if not Path(xfm_path).is_file():
+        raise InputError(xfm_path, "transform file not found")
+    try:
+        return ants.read_transform(str(xfm_path))
+    except Exception as err:  # ITK raises RuntimeError with a C++ message
+        raise InputError(xfm_path, f"unreadable ANTs transform ({err})") from err
+
+
+def ants_transform_to_ras(transform: ants.ANTsTransform) -> np.ndarray:
+    """The 4x4 RAS-world matrix of an ANTs 3D linear transform.
+
+    ITK stores ``y = A (x - c) + t + c`` in LPS, with ``A`` and ``t`` in ``parameters`` and the centre
+    ``c`` in ``fixed_parameters``; RAS is LPS with x and y negated on both sides.
+
+    Args:
+        transform: a 3D affine-family ANTs transform.
+
+    Returns:
+        4x4 matrix mapping RAS points the way the transform maps LPS points.
+    """
+    params = np.asarray(transform.parameters, dtype=float)
+    centre = np.asarray(transform.fixed_parameters, dtype=float)
+    matrix, translation = params[:9].reshape(3, 3), params[9:12]
+    lps = np.eye(4)
+    lps[:3, :3] = matrix
+    lps[:3, 3] = translation + centre - matrix @ centre
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return flip @ lps @ flip
+
+
+def ras_to_ants_transform(matrix_ras: np.ndarray) -> ants.ANTsTransform:
+    """An ANTs affine transform (LPS) equivalent to a 4x4 RAS-world matrix (centre at the origin).
+
+    Args:
+        matrix_ras: 4x4 mapping of RAS points.
+
+    Returns:
+        The ANTs ``AffineTransform`` (float) mapping the same physical points in LPS.
+    """
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps = flip @ np.asarray(matrix_ras, dtype=float) @ flip
+    return ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                      matrix=lps[:3, :3], translation=lps[:3, 3],
+                                      center=np.zeros(3))
+
+
+def b0_volumes(dwi_path: PathLike, bval_path: PathLike, b0_threshold: float = 50.0) -> list[int]:
+    """Indices of the b=0 volumes of a DWI, from its FSL ``.bval``.
+
+    Args:
+        dwi_path: the 4D DWI (only its volume count is read).
+        bval_path: the FSL ``.bval`` file.
+        b0_threshold: b values at or below this count as b=0.
+
+    Returns:
+        The indices, in order.
+    """
+    try:
+        bvals = np.loadtxt(bval_path, dtype=float, ndmin=1).ravel()
+    except (OSError, ValueError) as err:
+        raise InputError(bval_path, f"unreadable bval file ({err})") from err
+    shape = load_nifti(dwi_path).shape
+    n_volumes = shape[3] if len(shape) == 4 else 1
+    if len(bvals) != n_volumes:
+        raise InputError(bval_path, f"{len(bvals)} b values for {n_volumes} DWI volumes")
+    indices = [int(i) for i in np.flatnonzero(bvals <= b0_threshold)]
+    if not indices:
+        raise InputError(dwi_path, f"no b=0 volume (no b <= {b0_threshold:g} in {bval_path})")
+    return indices
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+def _volume(img: nib.Nifti1Image, path: PathLike,
+            index: int | Sequence[int] | None) -> np.ndarray:
+    """The 3D float32 array of ``img``: itself, one 4D volume, or the mean of several."""
+    data = np.asarray(img.get_fdata(dtype=np.float32))
+    if data.ndim == 4 and data.shape[3] == 1 and index is None:
+        data = data[..., 0]
+    if data.ndim == 3:
+        if index not in (None, 0, [0], (0,)):
+            raise InputError(path, f"3D image has no volume {index}")
+        return data
+    if data.ndim != 4:
+        raise InputError(path, f"expected a 3D or 4D image, got {data.ndim}D")
+    if index is None:
+        raise InputError(path, "4D image: a volume to register must be chosen")
+    indices = [index] if isinstance(index, int | np.integer) else list(index)
+    if not indices or max(indices) >= data.shape[3] or min(indices) < -data.shape[3]:
+        raise InputError(path, f"volume {index} out of range for {data.shape[3]} volumes")
+    return data[..., indices].mean(axis=3)
+
+
+def _nifti_to_ants(data: np.ndarray, affine: np.ndarray) -> ants.ANTsImage:
+    """An ANTs image with the voxel order of ``data`` and the geometry of a RAS affine."""
+    linear = np.asarray(affine, dtype=float)[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    direction = _LPS @ (linear / spacing)
+    origin = _LPS @ np.asarray(affine, dtype=float)[:3, 3]
+    image = ants.from_numpy(np.ascontiguousarray(np.nan_to_num(data), dtype=np.float32),
+                            origin=origin.tolist(), spacing=spacing.tolist(), direction=direction)
+    return image
+
+
+def _check_contrast(image: ants.ANTsImage, path: PathLike) -> None:
+    """Reject images a registration cannot use: constant, or without any positive signal."""
+    values = image.numpy()
+    if not np.isfinite(values).all() or float(values.max() - values.min()) <= 0.0:
+        raise InputError(path, "constant image: nothing to register")
+
+
+def _mutual_information(fixed: ants.ANTsImage, moving_on_fixed: ants.ANTsImage) -> float:
+    """Mattes MI with the sign flipped (ANTs returns the metric value to minimise)."""
+    return -float(ants.image_mutual_information(fixed, moving_on_fixed))
+
+
+@contextlib.contextmanager
+def _ants_settings(threads: int, seed: int) -> Iterator[None]:
+    """Set the ITK thread count and the ANTs random seed for one call, then restore them."""
+    saved_threads = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+    saved_seed = ants.config._random_seed
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(threads)))
+    ants.config._random_seed = int(seed)  # antsRegistration then gets --random-seed
+    try:
+        yield
+    finally:
+        ants.config._random_seed = saved_seed
+        if saved_threads is None:
+            os.environ.pop("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", None)
+        else:
+            os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = saved_threads
+
+
+def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, moving_path: PathLike, work: Path,
+              *, threads: int, seed: int) -> tuple[float, float, Path]:
+    """Run rigid then affine; return MI before, MI after and the temporary ``.mat``."""
+    mi_before = _mutual_information(fixed, ants.resample_image_to_target(moving, fixed, "linear"))
+    initial: list[str] | None = None  # None: ANTs aligns the centres of mass first
+    try:
+        with _ants_settings(threads, seed):
+            for stage in _STAGES:
+                result = ants.registration(
+                    fixed, moving, type_of_transform=stage, initial_transform=initial,
+                    outprefix=str(work / f"{stage.lower()}_"), aff_metric=_METRIC,
+                    aff_sampling=_HISTOGRAM_BINS, aff_random_sampling_rate=_SAMPLING_RATE,
+                    aff_iterations=_ITERATIONS, aff_shrink_factors=_SHRINK_FACTORS,
+                    aff_smoothing_sigmas=_SMOOTHING_SIGMAS)
+                # each stage's output already composes its initial transform (ANTs -z 1)
+                initial = [result["fwdtransforms"][0]]
+    except (RuntimeError, ValueError) as err:
+        raise InputError(moving_path, f"registration failed ({err})") from err
+    xfm = Path(initial[0])
+    _check_plausible(xfm, moving_path)
+    mi_after = _mutual_information(fixed, _apply(fixed, moving, xfm, "linear"))
+    if mi_after < mi_before - _MI_DROP_TOLERANCE * abs(mi_before):
+        raise InputError(moving_path, f"registration failed: mutual information fell from "
+                                      f"{mi_before:.4f} to {mi_after:.4f}")
+    return mi_before, mi_after, xfm
+
+
+def _check_plausible(xfm: Path, moving_path: PathLike) -> None:
+    """Reject transforms that scale far from 1 (a diverged optimisation, not anatomy)."""
+    matrix = np.asarray(read_ants_transform(xfm).parameters, dtype=float)[:9].reshape(3, 3)
+    scales = np.linalg.svd(matrix, compute_uv=False)
+    if not np.all(np.isfinite(scales)) or np.any(np.abs(scales - 1.0) > _MAX_SCALE_DEVIATION):
+        raise InputError(moving_path, f"registration failed: implausible scaling "
+                                      f"{np.round(scales, 3).tolist()}")
+
+
+def _apply(fixed: ants.ANTsImage, moving: ants.ANTsImage, xfm: Path,
+           interpolation: str) -> ants.ANTsImage:
+    """Resample ``moving`` onto the grid of ``fixed`` through the ``.mat`` transform."""
+    try:
+        return ants.apply_transforms(fixed, moving, transformlist=[str(xfm)],
+                                     interpolator=interpolation)
+    except (RuntimeError, ValueError) as err:
+        raise InputError(xfm, f"cannot apply transform ({err})") from err
+
+
+def _write_outputs(warped: ants.ANTsImage, fixed_affine: np.ndarray, out_path: PathLike,
+                   xfm_tmp: Path, xfm_path: PathLike) -> None:
+    """Write the resampled image and the transform; either both land or neither does."""
+    with atomic_path(xfm_path) as xfm_stage, atomic_path(out_path) as image_stage:
+        shutil.copyfile(xfm_tmp, xfm_stage)
+        save_nifti(warped.numpy(), fixed_affine, image_stage, dtype=np.float32)

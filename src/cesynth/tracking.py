@@ -1,0 +1,224 @@
+"""MLflow tracking for every job that does work.
+
+Each job records one run in one experiment, tagged so that a run can be traced back to the rule,
+the wildcards, the code (git commit), the configuration (hash) and the pipeline invocation that
+produced it. The default store is SQLite under the results folder, so no server is needed.
+
+MLflow creates an SQLite store by running its schema migrations on first use; several processes
+doing that at once fail (alembic races, see FIELD-NOTES). :func:`init_store` therefore creates the
+store under an exclusive file lock; the workflow calls it once before any job starts, and every job
+calls it again (a cheap no-op once the store exists) so standalone runs are safe too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "cesynth"
+ENV_INVOCATION_ID = "CESYNTH_INVOCATION_ID"
+ENV_CONFIG_HASH = "CESYNTH_CONFIG_HASH"
+ENV_GIT_COMMIT = "CESYNTH_GIT_COMMIT"
+TAG_PREFIX = "cesynth."
+
+
+def default_tracking_uri(results_dir: str | os.PathLike, configured: str | None = None) -> str:
+    """The store to use: ``MLFLOW_TRACKING_URI``, else the configured URI, else SQLite in results.
+
+    Args:
+        results_dir: the pipeline's results folder.
+        configured: ``mlflow.tracking_uri`` from the config, if set.
+
+    Returns:
+        An MLflow tracking URI.
+    """
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    if configured:
+        return configured
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URI, or None for any other store."""
+    prefix = "sqlite:///"  # SQLAlchemy: what follows is the path, absolute when it starts with /
+    if not uri.startswith(prefix):
+        return None
+    return Path(uri[len(prefix):].split("?", 1)[0])
+
+
+def init_store(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Create the tracking store and the experiment once, safely under concurrency.
+
+    Args:
+        uri: MLflow tracking URI.
+        experiment: experiment name.
+
+    Returns:
+        The experiment ID.
+    """
+    import mlflow
+
+    db_path = sqlite_path(uri)
+    with _store_lock(db_path):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(experiment, artifact_location=_artifact_root(db_path))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short stable hash of a configuration (key order does not matter)."""
+    canonical = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def git_commit(repo_dir: str | os.PathLike) -> str:
+    """The commit of the code in ``repo_dir`` (``+dirty`` when it has uncommitted changes)."""
+    try:
+        commit = _git(repo_dir, "rev-parse", "HEAD")
+        dirty = _git(repo_dir, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
+
+
+def new_invocation_id() -> str:
+    """A fresh ID shared by all jobs of one pipeline invocation."""
+    return uuid.uuid4().hex[:16]
+
+
+def export_invocation_context(config: Mapping[str, Any], repo_dir: str | os.PathLike) -> dict:
+    """Put invocation ID, config hash and git commit in the environment for every job to read.
+
+    Jobs inherit the environment of the process that starts them (local subprocesses, SLURM's
+    sbatch), so setting these once in the workflow process tags every job alike. An ID already
+    present is kept, so a job that re-reads the workflow (cluster jobs do) stays in its invocation.
+
+    Returns:
+        The three values as a dict.
+    """
+    os.environ.setdefault(ENV_INVOCATION_ID, new_invocation_id())
+    os.environ.setdefault(ENV_CONFIG_HASH, config_hash(config))
+    os.environ.setdefault(ENV_GIT_COMMIT, git_commit(repo_dir))
+    return {key: os.environ[key] for key in (ENV_INVOCATION_ID, ENV_CONFIG_HASH, ENV_GIT_COMMIT)}
+
+
+def run_tags(rule: str, wildcards: Mapping[str, str]) -> dict[str, str]:
+    """The tags every cesynth run carries."""
+    tags = {
+        f"{TAG_PREFIX}rule": rule,
+        f"{TAG_PREFIX}invocation_id": os.environ.get(ENV_INVOCATION_ID, "standalone"),
+        f"{TAG_PREFIX}config_hash": os.environ.get(ENV_CONFIG_HASH, "n/a"),
+        f"{TAG_PREFIX}git_commit": os.environ.get(ENV_GIT_COMMIT, "unknown"),
+    }
+    for name, value in wildcards.items():
+        tags[f"{TAG_PREFIX}wildcard.{name}"] = str(value)
+    return tags
+
+
+def run_name(rule: str, wildcards: Mapping[str, str]) -> str:
+    """A readable run name such as ``fit_adc[subject=01]``."""
+    if not wildcards:
+        return rule
+    inner = ",".join(f"{key}={value}" for key, value in wildcards.items())
+    return f"{rule}[{inner}]"
+
+
+@contextlib.contextmanager
+def stage_run(
+    rule: str,
+    wildcards: Mapping[str, str] | None = None,
+    *,
+    uri: str,
+    experiment: str = DEFAULT_EXPERIMENT,
+    params: Mapping[str, Any] | None = None,
+) -> Iterator[Any]:
+    """Record one MLflow run around a job; the run ends FAILED if the block raises.
+
+    Args:
+        rule: the rule (or command) name.
+        wildcards: the job's wildcards (subject, experiment...).
+        uri: tracking URI.
+        experiment: experiment name.
+        params: parameters to log at the start.
+
+    Yields:
+        The active ``mlflow.ActiveRun``; log with ``mlflow.log_metrics`` etc. inside the block.
+    """
+    import mlflow
+
+    wildcards = dict(wildcards or {})
+    experiment_id = init_store(uri, experiment)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name(rule, wildcards),
+        tags=run_tags(rule, wildcards),
+    ) as active:
+        if params:
+            mlflow.log_params(flatten_params(params))
+        yield active
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested parameters to ``a.b.c`` keys with string values (MLflow's limit: 6000 chars)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """Keep the finite numeric entries of ``values`` (booleans as 0/1) for ``mlflow.log_metrics``."""
+    metrics: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, bool):
+            metrics[key] = float(value)
+        elif isinstance(value, int | float) and value == value and abs(value) != float("inf"):
+            metrics[key] = float(value)
+    return metrics
+
+
+@contextlib.contextmanager
+def _store_lock(db_path: Path | None) -> Iterator[None]:
+    if db_path is None:
+        yield
+        return
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(db_path.with_suffix(db_path.suffix + ".lock"), "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _artifact_root(db_path: Path | None) -> str | None:
+    if db_path is None:
+        return None
+    return (db_path.parent / "mlflow-artifacts").resolve().as_uri()
+
+
+def _git(repo_dir: str | os.PathLike, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo_dir), *args], capture_output=True, text=True, check=True, timeout=10
+    )
+    return result.stdout.strip()

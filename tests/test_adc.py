@@ -1,0 +1,266 @@
+"""Tests of the ADC fit (cesynth.adc) on synthetic DWI files with known diffusivity."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cesynth.adc import (
+    AdcStats,
+    adc_error_vs_truth,
+    fit_adc,
+    fit_adc_file,
+    read_bvals_bvecs,
+    shell_means,
+)
+from cesynth.io import InputError
+
+SHAPE = (12, 10, 6)
+AFFINE = np.array([[-1.5, 0, 0, 40], [0, 1.5, 0, -30], [0, 0, 3, -12], [0, 0, 0, 1]])
+# 1 b0 + 3 orthogonal directions x 2 shells
+BVALS = np.array([0, 500, 500, 500, 1000, 1000, 1000], dtype=float)
+BVECS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                 dtype=float).T
+
+
+def three_tissue_adc(shape=SHAPE) -> np.ndarray:
+    """WM / GM / CSF-like ADC map (mm2/s)."""
+    adc = np.full(shape, 0.75e-3, dtype=np.float32)
+    adc[: shape[0] // 3] = 0.85e-3
+    adc[2 * shape[0] // 3:] = 3.0e-3
+    return adc
+
+
+def simulate(adc: np.ndarray, s0: float | np.ndarray = 1000.0, bvals=BVALS) -> np.ndarray:
+    """Noise-free isotropic DWI, shape adc.shape + (len(bvals),)."""
+    s0 = np.broadcast_to(np.asarray(s0, dtype=np.float64), adc.shape)
+    return np.stack([s0 * np.exp(-b * adc.astype(np.float64)) for b in bvals], axis=-1)
+
+
+def write_dataset(folder: Path, dwi: np.ndarray, bvals=BVALS, bvecs=BVECS) -> tuple[Path, ...]:
+    dwi_path, bval_path, bvec_path = (folder / f"dwi.{ext}" for ext in ("nii.gz", "bval", "bvec"))
+    nib.save(nib.Nifti1Image(dwi.astype(np.float32), AFFINE), dwi_path)
+    np.savetxt(bval_path, np.atleast_2d(bvals), fmt="%g")
+    np.savetxt(bvec_path, bvecs, fmt="%.6f")
+    return dwi_path, bval_path, bvec_path
+
+
+def test_noise_free_recovery_exact():
+    true = three_tissue_adc()
+    shell_b, signal = shell_means(simulate(true), BVALS)
+    np.testing.assert_allclose(shell_b, [0, 500, 1000])
+    adc, stats = fit_adc(shell_b, signal)
+    assert adc.dtype == np.float32 and adc.shape == SHAPE
+    np.testing.assert_allclose(adc, true, rtol=1e-5)
+    assert stats.n_voxels_fitted == adc.size
+    assert stats.n_clipped_low == stats.n_clipped_high == stats.n_nonpositive_signal == 0
+    assert stats.median_in_mask == pytest.approx(np.median(true), rel=1e-5)
+    assert stats.b_values == (0.0, 500.0, 1000.0)
+
+
+def test_shells_grouped_within_tolerance_and_b0_averaged():
+    bvals = np.array([5, 0, 990, 510, 1010, 495], dtype=float)
+    true = three_tissue_adc()
+    dwi = simulate(true, bvals=bvals)
+    dwi[..., 1] *= 4.0  # second b0 four times brighter: geometric b0 mean is 2 * S0
+    shell_b, signal = shell_means(dwi, bvals, tolerance=50)
+    np.testing.assert_allclose(shell_b, [2.5, 502.5, 1000])
+    s0_expected = 2.0 * 1000.0 * np.exp(-5 / 2 * true)
+    np.testing.assert_allclose(signal[..., 0], s0_expected, rtol=1e-5)
+    assert shell_means(dwi, bvals, tolerance=10)[0].size == 6
+
+
+def test_geometric_mean_of_anisotropic_directions_is_trace_adc():
+    directional = np.array([0.5e-3, 0.8e-3, 1.1e-3])
+    dwi = np.empty(SHAPE + (7,))
+    dwi[..., 0] = 800.0
+    for shell, b in enumerate((500.0, 1000.0)):
+        for axis in range(3):
+            dwi[..., 1 + 3 * shell + axis] = 800.0 * np.exp(-b * directional[axis])
+    adc, _ = fit_adc(*shell_means(dwi, BVALS))
+    np.testing.assert_allclose(adc, 0.8e-3, rtol=1e-5)
+
+
+def test_zeros_negatives_nan_give_finite_output_and_counted_clips():
+    true = np.full(SHAPE, 0.8e-3, dtype=np.float32)
+    dwi = simulate(true)
+    dwi[0, 0, 0, 4] = 0.0  # b=1000 sample zero: huge ADC -> clipped high
+    dwi[1, 0, 0, 5] = -3.0  # negative b=1000 sample -> clipped high
+    dwi[2, 0, 0, 2] = np.nan  # NaN b=500 sample -> clamped -> clipped high
+    dwi[3, 0, 0, 0] = np.inf  # infinite b0 -> clamped, far too high ADC -> clipped high
+    dwi[4, 0, 0, 1:] = 2000.0  # signal rises with b: negative ADC -> clipped low
+    dwi[5, 0, 0, :] = 0.0  # all zero: below noise threshold, not fitted
+    dwi[6, 0, 0, 0] = -5.0  # negative S0: not fitted
+    dwi[7, 0, 0, :] = 1e-3  # noise-floor voxel: below the automatic threshold
+    adc, stats = fit_adc(*shell_means(dwi, BVALS))
+    assert np.all(np.isfinite(adc))
+    assert adc[0, 0, 0] == adc[1, 0, 0] == adc[2, 0, 0] == adc[3, 0, 0] == pytest.approx(4e-3)
+    assert adc[4, 0, 0] == 0.0
+    assert adc[5, 0, 0] == adc[6, 0, 0] == adc[7, 0, 0] == 0.0
+    assert stats.n_clipped_high == 4
+    assert stats.n_clipped_low == 1
+    assert stats.n_nonpositive_signal == 4  # voxels 0-3 (5 and 6 are not fitted)
+    assert stats.n_voxels_fitted == adc.size - 3
+    rest = np.ones(SHAPE, dtype=bool)
+    rest[:8, 0, 0] = False
+    np.testing.assert_allclose(adc[rest], 0.8e-3, rtol=1e-5)
+
+
+def test_clip_limits_are_parameters_and_mask_zeroes_outside():
+    true = three_tissue_adc()
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[2:-2, 2:-2, 1:-1] = True
+    adc, stats = fit_adc(*shell_means(simulate(true), BVALS), mask, min_adc=0.8e-3,
+                         max_adc=2e-3)
+    assert np.all(adc[~mask] == 0)
+    inside = true[mask]
+    assert stats.n_voxels_fitted == mask.sum()
+    assert stats.n_clipped_low == np.count_nonzero(inside < 0.8e-3)
+    assert stats.n_clipped_high == np.count_nonzero(inside > 2e-3)
+    np.testing.assert_allclose(adc[mask], np.clip(inside, 0.8e-3, 2e-3), rtol=1e-5)
+
+
+def test_file_round_trip(tmp_path):
+    true = three_tissue_adc()
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, simulate(true))
+    out = tmp_path / "out" / "adc.nii.gz"
+    stats = fit_adc_file(dwi_path, bval_path, bvec_path, out)
+    assert isinstance(stats, AdcStats)
+    img = nib.load(out)
+    assert img.get_data_dtype() == np.float32
+    assert img.shape == SHAPE
+    np.testing.assert_allclose(img.affine, AFFINE)
+    np.testing.assert_allclose(img.get_fdata(), true, rtol=1e-5)
+    assert [p.name for p in out.parent.iterdir()] == ["adc.nii.gz"]  # no temporary left
+
+    true_path = tmp_path / "true.nii.gz"
+    nib.save(nib.Nifti1Image(true, AFFINE), true_path)
+    errors = adc_error_vs_truth(out, true_path)
+    assert errors["median_abs_error"] < 1e-8 and errors["median_rel_error"] < 1e-5
+    assert errors["n_voxels"] == true.size
+
+
+def test_file_with_mask_and_extra_shell(tmp_path):
+    bvals = np.append(BVALS, 2000.0)
+    bvecs = np.hstack([BVECS, [[1], [0], [0]]])
+    true = three_tissue_adc()
+    dwi = simulate(true, bvals=bvals)
+    dwi[..., -1] = 1.0  # a b=2000 shell must not enter the fit
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, dwi, bvals, bvecs)
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[3:9] = 1
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, AFFINE), mask_path)
+    out = tmp_path / "adc.nii.gz"
+    stats = fit_adc_file(dwi_path, bval_path, bvec_path, out, mask_path=mask_path)
+    adc = nib.load(out).get_fdata()
+    assert stats.b_values == (0.0, 500.0, 1000.0)
+    assert stats.n_voxels_fitted == mask.sum()
+    np.testing.assert_allclose(adc[mask == 1], true[mask == 1], rtol=1e-5)
+    assert np.all(adc[mask == 0] == 0)
+
+    errors = adc_error_vs_truth(out, tmp_path / "adc.nii.gz", mask_path)
+    assert errors["median_abs_error"] == 0.0
+
+
+def test_mask_on_other_grid_is_rejected(tmp_path):
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, simulate(three_tissue_adc()))
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((5, 5, 5), np.uint8), AFFINE), mask_path)
+    with pytest.raises(InputError, match="mask"):
+        fit_adc_file(dwi_path, bval_path, bvec_path, tmp_path / "adc.nii.gz", mask_path)
+    assert not (tmp_path / "adc.nii.gz").exists()
+
+
+def test_missing_shell_names_bval_file(tmp_path):
+    bvals = np.array([0, 500, 500, 500], dtype=float)
+    dwi = simulate(three_tissue_adc(), bvals=bvals)
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, dwi, bvals, BVECS[:, :4])
+    out = tmp_path / "adc.nii.gz"
+    with pytest.raises(InputError, match="b=1000") as info:
+        fit_adc_file(dwi_path, bval_path, bvec_path, out)
+    assert info.value.who == str(bval_path)
+    assert not out.exists()
+
+
+def test_gradient_length_mismatch(tmp_path):
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, simulate(three_tissue_adc()))
+    with pytest.raises(InputError) as info:
+        read_bvals_bvecs(bval_path, bvec_path, 8)
+    assert info.value.who == str(bval_path)
+    np.savetxt(bvec_path, BVECS[:, :6], fmt="%g")
+    with pytest.raises(InputError) as info:
+        read_bvals_bvecs(bval_path, bvec_path, 7)
+    assert info.value.who == str(bvec_path)
+    np.savetxt(bvec_path, BVECS[:2], fmt="%g")
+    with pytest.raises(InputError, match="3 rows"):
+        read_bvals_bvecs(bval_path, bvec_path, 7)
+    with pytest.raises(InputError, match="not found"):
+        read_bvals_bvecs(tmp_path / "nope.bval", bvec_path, 7)
+
+
+def test_read_bvals_bvecs_values(tmp_path):
+    _, bval_path, bvec_path = write_dataset(tmp_path, simulate(three_tissue_adc()))
+    bvals, bvecs = read_bvals_bvecs(bval_path, bvec_path, 7)
+    np.testing.assert_array_equal(bvals, BVALS)
+    np.testing.assert_allclose(bvecs, BVECS)
+    assert bvecs.shape == (3, 7)
+
+
+# ----------------------------------------------------------------------------- MRtrix3
+
+
+def rician_phantom(rng: np.random.Generator, bvals: np.ndarray, sigma: float = 20.0):
+    """Noisy isotropic DWI (Rician, S0 = 1000 so b0 SNR 50) with a brain-like region and mask."""
+    shape = (40, 40, 12)
+    true = three_tissue_adc(shape)
+    clean = simulate(true, bvals=bvals)
+    noise = rng.normal(0.0, sigma, clean.shape) + 1j * rng.normal(0.0, sigma, clean.shape)
+    dwi = np.abs(clean + noise)
+    mask = np.zeros(shape, dtype=bool)
+    mask[4:-4, 4:-4, 2:-2] = True
+    dwi[~mask] = np.abs(noise[~mask])  # background: noise only
+    return dwi, mask
+
+
+def run_dwi2adc(folder: Path, dwi_path: Path, bval_path: Path, bvec_path: Path) -> np.ndarray:
+    out = folder / "mrtrix_adc.nii"
+    subprocess.run(["dwi2adc", "-quiet", "-force", "-nthreads", "1", "-fslgrad", str(bvec_path),
+                    str(bval_path), str(dwi_path), str(out)], check=True)
+    result = nib.load(out)
+    assert result.shape[3] == 2  # S0 then ADC
+    return result.get_fdata()
+
+
+@pytest.mark.skipif(shutil.which("dwi2adc") is None, reason="MRtrix3 dwi2adc not installed")
+@pytest.mark.parametrize(
+    ("bvals", "weighting"),
+    [
+        # 1 b0 + 3 directions x 2 shells: dwi2adc fits all volumes, i.e. weights shells by count
+        (BVALS, "volume"),
+        # equal volume counts per shell: the per-shell (method) fit is the same fit
+        (np.array([0, 0, 0, 500, 500, 500, 1000, 1000, 1000], dtype=float), "shell"),
+    ],
+)
+def test_agrees_with_mrtrix_dwi2adc(tmp_path, bvals, weighting):
+    rng = np.random.default_rng(42)
+    dwi, mask = rician_phantom(rng, bvals)
+    directions = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+    bvecs = np.array([directions[0] if b == 0 else directions[1 + i % 3]
+                      for i, b in enumerate(bvals)]).T
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, dwi, bvals, bvecs)
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), AFFINE), mask_path)
+    out = tmp_path / "adc.nii.gz"
+    fit_adc_file(dwi_path, bval_path, bvec_path, out, mask_path, max_adc=1.0,
+                 weighting=weighting)
+    ours = nib.load(out).get_fdata()
+    mrtrix = run_dwi2adc(tmp_path, dwi_path, bval_path, bvec_path)
+    assert np.median(mrtrix[..., 0][mask]) == pytest.approx(1000.0, rel=0.05)  # volume 0 is S0
+    diff = np.abs(ours[mask] - mrtrix[..., 1][mask])
+    assert np.median(diff) < 1e-6

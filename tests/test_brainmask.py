@@ -1,0 +1,227 @@
+"""Brain masks from the CE-T1 against the phantom's ground truth (real images, real methods)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.processing import resample_from_to, resample_to_output
+from scipy import ndimage
+
+from cesynth import brainmask as bm
+from cesynth.io import InputError, load_nifti
+
+DICE_REQUIRED = 0.95       # the issue's requirement for the default method
+DICE_THICK_REQUIRED = 0.90  # 5 mm axial slices
+# brainextractor (the BET port) measured about 0.96-0.97 on the phantom; this bound only guards
+# against a broken fallback and is kept below the default method's requirement on purpose
+DICE_BET_PYTHON = 0.93
+THICK_ZOOMS = (2.0, 2.0, 5.0)
+
+needs_deepbet = pytest.mark.skipif("deepbet" not in bm.available_methods(),
+                                   reason="deepbet is not installed")
+needs_bet_python = pytest.mark.skipif("bet-python" not in bm.available_methods(),
+                                      reason="brainextractor is not installed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: a two-subject phantom (one with a tumor) at 2 mm, built once per module
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cesynth import phantom
+
+    out = tmp_path_factory.mktemp("phantom")
+    phantom.make_cohort(out, 2, seed=0, n_set_b=1,
+                        settings=phantom.PhantomSettings(voxel_mm=2.0))
+    return out
+
+
+def _subjects(cohort: Path) -> list[str]:
+    return sorted(p.name for p in cohort.glob("sub-*") if p.is_dir())
+
+
+def _ce_t1_path(cohort: Path, sub: str) -> Path:
+    return cohort / sub / "anat" / f"{sub}_ce-gadolinium_T1w.nii.gz"
+
+
+def _truth(cohort: Path, sub: str) -> nib.Nifti1Image:
+    return nib.load(cohort / "derivatives" / "phantom" / sub
+                    / f"{sub}_space-ceT1w_desc-brain_mask.nii.gz")
+
+
+def _has_tumor(cohort: Path, sub: str) -> bool:
+    return any((cohort / "derivatives" / "tumor_masks" / sub).rglob("*_mask.nii*"))
+
+
+@pytest.fixture(scope="module")
+def tumor_subject(cohort: Path) -> str:
+    with_tumor = [sub for sub in _subjects(cohort) if _has_tumor(cohort, sub)]
+    return (with_tumor or _subjects(cohort))[0]
+
+
+@pytest.fixture(scope="module")
+def thick(cohort: Path, tumor_subject: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The tumor subject's CE-T1 and true mask on a 2x2x5 mm axial grid."""
+    image = resample_to_output(load_nifti(_ce_t1_path(cohort, tumor_subject)),
+                               voxel_sizes=THICK_ZOOMS, order=1)
+    truth = resample_from_to(_truth(cohort, tumor_subject), image, order=1)
+    return image, np.asarray(truth.dataobj) >= 0.5
+
+
+_MASKS: dict[tuple[str, str], tuple[np.ndarray, dict]] = {}
+
+
+def _mask_of(cohort: Path, sub: str, method: str) -> tuple[np.ndarray, dict]:
+    """Masks are costly (seconds each): compute each (subject, method) once per module."""
+    if (sub, method) not in _MASKS:
+        _MASKS[(sub, method)] = bm.brain_mask(load_nifti(_ce_t1_path(cohort, sub)), method,
+                                              threads=2)
+    return _MASKS[(sub, method)]
+
+
+def _report(label: str, value: float) -> None:
+    print(f"\n{label}: Dice {value:.4f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy against the phantom's ground truth
+
+
+@needs_deepbet
+def test_deepbet_dice_on_every_phantom_subject(cohort: Path) -> None:
+    assert _has_tumor(cohort, _subjects(cohort)[-1]) or _has_tumor(cohort, _subjects(cohort)[0])
+    for sub in _subjects(cohort):
+        mask, info = _mask_of(cohort, sub, "deepbet")
+        score = bm.dice(mask, np.asarray(_truth(cohort, sub).dataobj))
+        _report(f"deepbet {sub} ({info['seconds']} s)", score)
+        assert score >= DICE_REQUIRED, f"{sub}: Dice {score:.4f}"
+
+
+@needs_bet_python
+def test_bet_python_dice_on_tumor_subject(cohort: Path, tumor_subject: str) -> None:
+    mask, info = _mask_of(cohort, tumor_subject, "bet-python")
+    score = bm.dice(mask, np.asarray(_truth(cohort, tumor_subject).dataobj))
+    _report(f"bet-python {tumor_subject} ({info['seconds']} s)", score)
+    assert score >= DICE_BET_PYTHON
+
+
+@pytest.mark.parametrize("method", [
+    pytest.param("deepbet", marks=needs_deepbet),
+    pytest.param("bet-python", marks=needs_bet_python),
+])
+def test_thick_axial_slices(thick: tuple[nib.Nifti1Image, np.ndarray], method: str) -> None:
+    image, truth = thick
+    assert image.header.get_zooms()[:3] == pytest.approx(THICK_ZOOMS)
+    mask, _ = bm.brain_mask(image, method, threads=2)
+    score = bm.dice(mask, truth)
+    _report(f"{method} thick {THICK_ZOOMS}", score)
+    assert mask.shape == image.shape
+    assert score >= DICE_THICK_REQUIRED
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape of the output
+
+
+@needs_deepbet
+def test_mask_file_is_native_grid_one_component_without_holes(
+        cohort: Path, tumor_subject: str, tmp_path: Path) -> None:
+    image_path = _ce_t1_path(cohort, tumor_subject)
+    out = tmp_path / "mask.nii.gz"
+    info = bm.brain_mask_file(image_path, out, "auto", threads=2)
+    image, written = nib.load(image_path), nib.load(out)
+    mask = np.asarray(written.dataobj)
+    assert written.get_data_dtype() == np.uint8
+    assert written.shape == image.shape
+    np.testing.assert_allclose(written.affine, image.affine, atol=1e-5)
+    assert set(np.unique(mask)) == {0, 1}
+    assert ndimage.label(mask)[1] == 1
+    assert np.array_equal(ndimage.binary_fill_holes(mask), mask.astype(bool))
+    assert info["method"] == bm.resolve_method("auto")
+    assert info["volume_ml"] == pytest.approx(bm.mask_volume_ml(mask, image.affine))
+    assert info["seconds"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.nii.gz"]  # no temporary left
+
+
+def test_unreadable_input_leaves_no_output(tmp_path: Path) -> None:
+    bad = tmp_path / "ce.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 2), np.float32), np.eye(4)), bad)
+    out = tmp_path / "mask.nii.gz"
+    with pytest.raises(InputError, match="ce.nii.gz: expected a 3D image"):
+        bm.brain_mask_file(bad, out, "auto")
+    assert not out.exists()
+
+
+def test_clean_mask_keeps_largest_component_and_fills_holes() -> None:
+    mask = np.zeros((20, 20, 20), bool)
+    mask[2:12, 2:12, 2:12] = True
+    mask[6, 6, 6] = False           # an inner hole
+    mask[15:17, 15:17, 15:17] = True  # a stray blob
+    cleaned = bm.clean_mask(mask)
+    expected = np.zeros_like(mask)
+    expected[2:12, 2:12, 2:12] = True
+    assert np.array_equal(cleaned, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Method selection
+
+
+def test_auto_picks_first_available_and_deepbet_without_fsl(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert bm.resolve_method("auto") == bm.available_methods()[0]
+    monkeypatch.delenv("FSLDIR", raising=False)
+    if "deepbet" in bm.available_methods():
+        assert bm.resolve_method("auto") == "deepbet"
+
+
+def test_fsl_without_fsl_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FSLDIR", raising=False)
+    assert "fsl" not in bm.available_methods()
+    with pytest.raises(InputError) as err:
+        bm.resolve_method("fsl")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "method 'fsl'" in message and "install FSL" in message
+    assert isinstance(err.value, ValueError)
+
+
+def test_unknown_method_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="method 'watershed'.*auto, fsl, deepbet, bet-python"):
+        bm.resolve_method("watershed")
+
+
+@pytest.mark.skipif("fsl" not in bm.available_methods(),
+                    reason="FSL is not installed (FSLDIR unset or `bet` not runnable)")
+def test_fsl_bet_dice(cohort: Path, tumor_subject: str) -> None:
+    mask, _ = _mask_of(cohort, tumor_subject, "fsl")
+    score = bm.dice(mask, np.asarray(_truth(cohort, tumor_subject).dataobj))
+    _report(f"fsl {tumor_subject}", score)
+    assert score >= DICE_REQUIRED
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_dice_hand_values() -> None:
+    a = np.array([1, 1, 1, 0, 0], bool)
+    b = np.array([0, 1, 1, 1, 0], bool)
+    assert bm.dice(a, b) == pytest.approx(2 * 2 / 6)
+    assert bm.dice(a, a) == 1.0
+    assert bm.dice(a, ~a) == 0.0
+    assert bm.dice(np.zeros(3), np.zeros(3)) == 1.0
+    with pytest.raises(ValueError):
+        bm.dice(np.zeros(3), np.zeros(4))
+
+
+def test_mask_volume_ml_hand_values() -> None:
+    mask = np.zeros((10, 10, 10), np.uint8)
+    mask[:5, :4, :2] = 1  # 40 voxels
+    affine = np.diag([2.0, -1.5, 5.0, 1.0])  # 15 mm3 per voxel, a flipped axis
+    assert bm.mask_volume_ml(mask, affine) == pytest.approx(40 * 15 / 1000)
+    assert bm.mask_volume_ml(mask.astype(bool), np.eye(4)) == pytest.approx(0.04)

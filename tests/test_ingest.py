@@ -1,0 +1,382 @@
+"""Tests of BIDS discovery, splits and input validation on real NIfTI files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from helpers.bids_builder import (
+    AFFINE,
+    SHAPE,
+    add_subject,
+    ellipsoid,
+    make_dataset,
+    save,
+    tree_fingerprint,
+)
+
+from cesynth.ingest import (
+    ScanFiles,
+    assign_splits,
+    discover_bids,
+    exclusion_report,
+    tabulate_reports,
+    validate_scan,
+    validation_split,
+    write_scan_report,
+)
+from cesynth.io import InputError, read_json, read_tsv
+
+
+def _one_scan(root: Path) -> ScanFiles:
+    (scan,) = discover_bids(root)
+    return scan
+
+
+def _validation_error(tmp_path: Path, corrupt: Callable[[dict[str, Path]], None],
+                      **subject_options) -> str:
+    """Build subject 07, apply ``corrupt`` to its files, and return the validation message."""
+    root = make_dataset(tmp_path / "bids")
+    paths = add_subject(root, "07", **subject_options)
+    corrupt(paths)
+    with pytest.raises(InputError) as caught:
+        validate_scan(_one_scan(root))
+    assert caught.value.who == "sub-07"
+    return str(caught.value)
+
+
+# ------------------------------------------------------------------ one test per kind of bad input
+
+
+def test_truncated_gzip_is_reported_as_unreadable(tmp_path):
+    def truncate(paths):
+        raw = paths["T2w"].read_bytes()
+        paths["T2w"].write_bytes(raw[: len(raw) // 2])
+
+    message = _validation_error(tmp_path, truncate)
+    assert message.startswith("sub-07: sub-07_T2w.nii.gz: unreadable NIfTI")
+
+
+def test_wrong_dimensionality_is_reported(tmp_path):
+    def make_4d(paths):
+        save(np.stack([ellipsoid(), ellipsoid(seed=1)], axis=-1), paths["ceT1w"])
+
+    message = _validation_error(tmp_path, make_4d)
+    assert message == ("sub-07: sub-07_ce-gadolinium_T1w.nii.gz: expected a 3D image, "
+                       "got shape (12, 14, 10, 2)")
+
+
+def test_single_volume_4d_anatomy_is_accepted(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    paths = add_subject(root, "07")
+    save(ellipsoid()[..., np.newaxis], paths["T2w"])
+    assert validate_scan(_one_scan(root))["status"] == "included"
+
+
+def test_nan_is_reported(tmp_path):
+    def add_nan(paths):
+        data = ellipsoid()
+        data[3, 4, 5] = np.nan
+        save(data, paths["T1w"])
+
+    message = _validation_error(tmp_path, add_nan)
+    assert message == "sub-07: sub-07_T1w.nii.gz: 1 non-finite voxels (NaN or inf)"
+
+
+def test_constant_image_is_reported(tmp_path):
+    message = _validation_error(tmp_path, lambda p: save(np.full(SHAPE, 5.0), p["T2w"]))
+    assert message == "sub-07: sub-07_T2w.nii.gz: constant image (every voxel is 5)"
+
+
+def test_singular_affine_is_reported(tmp_path):
+    singular = AFFINE.copy()
+    singular[:3, 2] = singular[:3, 0]
+    message = _validation_error(tmp_path, lambda p: save(ellipsoid(), p["T1w"], singular))
+    assert message.startswith("sub-07: sub-07_T1w.nii.gz: singular affine")
+
+
+def test_implausible_voxel_size_is_reported(tmp_path):
+    huge = np.diag([20.0, 2.0, 2.0, 1.0])
+    message = _validation_error(tmp_path, lambda p: save(ellipsoid(), p["T2w"], huge))
+    assert message == "sub-07: sub-07_T2w.nii.gz: voxel size 20 x 2 x 2 mm outside 0.1-10.0 mm"
+
+
+def test_bval_count_mismatch_is_reported(tmp_path):
+    message = _validation_error(
+        tmp_path, lambda p: p["bval"].write_text("0 500 500 500 1000 1000\n"))
+    assert message == "sub-07: sub-07_dwi.bval: 6 b-values for 7 volumes"
+
+
+def test_bvec_count_mismatch_is_reported(tmp_path):
+    def drop_direction(paths):
+        rows = paths["bvec"].read_text().splitlines()
+        paths["bvec"].write_text("\n".join(" ".join(row.split()[:6]) for row in rows))
+
+    message = _validation_error(tmp_path, drop_direction)
+    assert message == "sub-07: sub-07_dwi.bvec: 6 directions for 7 volumes"
+
+
+def test_bvec_with_two_rows_is_reported(tmp_path):
+    def drop_row(paths):
+        paths["bvec"].write_text("\n".join(paths["bvec"].read_text().splitlines()[:2]))
+
+    message = _validation_error(tmp_path, drop_row)
+    assert message == "sub-07: sub-07_dwi.bvec: 2 rows (expected 3: x, y, z)"
+
+
+def test_missing_bval_file_is_reported(tmp_path):
+    message = _validation_error(tmp_path, lambda p: p["bval"].unlink())
+    assert message == "sub-07: sub-07_dwi.bval: missing (required with sub-07_dwi.nii.gz)"
+
+
+def test_missing_b1000_is_reported(tmp_path):
+    message = _validation_error(
+        tmp_path, lambda p: p["bval"].write_text("0 500 500 500 500 500 500\n"))
+    assert message == ("sub-07: sub-07_dwi.bval: no volume at b=1000 (within 50); "
+                       "b-values found: 0, 500")
+
+
+def test_b_value_outside_tolerance_is_reported(tmp_path):
+    message = _validation_error(
+        tmp_path, lambda p: p["bval"].write_text("0 500 500 500 1080 1080 1080\n"))
+    assert message == ("sub-07: sub-07_dwi.bval: no volume at b=1000 (within 50); "
+                       "b-values found: 0, 500, 1080")
+
+
+def test_b_value_inside_tolerance_is_accepted(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    paths = add_subject(root, "07")
+    paths["bval"].write_text("5 490 500 510 1000 1030 990\n")
+    assert validate_scan(_one_scan(root))["b_values"] == [5, 490, 500, 510, 990, 1000, 1030]
+
+
+def test_missing_target_is_reported_for_training(tmp_path):
+    message = _validation_error(tmp_path, lambda p: None, modalities=("T1w", "T2w", "dwi"))
+    assert message == ("sub-07: sub-07_ce-gadolinium_T1w.nii.gz: "
+                       "missing (the CE-T1 target is required)")
+
+
+def test_missing_target_is_accepted_for_prediction(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "07", modalities=("T1w", "T2w", "dwi"))
+    report = validate_scan(_one_scan(root), require_target=False)
+    assert report["missing"] == ["ceT1w"]
+
+
+def test_missing_t1w_is_reported(tmp_path):
+    message = _validation_error(tmp_path, lambda p: None, modalities=("ceT1w", "T2w", "dwi"))
+    assert message == "sub-07: sub-07_T1w.nii.gz: missing (T1w is always required)"
+
+
+def test_tumor_mask_on_another_grid_is_reported(tmp_path):
+    def regrid(paths):
+        mask = np.zeros((12, 14, 11), np.uint8)
+        mask[5:8, 6:9, 4:6] = 1
+        save(mask, paths["tumor_mask"])
+
+    message = _validation_error(tmp_path, regrid, tumor_mask=True)
+    assert message == ("sub-07: sub-07_desc-tumor_mask.nii.gz: not on the CE-T1 grid: "
+                       "shape (12, 14, 11) vs (12, 14, 10)")
+
+
+def test_tumor_mask_with_shifted_affine_is_reported(tmp_path):
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 0.5
+
+    def shift(paths):
+        save(_mask_data(paths), paths["tumor_mask"], shifted)
+
+    message = _validation_error(tmp_path, shift, tumor_mask=True)
+    assert message.endswith("not on the CE-T1 grid: affine differs from the CE-T1's")
+
+
+def test_non_binary_tumor_mask_is_reported(tmp_path):
+    def soften(paths):
+        save(_mask_data(paths) * 0.5, paths["tumor_mask"])
+
+    message = _validation_error(tmp_path, soften, tumor_mask=True)
+    assert message == ("sub-07: sub-07_desc-tumor_mask.nii.gz: "
+                       "not a binary mask (values other than 0 and 1: 0.5)")
+
+
+def _mask_data(paths: dict[str, Path]) -> np.ndarray:
+    return np.asarray(nib.load(str(paths["tumor_mask"])).dataobj, dtype=np.float32)
+
+
+# ------------------------------------------------------------------ discovery and reports
+
+
+def test_valid_subject_report(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01")
+    report = validate_scan(_one_scan(root))
+    assert report["status"] == "included"
+    assert report["modalities"] == ["T1w", "ceT1w", "T2w", "dwi"]
+    assert report["missing"] == []
+    assert report["dwi_volumes"] == 7
+    assert report["b_values"] == [0, 500, 1000]
+    assert report["files"]["T1w"] == {"file": "sub-01_T1w.nii.gz", "shape": [12, 14, 10],
+                                      "voxel_size_mm": [2.0, 2.0, 2.5]}
+
+
+def test_subject_without_t2_and_dwi_is_kept_and_reported_missing(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01")
+    add_subject(root, "02", modalities=("T1w", "ceT1w"))
+    scans = discover_bids(root)
+    assert [scan.scan_id for scan in scans] == ["01", "02"]
+    assert scans[1].available_modalities() == ("T1w", "ceT1w")
+    report = validate_scan(scans[1])
+    assert report["status"] == "included"
+    assert report["missing"] == ["T2w", "dwi"]
+    table = assign_splits(scans, 0.1)
+    assert table.set_index("scan_id").loc["02", ["has_T2w", "has_dwi"]].tolist() == [False,
+                                                                                       False]
+
+
+def test_uncompressed_nifti_is_found(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01", modalities=("ceT1w",))
+    t1w = save(ellipsoid(), root / "sub-01" / "anat" / "sub-01_T1w.nii")
+    assert _one_scan(root).t1w == t1w
+
+
+def test_sessions_give_distinct_scan_ids(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01", session="1")
+    add_subject(root, "01", session="2", modalities=("T1w", "ceT1w"))
+    scans = discover_bids(root)
+    assert [(s.scan_id, s.participant, s.session) for s in scans] == [("01ses1", "01", "1"),
+                                                                      ("01ses2", "01", "2")]
+    assert scans[1].t1w.name == "sub-01_ses-2_T1w.nii.gz"
+    assert validate_scan(scans[0])["scan_id"] == "01ses1"
+    assert len(set(assign_splits(scans, 0.5)["split"])) == 1  # one patient, one side
+
+
+def test_colliding_scan_ids_are_rejected(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01", session="2")
+    add_subject(root, "01ses2")
+    with pytest.raises(InputError, match="scan ID 01ses2 is ambiguous"):
+        discover_bids(root)
+
+
+def test_set_from_participants_tsv_overrides_tumor_mask_rule(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01")
+    add_subject(root, "02", tumor_mask=True)
+    add_subject(root, "03")
+    (root / "participants.tsv").write_text("participant_id\tset\nsub-01\tB\nsub-02\tA\n"
+                                           "sub-03\tn/a\n")
+    assert [scan.set for scan in discover_bids(root)] == ["B", "A", "A"]
+
+
+def test_set_from_tumor_mask_without_set_column(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01")
+    add_subject(root, "02", tumor_mask=True)
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t50\nsub-02\t60\n")
+    scans = discover_bids(root)
+    assert [scan.set for scan in scans] == ["A", "B"]
+    assert scans[1].tumor_mask is not None
+    assert assign_splits(scans, 0.1).set_index("scan_id").loc["02", "split"] == "test"
+
+
+def test_bad_set_value_names_participants_tsv(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01")
+    (root / "participants.tsv").write_text("participant_id\tset\nsub-01\tC\n")
+    with pytest.raises(InputError) as caught:
+        discover_bids(root)
+    assert caught.value.who.endswith("participants.tsv")
+    assert "'C' (expected A or B)" in caught.value.problem
+
+
+def test_not_a_bids_dataset_is_rejected(tmp_path):
+    with pytest.raises(InputError, match="not a directory"):
+        discover_bids(tmp_path / "absent")
+    (tmp_path / "sub-01").mkdir()
+    with pytest.raises(InputError, match="no dataset_description.json"):
+        discover_bids(tmp_path)
+    with pytest.raises(InputError, match="no sub-"):
+        discover_bids(make_dataset(tmp_path / "empty"))
+
+
+def test_split_is_stable_when_subjects_are_added(tmp_path):
+    first = [f"{i:03d}" for i in range(50)]
+    second = [f"{i:03d}" for i in range(50, 100)]
+    before = {p: validation_split(p, 0.2) for p in first}
+    after = {p: validation_split(p, 0.2) for p in first + second}
+    assert all(after[p] == before[p] for p in first)
+    share = sum(s == "validation" for s in after.values()) / len(after)
+    assert 0.1 <= share <= 0.3
+    many = [validation_split(f"p{i}", 0.1) for i in range(2000)]
+    assert abs(many.count("validation") / 2000 - 0.1) < 0.025
+
+
+def test_splits_on_disk_are_stable_when_subjects_are_added(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    for i in range(3):
+        add_subject(root, f"{i:02d}", modalities=("T1w",))
+    before = assign_splits(discover_bids(root), 0.5).set_index("scan_id")["split"]
+    for i in range(3, 6):
+        add_subject(root, f"{i:02d}", modalities=("T1w",))
+    after = assign_splits(discover_bids(root), 0.5).set_index("scan_id")["split"]
+    assert after.loc[before.index].tolist() == before.tolist()
+
+
+def test_source_tree_is_unchanged_by_discovery_and_validation(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01", tumor_mask=True)
+    add_subject(root, "02", session="1")
+    add_subject(root, "03", modalities=("T1w",))
+    (root / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\nsub-03\n")
+    before = tree_fingerprint(root)
+    for scan in discover_bids(root):
+        try:
+            validate_scan(scan)
+        except InputError:
+            pass
+    assign_splits(discover_bids(root), 0.1)
+    assert tree_fingerprint(root) == before
+
+
+def test_tabulate_reports_lists_included_and_excluded_scans(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01")
+    bad = add_subject(root, "02", modalities=("T1w", "ceT1w", "dwi"))
+    bad["bval"].write_text("0 500 1000\n")
+    reports = []
+    for scan in discover_bids(root):
+        try:
+            report = validate_scan(scan)
+        except InputError as err:
+            report = exclusion_report(scan, err)
+        path = tmp_path / "qc" / f"sub-{scan.scan_id}_ingest.json"
+        write_scan_report(report, path)
+        reports.append(path)
+    assert read_json(reports[1])["status"] == "excluded"
+    out = tmp_path / "qc" / "ingest.tsv"
+    table = tabulate_reports(reports, out, validation_fraction=0.1)
+    on_disk = read_tsv(out)
+    assert on_disk["status"].tolist() == ["included", "excluded"]
+    assert on_disk["reason"].tolist()[1] == "sub-02: sub-02_dwi.bval: 3 b-values for 7 volumes"
+    assert pd.isna(on_disk["reason"].tolist()[0])
+    assert on_disk["missing"].tolist()[1] == "T2w"
+    assert on_disk["modalities"].tolist()[0] == "T1w,ceT1w,T2w,dwi"
+    assert table["split"].tolist()[0] in ("train", "validation")
+    assert list(on_disk.columns) == ["scan_id", "participant", "session", "set", "split",
+                                     "status", "reason", "modalities", "missing"]
+    assert not list(out.parent.glob(".*"))  # no temporary files left behind
+
+
+def test_report_names_no_file_path_outside_the_dataset(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01")
+    report = validate_scan(_one_scan(root))
+    assert str(tmp_path) not in str(report)
+

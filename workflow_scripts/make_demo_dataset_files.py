@@ -1,0 +1,22 @@
+"""Rule make_demo_dataset_files: glue only, the work is cesynth.phantom.write_dataset_files."""
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../src")
+
+from pathlib import Path  # noqa: E402
+
+from cesynth import phantom  # noqa: E402
+from cesynth.jobs import run_job  # noqa: E402
+
+demo = snakemake.params.demo
+bids_dir = Path(snakemake.output.participants).parent
+
+
+def work():
+    plan = phantom.plan_cohort(demo["subjects"], demo["seed"], demo["set_b_subjects"])
+    phantom.guard_demo_target(bids_dir)
+    phantom.write_dataset_files(bids_dir, plan, phantom.PhantomSettings(voxel_mm=demo["voxel_mm"]))
+    return {"subjects": len(plan), "set_b_subjects": int((plan["set"] == "B").sum())}
+
+
+run_job(snakemake, work, params=demo)
