@@ -1,16 +1,23 @@
 # cesynth: raw brain MRI -> ADC, co-registration, brain masks, model-grid volumes -> CE-T1 synthesis.
 # This file is the table of contents; each stage lives in rules/<stage>.smk.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"
 include: "rules/phantom.smk"
 include: "rules/ingest.smk"
+include: "rules/adc.smk"
+include: "rules/brainmask.smk"
+include: "rules/registration.smk"
+include: "rules/normalise.smk"
+include: "rules/qc.smk"
 
 
 rule all:

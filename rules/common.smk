@@ -64,6 +64,8 @@ SCANS = get_scans()
 
 wildcard_constraints:
     subject="[a-zA-Z0-9]+",
+    modality="T1w|T2w|adc|ceT1w",
+    stage="[a-z]+",
 
 
 def get_scan(wildcards):
@@ -88,9 +90,28 @@ def get_raw_inputs(wildcards):
     return {key: str(path) for key, path in files.items() if path is not None}
 
 
-def get_demo_subject_regex():
+def get_demo_subject_regex(set_name):
     """Demo rules may only make the planned demo subjects (never a real dataset's files)."""
-    return _any_of(SCANS) if is_demo() else "(?!)"
+    if not is_demo():
+        return "(?!)"
+    return _any_of(scan_id for scan_id, scan in SCANS.items() if scan.set == set_name)
+
+
+def get_demo_subject_outputs():
+    """Every file of one demo subject: raw BIDS images with sidecars, and the ground truth."""
+    truth = f"{BIDS}/derivatives/phantom/sub-{{subject}}/sub-{{subject}}"
+    outputs = {
+        "t1w": bids_path(BIDS, "{subject}", "anat", "T1w"),
+        "cet1w": bids_path(BIDS, "{subject}", "anat", "T1w", ce="gadolinium"),
+        "t2w": bids_path(BIDS, "{subject}", "anat", "T2w"),
+        "true_adc": f"{truth}_desc-trueadc_adc.nii.gz",
+        "true_mask": f"{truth}_space-ceT1w_desc-brain_mask.nii.gz",
+        "true_enhancing": f"{truth}_space-ceT1w_desc-enhancing_mask.nii.gz",
+        "true_transforms": f"{truth}_desc-transforms.json",
+    }
+    for ext in (".nii.gz", ".bval", ".bvec"):
+        outputs[f"dwi{ext.replace('.', '_')}"] = bids_path(BIDS, "{subject}", "dwi", "dwi", ext=ext)
+    return outputs
 
 
 def get_dicom_subject_regex():
@@ -105,12 +126,123 @@ def _any_of(labels):
     return "|".join(sorted(labels)) or "(?!)"
 
 
+def preproc(datatype, suffix, **entities):
+    """A per-subject derivative path pattern under results/preproc (BIDS-derivatives names)."""
+    return bids_path(PREPROC, "{subject}", datatype, suffix, **entities)
+
+
+def get_validated_report(wildcards):
+    return f"{QC}/ingest/sub-{wildcards.subject}.json"
+
+
+def get_cet1w(wildcards):
+    return get_raw_inputs(wildcards)["cet1w"]
+
+
+def get_dwi_inputs(wildcards):
+    raw = get_raw_inputs(wildcards)
+    return {key: raw[key] for key in ("dwi", "bval", "bvec")}
+
+
+def get_dwi(wildcards):
+    return get_raw_inputs(wildcards)["dwi"]
+
+
+def get_bval(wildcards):
+    return get_raw_inputs(wildcards)["bval"]
+
+
+def get_anat_image(wildcards):
+    return get_raw_inputs(wildcards)[wildcards.modality.lower()]
+
+
+def get_phantom_truth(wildcards, *names):
+    """Ground truth of a demo subject (for QC against the known answer); nothing otherwise."""
+    if not is_demo():
+        return {}
+    subject = wildcards.subject
+    folder = f"{BIDS}/derivatives/phantom/sub-{subject}"
+    files = {
+        "true_adc": f"sub-{subject}_desc-trueadc_adc.nii.gz",
+        "true_mask": f"sub-{subject}_space-ceT1w_desc-brain_mask.nii.gz",
+        "true_transforms": f"sub-{subject}_desc-transforms.json",
+    }
+    return {name: f"{folder}/{files[name]}" for name in names}
+
+
+def get_adc_truth(wildcards):
+    return get_phantom_truth(wildcards, "true_adc")
+
+
+def get_mask_truth(wildcards):
+    return get_phantom_truth(wildcards, "true_mask")
+
+
+def get_registration_truth(wildcards):
+    return get_phantom_truth(wildcards, "true_transforms", "true_mask")
+
+
+def get_registered_images(wildcards):
+    """The subject's images on the native CE-T1 grid, by modality (missing ones left out)."""
+    scan = get_scan(wildcards)
+    images = {"ceT1w": get_cet1w(wildcards), "T1w": preproc("anat", "T1w", space="ceT1w")}
+    if scan.t2w is not None:
+        images["T2w"] = preproc("anat", "T2w", space="ceT1w")
+    if scan.dwi is not None:
+        images["adc"] = preproc("anat", "adc", space="ceT1w")
+    return {key: path.format(subject=wildcards.subject) for key, path in images.items()}
+
+
+def get_image_to_normalise(wildcards):
+    images = get_registered_images(wildcards)
+    if wildcards.modality not in images:
+        raise ValueError(f"sub-{wildcards.subject} has no {wildcards.modality} image")
+    return images[wildcards.modality]
+
+
+def get_subject_targets(scan_id):
+    """Every per-subject output of the preprocessing stages for one scan."""
+    scan = SCANS[scan_id]
+    modalities = ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else []) + (["adc"] if scan.dwi else [])
+    norm = [preproc("anat", m, space="model", desc="norm") for m in modalities]
+    targets = norm + [
+        preproc("anat", "mask", space="model", desc="brain"),
+        f"{QC}/sub-{{subject}}/sub-{{subject}}_desc-montage.png",
+    ]
+    return [target.format(subject=scan_id) for target in targets]
+
+
+QC_STAGES = ("adc", "registration", "brainmask", "normalise")
+
+
+def get_qc_rows(wildcards):
+    """The per-job QC rows of one stage, for the subjects (and images) that stage runs on."""
+    rows = []
+    for scan_id, scan in SCANS.items():
+        registered = ["T1w"] + (["T2w"] if scan.t2w else [])
+        normalised = ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else [])
+        if scan.dwi:
+            registered.append("dwi")
+            normalised.append("adc")
+        per_job = {
+            "adc": [""] if scan.dwi else [],
+            "brainmask": [""],
+            "registration": [f"_{m}" for m in registered],
+            "normalise": [f"_{m}" for m in normalised],
+        }[wildcards.stage]
+        rows += [f"{QC}/{wildcards.stage}/sub-{scan_id}{job}.tsv" for job in per_job]
+    return rows
+
+
 def get_ingest_reports(wildcards=None):
     return [f"{QC}/ingest/sub-{scan_id}.json" for scan_id in SCANS]
 
 
 def get_final_targets():
     targets = [f"{RESULTS}/ingest/sets.tsv"]
+    targets += [f"{QC}/{stage}.tsv" for stage in QC_STAGES]
+    for scan_id in SCANS:
+        targets += get_subject_targets(scan_id)
     return targets
 
 

@@ -1,20 +1,6 @@
 # The built-in demo cohort: synthetic brain-tumor patients written as a BIDS dataset at bids_dir.
 
 
-def get_demo_subject_outputs():
-    anat = lambda suffix, **ent: bids_path(BIDS, "{subject}", "anat", suffix, **ent)
-    dwi = lambda ext: bids_path(BIDS, "{subject}", "dwi", "dwi", ext=ext)
-    return {
-        "t1w": anat("T1w"),
-        "cet1w": anat("T1w", ce="gadolinium"),
-        "t2w": anat("T2w"),
-        "dwi": dwi(".nii.gz"),
-        "bval": dwi(".bval"),
-        "bvec": dwi(".bvec"),
-        "truth": f"{BIDS}/derivatives/phantom/sub-{{subject}}/sub-{{subject}}_desc-transforms.json",
-    }
-
-
 rule make_demo_dataset_files:
     """Dataset description and participants table of the demo cohort."""
     output:
@@ -39,7 +25,7 @@ rule make_demo_dataset_files:
 rule make_demo_subject:
     """One synthetic patient: T1w, CE-T1, T2w, DWI with sidecars, plus the ground truth."""
     wildcard_constraints:
-        subject=get_demo_subject_regex(),
+        subject=get_demo_subject_regex("A"),
     input:
         participants=rules.make_demo_dataset_files.output.participants,
     output:
@@ -58,3 +44,17 @@ rule make_demo_subject:
         "../envs/cesynth.yaml"
     script:
         "../workflow_scripts/make_demo_subject.py"
+
+
+use rule make_demo_subject as make_demo_subject_set_b with:
+    output:
+        **get_demo_subject_outputs(),
+        tumor_mask=bids_path(
+            f"{BIDS}/derivatives/tumor_masks", "{subject}", "anat", "mask", desc="tumor"
+        ),
+    wildcard_constraints:
+        subject=get_demo_subject_regex("B"),
+    log:
+        f"{LOGS}/make_demo_subject/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/make_demo_subject/sub-{{subject}}.tsv"

@@ -72,7 +72,7 @@ def test_shells_grouped_within_tolerance_and_b0_averaged():
     np.testing.assert_allclose(shell_b, [2.5, 502.5, 1000])
     s0_expected = 2.0 * 1000.0 * np.exp(-5 / 2 * true)
     np.testing.assert_allclose(signal[..., 0], s0_expected, rtol=1e-5)
-    assert shell_means(dwi, bvals, tolerance=10)[0].size == 6
+    np.testing.assert_allclose(shell_means(dwi, bvals, tolerance=10)[0], [2.5, 495, 510, 990, 1010])
 
 
 def test_geometric_mean_of_anisotropic_directions_is_trace_adc():
@@ -86,28 +86,38 @@ def test_geometric_mean_of_anisotropic_directions_is_trace_adc():
     np.testing.assert_allclose(adc, 0.8e-3, rtol=1e-5)
 
 
-def test_zeros_negatives_nan_give_finite_output_and_counted_clips():
+def test_zeros_negatives_nan_give_finite_output_and_counted_clips(tmp_path):
     true = np.full(SHAPE, 0.8e-3, dtype=np.float32)
     dwi = simulate(true)
     dwi[0, 0, 0, 4] = 0.0  # b=1000 sample zero: huge ADC -> clipped high
     dwi[1, 0, 0, 5] = -3.0  # negative b=1000 sample -> clipped high
-    dwi[2, 0, 0, 2] = np.nan  # NaN b=500 sample -> clamped -> clipped high
-    dwi[3, 0, 0, 0] = np.inf  # infinite b0 -> clamped, far too high ADC -> clipped high
+    dwi[2, 0, 0, 2] = np.nan  # NaN b=500 sample: counted; the middle of 3 equally spaced
+    # shells has zero weight in the slope, so the ADC is still right
+    dwi[3, 0, 0, 6] = np.inf  # infinite sample: treated as invalid too -> clipped high
     dwi[4, 0, 0, 1:] = 2000.0  # signal rises with b: negative ADC -> clipped low
     dwi[5, 0, 0, :] = 0.0  # all zero: below noise threshold, not fitted
     dwi[6, 0, 0, 0] = -5.0  # negative S0: not fitted
     dwi[7, 0, 0, :] = 1e-3  # noise-floor voxel: below the automatic threshold
+    dwi[8, 0, 0, 0] = np.nan  # invalid S0: not fitted
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, dwi)
+    file_stats = fit_adc_file(dwi_path, bval_path, bvec_path, tmp_path / "adc.nii")
+    file_adc = nib.load(tmp_path / "adc.nii").get_fdata()
+
     adc, stats = fit_adc(*shell_means(dwi, BVALS))
+    assert stats == file_stats  # the in-memory and the file paths agree
+    np.testing.assert_allclose(file_adc, adc, rtol=1e-6)
     assert np.all(np.isfinite(adc))
-    assert adc[0, 0, 0] == adc[1, 0, 0] == adc[2, 0, 0] == adc[3, 0, 0] == pytest.approx(4e-3)
+    np.testing.assert_array_equal(adc[[0, 1, 3], 0, 0], np.float32(4e-3))
+    assert adc[2, 0, 0] == pytest.approx(0.8e-3, rel=1e-5)
     assert adc[4, 0, 0] == 0.0
-    assert adc[5, 0, 0] == adc[6, 0, 0] == adc[7, 0, 0] == 0.0
-    assert stats.n_clipped_high == 4
+    np.testing.assert_array_equal(adc[5:9, 0, 0], 0.0)
+    assert stats.n_clipped_high == 3
     assert stats.n_clipped_low == 1
-    assert stats.n_nonpositive_signal == 4  # voxels 0-3 (5 and 6 are not fitted)
-    assert stats.n_voxels_fitted == adc.size - 3
+    assert stats.n_nonpositive_signal == 4  # voxels 0-3 (5, 6 and 8 are not fitted)
+    assert stats.n_voxels_fitted == adc.size - 4
     rest = np.ones(SHAPE, dtype=bool)
-    rest[:8, 0, 0] = False
+    rest[:9, 0, 0] = False
+    rest[2, 0, 0] = True
     np.testing.assert_allclose(adc[rest], 0.8e-3, rtol=1e-5)
 
 

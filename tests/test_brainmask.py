@@ -93,7 +93,7 @@ def _report(label: str, value: float) -> None:
 
 @needs_deepbet
 def test_deepbet_dice_on_every_phantom_subject(cohort: Path) -> None:
-    assert _has_tumor(cohort, _subjects(cohort)[-1]) or _has_tumor(cohort, _subjects(cohort)[0])
+    assert any(_has_tumor(cohort, sub) for sub in _subjects(cohort)), "no tumor subject"
     for sub in _subjects(cohort):
         mask, info = _mask_of(cohort, sub, "deepbet")
         score = bm.dice(mask, np.asarray(_truth(cohort, sub).dataobj))

@@ -91,7 +91,7 @@ def test_outputs_have_spec_names(converted):
         "T2w": bids / "sub-P001/anat/sub-P001_T2w.nii.gz",
         "dwi": bids / "sub-P001/dwi/sub-P001_dwi.nii.gz",
     }
-    assert converted["result"]["files"] == expected
+    assert converted["result"]["modalities"] == expected
     for path in expected.values():
         assert path.is_file()
         assert path.with_name(path.name.replace(".nii.gz", ".json")).is_file()
@@ -106,7 +106,7 @@ def test_outputs_have_spec_names(converted):
 @pytest.mark.parametrize("modality, affine", [("T1w", AXIAL), ("ceT1w", AXIAL),
                                               ("T2w", FLIPPED_X), ("dwi", AXIAL)])
 def test_images_match_source_values_and_world_orientation(converted, modality, affine):
-    out = nib.as_closest_canonical(nib.load(str(converted["result"]["files"][modality])))
+    out = nib.as_closest_canonical(nib.load(str(converted["result"]["modalities"][modality])))
     source = nib.as_closest_canonical(nib.Nifti1Image(converted["volumes"][modality], affine))
     assert out.shape == source.shape
     np.testing.assert_allclose(out.affine, source.affine, atol=1e-3)
@@ -196,7 +196,7 @@ def test_custom_patterns_and_unmatched_series(tmp_path):
                              series_description="SWAN", series_number=8, study_uid=study)
     result = convert_dicom_subject(subject_dir, tmp_path / "bids", "P003",
                                    patterns={"T1w": r"bravo"})
-    assert set(result["files"]) == {"T1w"}
+    assert set(result["modalities"]) == {"T1w"}
     assert result["unmatched"] == ["SWAN"]
 
 
@@ -219,6 +219,6 @@ def test_scrub_sidecar_drops_dates_and_names():
     assert scrubbed == {"EchoTime": 0.1, "PatientPosition": "HFS"}
 
 
-def test_dcm2niix_is_the_packaged_binary():
+def test_dcm2niix_is_an_executable():
     assert Path(find_dcm2niix()).name == "dcm2niix"
     assert shutil.which(find_dcm2niix())

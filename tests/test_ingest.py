@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,10 +26,17 @@ from cesynth.ingest import (
     assign_splits,
     discover_bids,
     exclusion_report,
+    expected_scan,
+    list_dicom_subjects,
+    rescan,
+    rescan_files,
     tabulate_reports,
+    validate_and_report,
+    validate_dataset,
     validate_scan,
     validation_split,
     write_scan_report,
+    write_sets_table,
 )
 from cesynth.io import InputError, read_json, read_tsv
 
@@ -59,6 +68,12 @@ def test_truncated_gzip_is_reported_as_unreadable(tmp_path):
 
     message = _validation_error(tmp_path, truncate)
     assert message.startswith("sub-07: sub-07_T2w.nii.gz: unreadable NIfTI")
+
+
+def test_non_gzip_file_is_reported_without_its_full_path(tmp_path):
+    message = _validation_error(tmp_path, lambda p: p["T2w"].write_bytes(b"not an image" * 40))
+    assert message.startswith("sub-07: sub-07_T2w.nii.gz: unreadable NIfTI")
+    assert str(tmp_path) not in message
 
 
 def test_wrong_dimensionality_is_reported(tmp_path):
@@ -318,6 +333,19 @@ def test_split_is_stable_when_subjects_are_added(tmp_path):
     assert abs(many.count("validation") / 2000 - 0.1) < 0.025
 
 
+def test_split_is_sha256_of_the_participant_label():
+    for label in ("001", "abc", "P42"):
+        position = int(hashlib.sha256(label.encode()).hexdigest()[:16], 16) / 2.0**64
+        for fraction in (0.1, 0.5, 0.9):
+            expected = "validation" if position < fraction else "train"
+            assert validation_split(label, fraction) == expected
+
+
+def test_split_rejects_a_bad_fraction():
+    with pytest.raises(ValueError):
+        validation_split("01", 1.5)
+
+
 def test_splits_on_disk_are_stable_when_subjects_are_added(tmp_path):
     root = make_dataset(tmp_path / "bids")
     for i in range(3):
@@ -380,3 +408,80 @@ def test_report_names_no_file_path_outside_the_dataset(tmp_path):
     report = validate_scan(_one_scan(root))
     assert str(tmp_path) not in str(report)
 
+
+
+# ------------------------------------------------------------------ helpers the workflow calls
+
+
+def test_expected_scan_matches_discovery_once_files_exist(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    expected = expected_scan(root, "05", "B", session="1")
+    assert expected.cet1w == root / "sub-05/ses-1/anat/sub-05_ses-1_ce-gadolinium_T1w.nii.gz"
+    add_subject(root, "05", session="1", tumor_mask=True)
+    assert discover_bids(root) == [expected]
+    assert rescan(expected) == expected
+
+
+def test_rescan_sees_only_files_that_exist(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    expected = expected_scan(root, "05")
+    add_subject(root, "05", modalities=("T1w", "ceT1w"))
+    found = rescan(expected)
+    assert found.available_modalities() == ("T1w", "ceT1w")
+    assert found.bval is None and found.set == "A"
+
+
+def test_rescan_files_rebuilds_the_scan_from_rule_inputs(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    paths = add_subject(root, "05", session="2", modalities=("T1w", "ceT1w", "dwi"))
+    (root / "participants.tsv").write_text("participant_id\tset\nsub-05\tB\n")
+    inputs = {"t1w": str(paths["T1w"]), "cet1w": str(paths["ceT1w"]),
+              "dwi": str(paths["dwi"]), "bval": str(paths["bval"]), "bvec": str(paths["bvec"])}
+    scan = rescan_files("05ses2", inputs)
+    assert scan == _one_scan(root)
+    assert (scan.participant, scan.session, scan.set) == ("05", "2", "B")
+    with pytest.raises(InputError, match="belongs to another scan"):
+        rescan_files("06", inputs)
+
+
+def test_list_dicom_subjects(tmp_path):
+    for label in ("P2", "P1", ".cache"):
+        (tmp_path / label).mkdir()
+    (tmp_path / "readme.txt").write_text("x")
+    assert list_dicom_subjects(tmp_path) == ["P1", "P2"]
+    (tmp_path / "P_3").mkdir()
+    with pytest.raises(InputError, match="not alphanumeric"):
+        list_dicom_subjects(tmp_path)
+
+
+def test_validate_dataset_and_sets_table(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01")
+    add_subject(root, "02", tumor_mask=True)
+    bad = add_subject(root, "03")
+    bad["bval"].unlink()
+    table = validate_dataset(root, 0.1, out_tsv=tmp_path / "ingest.tsv")
+    assert table["status"].tolist() == ["included", "included", "excluded"]
+    assert read_tsv(tmp_path / "ingest.tsv")["scan_id"].tolist() == ["01", "02", "03"]
+    reports = []
+    for scan in discover_bids(root):
+        path = tmp_path / "qc" / f"sub-{scan.scan_id}.json"
+        if scan.scan_id == "03":
+            with pytest.raises(InputError, match="sub-03: sub-03_dwi.bval"):
+                validate_and_report(scan, path, b_values=(0, 500, 1000), b_tolerance=50.0)
+            assert not path.exists()
+            assert read_json(tmp_path / "qc" / "sub-03.excluded.json")["status"] == "excluded"
+            continue
+        report = validate_and_report(scan, path, b_values=(0, 500, 1000), b_tolerance=50.0)
+        assert read_json(path) == json_roundtrip(report)
+        reports.append(path)
+    table = tabulate_reports(sorted((tmp_path / "qc").glob("sub-*.json")), tmp_path / "i.tsv")
+    assert table["status"].tolist() == ["included", "included", "excluded"]
+    sets = write_sets_table(reports, tmp_path / "sets.tsv", 0.1)
+    assert sets["scan_id"].tolist() == ["01", "02"]
+    assert sets["split"].tolist()[1] == "test"
+    assert sets["has_tumor_mask"].tolist() == [False, True]
+
+
+def json_roundtrip(report: dict) -> dict:
+    return json.loads(json.dumps(report, default=str))

@@ -44,7 +44,6 @@ PathLike = str | os.PathLike
 SIGNAL_FLOOR = 1e-6
 #: Automatic noise threshold: this fraction of the 99th percentile of the b=0 signal.
 AUTO_THRESHOLD_FRACTION = 0.05
-_SIGNAL_CEIL = 1e30  # replaces +inf so the log stays finite
 _PERCENTILE_SAMPLE = 1_000_003  # at most this many voxels feed the automatic threshold
 _AFFINE_ATOL = 1e-3  # mm
 
@@ -181,7 +180,7 @@ def shell_means(
     for k, idx in enumerate(shells):
         log_mean, bad = _mean_log(dwi, idx)
         np.exp(log_mean, out=out[..., k])
-        out[..., k][bad] = 0.0
+        out[..., k][bad] = 0.0  # not the floor: fit_adc must see and count these samples
     return shell_b, out
 
 
@@ -194,28 +193,35 @@ def _check_dwi(dwi: np.ndarray, bvals: np.ndarray) -> np.ndarray:
     return dwi
 
 
-def _safe_log(signal: np.ndarray, out: np.ndarray, bad: np.ndarray | None) -> None:
-    """``out = ln(clamp(signal))`` in float32; OR non-positive/non-finite samples into ``bad``."""
-    np.copyto(out, signal, casting="unsafe")
-    if bad is not None:
-        bad |= ~(out > 0)  # also true for NaN
-        bad |= np.isposinf(out)
-    np.fmax(out, SIGNAL_FLOOR, out=out)  # fmax drops NaN
-    np.fmin(out, _SIGNAL_CEIL, out=out)
-    np.log(out, out=out)
+def _log_into(signal: np.ndarray, out: np.ndarray) -> None:
+    """``out = ln(signal)`` in float32; invalid samples give -inf or NaN, caught by the caller."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.log(signal, out=out, dtype=np.float32)
+
+
+def _replace_invalid(log_values: np.ndarray) -> np.ndarray:
+    """Set non-finite logs to ``ln(SIGNAL_FLOOR)`` in place; return where they were."""
+    bad = ~np.isfinite(log_values)
+    log_values[bad] = np.log(np.float32(SIGNAL_FLOOR))
+    return bad
 
 
 def _mean_log(dwi: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the clamped logs over volumes ``idx``, and where any sample was bad."""
+    """Mean of the logs over volumes ``idx`` (log of the geometric mean), and its bad voxels.
+
+    A zero, negative or non-finite sample makes the sum -inf, NaN or inf, so one finiteness
+    test on the sum finds them all; those voxels get the floor (geometric mean 0, clamped).
+    """
     shape = dwi.shape[:3]
-    total = np.zeros(shape, dtype=np.float32)
+    total = np.empty(shape, dtype=np.float32)
     work = np.empty(shape, dtype=np.float32)
-    bad = np.zeros(shape, dtype=bool)
-    for i in idx:
-        _safe_log(dwi[..., i], work, bad)
+    _log_into(dwi[..., idx[0]], total)
+    for i in idx[1:]:
+        _log_into(dwi[..., i], work)
         total += work
-    total /= np.float32(len(idx))
-    return total, bad
+    if len(idx) > 1:
+        total /= np.float32(len(idx))
+    return total, _replace_invalid(total)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -253,17 +259,19 @@ def fit_adc(
     if shell_signal.ndim != 4 or shell_signal.shape[3] != shell_b.size:
         raise ValueError(f"shell_signal shape {shell_signal.shape} does not match "
                          f"{shell_b.size} shells")
-    log_signal = np.empty(shell_signal.shape, dtype=np.float32)
-    bad = np.zeros(shell_signal.shape[:3], dtype=bool)
+    log_signal, bad = [], np.zeros(shell_signal.shape[:3], dtype=bool)
     for k in range(shell_b.size):
-        _safe_log(shell_signal[..., k], log_signal[..., k], bad)
+        log_k = np.empty(shell_signal.shape[:3], dtype=np.float32)
+        _log_into(shell_signal[..., k], log_k)
+        bad |= _replace_invalid(log_k)
+        log_signal.append(log_k)
     return _fit_log_signal(shell_b, log_signal, bad, mask, min_adc=min_adc, max_adc=max_adc,
                            s0_threshold=s0_threshold, weights=weights)
 
 
 def _fit_log_signal(
     shell_b: np.ndarray,
-    log_signal: np.ndarray,
+    log_signal: list[np.ndarray],
     bad: np.ndarray,
     mask: np.ndarray | None,
     *,
@@ -272,27 +280,33 @@ def _fit_log_signal(
     s0_threshold: float | None,
     weights: Sequence[float] | None,
 ) -> tuple[np.ndarray, AdcStats]:
+    """The fit on per-shell log signals (one 3-D float32 array per shell)."""
     if min_adc > max_adc:
         raise ValueError(f"min_adc {min_adc} exceeds max_adc {max_adc}")
     slope_coef = _slope_coefficients(shell_b, weights)
-    adc = np.zeros(log_signal.shape[:3], dtype=np.float32)
-    for k, coef in enumerate(slope_coef):
-        # ADC = -slope = -sum_k c_k ln S_k; accumulate in place, no 4-D temporaries
-        adc -= np.float32(coef) * log_signal[..., k]
-    fitted = _fitted_voxels(log_signal[..., int(np.argmin(shell_b))], mask, s0_threshold)
+    adc = np.zeros(log_signal[0].shape, dtype=np.float32)
+    term = np.empty_like(adc)
+    for coef, log_k in zip(slope_coef, log_signal, strict=True):
+        # ADC = -slope = -sum_k c_k ln S_k, accumulated in place
+        np.multiply(log_k, np.float32(coef), out=term)
+        adc -= term
+    del term
+    fitted = _fitted_voxels(log_signal[int(np.argmin(shell_b))], mask, s0_threshold)
+    outside = ~fitted
 
-    adc[~fitted] = 0.0
+    # park unfitted voxels inside the limits so full-volume counts and clips ignore them
+    adc[outside] = np.float32(min_adc)
+    n_low = int(np.count_nonzero(adc < np.float32(min_adc)))
+    n_high = int(np.count_nonzero(adc > np.float32(max_adc)))
+    np.clip(adc, np.float32(min_adc), np.float32(max_adc), out=adc)
+    adc[outside] = 0.0
     values = adc[fitted]
-    n_low = int(np.count_nonzero(values < min_adc))
-    n_high = int(np.count_nonzero(values > max_adc))
-    np.clip(values, min_adc, max_adc, out=values)
-    adc[fitted] = values
     stats = AdcStats(
         n_voxels_fitted=int(values.size),
         n_clipped_low=n_low,
         n_clipped_high=n_high,
-        n_nonpositive_signal=int(np.count_nonzero(bad[fitted])),
-        median_in_mask=float(np.median(values)) if values.size else 0.0,
+        n_nonpositive_signal=int(np.count_nonzero(bad & fitted)),
+        median_in_mask=float(np.median(values, overwrite_input=True)) if values.size else 0.0,
         b_values=tuple(float(b) for b in shell_b),
     )
     return adc, stats
@@ -400,19 +414,51 @@ def fit_adc_file(
     bvals, _ = read_bvals_bvecs(bval_path, bvec_path, img.shape[3])
     shells = _select_shells(bvals, required_b, b_tolerance, bval_path)
     mask = _load_mask(mask_path, img) if mask_path is not None else None
-
-    shell_b = np.array([np.mean(bvals[idx]) for idx in shells])
-    log_signal = np.empty(img.shape[:3] + (len(shells),), dtype=np.float32)
-    bad = np.zeros(img.shape[:3], dtype=bool)
-    for k, idx in enumerate(shells):
-        log_signal[..., k], shell_bad = _mean_log(dwi, idx)
-        bad |= shell_bad
-    del dwi
-    weights = [len(idx) for idx in shells] if weighting == "volume" else None
-    adc, stats = _fit_log_signal(shell_b, log_signal, bad, mask, min_adc=min_adc,
-                                 max_adc=max_adc, s0_threshold=None, weights=weights)
+    adc, stats = fit_dwi_shells(dwi, bvals, shells, mask, min_adc=min_adc, max_adc=max_adc,
+                                weighting=weighting)
     save_nifti(adc, img.affine, out_path, dtype=np.float32)
     return stats
+
+
+def fit_dwi_shells(
+    dwi: np.ndarray,
+    bvals: np.ndarray,
+    shells: Sequence[np.ndarray],
+    mask: np.ndarray | None = None,
+    *,
+    min_adc: float = 0.0,
+    max_adc: float = 4e-3,
+    weighting: str = "shell",
+) -> tuple[np.ndarray, AdcStats]:
+    """The core of :func:`fit_adc_file` on arrays: per-shell mean logs, then the fit.
+
+    Equivalent to ``fit_adc(*shell_means(...))`` restricted to ``shells``, without the
+    exp/log round trip.
+
+    Args:
+        dwi: DWI data, shape ``(X, Y, Z, N)``.
+        bvals: b-value of each volume (s/mm2).
+        shells: volume indices of each shell to fit (e.g. from :func:`group_shells`).
+        mask: optional boolean ``(X, Y, Z)`` mask.
+        min_adc: lower ADC limit (mm2/s).
+        max_adc: upper ADC limit (mm2/s).
+        weighting: ``"shell"`` (equal) or ``"volume"`` (by volume count, as ``dwi2adc``).
+
+    Returns:
+        ``(adc, stats)`` as :func:`fit_adc`.
+    """
+    if weighting not in ("shell", "volume"):
+        raise ValueError(f"weighting must be 'shell' or 'volume', not {weighting!r}")
+    dwi = _check_dwi(dwi, bvals)
+    shell_b = np.array([np.mean(bvals[idx]) for idx in shells])
+    log_signal, bad = [], np.zeros(dwi.shape[:3], dtype=bool)
+    for idx in shells:
+        log_k, bad_k = _mean_log(dwi, idx)
+        log_signal.append(log_k)
+        bad |= bad_k
+    weights = [len(idx) for idx in shells] if weighting == "volume" else None
+    return _fit_log_signal(shell_b, log_signal, bad, mask, min_adc=min_adc, max_adc=max_adc,
+                           s0_threshold=None, weights=weights)
 
 
 def _select_shells(

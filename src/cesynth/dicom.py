@@ -22,6 +22,7 @@ from typing import Any
 
 import nibabel as nib
 
+from cesynth.ingest import write_dataset_description
 from cesynth.io import InputError, atomic_path, read_json, write_json
 
 DEFAULT_SERIES_PATTERNS: dict[str, str] = {
@@ -43,8 +44,6 @@ IDENTIFYING_FIELDS = frozenset({
 _DATE_FIELD = re.compile(r"(Date|DateTime)$")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
-_DATASET_DESCRIPTION = {"Name": "cesynth input converted from DICOM", "BIDSVersion": "1.9.0",
-                        "DatasetType": "raw"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,10 @@ class ConvertedSeries:
 
 
 def find_dcm2niix() -> str:
-    """Locate the dcm2niix executable: next to the running Python first, then on PATH.
+    """Locate the dcm2niix executable: the dcm2niix package's binary, next to Python, on PATH.
+
+    The package's own binary comes first: the ``bin/dcm2niix`` beside Python is a console-script
+    wrapper that starts an interpreter just to call it.
 
     Returns:
         The path of the executable.
@@ -71,6 +73,9 @@ def find_dcm2niix() -> str:
     Raises:
         InputError: when no dcm2niix can be found.
     """
+    packaged = _packaged_dcm2niix()
+    if packaged is not None:
+        return packaged
     beside_python = Path(sys.executable).parent / "dcm2niix"
     if beside_python.is_file() and os.access(beside_python, os.X_OK):
         return str(beside_python)
@@ -79,6 +84,15 @@ def find_dcm2niix() -> str:
         return on_path
     raise InputError("dcm2niix", "executable not found next to Python or on PATH "
                                  "(install the dcm2niix package)")
+
+
+def _packaged_dcm2niix() -> str | None:
+    try:
+        import dcm2niix
+    except ImportError:
+        return None
+    binary = Path(dcm2niix.bin)
+    return str(binary) if binary.is_file() and os.access(binary, os.X_OK) else None
 
 
 def convert_dicom_subject(
@@ -98,7 +112,7 @@ def convert_dicom_subject(
         work_dir: where to put dcm2niix's temporary output (default: the system temp folder).
 
     Returns:
-        ``{"files": {modality: path of the NIfTI}, "unmatched": [series descriptions],
+        ``{"modalities": {modality: path of the NIfTI}, "unmatched": [series descriptions],
         "duplicates": {modality: [descriptions of the series not kept]}}``.
 
     Raises:
@@ -118,10 +132,10 @@ def convert_dicom_subject(
             raise InputError(who, f"no series matched T1w (SeriesDescriptions: {found})")
         kept, duplicates = _keep_largest(matched)
         root = Path(bids_dir)
-        _ensure_dataset_description(root)
+        write_dataset_description(root)
         files = {modality: _install(item, root, subject, modality)
                  for modality, item in kept.items()}
-    return {"files": files, "unmatched": unmatched, "duplicates": duplicates}
+    return {"modalities": files, "unmatched": unmatched, "duplicates": duplicates}
 
 
 def _run_dcm2niix(who: str, source: Path, out_dir: Path) -> list[ConvertedSeries]:
@@ -210,8 +224,3 @@ def scrub_sidecar(sidecar: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in sidecar.items()
             if key not in IDENTIFYING_FIELDS and not _DATE_FIELD.search(key)}
 
-
-def _ensure_dataset_description(root: Path) -> None:
-    description = root / "dataset_description.json"
-    if not description.is_file():
-        write_json(_DATASET_DESCRIPTION, description)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
 MASK_GRID_TOLERANCE = 1e-3
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_ENTITIES = re.compile(r"^sub-([A-Za-z0-9]+)(?:_ses-([A-Za-z0-9]+))?_")
+_DATASET_DESCRIPTION = {"Name": "cesynth input", "BIDSVersion": "1.9.0", "DatasetType": "raw"}
 _ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
 
 
@@ -51,6 +53,7 @@ class ScanFiles:
     bvec: Path | None
     tumor_mask: Path | None
     set: str
+    bids_dir: Path | None = field(default=None, compare=False, repr=False)
 
     @property
     def entities(self) -> str:
@@ -112,6 +115,126 @@ def discover_bids(bids_dir: str | os.PathLike) -> list[ScanFiles]:
     scans = [scan for folder in subject_dirs for scan in _scans_of_subject(root, folder, sets)]
     _check_unique_ids(root, scans)
     return sorted(scans, key=lambda scan: scan.scan_id)
+
+
+def expected_scan(bids_dir: str | os.PathLike, participant: str, set_name: str = "A",
+                  session: str | None = None) -> ScanFiles:
+    """The scan as it will be once its files exist (demo or DICOM subjects, at parse time).
+
+    Args:
+        bids_dir: the dataset root.
+        participant: participant label (without ``sub-``).
+        set_name: ``"A"`` or ``"B"``; Set B scans expect a tumor mask.
+        session: session label, or None.
+
+    Returns:
+        A :class:`ScanFiles` with every modality at its SPEC path.
+    """
+    root = Path(bids_dir)
+    entities = f"sub-{participant}" + (f"_ses-{session}" if session else "")
+    folder = root / f"sub-{participant}" / (f"ses-{session}" if session else "")
+    relative = folder.relative_to(root)
+    dwi_stem = folder / "dwi" / f"{entities}_dwi"
+    mask = root / TUMOR_MASK_DERIVATIVE / relative / "anat" / f"{entities}_desc-tumor_mask.nii.gz"
+    return ScanFiles(
+        scan_id=participant + (f"ses{session}" if session else ""), participant=participant,
+        session=session, t1w=folder / "anat" / f"{entities}_T1w.nii.gz",
+        cet1w=folder / "anat" / f"{entities}_ce-gadolinium_T1w.nii.gz",
+        t2w=folder / "anat" / f"{entities}_T2w.nii.gz",
+        dwi=dwi_stem.with_name(dwi_stem.name + ".nii.gz"),
+        bval=dwi_stem.with_name(dwi_stem.name + ".bval"),
+        bvec=dwi_stem.with_name(dwi_stem.name + ".bvec"),
+        tumor_mask=mask if set_name == "B" else None, set=set_name, bids_dir=root,
+    )
+
+
+def rescan(scan: ScanFiles) -> ScanFiles:
+    """Look a scan's files up on disk again (after a checkpoint has written them).
+
+    Args:
+        scan: a scan from :func:`discover_bids` or :func:`expected_scan`.
+
+    Returns:
+        The scan with the files that exist now; set kept unless a tumor mask made it B.
+    """
+    if scan.bids_dir is None:
+        raise ValueError(f"scan {scan.scan_id} does not know its dataset root")
+    root = scan.bids_dir
+    folder = root / f"sub-{scan.participant}" / (f"ses-{scan.session}" if scan.session else "")
+    found = _scan_files(root, folder, scan.participant, scan.session, {})
+    return replace(found, set="B" if found.tumor_mask is not None else scan.set)
+
+
+def rescan_files(scan_id: str, inputs: Mapping[str, Any]) -> ScanFiles:
+    """Build a scan from the named input files of a rule (keys t1w, cet1w, t2w, dwi, bval,
+    bvec, tumor_mask; absent keys are missing files).
+
+    The participant and session come from the file names; the set from the dataset's
+    ``participants.tsv`` when it has one, else from the tumor mask.
+
+    Args:
+        scan_id: the scan ID (the rule's ``subject`` wildcard).
+        inputs: the rule's named inputs (a Snakemake ``input`` object or a dict).
+
+    Returns:
+        The :class:`ScanFiles`.
+
+    Raises:
+        InputError: no anatomical or DWI input, or file names that do not match ``scan_id``.
+    """
+    keys = ("t1w", "cet1w", "t2w", "dwi", "bval", "bvec", "tumor_mask")
+    files = {key: Path(str(inputs[key])) if key in inputs.keys() else None for key in keys}
+    named = [files[key] for key in keys[:4] if files[key] is not None]
+    if not named:
+        raise InputError(f"sub-{scan_id}", "no T1w, CE-T1, T2w or DWI input")
+    match = _ENTITIES.match(named[0].name)
+    if match is None:
+        raise InputError(f"sub-{scan_id}", f"{named[0].name}: not a BIDS file name")
+    participant, session = match.groups()
+    if participant + (f"ses{session}" if session else "") != scan_id:
+        raise InputError(f"sub-{scan_id}", f"{named[0].name}: belongs to another scan")
+    root = named[0].parents[3 if session else 2]
+    default_set = "B" if files["tumor_mask"] is not None else "A"
+    set_name = _read_participant_sets(root / "participants.tsv").get(participant, default_set)
+    return ScanFiles(scan_id=scan_id, participant=participant, session=session,
+                     t1w=files["t1w"], cet1w=files["cet1w"], t2w=files["t2w"],
+                     dwi=files["dwi"], bval=files["bval"], bvec=files["bvec"],
+                     tumor_mask=files["tumor_mask"], set=set_name, bids_dir=root)
+
+
+def list_dicom_subjects(dicom_dir: str | os.PathLike) -> list[str]:
+    """List the subject labels of a DICOM input: one sub-folder per (pseudonymous) subject.
+
+    Args:
+        dicom_dir: folder holding ``<label>/**`` DICOM files.
+
+    Returns:
+        The labels, sorted (hidden folders skipped).
+
+    Raises:
+        InputError: not a folder, no subject folders, or a label that is not alphanumeric.
+    """
+    root = Path(dicom_dir)
+    if not root.is_dir():
+        raise InputError(root, "not a directory")
+    labels = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for label in labels:
+        if not _LABEL.match(label):
+            raise InputError(root / label, "subject folder name is not alphanumeric")
+    if not labels:
+        raise InputError(root, "no subject folders")
+    return labels
+
+
+def write_dataset_description(bids_dir: str | os.PathLike) -> None:
+    """Write a minimal ``dataset_description.json`` into ``bids_dir`` if it has none.
+
+    Args:
+        bids_dir: the dataset root (created if needed).
+    """
+    description = Path(bids_dir) / "dataset_description.json"
+    if not description.is_file():
+        write_json(_DATASET_DESCRIPTION, description)
 
 
 def _read_participant_sets(tsv: Path) -> dict[str, str]:
@@ -183,6 +306,7 @@ def _scan_files(root: Path, folder: Path, participant: str, session: str | None,
         bvec=_find_file(dwi_dir / f"{entities}_dwi.bvec"),
         tumor_mask=tumor_mask,
         set=sets.get(participant, default_set),
+        bids_dir=root,
     )
 
 
@@ -316,7 +440,8 @@ def _load_checked(who: str, path: Path) -> tuple[Any, np.ndarray]:
     try:
         img = load_nifti(path)
     except InputError as err:
-        raise _fail(who, path, err.problem) from err
+        # reader messages may repeat the full path; the one-line error names the file once
+        raise _fail(who, path, err.problem.replace(str(path), path.name)) from err
     data = img.get_fdata(dtype=np.float32)
     n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if n_bad:
@@ -475,6 +600,67 @@ def exclusion_report(scan: ScanFiles, error: InputError) -> dict[str, Any]:
     }
 
 
+def validate_and_report(scan: ScanFiles, report_path: str | os.PathLike,
+                        **validation_options: Any) -> dict[str, Any]:
+    """Validate a scan and write its report, included or excluded (the rule's work).
+
+    Args:
+        scan: the scan's files.
+        report_path: output JSON path.
+        **validation_options: passed to :func:`validate_scan` (b_values, b_tolerance,
+            require_target).
+
+    Returns:
+        The report of an included scan, written at ``report_path``.
+
+    Raises:
+        InputError: the scan is invalid. Its report (status ``"excluded"`` and the reason) is
+            written at :func:`excluded_report_path` instead: a workflow deletes the outputs of
+            a failed job, and the ingest table must still list the scan with its reason.
+    """
+    excluded_path = excluded_report_path(report_path)
+    try:
+        report = validate_scan(scan, **validation_options)
+    except InputError as err:
+        write_scan_report(exclusion_report(scan, err), excluded_path)
+        raise
+    write_scan_report(report, report_path)
+    excluded_path.unlink(missing_ok=True)
+    return report
+
+
+def excluded_report_path(report_path: str | os.PathLike) -> Path:
+    """Where the report of an excluded scan goes: ``sub-07.json`` -> ``sub-07.excluded.json``."""
+    path = Path(report_path)
+    return path.with_name(path.name.removesuffix(".json") + ".excluded.json")
+
+
+def validate_dataset(bids_dir: str | os.PathLike, validation_fraction: float = 0.1,
+                     out_tsv: str | os.PathLike | None = None,
+                     **validation_options: Any) -> pd.DataFrame:
+    """Discover and validate every scan of a dataset (the ``cesynth validate`` command).
+
+    Args:
+        bids_dir: the dataset root.
+        validation_fraction: share of Set A participants in validation.
+        out_tsv: where to write the table (optional, atomic).
+        **validation_options: passed to :func:`validate_scan`.
+
+    Returns:
+        The table of :func:`tabulate_reports`, one row per scan.
+    """
+    reports = []
+    for scan in discover_bids(bids_dir):
+        try:
+            reports.append(validate_scan(scan, **validation_options))
+        except InputError as err:
+            reports.append(exclusion_report(scan, err))
+    table = _reports_table(reports, validation_fraction)
+    if out_tsv is not None:
+        write_tsv(table, out_tsv)
+    return table
+
+
 def tabulate_reports(
     report_paths: Iterable[str | os.PathLike],
     out_tsv: str | os.PathLike,
@@ -491,9 +677,45 @@ def tabulate_reports(
         One row per scan: scan_id, participant, session, set, split (empty when excluded),
         status, reason, modalities, missing.
     """
+    table = _reports_table([read_json(path) for path in report_paths], validation_fraction)
+    write_tsv(table, out_tsv)
+    return table
+
+
+def write_sets_table(report_paths: Iterable[str | os.PathLike], out_tsv: str | os.PathLike,
+                     validation_fraction: float = 0.1) -> pd.DataFrame:
+    """Write the split of the included scans (``results/ingest/sets.tsv``).
+
+    Args:
+        report_paths: JSON reports written by :func:`write_scan_report`.
+        out_tsv: output TSV path (written atomically).
+        validation_fraction: share of Set A participants in validation.
+
+    Returns:
+        One row per included scan: scan_id, participant, session, set, split, has_T1w,
+        has_ceT1w, has_T2w, has_dwi, has_tumor_mask.
+    """
     rows = []
-    for path in report_paths:
-        report = read_json(path)
+    for report in map(read_json, report_paths):
+        if report["status"] != "included":
+            continue
+        row = {key: report.get(key) for key in ("scan_id", "participant", "session", "set")}
+        row["split"] = scan_split(report["set"], report["participant"], validation_fraction)
+        row.update({f"has_{name}": name in report["modalities"] for name in MODALITIES})
+        row["has_tumor_mask"] = "tumor_mask" in report.get("files", {})
+        rows.append(row)
+    columns = ["scan_id", "participant", "session", "set", "split",
+               *(f"has_{name}" for name in MODALITIES), "has_tumor_mask"]
+    table = pd.DataFrame(rows, columns=columns).sort_values("scan_id", kind="stable")
+    table = table.reset_index(drop=True)
+    write_tsv(table, out_tsv)
+    return table
+
+
+def _reports_table(reports: Iterable[Mapping[str, Any]],
+                   validation_fraction: float) -> pd.DataFrame:
+    rows = []
+    for report in reports:
         included = report["status"] == "included"
         rows.append({
             "scan_id": report["scan_id"], "participant": report["participant"],
@@ -507,6 +729,4 @@ def tabulate_reports(
     columns = ["scan_id", "participant", "session", "set", "split", "status", "reason",
                "modalities", "missing"]
     table = pd.DataFrame(rows, columns=columns).sort_values("scan_id", kind="stable")
-    table = table.reset_index(drop=True)
-    write_tsv(table, out_tsv)
-    return table
+    return table.reset_index(drop=True)

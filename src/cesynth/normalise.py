@@ -322,19 +322,14 @@ def prepare_subject(
     """
     present = _check_modalities(images, out_paths)
     grid = ModelGrid(tuple(shape))
-    native_mask = load_nifti(mask_path)
-    mask_img = grid.resample(native_mask, is_mask=True)
+    native_mask, mask_img = _model_mask(mask_path, grid)
     mask = np.asarray(mask_img.dataobj)
     first, last = foreground_slice_range(mask, who=str(mask_path))
 
     outputs: dict[str, np.ndarray] = {}
     stats: dict[str, dict[str, float]] = {}
     for name, path in present.items():
-        native = load_nifti(path)
-        _check_same_grid(native, native_mask, path)
-        data = np.asarray(grid.resample(native).dataobj)
-        stats[name] = in_mask_stats(data, mask)
-        outputs[name] = normalise(data, mask, method, **options)
+        outputs[name], stats[name] = _normalised(path, native_mask, grid, mask, method, options)
 
     for name, data in outputs.items():
         save_nifti(data, mask_img.affine, out_paths[name], dtype=np.float32)
@@ -355,6 +350,86 @@ def prepare_subject(
     if sidecar_path is not None:
         write_json(sidecar, sidecar_path)
     return sidecar
+
+
+def prepare_mask(
+    mask_path: str | Path,
+    out_mask_path: str | Path,
+    shape: Sequence[int],
+    sidecar_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Resample one brain mask to the model grid and record its foreground slices.
+
+    Args:
+        mask_path: the brain mask on the native CE-T1 grid.
+        out_mask_path: output path of the model-grid mask (uint8).
+        shape: the model grid, RAS-canonical ``(x, y, z)``.
+        sidecar_path: where to write the returned dict as JSON (optional).
+
+    Returns:
+        ``shape``, ``voxel_size_mm``, ``orientation``, ``slice_axis`` and ``foreground_slices``.
+    """
+    grid = ModelGrid(tuple(shape))
+    native_mask, mask_img = _model_mask(mask_path, grid)
+    mask = np.asarray(mask_img.dataobj)
+    first, last = foreground_slice_range(mask, who=str(mask_path))
+    save_nifti(mask, mask_img.affine, out_mask_path, dtype=np.uint8)
+    sidecar = {
+        "shape": list(grid.shape),
+        "voxel_size_mm": list(grid.voxel_size_for(native_mask)),
+        "orientation": "RAS",
+        "slice_axis": SLICE_AXIS,
+        "foreground_slices": [first, last],
+    }
+    if sidecar_path is not None:
+        write_json(sidecar, sidecar_path)
+    return sidecar
+
+
+def prepare_image(
+    image_path: str | Path,
+    mask_path: str | Path,
+    out_path: str | Path,
+    shape: Sequence[int],
+    method: str = "histeq",
+    **options: Any,
+) -> dict[str, float]:
+    """Resample one registered image to the model grid and normalise it inside the brain mask.
+
+    The per-modality counterpart of :func:`prepare_subject`, for pipelines that run one job per
+    image; both give identical voxels.
+
+    Args:
+        image_path: the image on the native CE-T1 grid.
+        mask_path: the brain mask on the native CE-T1 grid.
+        out_path: output path (``*_space-model_desc-norm_*.nii.gz``).
+        shape: the model grid, RAS-canonical ``(x, y, z)``.
+        method: normalisation method (see :data:`NORMALISERS`).
+        **options: normalisation options passed to :func:`normalise`.
+
+    Returns:
+        In-mask intensity statistics of the image on the model grid, before normalisation.
+    """
+    grid = ModelGrid(tuple(shape))
+    native_mask, mask_img = _model_mask(mask_path, grid)
+    mask = np.asarray(mask_img.dataobj)
+    foreground_slice_range(mask, who=str(mask_path))
+    data, stats = _normalised(image_path, native_mask, grid, mask, method, options)
+    save_nifti(data, mask_img.affine, out_path, dtype=np.float32)
+    return stats
+
+
+def _model_mask(mask_path: str | Path, grid: ModelGrid) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    native_mask = load_nifti(mask_path)
+    return native_mask, grid.resample(native_mask, is_mask=True)
+
+
+def _normalised(path: str | Path, native_mask: nib.Nifti1Image, grid: ModelGrid, mask: np.ndarray,
+                method: str, options: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+    native = load_nifti(path)
+    _check_same_grid(native, native_mask, path)
+    data = np.asarray(grid.resample(native).dataobj)
+    return normalise(data, mask, method, **options), in_mask_stats(data, mask)
 
 
 def _check_modalities(

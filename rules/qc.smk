@@ -1,0 +1,44 @@
+# Quality control: a montage per subject and one table per stage.
+
+
+rule plot_qc_montage:
+    """Each registered modality with the brain-mask outline over the CE-T1, for one subject."""
+    input:
+        unpack(get_registered_images),
+        mask=rules.mask_brain.output.mask,
+    output:
+        png=f"{QC}/sub-{{subject}}/sub-{{subject}}_desc-montage.png",
+    log:
+        f"{LOGS}/plot_qc_montage/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/plot_qc_montage/sub-{{subject}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/plot_qc_montage.py"
+
+
+rule tabulate_qc:
+    """One table per stage (adc, registration, brainmask, normalise) with a row per job."""
+    input:
+        rows=get_qc_rows,
+    output:
+        table=f"{QC}/{{stage}}.tsv",
+    wildcard_constraints:
+        stage="|".join(QC_STAGES),
+    log:
+        f"{LOGS}/tabulate_qc/{{stage}}.log",
+    benchmark:
+        f"{BENCH}/tabulate_qc/{{stage}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/tabulate_qc.py"

@@ -1,0 +1,153 @@
+"""The Snakemake workflow itself: lint, config validation, dry runs of the DAG on BIDS trees of
+zero-byte files (one per input variant), and the schema's error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow with ``workdir`` as working directory."""
+    command = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dry_run_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Job counts per rule of a dry run (``--dry-run --quiet rules`` prints the table)."""
+    result = snakemake(workdir, "--dry-run", "--quiet", "rules", *args)
+    counts: dict[str, int] = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def touch_bids(root: Path, subjects: dict[str, set[str]], sessions: dict[str, list[str]] | None = None,
+               participants_set: dict[str, str] | None = None, tumor_masks: tuple[str, ...] = ()):
+    """A BIDS tree of zero-byte files: modalities per subject from {T1w, ce, T2w, dwi}."""
+    root.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9"}))
+    if participants_set:
+        rows = "".join(f"sub-{s}\t{v}\n" for s, v in participants_set.items())
+        (root / "participants.tsv").write_text("participant_id\tset\n" + rows)
+    for subject, modalities in subjects.items():
+        for session in (sessions or {}).get(subject, [None]):
+            folder = root / f"sub-{subject}" / (f"ses-{session}" if session else "")
+            prefix = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+            names = {"T1w": "anat/{p}_T1w.nii.gz", "ce": "anat/{p}_ce-gadolinium_T1w.nii.gz",
+                     "T2w": "anat/{p}_T2w.nii.gz"}
+            for modality in modalities:
+                if modality == "dwi":
+                    for ext in (".nii.gz", ".bval", ".bvec"):
+                        _touch(folder / "dwi" / f"{prefix}_dwi{ext}")
+                else:
+                    _touch(folder / names[modality].format(p=prefix))
+    for subject in tumor_masks:
+        _touch(root / "derivatives" / "tumor_masks" / f"sub-{subject}" / "anat"
+               / f"sub-{subject}_desc-tumor_mask.nii.gz")
+    return root
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+
+
+FULL = {"T1w", "ce", "T2w", "dwi"}
+
+
+def bids_config(bids: Path, **overrides) -> list[str]:
+    """Arguments that point the workflow at a BIDS tree (demo off), plus config overrides."""
+    config = {"bids_dir": str(bids), "results_dir": str(bids.parent / "results"),
+              "demo": {"enabled": False}, **overrides}
+    path = bids.parent / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return ["--configfile", str(path)]
+
+
+def test_lint_reports_nothing(tmp_path):
+    result = snakemake(tmp_path, "--lint", "--configfile",
+                       str(REPO / "config/profiles/demo-small.yaml"), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Congratulations" in output, output
+
+
+def test_dry_run_of_the_demo_dag_has_every_stage(tmp_path):
+    jobs = dry_run_jobs(tmp_path, "--configfile", str(REPO / "config/profiles/demo-small.yaml"))
+    subjects = 3
+    assert jobs["make_demo_subject"] + jobs.get("make_demo_subject_set_b", 0) == subjects
+    assert jobs["validate_subject"] == subjects
+    assert jobs["fit_adc"] == subjects
+    assert jobs["register_anat_to_cet1w"] == 2 * subjects
+    assert jobs["register_dwi_to_cet1w"] == subjects
+    assert jobs["mask_brain"] == subjects
+    assert jobs["normalise_to_model_grid"] == 4 * subjects
+    assert jobs["resample_mask_to_model_grid"] == subjects
+    assert jobs["plot_qc_montage"] == subjects
+    assert jobs["tabulate_qc"] == 4
+    assert jobs["assign_sets"] == 1
+
+
+def test_dry_run_on_a_bids_tree_with_missing_modalities(tmp_path):
+    bids = touch_bids(tmp_path / "bids", {"01": FULL, "02": FULL - {"T2w"}, "03": FULL - {"dwi"}})
+    jobs = dry_run_jobs(tmp_path, *bids_config(bids))
+    assert "make_demo_subject" not in jobs
+    assert jobs["validate_subject"] == 3
+    assert jobs["fit_adc"] == 2  # sub-03 has no DWI but is kept
+    assert jobs["register_dwi_to_cet1w"] == 2
+    assert jobs["register_anat_to_cet1w"] == 3 + 2  # T1w for all, T2w where present
+    assert jobs["normalise_to_model_grid"] == 4 + 3 + 3
+
+
+def test_dry_run_with_sessions_makes_one_scan_per_session(tmp_path):
+    bids = touch_bids(tmp_path / "bids", {"01": FULL, "02": FULL},
+                      sessions={"01": ["pre", "post"]})
+    jobs = dry_run_jobs(tmp_path, *bids_config(bids))
+    assert jobs["validate_subject"] == 3
+    result = snakemake(tmp_path, "--dry-run", *bids_config(bids))
+    assert "sub-01sespre" in result.stdout and "sub-01sespost" in result.stdout
+
+
+def test_excluded_subjects_are_left_out(tmp_path):
+    bids = touch_bids(tmp_path / "bids", {"01": FULL, "02": FULL, "03": FULL})
+    jobs = dry_run_jobs(tmp_path, *bids_config(bids, ingest={"exclude_subjects": ["02"]}))
+    assert jobs["validate_subject"] == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"demo": {"enabled": True, "subjectz": 3}}, "subjectz"),
+        ({"demo": {"enabled": True, "voxel_mm": -1}}, "voxel_mm"),
+        ({"brainmask": {"method": "magic"}}, "magic"),
+        ({"model_grid": {"shape": [64, 64]}}, "shape"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ],
+)
+def test_a_bad_config_key_or_value_stops_with_a_message_naming_it(tmp_path, override, named):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(override))
+    result = snakemake(tmp_path, "--dry-run", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+
+
+def test_a_folder_that_is_not_bids_stops_with_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = snakemake(tmp_path, "--dry-run", *bids_config(tmp_path / "empty"), check=False)
+    assert result.returncode != 0
+    assert "not a BIDS dataset" in result.stdout + result.stderr

@@ -1,0 +1,25 @@
+"""Rule mask_brain: glue only, the work is cesynth.brainmask.brain_mask_file."""
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../src")
+
+from cesynth import brainmask, qc  # noqa: E402
+from cesynth.jobs import run_job  # noqa: E402
+
+inputs, output = snakemake.input, snakemake.output
+
+
+def work():
+    info = brainmask.brain_mask_file(
+        inputs.image, output.mask, snakemake.params.method, threads=snakemake.threads
+    )
+    metrics = {"method": info["method"], "volume_ml": info["volume_ml"],
+               "seconds": info["seconds"]}
+    if "true_mask" in inputs.keys():
+        metrics["truth_dice"] = brainmask.dice_files(output.mask, inputs.true_mask)
+    flags = qc.plausibility_flags(brain_volume_ml=info["volume_ml"])
+    qc.write_row(qc.qc_row("brainmask", snakemake.wildcards.subject, metrics, flags), output.qc)
+    return {**metrics, **flags}
+
+
+run_job(snakemake, work, params={"method": snakemake.params.method})
