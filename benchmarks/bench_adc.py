@@ -5,7 +5,7 @@ Run by hand (not a test)::
     .venv/bin/python benchmarks/bench_adc.py [--reps 5] [--threads 2]
 
 Two DWI shapes: 3 volumes (b = 0, 500, 1000, as FIELD-NOTES measured) and 7 volumes (1 b0 +
-3 directions per shell). For each it times, median of ``--reps`` runs:
+3 directions per shell). For each it times, median of ``--reps`` interleaved rounds:
 
 - ``ours (array)``: the fit on an array already in memory (:func:`cesynth.adc.fit_dwi_shells`);
 - ``ours (file)``: :func:`cesynth.adc.fit_adc_file`, uncompressed NIfTI in and out;
@@ -70,17 +70,17 @@ def bench_layout(folder: Path, bvals: list[int], reps: int, threads: int) -> dic
     np.savetxt(paths["dwi.bvec"], bvecs(bvals), fmt="%g")
     shells = group_shells(np.asarray(bvals, dtype=float))
     bvals_arr = np.asarray(bvals, dtype=float)
+    loaded = nib.load(paths["dwi.nii"]).get_fdata(dtype=np.float32)  # NIfTI (Fortran) layout
 
-    timings = {
-        "array": timed(lambda: fit_dwi_shells(dwi, bvals_arr, shells, weighting="volume"), reps),
-        "file": timed(lambda: fit_adc_file(paths["dwi.nii"], paths["dwi.bval"],
-                                           paths["dwi.bvec"], paths["ours.nii"],
-                                           weighting="volume", max_adc=1.0), reps),
-        "mrtrix": timed(lambda: subprocess.run(
+    timings = timed_interleaved({
+        "array": lambda: fit_dwi_shells(loaded, bvals_arr, shells, weighting="volume"),
+        "file": lambda: fit_adc_file(paths["dwi.nii"], paths["dwi.bval"], paths["dwi.bvec"],
+                                     paths["ours.nii"], weighting="volume", max_adc=1.0),
+        "mrtrix": lambda: subprocess.run(
             ["dwi2adc", "-quiet", "-force", "-nthreads", str(threads), "-fslgrad",
              str(paths["dwi.bvec"]), str(paths["dwi.bval"]), str(paths["dwi.nii"]),
-             str(paths["mrtrix.nii"])], check=True), reps),
-    }
+             str(paths["mrtrix.nii"])], check=True),
+    }, reps)
     ours = np.asanyarray(nib.load(paths["ours.nii"]).dataobj)
     mrtrix = np.asanyarray(nib.load(paths["mrtrix.nii"]).dataobj)[..., 1]
     timings["diff"] = float(np.median(np.abs(ours[brain] - mrtrix[brain])))
@@ -118,15 +118,19 @@ def bvecs(bvals):
     return np.array(rows).T
 
 
-def timed(func, reps: int) -> float:
-    """Median wall time of ``reps`` calls after one warm-up call."""
-    func()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed_interleaved(funcs: dict, reps: int) -> dict[str, float]:
+    """Median wall time of each function over ``reps`` rounds (after a warm-up round).
+
+    The functions take turns within each round, so a busy machine slows them alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in funcs}
+    for round_ in range(reps + 1):
+        for name, func in funcs.items():
+            start = time.perf_counter()
+            func()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def machine() -> str:

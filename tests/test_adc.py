@@ -15,6 +15,8 @@ from cesynth.adc import (
     adc_error_vs_truth,
     fit_adc,
     fit_adc_file,
+    fit_dwi_shells,
+    group_shells,
     read_bvals_bvecs,
     shell_means,
 )
@@ -143,6 +145,7 @@ def test_file_round_trip(tmp_path):
     assert isinstance(stats, AdcStats)
     img = nib.load(out)
     assert img.get_data_dtype() == np.float32
+    assert bytes(img.header["intent_name"]).rstrip(b"\0") == b"ADC mm2/s"
     assert img.shape == SHAPE
     np.testing.assert_allclose(img.affine, AFFINE)
     np.testing.assert_allclose(img.get_fdata(), true, rtol=1e-5)
@@ -220,6 +223,21 @@ def test_read_bvals_bvecs_values(tmp_path):
     np.testing.assert_array_equal(bvals, BVALS)
     np.testing.assert_allclose(bvecs, BVECS)
     assert bvecs.shape == (3, 7)
+
+
+def test_volume_weighting_is_the_all_volume_least_squares_fit():
+    rng = np.random.default_rng(1)
+    dwi = simulate(three_tissue_adc()) * rng.uniform(0.8, 1.2, SHAPE + (7,))
+    design = np.column_stack([np.ones(7), -BVALS])
+    all_volumes = np.linalg.lstsq(design, np.log(dwi.reshape(-1, 7)).T, rcond=None)[0][1]
+    shells = group_shells(BVALS)
+    by_volume, _ = fit_dwi_shells(dwi, BVALS, shells, weighting="volume", max_adc=1.0)
+    np.testing.assert_allclose(by_volume.ravel(), all_volumes, rtol=1e-4, atol=1e-8)
+    by_shell, _ = fit_adc(*shell_means(dwi, BVALS), max_adc=1.0)
+    weights = [len(idx) for idx in shells]
+    weighted, _ = fit_adc(*shell_means(dwi, BVALS), max_adc=1.0, weights=weights)
+    np.testing.assert_allclose(weighted, by_volume, rtol=1e-5, atol=1e-9)
+    assert np.median(np.abs(by_shell - by_volume)) > 1e-6  # 1 b0 vs 3 per shell: not the same
 
 
 # ----------------------------------------------------------------------------- MRtrix3

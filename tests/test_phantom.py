@@ -13,6 +13,7 @@ import pytest
 from scipy import ndimage
 
 from cesynth import phantom
+from cesynth.io import InputError
 
 SETTINGS = phantom.PhantomSettings(voxel_mm=4.0)
 
@@ -253,8 +254,9 @@ def test_set_b_tumor_mask_on_ce_grid(cohort: tuple[Path, pd.DataFrame]) -> None:
     assert mask.shape == ce.shape
     np.testing.assert_allclose(mask.affine, ce.affine)
     tumor = np.asarray(mask.dataobj) > 0
-    enhancing = _load(root / f"derivatives/phantom/{sub}/{sub}_space-ceT1w_desc-enhancing_mask.nii.gz")
-    brain = _load(root / f"derivatives/phantom/{sub}/{sub}_space-ceT1w_desc-brain_mask.nii.gz")
+    truth = root / "derivatives" / "phantom" / sub
+    enhancing = _load(truth / f"{sub}_space-ceT1w_desc-enhancing_mask.nii.gz")
+    brain = _load(truth / f"{sub}_space-ceT1w_desc-brain_mask.nii.gz")
     assert tumor.sum() > 0 and tumor.sum() >= (enhancing > 0).sum()
     assert np.all(brain[tumor] > 0)
     # The enhancing rim is brighter on CE-T1 than the rest of the brain.
@@ -342,3 +344,18 @@ def test_true_transforms_describe_the_misplacement(cohort: tuple[Path, pd.DataFr
             # Below 1 only through noise, bias fields, enhancement and partial volume.
             assert r_aligned > 0.8
             assert r_aligned > r_naive + 0.3
+
+
+def test_guard_demo_target_protects_other_datasets(cohort: tuple[Path, pd.DataFrame],
+                                                   tmp_path: Path) -> None:
+    phantom.guard_demo_target(tmp_path / "missing")
+    phantom.guard_demo_target(cohort[0])  # an earlier phantom may be rebuilt
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "dataset_description.json").write_text('{"Name": "patients", "BIDSVersion": "1.9.0"}')
+    with pytest.raises(InputError):
+        phantom.guard_demo_target(real)
+    unlabelled = tmp_path / "unlabelled"
+    (unlabelled / "sub-01").mkdir(parents=True)
+    with pytest.raises(InputError):
+        phantom.guard_demo_target(unlabelled)

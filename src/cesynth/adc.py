@@ -21,10 +21,16 @@ volumes per shell* (exactly so when every volume of a shell has the same b-value
 b-value); it equals ``dwi2adc`` whenever all shells hold the same number of volumes.
 ``weighting="volume"`` reproduces ``dwi2adc`` for any direction counts.
 
-Robustness: signals are clamped to a small positive floor (and non-finite ones replaced) before
-the log, so the output never holds NaN or inf. Voxels outside the mask, or whose b=0 signal is
-below a noise threshold, are set to 0. Fitted ADCs outside ``[min_adc, max_adc]`` are clipped to
-the limits and counted.
+Robustness: a zero, negative or non-finite sample makes its shell's geometric mean 0, which is
+clamped to ``SIGNAL_FLOOR`` before the log (such voxels are counted), so the output never holds
+NaN or inf. Voxels outside the mask, or whose b=0 signal is at or below a noise threshold, are
+set to 0 (automatic threshold: ``AUTO_THRESHOLD_FRACTION`` times the 99th percentile of the b=0
+signal, inside the mask when there is one; it drops air and background noise, while white
+matter, the darkest brain tissue at b=0, sits near a quarter of the CSF signal). Fitted ADCs
+outside ``[min_adc, max_adc]`` are clipped to the limits and counted.
+
+Speed: everything runs in float32, one log per volume, in place and in the memory order of the
+data (NIfTI arrays are Fortran-ordered); no 4-D float64 temporaries.
 """
 
 from __future__ import annotations
@@ -34,13 +40,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from cesynth.io import InputError, load_nifti, save_nifti
 
 PathLike = str | os.PathLike
 
-#: Signals at or below this value (arbitrary scanner units) are clamped to it before the log.
+#: A shell mean of 0 (a zero, negative or non-finite sample) is clamped to this before the log.
 SIGNAL_FLOOR = 1e-6
 #: Automatic noise threshold: this fraction of the 99th percentile of the b=0 signal.
 AUTO_THRESHOLD_FRACTION = 0.05
@@ -57,7 +64,7 @@ class AdcStats:
         n_clipped_low: fitted voxels whose ADC was below ``min_adc`` (set to ``min_adc``).
         n_clipped_high: fitted voxels whose ADC was above ``max_adc`` (set to ``max_adc``).
         n_nonpositive_signal: fitted voxels with at least one sample that was zero, negative or
-            not finite (clamped to the signal floor before the log).
+            not finite (its shell's mean was clamped to the signal floor before the log).
         median_in_mask: median ADC (mm2/s) over the fitted voxels, after clipping (0 if none).
         b_values: the shell b-values (s/mm2) used in the fit.
     """
@@ -176,7 +183,7 @@ def shell_means(
     dwi = _check_dwi(dwi, bvals)
     shells = group_shells(bvals, tolerance)
     shell_b = np.array([np.mean(bvals[idx]) for idx in shells])
-    out = np.empty(dwi.shape[:3] + (len(shells),), dtype=np.float32)
+    out = np.empty_like(dwi, shape=dwi.shape[:3] + (len(shells),), dtype=np.float32)
     for k, idx in enumerate(shells):
         log_mean, bad = _mean_log(dwi, idx)
         np.exp(log_mean, out=out[..., k])
@@ -202,7 +209,7 @@ def _log_into(signal: np.ndarray, out: np.ndarray) -> None:
 def _replace_invalid(log_values: np.ndarray) -> np.ndarray:
     """Set non-finite logs to ``ln(SIGNAL_FLOOR)`` in place; return where they were."""
     bad = ~np.isfinite(log_values)
-    log_values[bad] = np.log(np.float32(SIGNAL_FLOOR))
+    np.copyto(log_values, np.log(np.float32(SIGNAL_FLOOR)), where=bad)
     return bad
 
 
@@ -212,9 +219,9 @@ def _mean_log(dwi: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     A zero, negative or non-finite sample makes the sum -inf, NaN or inf, so one finiteness
     test on the sum finds them all; those voxels get the floor (geometric mean 0, clamped).
     """
-    shape = dwi.shape[:3]
-    total = np.empty(shape, dtype=np.float32)
-    work = np.empty(shape, dtype=np.float32)
+    # same memory order as the volumes (NIfTI data are Fortran-ordered): mixed orders are slow
+    total = np.empty_like(dwi[..., idx[0]], dtype=np.float32)
+    work = np.empty_like(total)
     _log_into(dwi[..., idx[0]], total)
     for i in idx[1:]:
         _log_into(dwi[..., i], work)
@@ -259,9 +266,9 @@ def fit_adc(
     if shell_signal.ndim != 4 or shell_signal.shape[3] != shell_b.size:
         raise ValueError(f"shell_signal shape {shell_signal.shape} does not match "
                          f"{shell_b.size} shells")
-    log_signal, bad = [], np.zeros(shell_signal.shape[:3], dtype=bool)
+    log_signal, bad = [], np.zeros_like(shell_signal[..., 0], dtype=bool)
     for k in range(shell_b.size):
-        log_k = np.empty(shell_signal.shape[:3], dtype=np.float32)
+        log_k = np.empty_like(shell_signal[..., k], dtype=np.float32)
         _log_into(shell_signal[..., k], log_k)
         bad |= _replace_invalid(log_k)
         log_signal.append(log_k)
@@ -284,7 +291,7 @@ def _fit_log_signal(
     if min_adc > max_adc:
         raise ValueError(f"min_adc {min_adc} exceeds max_adc {max_adc}")
     slope_coef = _slope_coefficients(shell_b, weights)
-    adc = np.zeros(log_signal[0].shape, dtype=np.float32)
+    adc = np.zeros_like(log_signal[0])
     term = np.empty_like(adc)
     for coef, log_k in zip(slope_coef, log_signal, strict=True):
         # ADC = -slope = -sum_k c_k ln S_k, accumulated in place
@@ -295,12 +302,12 @@ def _fit_log_signal(
     outside = ~fitted
 
     # park unfitted voxels inside the limits so full-volume counts and clips ignore them
-    adc[outside] = np.float32(min_adc)
+    np.copyto(adc, np.float32(min_adc), where=outside)
     n_low = int(np.count_nonzero(adc < np.float32(min_adc)))
     n_high = int(np.count_nonzero(adc > np.float32(max_adc)))
     np.clip(adc, np.float32(min_adc), np.float32(max_adc), out=adc)
-    adc[outside] = 0.0
-    values = adc[fitted]
+    np.copyto(adc, np.float32(0.0), where=outside)
+    values = _masked_values(adc, fitted)
     stats = AdcStats(
         n_voxels_fitted=int(values.size),
         n_clipped_low=n_low,
@@ -310,6 +317,12 @@ def _fit_log_signal(
         b_values=tuple(float(b) for b in shell_b),
     )
     return adc, stats
+
+
+def _masked_values(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values[mask]`` (in memory order), without numpy's copy of Fortran-ordered arrays."""
+    order = "F" if values.flags.f_contiguous and not values.flags.c_contiguous else "C"
+    return values.ravel(order=order)[mask.ravel(order=order)]
 
 
 def _slope_coefficients(shell_b: np.ndarray, weights: Sequence[float] | None) -> np.ndarray:
@@ -354,7 +367,7 @@ def auto_noise_threshold(log_s0: np.ndarray, mask: np.ndarray | None = None) -> 
         ``AUTO_THRESHOLD_FRACTION * P99(S0)`` over the voxels whose S0 exceeds the signal floor
         (a regular subsample of at most about a million of them, for speed); 0 if there are none.
     """
-    values = log_s0[mask] if mask is not None else log_s0.ravel()
+    values = _masked_values(log_s0, mask) if mask is not None else log_s0.ravel(order="K")
     step = max(1, values.size // _PERCENTILE_SAMPLE)
     sample = values[::step]
     sample = sample[sample > np.float32(np.log(SIGNAL_FLOOR))]
@@ -389,7 +402,8 @@ def fit_adc_file(
         dwi_path: 4-D DWI NIfTI.
         bval_path: FSL ``.bval`` file.
         bvec_path: FSL ``.bvec`` file.
-        out_path: output ADC NIfTI (3-D, same shape and affine as the DWI's first 3 axes).
+        out_path: output ADC NIfTI (3-D, same shape and affine as the DWI's first 3 axes;
+            header ``intent_name`` "ADC mm2/s").
         mask_path: optional brain mask on the DWI grid (non-zero = inside).
         required_b: b-values (s/mm2) that must be present as shells; the fit uses these.
         b_tolerance: b-value tolerance for grouping and matching shells (s/mm2).
@@ -416,7 +430,9 @@ def fit_adc_file(
     mask = _load_mask(mask_path, img) if mask_path is not None else None
     adc, stats = fit_dwi_shells(dwi, bvals, shells, mask, min_adc=min_adc, max_adc=max_adc,
                                 weighting=weighting)
-    save_nifti(adc, img.affine, out_path, dtype=np.float32)
+    header = nib.Nifti1Header()
+    header["intent_name"] = b"ADC mm2/s"  # save_nifti owns descrip; units go here
+    save_nifti(adc, img.affine, out_path, dtype=np.float32, header=header)
     return stats
 
 
@@ -451,7 +467,7 @@ def fit_dwi_shells(
         raise ValueError(f"weighting must be 'shell' or 'volume', not {weighting!r}")
     dwi = _check_dwi(dwi, bvals)
     shell_b = np.array([np.mean(bvals[idx]) for idx in shells])
-    log_signal, bad = [], np.zeros(dwi.shape[:3], dtype=bool)
+    log_signal, bad = [], np.zeros_like(dwi[..., 0], dtype=bool)
     for idx in shells:
         log_k, bad_k = _mean_log(dwi, idx)
         log_signal.append(log_k)

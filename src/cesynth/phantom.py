@@ -21,6 +21,7 @@ saved as ``ceT1w_to_<m>`` (what a registration with fixed = CE-T1 and moving = m
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ import pandas as pd
 from scipy import ndimage
 
 from cesynth import __version__
-from cesynth.io import atomic_path, save_nifti, write_json, write_tsv
+from cesynth.io import InputError, atomic_path, save_nifti, write_json, write_tsv
 
 MODALITIES = ("T1w", "ceT1w", "T2w", "dwi")
 MOVING_MODALITIES = ("T1w", "T2w", "dwi")
@@ -429,8 +430,13 @@ def true_transforms(poses: Mapping[str, np.ndarray]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- resampling
 
 
-def sample_on_grid(volumes: Mapping[str, np.ndarray], source: Grid, grid: Grid,
-                   pose: np.ndarray, fill: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+def sample_on_grid(
+    volumes: Mapping[str, np.ndarray],
+    source: Grid,
+    grid: Grid,
+    pose: np.ndarray,
+    fill: Mapping[str, float] | None = None,
+) -> dict[str, np.ndarray]:
     """Resample head-frame volumes onto a scan's grid through its head pose (trilinear).
 
     Along the slice axis (axis 2) the volumes are averaged over sub-slices spaced at most one
@@ -454,11 +460,12 @@ def sample_on_grid(volumes: Mapping[str, np.ndarray], source: Grid, grid: Grid,
     nx, ny, nz = grid.shape
     slices_per_chunk = max(1, 1_000_000 // (nx * ny))
     ij = np.indices((nx, ny)).reshape(2, -1).astype(float)
+    in_plane = to_source[:3, :2] @ ij + to_source[:3, 3:]
     for start in range(0, nz, slices_per_chunk):
         ks = np.arange(start, min(nz, start + slices_per_chunk), dtype=float)
         for offset in offsets:
-            voxels = np.vstack([np.tile(ij, len(ks)), np.repeat(ks + offset, ij.shape[1])])
-            coords = to_source[:3, :3] @ voxels + to_source[:3, 3:]
+            through_plane = to_source[:3, 2][:, None, None] * (ks + offset)[None, :, None]
+            coords = (in_plane[:, None, :] + through_plane).reshape(3, -1)
             for name, volume in volumes.items():
                 values = ndimage.map_coordinates(volume, coords, order=1, mode="constant",
                                                  cval=fill.get(name, 0.0), prefilter=False)
@@ -554,9 +561,16 @@ def smooth_random_field(rng: np.random.Generator, shape: tuple[int, ...],
     """
     coarse_shape = [max(2, math.ceil(n / spacing_voxels) + 1) for n in shape]
     coarse = rng.standard_normal(coarse_shape)
-    field_ = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse_shape, strict=True)],
+    # Cubic up to a grid a few times coarser than the output, then linear: smooth, and far
+    # cheaper than a cubic zoom onto the full grid.
+    step = max(1, min(4, int(spacing_voxels // 4)))
+    middle_shape = [math.ceil(n / step) for n in shape]
+    middle = ndimage.zoom(coarse, [m / c for m, c in zip(middle_shape, coarse_shape, strict=True)],
                           order=3, grid_mode=True, mode="grid-constant")
-    field_ = field_[tuple(slice(0, n) for n in shape)].astype(np.float32)
+    field_ = middle.astype(np.float32)
+    if step > 1:
+        field_ = ndimage.zoom(field_, step, order=1, grid_mode=True, mode="nearest")
+    field_ = field_[tuple(slice(0, n) for n in shape)]
     return field_ / max(float(np.abs(field_).max()), 1e-12)
 
 
@@ -865,6 +879,35 @@ def plan_cohort(n_subjects: int, seed: int = 0, n_set_b: int = 0, *,
                      "set": "B" if in_set_b else "A", "n_tumors": n_tumors,
                      "subject_seed": subject_seed})
     return pd.DataFrame(rows, columns=["participant_id", "set", "n_tumors", "subject_seed"])
+
+
+def guard_demo_target(bids_dir: str | Path) -> None:
+    """Refuse to write the phantom into a folder that holds some other dataset.
+
+    Allowed: a missing or empty folder, or an earlier cesynth phantom dataset (its
+    dataset_description.json names ``cesynth phantom`` in GeneratedBy).
+
+    Args:
+        bids_dir: the target dataset root.
+
+    Raises:
+        InputError: the folder holds a dataset that is not a cesynth phantom.
+    """
+    root = Path(bids_dir)
+    description_path = root / "dataset_description.json"
+    if description_path.is_file():
+        try:
+            description = json.loads(description_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            description = {}
+        generators = description.get("GeneratedBy", []) if isinstance(description, dict) else []
+        names = {g.get("Name") for g in generators if isinstance(g, dict)}
+        if "cesynth phantom" not in names:
+            raise InputError(root, "holds a dataset that is not a cesynth phantom; refusing to "
+                                   "write the demo cohort over it")
+    elif root.is_dir() and any(root.glob("sub-*")):
+        raise InputError(root, "holds subject folders but no cesynth phantom "
+                               "dataset_description.json; refusing to write over them")
 
 
 def _generated_by() -> list[dict[str, str]]:
