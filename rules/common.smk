@@ -41,6 +41,13 @@ def get_demo_plan():
     return phantom.plan_cohort(demo["subjects"], demo["seed"], demo["set_b_subjects"])
 
 
+def get_demo_plan_row(wildcards):
+    """One demo subject's plan (set, tumors, seed): a param, so other subjects' changes don't
+    rerun this subject."""
+    plan = get_demo_plan().set_index("participant_id")
+    return plan.loc[f"sub-{wildcards.subject}"].to_dict()
+
+
 def get_scans():
     """The scans to process, by scan ID, known before any job runs (demo plan or BIDS listing)."""
     if is_demo():
@@ -70,6 +77,10 @@ wildcard_constraints:
 
 def get_scan(wildcards):
     return SCANS[wildcards.subject]
+
+
+def get_scan_set(wildcards):
+    return get_scan(wildcards).set
 
 
 def get_raw_inputs(wildcards):
@@ -157,8 +168,8 @@ def get_anat_image(wildcards):
 
 
 def get_phantom_truth(wildcards, *names):
-    """Ground truth of a demo subject (for QC against the known answer); nothing otherwise."""
-    if not is_demo():
+    """Phantom ground truth of a subject (QC against the known answer); nothing for real data."""
+    if not (is_demo() or Path(BIDS, "derivatives", "phantom").is_dir()):
         return {}
     subject = wildcards.subject
     folder = f"{BIDS}/derivatives/phantom/sub-{subject}"
@@ -240,6 +251,8 @@ def get_ingest_reports(wildcards=None):
 
 def get_final_targets():
     targets = [f"{RESULTS}/ingest/sets.tsv"]
+    if is_demo():
+        targets.append(f"{BIDS}/participants.tsv")
     targets += [f"{QC}/{stage}.tsv" for stage in QC_STAGES]
     for scan_id in SCANS:
         targets += get_subject_targets(scan_id)

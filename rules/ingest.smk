@@ -37,6 +37,7 @@ rule validate_subject:
     benchmark:
         f"{BENCH}/validate_subject/sub-{{subject}}.tsv"
     params:
+        set=get_scan_set,
         b_values=config["ingest"]["b_values"],
         b_tolerance=config["ingest"]["b_tolerance"],
     threads: 1

@@ -26,8 +26,6 @@ rule make_demo_subject:
     """One synthetic patient: T1w, CE-T1, T2w, DWI with sidecars, plus the ground truth."""
     wildcard_constraints:
         subject=get_demo_subject_regex("A"),
-    input:
-        participants=rules.make_demo_dataset_files.output.participants,
     output:
         **get_demo_subject_outputs(),
     log:
@@ -35,7 +33,9 @@ rule make_demo_subject:
     benchmark:
         f"{BENCH}/make_demo_subject/sub-{{subject}}.tsv"
     params:
-        demo=config["demo"],
+        bids_dir=BIDS,
+        plan=get_demo_plan_row,
+        voxel_mm=config["demo"]["voxel_mm"],
     threads: 1
     resources:
         mem_mb=4000,

@@ -3,23 +3,16 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from pathlib import Path  # noqa: E402
-
 from cesynth import phantom  # noqa: E402
 from cesynth.jobs import run_job  # noqa: E402
 
-demo = snakemake.params.demo
-bids_dir = Path(snakemake.input.participants).parent
-participant_id = f"sub-{snakemake.wildcards.subject}"
+params = snakemake.params
+plan_row = {**params.plan, "participant_id": f"sub-{snakemake.wildcards.subject}"}
 
 
 def work():
-    plan = phantom.plan_cohort(demo["subjects"], demo["seed"], demo["set_b_subjects"])
-    row = plan.set_index("participant_id").loc[participant_id]
-    row["participant_id"] = participant_id
-    settings = phantom.PhantomSettings(voxel_mm=demo["voxel_mm"])
-    phantom.write_subject(bids_dir, row, settings)
-    return {"n_tumors": int(row["n_tumors"]), "set_b": row["set"] == "B"}
+    phantom.write_subject(params.bids_dir, plan_row, phantom.PhantomSettings(voxel_mm=params.voxel_mm))
+    return {"n_tumors": int(plan_row["n_tumors"]), "set_b": plan_row["set"] == "B"}
 
 
-run_job(snakemake, work, params=demo)
+run_job(snakemake, work, params={**plan_row, "voxel_mm": params.voxel_mm})

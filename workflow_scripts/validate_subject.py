@@ -1,4 +1,4 @@
-"""Rule validate_subject: glue only, the work is cesynth.ingest.validate_scan."""
+"""Rule validate_subject: glue only, the work is cesynth.ingest.validate_and_report."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
@@ -10,13 +10,11 @@ params = snakemake.params
 
 
 def work():
+    scan = ingest.rescan_files(snakemake.wildcards.subject, snakemake.input, params.set)
     report = ingest.validate_and_report(
-        ingest.rescan_files(snakemake.wildcards.subject, snakemake.input),
-        snakemake.output.report,
-        b_values=params.b_values,
-        b_tolerance=params.b_tolerance,
+        scan, snakemake.output.report, b_values=params.b_values, b_tolerance=params.b_tolerance
     )
     return {f"has_{name}": True for name in report["modalities"]}
 
 
-run_job(snakemake, work, params={"b_values": params.b_values, "b_tolerance": params.b_tolerance})
+run_job(snakemake, work, params=dict(params.items()))

@@ -165,7 +165,8 @@ def rescan(scan: ScanFiles) -> ScanFiles:
     return replace(found, set="B" if found.tumor_mask is not None else scan.set)
 
 
-def rescan_files(scan_id: str, inputs: Mapping[str, Any]) -> ScanFiles:
+def rescan_files(scan_id: str, inputs: Mapping[str, Any], set_name: str | None = None
+                 ) -> ScanFiles:
     """Build a scan from the named input files of a rule (keys t1w, cet1w, t2w, dwi, bval,
     bvec, tumor_mask; absent keys are missing files).
 
@@ -175,6 +176,8 @@ def rescan_files(scan_id: str, inputs: Mapping[str, Any]) -> ScanFiles:
     Args:
         scan_id: the scan ID (the rule's ``subject`` wildcard).
         inputs: the rule's named inputs (a Snakemake ``input`` object or a dict).
+        set_name: the scan's set when the caller knows it (the workflow does, from discovery);
+            None reads it as described above.
 
     Returns:
         The :class:`ScanFiles`.
@@ -194,8 +197,9 @@ def rescan_files(scan_id: str, inputs: Mapping[str, Any]) -> ScanFiles:
     if participant + (f"ses{session}" if session else "") != scan_id:
         raise InputError(f"sub-{scan_id}", f"{named[0].name}: belongs to another scan")
     root = named[0].parents[3 if session else 2]
-    default_set = "B" if files["tumor_mask"] is not None else "A"
-    set_name = _read_participant_sets(root / "participants.tsv").get(participant, default_set)
+    if set_name is None:
+        default_set = "B" if files["tumor_mask"] is not None else "A"
+        set_name = _read_participant_sets(root / "participants.tsv").get(participant, default_set)
     return ScanFiles(scan_id=scan_id, participant=participant, session=session,
                      t1w=files["t1w"], cet1w=files["cet1w"], t2w=files["t2w"],
                      dwi=files["dwi"], bval=files["bval"], bvec=files["bvec"],

@@ -13,6 +13,7 @@ by :func:`cesynth.io.save_nifti` is exactly the CE-T1 grid nibabel reads back.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -30,21 +31,25 @@ from cesynth.io import InputError, atomic_path, load_nifti, save_nifti
 PathLike = str | os.PathLike
 
 _LPS = np.diag([-1.0, -1.0, 1.0])
+_log = logging.getLogger(__name__)
 
 # Two ANTs stages, each on a coarse-to-fine pyramid: rigid first (robust start for thick slices),
 # then the full affine (12 parameters) that absorbs residual scaling/shear of the acquisition.
 _STAGES: tuple[str, ...] = ("Rigid", "Affine")
 _METRIC = "mattes"
 _HISTOGRAM_BINS = 32
-_SAMPLING_RATE = 0.25
-_ITERATIONS = (1000, 500, 250, 50)
-_SHRINK_FACTORS = (6, 4, 2, 1)
-_SMOOTHING_SIGMAS = (3, 2, 1, 0)
+_SAMPLING_RATE = 0.1
+_ITERATIONS = (300, 100, 20)
+_SHRINK_FACTORS = (4, 2, 1)
+_SMOOTHING_SIGMAS = (2, 1, 0)
 
 # Registration is rejected when MI drops by more than this fraction of |MI before|.
 _MI_DROP_TOLERANCE = 0.05
-# A rigid-plus-affine fit between two scans of one head should barely scale; beyond this it diverged.
+# Two scans of one head barely differ in scale; a fit scaling more than this has diverged.
 _MAX_SCALE_DEVIATION = 0.25
+
+# ITK fixes its thread count at its first use in a process (see _ants_settings).
+_threads_in_effect: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,19 +97,17 @@ def register_to_reference(
         The :class:`RegistrationResult`.
 
     Raises:
-        InputError: unreadable or unusable input, or a registration that fails (names the moving file).
+        InputError: unreadable or unusable input, or a failed registration (names the moving file).
     """
     start = time.perf_counter()
     fixed_nii = load_nifti(fixed_path)
-    fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
     moving_nii = load_nifti(moving_path)
-    moving = _nifti_to_ants(_volume(moving_nii, moving_path, moving_volume), moving_nii.affine)
-    _check_contrast(fixed, fixed_path)
-    _check_contrast(moving, moving_path)
-
-    with tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
-        mi_before, mi_after, xfm_tmp = _register(fixed, moving, moving_path, Path(work),
-                                                 threads=threads, seed=seed)
+    with _ants_settings(threads, seed), tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
+        fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
+        moving = _nifti_to_ants(_volume(moving_nii, moving_path, moving_volume), moving_nii.affine)
+        _check_contrast(fixed, fixed_path)
+        _check_contrast(moving, moving_path)
+        mi_before, mi_after, xfm_tmp = _register(fixed, moving, moving_path, Path(work))
         warped = _apply(fixed, moving, xfm_tmp, "linear")
         _write_outputs(warped, fixed_nii.affine, out_path, xfm_tmp, xfm_path)
     return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_path),
@@ -145,17 +148,15 @@ def register_dwi_to_reference(
     start = time.perf_counter()
     b0_index = b0_volumes(dwi_path, bval_path, b0_threshold)
     fixed_nii = load_nifti(fixed_path)
-    fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
     dwi_nii = load_nifti(dwi_path)
-    b0 = _nifti_to_ants(_volume(dwi_nii, dwi_path, b0_index), dwi_nii.affine)
     adc_nii = load_nifti(adc_path)
-    adc = _nifti_to_ants(_volume(adc_nii, adc_path, None), adc_nii.affine)
-    _check_contrast(fixed, fixed_path)
-    _check_contrast(b0, dwi_path)
-
-    with tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
-        mi_before, mi_after, xfm_tmp = _register(fixed, b0, dwi_path, Path(work),
-                                                 threads=threads, seed=seed)
+    with _ants_settings(threads, seed), tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
+        fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
+        b0 = _nifti_to_ants(_volume(dwi_nii, dwi_path, b0_index), dwi_nii.affine)
+        adc = _nifti_to_ants(_volume(adc_nii, adc_path, None), adc_nii.affine)
+        _check_contrast(fixed, fixed_path)
+        _check_contrast(b0, dwi_path)
+        mi_before, mi_after, xfm_tmp = _register(fixed, b0, dwi_path, Path(work))
         warped_adc = _apply(fixed, adc, xfm_tmp, "linear")
         _write_outputs(warped_adc, fixed_nii.affine, out_adc_path, xfm_tmp, xfm_path)
     return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_adc_path),
@@ -234,7 +235,7 @@ def read_ants_transform(xfm_path: PathLike) -> ants.ANTsTransform:
 def ants_transform_to_ras(transform: ants.ANTsTransform) -> np.ndarray:
     """The 4x4 RAS-world matrix of an ANTs 3D linear transform.
 
-    ITK stores ``y = A (x - c) + t + c`` in LPS, with ``A`` and ``t`` in ``parameters`` and the centre
+    ITK stores ``y = A (x - c) + t + c`` in LPS, ``A`` and ``t`` in ``parameters``, the centre
     ``c`` in ``fixed_parameters``; RAS is LPS with x and y negated on both sides.
 
     Args:
@@ -328,7 +329,7 @@ def _nifti_to_ants(data: np.ndarray, affine: np.ndarray) -> ants.ANTsImage:
 
 
 def _check_contrast(image: ants.ANTsImage, path: PathLike) -> None:
-    """Reject images a registration cannot use: constant, or without any positive signal."""
+    """Reject images a registration cannot use: constant (no contrast for the metric)."""
     values = image.numpy()
     if not np.isfinite(values).all() or float(values.max() - values.min()) <= 0.0:
         raise InputError(path, "constant image: nothing to register")
@@ -341,37 +342,43 @@ def _mutual_information(fixed: ants.ANTsImage, moving_on_fixed: ants.ANTsImage) 
 
 @contextlib.contextmanager
 def _ants_settings(threads: int, seed: int) -> Iterator[None]:
-    """Set the ITK thread count and the ANTs random seed for one call, then restore them."""
-    saved_threads = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+    """Set the ITK thread count and the ANTs random seed for one call, then restore the seed.
+
+    ITK reads ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS once, at its first use in the process, so the
+    variable is set before any ANTs call here; a later call asking another count gets a warning
+    (each pipeline rule is its own process, so there the first call is the one that counts).
+    """
+    global _threads_in_effect
+    wanted = max(1, int(threads))
+    if _threads_in_effect is None:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(wanted)
+        _threads_in_effect = wanted
+    elif _threads_in_effect != wanted:
+        _log.warning("ITK already runs with %d threads in this process; %d requested",
+                     _threads_in_effect, wanted)
     saved_seed = ants.config._random_seed
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(threads)))
     ants.config._random_seed = int(seed)  # antsRegistration then gets --random-seed
     try:
         yield
     finally:
         ants.config._random_seed = saved_seed
-        if saved_threads is None:
-            os.environ.pop("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", None)
-        else:
-            os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = saved_threads
 
 
-def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, moving_path: PathLike, work: Path,
-              *, threads: int, seed: int) -> tuple[float, float, Path]:
+def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, moving_path: PathLike,
+              work: Path) -> tuple[float, float, Path]:
     """Run rigid then affine; return MI before, MI after and the temporary ``.mat``."""
     mi_before = _mutual_information(fixed, ants.resample_image_to_target(moving, fixed, "linear"))
     initial: list[str] | None = None  # None: ANTs aligns the centres of mass first
     try:
-        with _ants_settings(threads, seed):
-            for stage in _STAGES:
-                result = ants.registration(
-                    fixed, moving, type_of_transform=stage, initial_transform=initial,
-                    outprefix=str(work / f"{stage.lower()}_"), aff_metric=_METRIC,
-                    aff_sampling=_HISTOGRAM_BINS, aff_random_sampling_rate=_SAMPLING_RATE,
-                    aff_iterations=_ITERATIONS, aff_shrink_factors=_SHRINK_FACTORS,
-                    aff_smoothing_sigmas=_SMOOTHING_SIGMAS)
-                # each stage's output already composes its initial transform (ANTs -z 1)
-                initial = [result["fwdtransforms"][0]]
+        for stage in _STAGES:
+            result = ants.registration(
+                fixed, moving, type_of_transform=stage, initial_transform=initial,
+                outprefix=str(work / f"{stage.lower()}_"), aff_metric=_METRIC,
+                aff_sampling=_HISTOGRAM_BINS, aff_random_sampling_rate=_SAMPLING_RATE,
+                aff_iterations=_ITERATIONS, aff_shrink_factors=_SHRINK_FACTORS,
+                aff_smoothing_sigmas=_SMOOTHING_SIGMAS)
+            # each stage's output already composes its initial transform (ANTs -z 1)
+            initial = [result["fwdtransforms"][0]]
     except (RuntimeError, ValueError) as err:
         raise InputError(moving_path, f"registration failed ({err})") from err
     xfm = Path(initial[0])
@@ -408,3 +415,42 @@ def _write_outputs(warped: ants.ANTsImage, fixed_affine: np.ndarray, out_path: P
     with atomic_path(xfm_path) as xfm_stage, atomic_path(out_path) as image_stage:
         shutil.copyfile(xfm_tmp, xfm_stage)
         save_nifti(warped.numpy(), fixed_affine, image_stage, dtype=np.float32)
+
+
+def write_qc_row(
+    result: RegistrationResult,
+    scan_id: str,
+    modality: str,
+    out_tsv: PathLike,
+    *,
+    truth_json: PathLike | None = None,
+    truth_mask: PathLike | None = None,
+) -> dict[str, float]:
+    """Write one registration's QC row; with phantom ground truth, add the displacement error.
+
+    Args:
+        result: the registration.
+        scan_id: the subject (and session) label.
+        modality: the moving modality (``T1w``, ``T2w`` or ``dwi``).
+        out_tsv: the one-row QC table to write.
+        truth_json: the phantom's ``desc-transforms.json`` (``ceT1w_to_<modality>``), if known.
+        truth_mask: the true brain mask on the CE-T1 grid, over which the error is averaged.
+
+    Returns:
+        The metrics of the row (for MLflow).
+    """
+    from cesynth import qc
+    from cesynth.io import read_json
+
+    metrics: dict[str, float] = {
+        "mi_before": result.mi_before, "mi_after": result.mi_after, "seconds": result.seconds,
+    }
+    if truth_json is not None and truth_mask is not None:
+        true_matrix = np.asarray(read_json(truth_json)[f"ceT1w_to_{modality}"])
+        error = displacement_error_mm(result.transform_path, true_matrix, truth_mask)
+        metrics["truth_mean_displacement_mm"] = error["mean_mm"]
+        metrics["truth_max_displacement_mm"] = error["max_mm"]
+    flags = {"mi_not_improved": result.mi_after <= result.mi_before}
+    qc.write_row(qc.qc_row("registration", scan_id, {"modality": modality, **metrics}, flags),
+                 out_tsv)
+    return {**metrics, **{name: float(flag) for name, flag in flags.items()}}

@@ -1,0 +1,120 @@
+"""The `cesynth` command line as a user runs it: real files, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cesynth.io import read_tsv
+
+CESYNTH = [str(Path(sys.executable).parent / "cesynth")]  # the installed console script
+
+
+def cesynth(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CESYNTH, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "bids"
+    result = cesynth("phantom", "--out", out, "--subjects", 2, "--seed", 3, "--set-b", 1,
+                     "--voxel-mm", 4)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_phantom_writes_a_bids_dataset(cohort):
+    assert (cohort / "dataset_description.json").is_file()
+    participants = read_tsv(cohort / "participants.tsv")
+    assert participants["participant_id"].tolist() == ["sub-01", "sub-02"]
+    assert participants["set"].tolist() == ["A", "B"]
+    assert (cohort / "derivatives/tumor_masks/sub-02/anat/sub-02_desc-tumor_mask.nii.gz").is_file()
+
+
+def test_phantom_refuses_to_write_into_a_real_dataset(tmp_path):
+    real = tmp_path / "hospital"
+    (real / "sub-01").mkdir(parents=True)
+    (real / "dataset_description.json").write_text('{"Name": "hospital", "BIDSVersion": "1.9"}')
+    before = tree_digest(real)
+    result = cesynth("phantom", "--out", real, "--subjects", 1)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert tree_digest(real) == before
+
+
+def test_validate_accepts_the_phantom_and_names_a_bad_file(cohort, tmp_path):
+    assert cesynth("validate", "--bids", cohort).returncode == 0
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(cohort), str(broken)], check=True)
+    bval = broken / "sub-01/dwi/sub-01_dwi.bval"
+    bval.write_text(" ".join(bval.read_text().split()[:-1]) + "\n")
+    result = cesynth("validate", "--bids", broken, "--out", tmp_path / "ingest.tsv")
+    assert result.returncode == 1
+    assert "error: sub-01: sub-01_dwi.bval: 6 b-values for 7 volumes" in result.stderr
+    table = read_tsv(tmp_path / "ingest.tsv")
+    assert table.set_index("scan_id").loc["01", "status"] == "excluded"
+    assert table.set_index("scan_id").loc["02", "status"] == "included"
+
+
+def test_adc_fits_the_phantom_dwi(cohort, tmp_path):
+    dwi = cohort / "sub-01/dwi/sub-01_dwi"
+    out = tmp_path / "adc.nii.gz"
+    result = cesynth("adc", "--dwi", f"{dwi}.nii.gz", "--bval", f"{dwi}.bval",
+                     "--bvec", f"{dwi}.bvec", "--out", out)
+    assert result.returncode == 0, result.stderr
+    adc = nib.load(out)
+    assert adc.get_data_dtype() == np.float32
+    assert adc.shape == nib.load(f"{dwi}.nii.gz").shape[:3]
+    true_adc = nib.load(cohort / "derivatives/phantom/sub-01/sub-01_desc-trueadc_adc.nii.gz")
+    inside = np.asarray(true_adc.dataobj) > 0
+    fitted = np.asarray(adc.dataobj)[inside]
+    assert np.median(np.abs(fitted - np.asarray(true_adc.dataobj)[inside])) < 1e-4
+
+
+def test_adc_without_b1000_is_one_line_and_leaves_nothing(cohort, tmp_path):
+    dwi = cohort / "sub-01/dwi/sub-01_dwi"
+    bval = tmp_path / "bad.bval"
+    bval.write_text("0 500 500 500 500 500 500\n")
+    out = tmp_path / "adc.nii.gz"
+    result = cesynth("adc", "--dwi", f"{dwi}.nii.gz", "--bval", bval, "--bvec", f"{dwi}.bvec",
+                     "--out", out)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bval}")
+    assert not out.exists() and list(tmp_path.iterdir()) == [bval]
+
+
+def test_register_reports_mutual_information(cohort, tmp_path):
+    anat = cohort / "sub-01/anat"
+    out, xfm = tmp_path / "t1_on_ce.nii.gz", tmp_path / "xfm.mat"
+    result = cesynth("register", "--fixed", anat / "sub-01_ce-gadolinium_T1w.nii.gz",
+                     "--moving", anat / "sub-01_T1w.nii.gz", "--out", out, "--xfm", xfm)
+    assert result.returncode == 0, result.stderr
+    assert '"mi_after"' in result.stdout and xfm.is_file()
+    assert nib.load(out).shape == nib.load(anat / "sub-01_ce-gadolinium_T1w.nii.gz").shape
+
+
+def test_register_missing_moving_file_is_one_line(cohort, tmp_path):
+    anat = cohort / "sub-01/anat"
+    result = cesynth("register", "--fixed", anat / "sub-01_ce-gadolinium_T1w.nii.gz",
+                     "--moving", tmp_path / "nope.nii.gz", "--out", tmp_path / "o.nii.gz",
+                     "--xfm", tmp_path / "x.mat")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope.nii.gz'}: file not found"
+
+
+def test_brainmask_unknown_method_is_refused_by_the_parser(tmp_path):
+    result = cesynth("brainmask", "--image", tmp_path / "x.nii.gz", "--out", tmp_path / "m.nii.gz",
+                     "--method", "magic")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
