@@ -18,9 +18,13 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 OUT = Path(__file__).parent / "img"
-PANELS = (("T1w", "anat/{s}_T1w.nii.gz", 0), ("CE-T1 (target)", "anat/{s}_ce-gadolinium_T1w.nii.gz", 0),
-          ("T2w", "anat/{s}_T2w.nii.gz", 0), ("DWI b=0", "dwi/{s}_dwi.nii.gz", 0),
-          ("DWI b=1000", "dwi/{s}_dwi.nii.gz", 4))
+PANELS = (
+    ("T1w", "anat/{s}_T1w.nii.gz", 0),
+    ("CE-T1 (target)", "anat/{s}_ce-gadolinium_T1w.nii.gz", 0),
+    ("T2w", "anat/{s}_T2w.nii.gz", 0),
+    ("DWI b=0", "dwi/{s}_dwi.nii.gz", 0),
+    ("DWI b=1000", "dwi/{s}_dwi.nii.gz", 4),
+)
 
 
 def world_height(bids: Path, subject: str) -> float:
@@ -44,7 +48,8 @@ def axial_slice(path: Path, volume: int, z_mm: float) -> np.ndarray:
 
 
 def subject_rows(bids: Path, subjects: list[str], out_png: Path) -> None:
-    fig, axes = plt.subplots(len(subjects), len(PANELS), figsize=(2.4 * len(PANELS), 2.6 * len(subjects)))
+    size = (2.4 * len(PANELS), 2.6 * len(subjects))
+    fig, axes = plt.subplots(len(subjects), len(PANELS), figsize=size)
     for row, subject in enumerate(subjects):
         z_mm = world_height(bids, subject)
         for col, (label, pattern, volume) in enumerate(PANELS):

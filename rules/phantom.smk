@@ -33,7 +33,6 @@ rule make_demo_subject:
     benchmark:
         f"{BENCH}/make_demo_subject/sub-{{subject}}.tsv"
     params:
-        bids_dir=BIDS,
         plan=get_demo_plan_row,
         voxel_mm=config["demo"]["voxel_mm"],
     threads: 1

@@ -140,6 +140,15 @@ def test_anatomy_has_tumor_parts_and_head_shells(anatomy: phantom.Anatomy) -> No
     assert np.all(brain[np.isin(anatomy.labels, [phantom.LABEL["rim"], phantom.LABEL["core"]])])
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_intracranial_volume_is_that_of_a_real_head(seed: int) -> None:
+    # Adult intracranial volumes lie around 1200-1800 ml; the MNI template alone gives ~2100 ml.
+    settings = phantom.PhantomSettings(voxel_mm=4.0)
+    anatomy = phantom.build_anatomy(seed, 0, settings)
+    volume_ml = (anatomy.indicators["brain"] > 0).sum() * settings.voxel_mm ** 3 / 1000
+    assert 1200 < volume_ml < 1800
+
+
 def test_scalp_is_bright_and_separated_from_brain_by_dark_skull(
         cohort: tuple[Path, pd.DataFrame]) -> None:
     root, _ = cohort

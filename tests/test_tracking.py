@@ -64,7 +64,8 @@ def test_failed_block_marks_the_run_failed(tmp_path):
 
 
 def test_config_hash_ignores_key_order_and_sees_values():
-    assert tracking.config_hash({"a": 1, "b": {"c": 2}}) == tracking.config_hash({"b": {"c": 2}, "a": 1})
+    reordered = tracking.config_hash({"b": {"c": 2}, "a": 1})
+    assert tracking.config_hash({"a": 1, "b": {"c": 2}}) == reordered
     assert tracking.config_hash({"a": 1}) != tracking.config_hash({"a": 2})
 
 

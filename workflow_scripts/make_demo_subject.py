@@ -3,15 +3,19 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
+from pathlib import Path
+
 from cesynth import phantom  # noqa: E402
 from cesynth.jobs import run_job  # noqa: E402
 
 params = snakemake.params
+bids_dir = Path(snakemake.output.t1w).parents[2]  # <bids>/sub-XX/anat/sub-XX_T1w.nii.gz
 plan_row = {**params.plan, "participant_id": f"sub-{snakemake.wildcards.subject}"}
 
 
 def work():
-    phantom.write_subject(params.bids_dir, plan_row, phantom.PhantomSettings(voxel_mm=params.voxel_mm))
+    settings = phantom.PhantomSettings(voxel_mm=params.voxel_mm)
+    phantom.write_subject(bids_dir, plan_row, settings)
     return {"n_tumors": int(plan_row["n_tumors"]), "set_b": plan_row["set"] == "B"}
 
 

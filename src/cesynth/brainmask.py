@@ -9,10 +9,9 @@ Methods:
 
 Every method sees the image resampled to an isotropic grid (BET and its port assume isotropic
 voxels; deepbet was trained on about 1 mm scans), so thick-slice clinical scans (5 mm) work too.
-On that grid the mask is refined: the dark extra-cerebral CSF that deepbet and BET leave between
-brain and skull is peeled off the outer surface (at most 4 mm), so the edge sits on the brain
-surface. The mask is then resampled linearly back to the native grid, thresholded at 0.5 and
-cleaned: largest connected component, holes filled.
+The mask is then resampled linearly back to the native grid, thresholded at 0.5 and cleaned:
+largest connected component, holes filled. Like BET's, the mask's edge is the inner skull surface
+(the brain with the thin layer of CSF around it).
 """
 
 from __future__ import annotations
@@ -48,8 +47,6 @@ INSTALL_HINTS = {
 
 DEEPBET_VOXEL_MM = 1.0   # deepbet was trained on ~1 mm T1 scans
 BET_VOXEL_RANGE_MM = (1.0, 2.0)  # BET: the finest native spacing, kept within this range
-REFINE_DEPTH_MM = 4.0  # extra-cerebral CSF peeled off the mask surface, at most this deep
-REFINE_FRACTION = 0.4  # peel below CSF + this fraction of the CSF-to-tissue contrast
 
 
 class MethodError(InputError, ValueError):
@@ -127,7 +124,7 @@ def resolve_method(method: str) -> str:
 
 
 def brain_mask(
-    image: nib.Nifti1Image, method: str = "auto", *, threads: int = 1, refine: bool = True
+    image: nib.Nifti1Image, method: str = "auto", *, threads: int = 1
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Compute a brain mask of a (contrast-enhanced) T1 image on its native grid.
 
@@ -135,8 +132,6 @@ def brain_mask(
         image: a 3D image (a 4D image with a single volume is accepted).
         method: one of :data:`METHODS`.
         threads: CPU threads for the method (torch threads for deepbet).
-        refine: peel the dark extra-cerebral CSF off the mask's outer surface (see
-            :func:`refine_to_brain_surface`).
 
     Returns:
         ``(mask, info)``: a boolean array of the image's shape, and a dict with ``method``,
@@ -152,9 +147,6 @@ def brain_mask(
     voxel_mm = _isotropic_voxel_mm(native, concrete)
     iso = resample_to_output(native, voxel_sizes=(voxel_mm,) * 3, order=1)
     soft_iso = _RUNNERS[concrete](iso, threads)
-    if refine:
-        iso_data = np.asarray(iso.dataobj, dtype=np.float32)
-        soft_iso = refine_to_brain_surface(iso_data, soft_iso >= 0.5, voxel_mm).astype(np.float32)
     soft_native = resample_from_to(nib.Nifti1Image(soft_iso.astype(np.float32), iso.affine),
                                    (native.shape, native.affine), order=1)
     mask = clean_mask(np.asarray(soft_native.dataobj) >= 0.5)
@@ -164,7 +156,6 @@ def brain_mask(
         "method": concrete,
         "requested_method": method,
         "voxel_mm": float(voxel_mm),
-        "refined": bool(refine),
         "volume_ml": mask_volume_ml(mask, native.affine),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -238,45 +229,6 @@ def mask_volume_ml(mask: np.ndarray, affine: np.ndarray) -> float:
     """
     voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
     return int(np.count_nonzero(mask)) * voxel_mm3 / 1000.0
-
-
-def refine_to_brain_surface(
-    image: np.ndarray, mask: np.ndarray, voxel_mm: float, depth_mm: float = REFINE_DEPTH_MM
-) -> np.ndarray:
-    """Peel dark voxels (extra-cerebral CSF) off the outer surface of a brain mask.
-
-    deepbet and BET tend to put the edge at the inner skull, so the CSF between brain and
-    skull ends up inside. Layer by layer, up to ``depth_mm``, outer-surface voxels darker than
-    ``CSF + REFINE_FRACTION * (tissue - CSF)`` are removed; CSF is the median of the mask's
-    outermost layer, tissue the median of its interior. Deeper CSF (ventricles, sulci below the
-    peel depth) is never touched.
-
-    Args:
-        image: the T1 intensities on the mask's grid.
-        mask: the boolean mask to refine.
-        voxel_mm: the (isotropic) voxel size, to turn ``depth_mm`` into layers.
-        depth_mm: the most the surface may move inwards.
-
-    Returns:
-        The refined boolean mask (the input itself when it is too small to estimate levels).
-    """
-    mask = np.asarray(mask, dtype=bool).copy()
-    layers = max(1, round(depth_mm / voxel_mm))
-    interior = ndimage.binary_erosion(mask, iterations=layers + 1)
-    surface = mask & ~ndimage.binary_erosion(mask)
-    if interior.sum() < 1000 or not surface.any():
-        return mask
-    csf, tissue = float(np.median(image[surface])), float(np.median(image[interior]))
-    if tissue <= csf:  # not T1-like contrast: nothing sensible to peel
-        return mask
-    threshold = csf + REFINE_FRACTION * (tissue - csf)
-    for _ in range(layers):
-        surface = mask & ~ndimage.binary_erosion(mask)
-        dark = surface & (image < threshold)
-        if not dark.any():
-            break
-        mask[dark] = False
-    return mask
 
 
 def clean_mask(mask: np.ndarray, closing_iterations: int = 0) -> np.ndarray:
@@ -373,3 +325,15 @@ def _run_fsl(iso: nib.Nifti1Image, threads: int) -> np.ndarray:
 
 
 _RUNNERS = {"fsl": _run_fsl, "deepbet": _run_deepbet, "bet-python": _run_bet_python}
+
+
+def dice_files(mask_path: str | os.PathLike, reference_path: str | os.PathLike) -> float:
+    """Dice overlap of two mask files on the same grid (e.g. a mask against the phantom's truth).
+
+    Raises:
+        InputError: the masks are on different grids.
+    """
+    mask, reference = load_nifti(mask_path), load_nifti(reference_path)
+    if mask.shape != reference.shape or not np.allclose(mask.affine, reference.affine, atol=1e-3):
+        raise InputError(mask_path, f"not on the grid of {Path(reference_path).name}")
+    return dice(np.asarray(mask.dataobj) > 0, np.asarray(reference.dataobj) > 0)

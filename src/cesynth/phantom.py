@@ -110,6 +110,7 @@ class PhantomSettings:
     snr: float = 40.0
     bias_field: float = 0.15
     max_tumors: int = 2
+    head_scale_range: tuple[float, float] = (0.86, 0.94)
 
     def __post_init__(self) -> None:
         derived = {"t2_inplane_mm": 1.0, "t2_slice_mm": 2.5, "dwi_inplane_mm": 1.25,
@@ -576,17 +577,23 @@ def smooth_random_field(rng: np.random.Generator, shape: tuple[int, ...],
 
 def _deformed_tissue_fractions(rng: np.random.Generator, grid: Grid,
                                settings: PhantomSettings) -> dict[str, np.ndarray]:
-    """GM, WM and brain fractions on the anatomy grid, sampled at x + d(x) (smooth d)."""
+    """GM, WM and brain fractions on the anatomy grid, sampled at a scaled x + d(x) (smooth d).
+
+    The MNI template is larger than real heads (its brain mask holds about 1.9 l), so each head
+    is shrunk about its centre by a per-subject factor to a realistic intracranial volume.
+    """
     maps, map_grid = _mni_maps_binned(max(1, int(settings.voxel_mm)))
     spacing = 24.0 / settings.voxel_mm
     displacement = np.stack([smooth_random_field(rng, grid.shape, spacing) for _ in range(3)])
     peak = float(np.sqrt((displacement ** 2).sum(axis=0)).max())
     displacement *= settings.deformation_mm / max(peak, 1e-12)
-    to_map = np.linalg.inv(map_grid.affine) @ grid.affine
+    head_scale = float(rng.uniform(*settings.head_scale_range))
     voxels = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
-    world_shift = displacement.reshape(3, -1)
-    coords = (to_map[:3, :3] @ voxels + to_map[:3, 3:]
-              + np.linalg.inv(map_grid.affine[:3, :3]) @ world_shift)
+    world = grid.affine[:3, :3] @ voxels + grid.affine[:3, 3:] + displacement.reshape(3, -1)
+    center = HEAD_CENTER.reshape(3, 1)
+    template_world = center + (world - center) / head_scale
+    to_map = np.linalg.inv(map_grid.affine)
+    coords = to_map[:3, :3] @ template_world + to_map[:3, 3:]
     return {name: ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0,
                                           prefilter=False).reshape(grid.shape)
             for name, volume in maps.items()}
@@ -763,7 +770,11 @@ def build_anatomy(subject_seed: int, n_tumors: int, settings: PhantomSettings) -
         lookup = np.array([getattr(tissues[label], name) for label in LABELS], dtype=np.float32)
         maps[name] = lookup[labels]
     rim = labels == LABEL["rim"]
-    indicators = {"brain": brain | rim | (labels == LABEL["core"]), "enhancing": rim,
+    # The true brain mask is what brain extraction outlines: everything inside the inner skull
+    # surface, i.e. the brain with the thin CSF layer around it (BET and deepbet both put the edge
+    # there; the skull, scalp fat and background are outside).
+    intracranial = ~np.isin(labels, [LABEL["background"], LABEL["skull"], LABEL["fat"]])
+    indicators = {"brain": intracranial, "enhancing": rim,
                   "tumor": rim | (labels == LABEL["core"])}
     indicators = {name: mask.astype(np.float32) for name, mask in indicators.items()}
     return Anatomy(grid, labels, maps, indicators, tissues, tumors)

@@ -175,7 +175,7 @@ def stage_run(
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten nested parameters to ``a.b.c`` keys with string values (MLflow's limit: 6000 chars)."""
+    """Flatten nested parameters to ``a.b.c`` keys with string values (at most 6000 chars)."""
     flat: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
@@ -187,7 +187,7 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
-    """Keep the finite numeric entries of ``values`` (booleans as 0/1) for ``mlflow.log_metrics``."""
+    """The finite numeric entries of ``values`` (booleans as 0/1), for ``mlflow.log_metrics``."""
     metrics: dict[str, float] = {}
     for key, value in values.items():
         if isinstance(value, bool):

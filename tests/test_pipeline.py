@@ -1,0 +1,161 @@
+"""Real `snakemake` runs of the stages that exist, on the small demo config: every SPEC output for
+every subject, one MLflow run per job, nothing to redo on a rerun, only the new subject's jobs
+after new data arrives, and a bad subject that stops alone under --keep-going."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from helpers.workflow import REPO, dry_run_jobs, snakemake
+
+from cesynth.io import read_json, read_tsv
+
+SMALL = REPO / "config" / "profiles" / "demo-small.yaml"
+SUBJECTS = ("01", "02", "03")
+
+
+def preproc(results: Path, subject: str, datatype: str, name: str) -> Path:
+    return results / "preproc" / f"sub-{subject}" / datatype / f"sub-{subject}_{name}"
+
+
+def spec_outputs(results: Path, subject: str) -> list[Path]:
+    """Every per-subject output path SPEC.md fixes for the stages that exist."""
+    anat = [f"space-ceT1w_{m}.nii.gz" for m in ("T1w", "T2w", "adc")]
+    anat += [f"from-{m}_to-ceT1w_xfm.mat" for m in ("T1w", "T2w", "dwi")]
+    anat += [f"space-model_desc-norm_{m}.nii.gz" for m in ("T1w", "T2w", "adc", "ceT1w")]
+    anat += ["desc-brain_mask.nii.gz", "space-model_desc-brain_mask.nii.gz"]
+    return [preproc(results, subject, "dwi", "adc.nii.gz")] + [
+        preproc(results, subject, "anat", name) for name in anat]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    planned = dry_run_jobs(workdir, "--configfile", str(SMALL))
+    result = snakemake(workdir, "--cores", "2", "--configfile", str(SMALL))
+    return workdir, planned, result
+
+
+def test_every_spec_output_exists_for_every_subject(demo_run):
+    workdir, _, _ = demo_run
+    results = workdir / "results-small"
+    for subject in SUBJECTS:
+        for path in spec_outputs(results, subject):
+            assert path.is_file(), path
+    assert (results / "qc" / "sub-01" / "sub-01_desc-montage.png").is_file()
+    for stage in ("ingest", "adc", "registration", "brainmask", "normalise"):
+        assert (results / "qc" / f"{stage}.tsv").is_file(), stage
+
+
+def test_outputs_hold_what_spec_says(demo_run):
+    workdir, _, _ = demo_run
+    results = workdir / "results-small"
+    adc = nib.load(preproc(results, "01", "dwi", "adc.nii.gz"))
+    assert adc.get_data_dtype() == np.float32
+    assert 0.6e-3 < np.median(np.asarray(adc.dataobj)[np.asarray(adc.dataobj) > 0]) < 1.2e-3
+    shape = tuple(yaml.safe_load(SMALL.read_text())["model_grid"]["shape"])
+    mask = nib.load(preproc(results, "01", "anat", "space-model_desc-brain_mask.nii.gz"))
+    assert mask.shape == shape
+    inside = np.asarray(mask.dataobj) > 0
+    for modality in ("T1w", "T2w", "adc", "ceT1w"):
+        norm = np.asarray(nib.load(preproc(results, "01", "anat",
+                                           f"space-model_desc-norm_{modality}.nii.gz")).dataobj)
+        assert norm.shape == shape
+        assert norm.min() >= 0 and norm.max() <= 1 and np.all(norm[~inside] == 0)
+    sidecar = read_json(preproc(results, "01", "anat", "space-model_desc-brain_mask.json"))
+    first, last = sidecar["foreground_slices"]
+    assert 0 <= first < last < shape[2]
+    ce = nib.load(workdir / "demo-small/bids/sub-01/anat/sub-01_ce-gadolinium_T1w.nii.gz")
+    registered = nib.load(preproc(results, "01", "anat", "space-ceT1w_T2w.nii.gz"))
+    assert registered.shape == ce.shape and np.allclose(registered.affine, ce.affine, atol=1e-3)
+
+
+def test_sets_and_ingest_tables(demo_run):
+    workdir, _, _ = demo_run
+    results = workdir / "results-small"
+    sets = read_tsv(results / "ingest" / "sets.tsv").set_index("scan_id")
+    assert sets.loc["03", "set"] == "B" and sets.loc["03", "split"] == "test"
+    assert set(sets.loc[["01", "02"], "split"]) <= {"train", "validation"}
+    ingest = read_tsv(results / "qc" / "ingest.tsv")
+    assert ingest["status"].tolist() == ["included"] * 3
+
+
+def test_one_mlflow_run_per_job_in_one_invocation(demo_run):
+    workdir, planned, _ = demo_run
+    store = workdir / "results-small" / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    runs = mlflow.search_runs(experiment_names=["cesynth"], output_format="list")
+    per_rule: dict[str, int] = {}
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        per_rule[run.data.tags["cesynth.rule"]] = per_rule.get(run.data.tags["cesynth.rule"], 0) + 1
+    expected = {rule: n for rule, n in planned.items() if rule != "all"}
+    assert per_rule == expected
+    assert len({run.data.tags["cesynth.invocation_id"] for run in runs}) == 1
+    adc_runs = [r for r in runs if r.data.tags["cesynth.rule"] == "fit_adc"]
+    assert {r.data.tags["cesynth.wildcard.subject"] for r in adc_runs} == set(SUBJECTS)
+    assert all("median_in_mask" in r.data.metrics for r in adc_runs)
+
+
+def test_a_rerun_has_nothing_to_do(demo_run):
+    workdir, _, _ = demo_run
+    result = snakemake(workdir, "--dry-run", "--configfile", str(SMALL))
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_new_subject_reruns_only_its_own_jobs(demo_run, tmp_path):
+    workdir, _, _ = demo_run
+    bids = workdir / "demo-small" / "bids"
+    config = tmp_path / "as_dataset.yaml"
+    config.write_text(yaml.safe_dump({"demo": {"enabled": False}}))
+    as_dataset = ["--configfile", str(SMALL), str(config)]
+    assert dry_run_jobs(workdir, *as_dataset) == {}
+
+    extra = tmp_path / "extra"
+    built = subprocess.run([str(Path(shutil.which("cesynth") or "cesynth")), "phantom", "--out",
+                            str(extra), "--subjects", "4", "--set-b", "0", "--voxel-mm", "4"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    shutil.copytree(extra / "sub-04", bids / "sub-04")
+    shutil.copytree(extra / "derivatives/phantom/sub-04", bids / "derivatives/phantom/sub-04")
+    with open(bids / "participants.tsv", "a") as participants:
+        participants.write("sub-04\tA\n")
+    jobs = dry_run_jobs(workdir, *as_dataset)
+    per_subject = {"validate_subject": 1, "fit_adc": 1, "mask_brain": 1,
+                   "register_anat_to_cet1w": 2, "register_dwi_to_cet1w": 1,
+                   "resample_mask_to_model_grid": 1, "normalise_to_model_grid": 4,
+                   "plot_qc_montage": 1}
+    gathering = {"assign_sets": 1, "tabulate_qc": 4, "all": 1}
+    assert jobs == {**per_subject, **gathering}
+
+
+def test_a_bad_subject_stops_alone_with_one_line(tmp_path):
+    bids = tmp_path / "bids"
+    cli = str(Path(shutil.which("cesynth") or "cesynth"))
+    subprocess.run([cli, "phantom", "--out", str(bids), "--subjects", "2", "--set-b", "0",
+                    "--voxel-mm", "4"], check=True, capture_output=True)
+    bval = bids / "sub-02/dwi/sub-02_dwi.bval"
+    bval.write_text(" ".join(bval.read_text().split()[:-1]) + "\n")
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in bids.rglob("*") if p.is_file()}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"bids_dir": str(bids), "results_dir": str(tmp_path / "out"),
+                                      "demo": {"enabled": False}}))
+    result = snakemake(tmp_path, "--cores", "2", "--keep-going", "--configfile", str(config),
+                       str(tmp_path / "out/ingest/sets.tsv"), check=False)
+    assert result.returncode != 0
+    assert "error: sub-02: sub-02_dwi.bval: 6 b-values for 7 volumes" in result.stderr
+    assert (tmp_path / "out/qc/ingest/sub-01.json").is_file()
+    table = read_tsv(tmp_path / "out/qc/ingest.tsv").set_index("scan_id")
+    assert table.loc["01", "status"] == "included"
+    assert table.loc["02", "status"] == "excluded"
+    assert "6 b-values for 7 volumes" in table.loc["02", "reason"]
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in bids.rglob("*") if p.is_file()}
+    assert after == digest
