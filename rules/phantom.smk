@@ -26,6 +26,9 @@ rule make_demo_subject:
     """One synthetic patient: T1w, CE-T1, T2w, DWI with sidecars, plus the ground truth."""
     wildcard_constraints:
         subject=get_demo_subject_regex("A"),
+    input:
+        # ancient: a change of cohort size rewrites the description but must not remake subjects
+        description=ancient(rules.make_demo_dataset_files.output.description),
     output:
         **get_demo_subject_outputs(),
     log:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers.workflow import CESYNTH as CESYNTH_SCRIPT
 
 from cesynth.io import read_tsv
 
-CESYNTH = [str(Path(sys.executable).parent / "cesynth")]  # the installed console script
+CESYNTH = [CESYNTH_SCRIPT]
 
 
 def cesynth(*args: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from helpers.workflow import REPO, dry_run_jobs, snakemake
+from helpers.workflow import CESYNTH, REPO, dry_run_jobs, snakemake
 
 from cesynth.io import read_json, read_tsv
 
@@ -120,7 +120,7 @@ def test_new_subject_reruns_only_its_own_jobs(demo_run, tmp_path):
     assert dry_run_jobs(workdir, *as_dataset) == {}
 
     extra = tmp_path / "extra"
-    built = subprocess.run([str(Path(shutil.which("cesynth") or "cesynth")), "phantom", "--out",
+    built = subprocess.run([CESYNTH, "phantom", "--out",
                             str(extra), "--subjects", "4", "--set-b", "0", "--voxel-mm", "4"],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
@@ -139,8 +139,7 @@ def test_new_subject_reruns_only_its_own_jobs(demo_run, tmp_path):
 
 def test_a_bad_subject_stops_alone_with_one_line(tmp_path):
     bids = tmp_path / "bids"
-    cli = str(Path(shutil.which("cesynth") or "cesynth"))
-    subprocess.run([cli, "phantom", "--out", str(bids), "--subjects", "2", "--set-b", "0",
+    subprocess.run([CESYNTH, "phantom", "--out", str(bids), "--subjects", "2", "--set-b", "0",
                     "--voxel-mm", "4"], check=True, capture_output=True)
     bval = bids / "sub-02/dwi/sub-02_dwi.bval"
     bval.write_text(" ".join(bval.read_text().split()[:-1]) + "\n")
@@ -148,8 +147,8 @@ def test_a_bad_subject_stops_alone_with_one_line(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"bids_dir": str(bids), "results_dir": str(tmp_path / "out"),
                                       "demo": {"enabled": False}}))
-    result = snakemake(tmp_path, "--cores", "2", "--keep-going", "--configfile", str(config),
-                       str(tmp_path / "out/ingest/sets.tsv"), check=False)
+    result = snakemake(tmp_path, str(tmp_path / "out/ingest/sets.tsv"), "--cores", "2",
+                       "--keep-going", "--configfile", str(config), check=False)
     assert result.returncode != 0
     assert "error: sub-02: sub-02_dwi.bval: 6 b-values for 7 volumes" in result.stderr
     assert (tmp_path / "out/qc/ingest/sub-01.json").is_file()
