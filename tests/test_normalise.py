@@ -15,6 +15,8 @@ from cesynth.normalise import (
     ModelGrid,
     foreground_slice_range,
     normalise,
+    prepare_image,
+    prepare_mask,
     prepare_subject,
     to_model_grid,
     to_slice_major,
@@ -258,6 +260,24 @@ def test_prepare_subject_with_missing_t2(tmp_path):
         data = np.asanyarray(img.dataobj)
         assert img.shape == MODEL_SHAPE and nib.aff2axcodes(img.affine) == ("R", "A", "S")
         assert data.min() >= 0 and data.max() <= 1 and np.all(data[model_mask == 0] == 0)
+
+
+def test_per_image_jobs_give_the_voxels_of_prepare_subject(tmp_path):
+    # The workflow runs one job per image (prepare_mask, prepare_image); predict runs
+    # prepare_subject: both must hand the model identical inputs.
+    affine = _affine()
+    mask_path = save_nifti(_ellipsoid_mask(), affine, tmp_path / "mask.nii.gz", dtype=np.uint8)
+    t1_path = save_nifti(_blob() * 900 + 100, affine, tmp_path / "t1.nii.gz")
+    whole = prepare_subject({"T1w": t1_path}, mask_path, {"T1w": tmp_path / "a_t1.nii.gz"},
+                            tmp_path / "a_mask.nii.gz", MODEL_SHAPE)
+    mask_sidecar = prepare_mask(mask_path, tmp_path / "b_mask.nii.gz", MODEL_SHAPE)
+    stats = prepare_image(t1_path, mask_path, tmp_path / "b_t1.nii.gz", MODEL_SHAPE)
+    for name in ("t1", "mask"):
+        np.testing.assert_array_equal(
+            np.asanyarray(load_nifti(tmp_path / f"a_{name}.nii.gz").dataobj),
+            np.asanyarray(load_nifti(tmp_path / f"b_{name}.nii.gz").dataobj))
+    assert mask_sidecar["foreground_slices"] == whole["foreground_slices"]
+    assert stats == whole["stats"]["T1w"]
 
 
 def test_prepare_subject_rejects_off_grid_image_and_writes_nothing(tmp_path):

@@ -4,6 +4,8 @@ zero-byte files (one per input variant), and the schema's error messages."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,10 @@ def test_a_folder_that_is_not_bids_stops_with_one_line(tmp_path):
     result = snakemake(tmp_path, "--dry-run", *bids_config(tmp_path / "empty"), check=False)
     assert result.returncode != 0
     assert "not a BIDS dataset" in result.stdout + result.stderr
+
+
+def test_python_code_passes_ruff():
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run([str(ruff), "check", "src", "tests", "workflow_scripts", "benchmarks",
+                             "docs"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

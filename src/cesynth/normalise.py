@@ -336,11 +336,7 @@ def prepare_subject(
     save_nifti(mask, mask_img.affine, out_mask_path, dtype=np.uint8)
 
     sidecar = {
-        "shape": list(grid.shape),
-        "voxel_size_mm": list(grid.voxel_size_for(native_mask)),
-        "orientation": "RAS",
-        "slice_axis": SLICE_AXIS,
-        "foreground_slices": [first, last],
+        **_grid_sidecar(grid, native_mask, first, last),
         "method": method,
         "options": dict(options),
         "modalities": list(present),
@@ -374,13 +370,7 @@ def prepare_mask(
     mask = np.asarray(mask_img.dataobj)
     first, last = foreground_slice_range(mask, who=str(mask_path))
     save_nifti(mask, mask_img.affine, out_mask_path, dtype=np.uint8)
-    sidecar = {
-        "shape": list(grid.shape),
-        "voxel_size_mm": list(grid.voxel_size_for(native_mask)),
-        "orientation": "RAS",
-        "slice_axis": SLICE_AXIS,
-        "foreground_slices": [first, last],
-    }
+    sidecar = _grid_sidecar(grid, native_mask, first, last)
     if sidecar_path is not None:
         write_json(sidecar, sidecar_path)
     return sidecar
@@ -417,6 +407,17 @@ def prepare_image(
     data, stats = _normalised(image_path, native_mask, grid, mask, method, options)
     save_nifti(data, mask_img.affine, out_path, dtype=np.float32)
     return stats
+
+
+def _grid_sidecar(grid: ModelGrid, native_mask: nib.Nifti1Image, first: int, last: int
+                  ) -> dict[str, Any]:
+    return {
+        "shape": list(grid.shape),
+        "voxel_size_mm": list(grid.voxel_size_for(native_mask)),
+        "orientation": "RAS",
+        "slice_axis": SLICE_AXIS,
+        "foreground_slices": [first, last],
+    }
 
 
 def _model_mask(mask_path: str | Path, grid: ModelGrid) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:

@@ -99,19 +99,8 @@ def register_to_reference(
     Raises:
         InputError: unreadable or unusable input, or a failed registration (names the moving file).
     """
-    start = time.perf_counter()
-    fixed_nii = load_nifti(fixed_path)
-    moving_nii = load_nifti(moving_path)
-    with _ants_settings(threads, seed), tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
-        fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
-        moving = _nifti_to_ants(_volume(moving_nii, moving_path, moving_volume), moving_nii.affine)
-        _check_contrast(fixed, fixed_path)
-        _check_contrast(moving, moving_path)
-        mi_before, mi_after, xfm_tmp = _register(fixed, moving, moving_path, Path(work))
-        warped = _apply(fixed, moving, xfm_tmp, "linear")
-        _write_outputs(warped, fixed_nii.affine, out_path, xfm_tmp, xfm_path)
-    return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_path),
-                              time.perf_counter() - start)
+    return _register_and_resample(fixed_path, moving_path, moving_volume, None, out_path,
+                                  xfm_path, threads=threads, seed=seed)
 
 
 def register_dwi_to_reference(
@@ -145,21 +134,40 @@ def register_dwi_to_reference(
     Raises:
         InputError: unreadable input, no b=0 volume, mismatched bvals, or a failed registration.
     """
-    start = time.perf_counter()
     b0_index = b0_volumes(dwi_path, bval_path, b0_threshold)
+    return _register_and_resample(fixed_path, dwi_path, b0_index, adc_path, out_adc_path,
+                                  xfm_path, threads=threads, seed=seed)
+
+
+def _register_and_resample(
+    fixed_path: PathLike,
+    moving_path: PathLike,
+    moving_volume: int | Sequence[int] | None,
+    carried_path: PathLike | None,
+    out_path: PathLike,
+    xfm_path: PathLike,
+    *,
+    threads: int,
+    seed: int,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``, then resample ``carried`` (default: moving) onto it."""
+    start = time.perf_counter()
     fixed_nii = load_nifti(fixed_path)
-    dwi_nii = load_nifti(dwi_path)
-    adc_nii = load_nifti(adc_path)
+    moving_nii = load_nifti(moving_path)
+    carried_nii = load_nifti(carried_path) if carried_path is not None else None
+    # Every ANTs object is made inside the settings block: ITK fixes its threads at first use.
     with _ants_settings(threads, seed), tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
         fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
-        b0 = _nifti_to_ants(_volume(dwi_nii, dwi_path, b0_index), dwi_nii.affine)
-        adc = _nifti_to_ants(_volume(adc_nii, adc_path, None), adc_nii.affine)
+        moving = _nifti_to_ants(_volume(moving_nii, moving_path, moving_volume), moving_nii.affine)
         _check_contrast(fixed, fixed_path)
-        _check_contrast(b0, dwi_path)
-        mi_before, mi_after, xfm_tmp = _register(fixed, b0, dwi_path, Path(work))
-        warped_adc = _apply(fixed, adc, xfm_tmp, "linear")
-        _write_outputs(warped_adc, fixed_nii.affine, out_adc_path, xfm_tmp, xfm_path)
-    return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_adc_path),
+        _check_contrast(moving, moving_path)
+        carried = moving
+        if carried_nii is not None:
+            carried = _nifti_to_ants(_volume(carried_nii, carried_path, None), carried_nii.affine)
+        mi_before, mi_after, xfm_tmp = _register(fixed, moving, moving_path, Path(work))
+        warped = _apply(fixed, carried, xfm_tmp, "linear")
+        _write_outputs(warped, fixed_nii.affine, out_path, xfm_tmp, xfm_path)
+    return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_path),
                               time.perf_counter() - start)
 
 
