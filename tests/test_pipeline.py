@@ -158,3 +158,52 @@ def test_a_bad_subject_stops_alone_with_one_line(tmp_path):
     assert "6 b-values for 7 volumes" in table.loc["02", "reason"]
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in bids.rglob("*") if p.is_file()}
     assert after == digest
+
+
+def write_subject_as_dicom(bids: Path, subject: str, out: Path) -> None:
+    """A phantom subject's four modalities as DICOM series (as a scanner would export them)."""
+    from helpers.dicom_writer import write_series_from_volume
+
+    series = {"MPRAGE pre": "anat/{s}_T1w", "MPRAGE post Gd": "anat/{s}_ce-gadolinium_T1w",
+              "T2 TSE axial": "anat/{s}_T2w", "DWI trace": "dwi/{s}_dwi"}
+    for number, (description, stem) in enumerate(series.items(), start=1):
+        path = bids / f"sub-{subject}" / (stem.format(s=f"sub-{subject}") + ".nii.gz")
+        img = nib.load(path)
+        data = np.asarray(img.dataobj)
+        scaled = np.round(data / data.max() * 4000).astype(np.uint16)
+        diffusion = {}
+        if stem.startswith("dwi"):
+            gradient = str(path).removesuffix(".nii.gz")
+            diffusion = {"b_values": np.loadtxt(f"{gradient}.bval"),
+                         "b_vectors": np.loadtxt(f"{gradient}.bvec").T}
+        write_series_from_volume(scaled, img.affine, out / f"series{number}",
+                                 series_description=description, series_number=number,
+                                 study_uid=f"1.2.826.0.1.3680043.8.498.{int(subject)}", **diffusion)
+
+
+def test_dicom_input_is_converted_validated_and_split(tmp_path):
+    phantom_bids = tmp_path / "phantom"
+    subprocess.run([CESYNTH, "phantom", "--out", str(phantom_bids), "--subjects", "2", "--set-b",
+                    "0", "--voxel-mm", "4"], check=True, capture_output=True)
+    dicom_dir = tmp_path / "dicom"
+    for subject in ("01", "02"):
+        write_subject_as_dicom(phantom_bids, subject, dicom_dir / subject)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "bids_dir": str(tmp_path / "converted"), "dicom_dir": str(dicom_dir),
+        "results_dir": str(tmp_path / "out"), "demo": {"enabled": False}}))
+    snakemake(tmp_path, str(tmp_path / "out/ingest/sets.tsv"), "--cores", "2",
+              "--configfile", str(config))
+    for name in ("anat/sub-01_T1w.nii.gz", "anat/sub-01_ce-gadolinium_T1w.nii.gz",
+                 "anat/sub-01_T2w.nii.gz", "dwi/sub-01_dwi.nii.gz", "dwi/sub-01_dwi.bval"):
+        assert (tmp_path / "converted" / "sub-01" / name).is_file(), name
+    sets = read_tsv(tmp_path / "out/ingest/sets.tsv")
+    assert sets["scan_id"].tolist() == ["01", "02"]
+    assert sets["has_dwi"].tolist() == ["True", "True"]
+    from helpers.dicom_writer import FAKE_IDENTIFIERS
+
+    outputs = [*(tmp_path / "converted").rglob("*"), *(tmp_path / "out").rglob("*")]
+    for path in outputs:
+        if path.is_file() and path.suffix in (".json", ".tsv", ".log"):
+            text = path.read_text()
+            assert not any(value in text for value in FAKE_IDENTIFIERS.values()), path
