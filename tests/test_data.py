@@ -1,0 +1,236 @@
+"""Tests for the training-data cache, patch sampler and validation volumes (cesynth.data)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cesynth.data import (
+    Augmentation,
+    CachedSubject,
+    EpochSampler,
+    PatchDataset,
+    ValidationVolumes,
+    cache_subject,
+    make_loader,
+)
+from cesynth.io import InputError, save_nifti, write_json
+from cesynth.normalise import to_slice_major
+
+GRID = (16, 20, 12)  # RAS (x, y, z): slice-major (12, 20, 16)
+FOREGROUND = (3, 8)
+AFFINE = np.diag([1.5, 1.2, 2.0, 1.0])
+
+
+def _write_subject(root, name: str, seed: int, modalities=("T1w", "T2w", "adc", "ceT1w")):
+    """Model-grid images, mask and sidecar of one subject; returns (paths, mask, sidecar, data)."""
+    rng = np.random.default_rng(seed)
+    paths, data = {}, {}
+    for modality in modalities:
+        data[modality] = rng.random(GRID, dtype=np.float32)
+        paths[modality] = save_nifti(
+            data[modality], AFFINE, root / f"{name}_space-model_desc-norm_{modality}.nii.gz")
+    mask = np.zeros(GRID, dtype=np.uint8)
+    mask[3:13, 4:16, FOREGROUND[0]:FOREGROUND[1] + 1] = 1
+    mask_path = save_nifti(mask, AFFINE, root / f"{name}_space-model_desc-brain_mask.nii.gz",
+                           dtype=np.uint8)
+    sidecar = write_json({"foreground_slices": list(FOREGROUND)},
+                         root / f"{name}_space-model_desc-brain_mask.json")
+    data["mask"] = mask
+    return paths, mask_path, sidecar, data
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    """Two cached subjects; the second lacks T2."""
+    root = tmp_path_factory.mktemp("images")
+    out = tmp_path_factory.mktemp("cache")
+    subjects = []
+    for index, modalities in enumerate([("T1w", "T2w", "adc", "ceT1w"),
+                                        ("T1w", "adc", "ceT1w")]):
+        paths, mask_path, sidecar, data = _write_subject(root, f"sub-{index:02d}", index,
+                                                         modalities)
+        json_path = cache_subject(paths, mask_path, sidecar, out)
+        subjects.append((json_path, data))
+    return subjects
+
+
+def _dataset(cached, **options) -> PatchDataset:
+    return PatchDataset([path for path, _ in cached], **options)
+
+
+def _batches(loader) -> list[dict[str, torch.Tensor]]:
+    return list(loader)
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_cache_round_trip(cached):
+    json_path, data = cached[0]
+    meta = json.loads(json_path.read_text())
+    assert json_path.name == "sub-00_cache.json"
+    assert meta["foreground_slices"] == list(FOREGROUND)
+    assert meta["modalities"] == ["T1w", "T2w", "adc"] and meta["missing"] == []
+    arrays = CachedSubject.read(json_path).open()
+    assert isinstance(arrays["inputs"], np.memmap)
+    assert arrays["inputs"].shape == (3, 12, 20, 16) and arrays["inputs"].dtype == np.float32
+    assert arrays["target"].shape == (1, 12, 20, 16) and arrays["target"].dtype == np.float32
+    assert arrays["mask"].shape == (1, 12, 20, 16) and arrays["mask"].dtype == np.uint8
+    for channel, modality in enumerate(("T1w", "T2w", "adc")):
+        np.testing.assert_array_equal(arrays["inputs"][channel], to_slice_major(data[modality]))
+    np.testing.assert_array_equal(arrays["target"][0], to_slice_major(data["ceT1w"]))
+    np.testing.assert_array_equal(arrays["mask"][0], to_slice_major(data["mask"]))
+
+
+def test_missing_t2_is_zero_filled_and_recorded(cached):
+    json_path, data = cached[1]
+    assert json.loads(json_path.read_text())["missing"] == ["T2w"]
+    inputs = CachedSubject.read(json_path).open()["inputs"]
+    assert not inputs[1].any()
+    np.testing.assert_array_equal(inputs[2], to_slice_major(data["adc"]))
+
+
+def test_missing_file_names_it(tmp_path):
+    paths, mask_path, sidecar, _ = _write_subject(tmp_path, "sub-09", 9)
+    paths["adc"] = tmp_path / "sub-09_nothere_adc.nii.gz"
+    with pytest.raises(InputError, match="sub-09_nothere_adc.nii.gz"):
+        cache_subject(paths, mask_path, sidecar, tmp_path / "cache")
+    assert not list(tmp_path.glob("cache/*"))  # checked before anything is written
+
+
+def test_missing_cache_array_names_it(cached, tmp_path):
+    json_path, _ = cached[0]
+    meta = json.loads(json_path.read_text())
+    meta["files"]["target"] = "gone_target.npy"
+    broken = write_json(meta, json_path.parent / "sub-99_cache.json")
+    try:
+        with pytest.raises(InputError, match="gone_target.npy"):
+            PatchDataset([broken])
+    finally:
+        broken.unlink()
+
+
+# ---------------------------------------------------------------- patches
+
+
+def test_patches_have_the_right_shapes_and_stay_in_the_foreground(cached):
+    dataset = _dataset(cached, patches_per_subject=20)
+    assert len(dataset) == 40
+    starts = set()
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            patch = dataset[index]
+            assert patch["inputs"].shape == (3, 3, 20, 16)
+            assert patch["target"].shape == patch["mask"].shape == (1, 3, 20, 16)
+            assert patch["inputs"].dtype == torch.float32 and patch["mask"].dtype == torch.uint8
+            assert FOREGROUND[0] <= patch["start"] <= FOREGROUND[1] - 2
+            assert patch["mask"].flatten(1).any(dim=1).all()  # every slice holds brain
+            starts.add(patch["start"])
+    assert starts == set(range(FOREGROUND[0], FOREGROUND[1] - 1))  # the whole range is used
+
+
+def test_patch_content_matches_the_cache(cached):
+    dataset = _dataset(cached, patches_per_subject=2)
+    patch = dataset[1]
+    json_path, data = cached[patch["subject"]]
+    window = slice(patch["start"], patch["start"] + 3)
+    expected = to_slice_major(data["ceT1w"])[window]
+    np.testing.assert_array_equal(patch["target"][0].numpy(), expected)
+
+
+def test_loader_is_deterministic_for_seed_and_epoch(cached):
+    first = _batches(make_loader(_dataset(cached, patches_per_subject=6, seed=5), epoch=2))
+    again = _batches(make_loader(_dataset(cached, patches_per_subject=6, seed=5), epoch=2))
+    assert len(first) == 4 and first[0]["inputs"].shape == (3, 3, 3, 20, 16)
+    for one, two in zip(first, again, strict=True):
+        for key in one:
+            assert torch.equal(one[key], two[key])
+
+
+def test_workers_give_the_same_batches(cached):
+    dataset = _dataset(cached, patches_per_subject=3, seed=1,
+                       augmentation=Augmentation(flip_prob=0.5, jitter=0.1))
+    serial = _batches(make_loader(dataset, batch_size=2, workers=0, epoch=4))
+    parallel = _batches(make_loader(dataset, batch_size=2, workers=2, epoch=4))
+    for one, two in zip(serial, parallel, strict=True):
+        assert torch.equal(one["inputs"], two["inputs"])
+        assert torch.equal(one["start"], two["start"])
+
+
+def test_different_epochs_differ(cached):
+    dataset = _dataset(cached, patches_per_subject=6, seed=5)
+    epoch0 = _batches(make_loader(dataset, epoch=0))
+    epoch1 = _batches(make_loader(dataset, epoch=1))
+    starts0 = torch.cat([b["start"] for b in epoch0])
+    starts1 = torch.cat([b["start"] for b in epoch1])
+    order0 = torch.cat([b["subject"] for b in epoch0])
+    assert not torch.equal(starts0, starts1)
+    assert torch.bincount(order0).tolist() == [6, 6]  # each subject its share of patches
+
+
+def test_flip_is_applied_to_inputs_target_and_mask_together(cached):
+    plain = _dataset(cached, patches_per_subject=4, seed=3)
+    flipped = _dataset(cached, patches_per_subject=4, seed=3,
+                       augmentation=Augmentation(flip_prob=1.0, jitter=0.0))
+    for index in range(len(plain)):
+        a, b = plain[index], flipped[index]
+        assert a["start"] == b["start"]
+        for key in ("inputs", "target", "mask"):
+            assert torch.equal(b[key], torch.flip(a[key], dims=[-1]))
+
+
+def test_jitter_scales_inputs_per_channel_only(cached):
+    plain = _dataset(cached, seed=3)
+    jittered = _dataset(cached, seed=3, augmentation=Augmentation(flip_prob=0.0, jitter=0.1))
+    a, b = plain[0], jittered[0]
+    assert torch.equal(a["target"], b["target"]) and torch.equal(a["mask"], b["mask"])
+    for channel in range(3):
+        ratio = b["inputs"][channel] / a["inputs"][channel].clamp_min(1e-3)
+        present = a["inputs"][channel] > 1e-3
+        factor = ratio[present]
+        assert torch.allclose(factor, factor[0], rtol=1e-5)
+        assert 0.9 <= float(factor[0]) <= 1.1 and float(factor[0]) != 1.0
+
+
+def test_sharding_gives_disjoint_equal_shares():
+    shards = [EpochSampler(10, seed=2, epoch=1, rank=rank, world_size=3).indices()
+              for rank in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    flat = [i for shard in shards for i in shard]
+    assert len(set(flat)) == 9 and set(flat) <= set(range(10))
+
+
+def test_sharded_loaders_do_not_overlap(cached):
+    dataset = _dataset(cached, patches_per_subject=6)
+    seen = []
+    for rank in range(2):
+        loader = make_loader(dataset, batch_size=2, epoch=0, rank=rank, world_size=2)
+        seen.append(torch.cat([batch["index"] for batch in loader]).tolist())
+    assert len(seen[0]) == len(seen[1]) == 6
+    assert set(seen[0]).isdisjoint(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(12))
+
+
+def test_bad_rank_is_rejected():
+    with pytest.raises(InputError):
+        EpochSampler(10, rank=2, world_size=2)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_validation_volumes_hold_the_foreground_slices(cached):
+    volumes = ValidationVolumes([path for path, _ in cached])
+    assert len(volumes) == 2
+    first = next(iter(volumes))
+    n_slices = FOREGROUND[1] - FOREGROUND[0] + 1
+    assert first.subject == "sub-00" and first.first == FOREGROUND[0]
+    assert first.inputs.shape == (3, n_slices, 20, 16)
+    assert first.target.shape == first.mask.shape == (1, n_slices, 20, 16)
+    window = slice(FOREGROUND[0], FOREGROUND[1] + 1)
+    expected = to_slice_major(cached[0][1]["T1w"])[window]
+    np.testing.assert_array_equal(first.inputs[0], expected)
