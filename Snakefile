@@ -18,6 +18,7 @@ include: "rules/brainmask.smk"
 include: "rules/registration.smk"
 include: "rules/normalise.smk"
 include: "rules/qc.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -73,6 +73,7 @@ wildcard_constraints:
     subject="[a-zA-Z0-9]+",
     modality="T1w|T2w|adc|ceT1w",
     stage="[a-z]+",
+    experiment="[a-zA-Z0-9]+",
 
 
 def get_scan(wildcards):
@@ -245,6 +246,36 @@ def get_qc_rows(wildcards):
     return rows
 
 
+def get_split(scan_id):
+    scan = SCANS[scan_id]
+    return ingest.scan_split(scan.set, scan.participant, config["sets"]["validation_fraction"])
+
+
+def get_training_caches(split):
+    """Input function: the training caches of every Set A scan in ``split``."""
+
+    def caches(wildcards):
+        scan_ids = [scan_id for scan_id in SCANS if get_split(scan_id) == split]
+        return [f"{RESULTS}/train/cache/sub-{scan_id}" for scan_id in scan_ids]
+
+    return caches
+
+
+def get_model_grid_images(wildcards):
+    """The subject's normalised model-grid images, by modality (missing ones left out)."""
+    modalities = get_registered_images(wildcards)
+    pattern = {m: preproc("anat", m, space="model", desc="norm") for m in modalities}
+    return {m: path.format(subject=wildcards.subject) for m, path in pattern.items()}
+
+
+def get_train_settings(wildcards):
+    """The ``train`` config with the experiment's overrides."""
+    overrides = config["experiments"][wildcards.experiment]
+    settings = {**config["train"], **overrides}
+    settings.pop("gpus")
+    return settings
+
+
 def get_ingest_reports(wildcards=None):
     return [f"{QC}/ingest/sub-{scan_id}.json" for scan_id in SCANS]
 
@@ -256,6 +287,7 @@ def get_final_targets():
     targets += [f"{QC}/{stage}.tsv" for stage in QC_STAGES]
     for scan_id in SCANS:
         targets += get_subject_targets(scan_id)
+    targets += [f"{RESULTS}/train/{name}/checkpoint_best.pt" for name in config["experiments"]]
     return targets
 
 

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import nibabel as nib
 import numpy as np
 import pytest
@@ -105,6 +106,25 @@ def test_one_mlflow_run_per_job_in_one_invocation(demo_run):
     assert all("median_in_mask" in r.data.metrics for r in adc_runs)
 
 
+def test_the_model_is_trained_and_logged(demo_run):
+    workdir, _, _ = demo_run
+    out = workdir / "results-small" / "train" / "default"
+    for name in ("checkpoint_best.pt", "checkpoint_latest.pt", "training_curve.png"):
+        assert (out / name).is_file(), name
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'results-small' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["cesynth"], output_format="list",
+                                filter_string="tags.`cesynth.rule` = 'train_model'")
+    assert run.data.params["model"] == "hrfcn3d"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) >= 6 and history[-1].value < history[0].value
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    shape = yaml.safe_load(SMALL.read_text())["model_grid"]["shape"]
+    import torch
+
+    patch = torch.zeros(1, 3, 3, shape[1], shape[0])
+    assert tuple(model(patch).shape) == (1, 1, 3, shape[1], shape[0])
+
+
 def test_a_rerun_has_nothing_to_do(demo_run):
     workdir, _, _ = demo_run
     result = snakemake(workdir, "--dry-run", "--configfile", str(SMALL))
@@ -132,8 +152,9 @@ def test_new_subject_reruns_only_its_own_jobs(demo_run, tmp_path):
     per_subject = {"validate_subject": 1, "fit_adc": 1, "mask_brain": 1,
                    "register_anat_to_cet1w": 2, "register_dwi_to_cet1w": 1,
                    "resample_mask_to_model_grid": 1, "normalise_to_model_grid": 4,
-                   "plot_qc_montage": 1}
-    gathering = {"assign_sets": 1, "tabulate_qc": 4, "all": 1}
+                   "plot_qc_montage": 1, "cache_training_subject": 1}
+    # sub-04 is a new Set A training subject: the model is retrained on the larger Set A.
+    gathering = {"assign_sets": 1, "tabulate_qc": 4, "train_model": 1, "all": 1}
     assert jobs == {**per_subject, **gathering}
 
 

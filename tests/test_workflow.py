@@ -79,6 +79,19 @@ def test_dry_run_of_the_demo_dag_has_every_stage(tmp_path):
     assert jobs["plot_qc_montage"] == subjects
     assert jobs["tabulate_qc"] == 4
     assert jobs["assign_sets"] == 1
+    assert jobs["cache_training_subject"] == 2  # Set A; sub-03 is Set B (test only)
+    assert jobs["train_model"] == 1
+
+
+def test_experiments_fan_out_as_training_runs(tmp_path):
+    config = tmp_path / "experiments.yaml"
+    config.write_text(yaml.safe_dump({"experiments": {
+        "default": {}, "modelB": {"model": "model_b"}, "local30": {"stages": [
+            {"epochs": 1, "l1": 1.0, "l2": 1.0, "l3": 30.0, "lr": 1e-3}]}}}))
+    jobs = dry_run_jobs(tmp_path, "--configfile", str(REPO / "config/profiles/demo-small.yaml"),
+                        str(config))
+    assert jobs["train_model"] == 3
+    assert jobs["cache_training_subject"] == 2
 
 
 def test_dry_run_on_a_bids_tree_with_missing_modalities(tmp_path):
@@ -114,6 +127,8 @@ def test_excluded_subjects_are_left_out(tmp_path):
         ({"demo": {"enabled": True, "voxel_mm": -1}}, "voxel_mm"),
         ({"brainmask": {"method": "magic"}}, "magic"),
         ({"model_grid": {"shape": [64, 64]}}, "shape"),
+        ({"train": {"model": "resnet"}}, "resnet"),
+        ({"experiments": {"bad": {"lr": 1}}}, "lr"),
         ({"unknown_key": 1}, "unknown_key"),
     ],
 )

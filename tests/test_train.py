@@ -1,0 +1,293 @@
+"""The trainer: learning, checkpoints, exact resume after SIGKILL, SIGTERM, DDP, MLflow, PSNR.
+
+A tiny HR-FCN (width 1/16, one ResBlock per module) on synthetic 16 x 16 x 6 subjects keeps the
+whole file to seconds of CPU per run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from cesynth.data import cache_subject
+from cesynth.io import save_nifti, write_json
+from cesynth.models import build_model
+from cesynth.train import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LATEST,
+    EXIT_PREEMPTED,
+    Stage,
+    TrainSettings,
+    predict_volume,
+    psnr_in_mask,
+    train,
+)
+
+GRID_XYZ = (16, 16, 6)
+FOREGROUND = (1, 5)
+SETTINGS = {
+    "model": "hrfcn3d", "width_multiplier": 1 / 16, "blocks_per_module": 1,
+    "stages": [[3, 1.0, 1.0, 1.0, 3e-3], [1, 0.1, 0.1, 10.0, 1e-3]],
+    "patches_per_subject": 4, "checkpoint_every_steps": 2, "seed": 3, "device": "cpu",
+}
+TOTAL_STEPS = 4 * 4  # 4 epochs x (3 subjects x 4 patches / batch 3)
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+# Runs a Trainer that slows down once its first checkpoint exists, so the test can interrupt it
+# mid-training; optionally saves each rank's final weights (DDP).
+RUNNER = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    import torch
+    from cesynth import train as T
+
+    class SlowAfterCheckpoint(T.Trainer):
+        def on_step_end(self):
+            super().on_step_end()
+            if self.latest_path.exists():
+                time.sleep(float(os.environ.get("SLOW_STEP_S", "0")))
+
+    torch.set_num_threads(1)
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    settings = T.TrainSettings.from_dict(spec["settings"])
+    context = T.DistContext.from_env()
+    with T.distributed_group(context, torch.device("cpu")):
+        trainer = SlowAfterCheckpoint([Path(p) for p in spec["train"]],
+                                      [Path(p) for p in spec["val"]], Path(spec["out"]), settings)
+        trainer.fit()
+        torch.save(trainer.raw_model.state_dict(), Path(spec["out"]) / f"rank{context.rank}.pt")
+""")
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def _write_subject(root: Path, name: str, rng: np.random.Generator) -> Path:
+    """Smooth random T1/T2/ADC, a CE-T1 that depends on them plus an enhancing blob."""
+    affine = np.eye(4)
+    shape = GRID_XYZ
+    t1, t2, adc = (np.clip(ndimage.gaussian_filter(rng.random(shape), 1.5) * 2 - 0.5, 0, 1)
+                   for _ in range(3))
+    blob = np.zeros(shape)
+    blob[6:10, 6:10, 2:5] = 0.4
+    ce = np.clip(0.7 * t1 + 0.2 * t2 + blob, 0, 1)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[2:14, 2:14, FOREGROUND[0]:FOREGROUND[1] + 1] = 1
+    paths = {}
+    for key, volume in {"T1w": t1, "T2w": t2, "adc": adc, "ceT1w": ce}.items():
+        paths[key] = save_nifti(volume * mask, affine, root / f"{name}_{key}.nii.gz")
+    mask_path = save_nifti(mask, affine, root / f"{name}_space-model_desc-brain_mask.nii.gz",
+                           dtype=np.uint8)
+    sidecar = write_json({"foreground_slices": list(FOREGROUND)}, root / f"{name}_mask.json")
+    return cache_subject(paths, mask_path, sidecar, root / "cache", subject=name)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> dict[str, list[Path]]:
+    root = tmp_path_factory.mktemp("subjects")
+    rng = np.random.default_rng(0)
+    paths = [_write_subject(root, f"s{i}", rng) for i in range(4)]
+    return {"train": paths[:3], "val": paths[3:]}
+
+
+@pytest.fixture(scope="module")
+def run_a(caches, tmp_path_factory) -> dict:
+    """The uninterrupted reference run."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run_a")
+    summary = train(caches["train"], caches["val"], out, TrainSettings.from_dict(SETTINGS))
+    return {"out": out, "summary": summary, "model": _weights(out / CHECKPOINT_LATEST)}
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), atol=1e-6), key
+
+
+def _runner(tmp_path: Path, caches: dict, out: Path, settings: dict) -> list[str]:
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"settings": settings, "out": str(out),
+                                "train": [str(p) for p in caches["train"]],
+                                "val": [str(p) for p in caches["val"]]}))
+    return [str(script), str(spec)]
+
+
+def _start_slow_run(tmp_path: Path, caches: dict, out: Path) -> subprocess.Popen:
+    args = _runner(tmp_path, caches, out, SETTINGS)
+    return subprocess.Popen([sys.executable, *args], env={**SUBPROCESS_ENV, "SLOW_STEP_S": "0.3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"runner ended early:\n{process.stdout.read().decode()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"no {path.name} after {timeout_s} s")
+        time.sleep(0.02)
+
+
+def _global_step(checkpoint: Path) -> int:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_psnr_in_mask_matches_hand_value():
+    target = np.zeros((2, 3, 3))
+    pred = target.copy()
+    mask = np.zeros_like(target, dtype=bool)
+    mask[0, :2, :] = True                     # 6 voxels
+    pred[0, 0, :] = 0.1                       # 3 of them off by 0.1: MSE = 0.03 / 6 = 0.005
+    pred[1] = 0.9                             # outside the mask: ignored
+    assert psnr_in_mask(pred, target, mask) == pytest.approx(10 * math.log10(1 / 0.005))
+    assert psnr_in_mask(torch.tensor(target), torch.tensor(target), torch.tensor(mask)) == math.inf
+    with pytest.raises(ValueError, match="empty mask"):
+        psnr_in_mask(pred, target, np.zeros_like(mask))
+
+
+def test_predict_volume_averages_overlapping_windows():
+    class Ones(torch.nn.Module):  # every window predicts 1: the average must stay 1
+        def forward(self, x):
+            return torch.ones_like(x[:, :1])
+
+    volume = torch.zeros((2, 7, 4, 4))
+    prediction = predict_volume(Ones(), volume, stride=3)
+    assert prediction.shape == (1, 7, 4, 4)
+    assert torch.allclose(prediction, torch.ones(1, 7, 4, 4))
+
+
+def test_settings_from_dict_parses_stages_and_rejects_unknown_keys():
+    settings = TrainSettings.from_dict(SETTINGS)
+    assert settings.stages[1] == Stage(1, 0.1, 0.1, 10.0, 1e-3)
+    assert settings.total_epochs == 4 and settings.stage_of_epoch(3) == 1
+    assert TrainSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(ValueError, match="unknown"):
+        TrainSettings.from_dict({"learning_rate": 1})
+
+
+def test_short_run_learns_and_writes_checkpoints_and_curve(run_a):
+    summary, out = run_a["summary"], run_a["out"]
+    assert (out / CHECKPOINT_LATEST).exists() and (out / CHECKPOINT_BEST).exists()
+    assert summary["curve"].stat().st_size > 1000
+    assert summary["global_step"] == TOTAL_STEPS and summary["epochs"] == 4
+    epochs = json.loads(summary["metrics"].read_text())["history"]["epochs"]
+    assert epochs[2]["train_loss"] < epochs[0]["train_loss"]  # same stage, same loss weights
+    assert math.isfinite(summary["best_psnr"])
+    best = torch.load(out / CHECKPOINT_BEST, map_location="cpu", weights_only=False)
+    assert best["best_psnr"] == summary["best_psnr"]
+    assert not list(out.glob(".checkpoint*"))  # no temporary files left behind
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(run_a, caches, tmp_path):
+    out = tmp_path / "run_b"
+    process = _start_slow_run(tmp_path, caches, out)
+    _wait_for(out / CHECKPOINT_LATEST, process)
+    time.sleep(0.4)  # let it get past the checkpoint, so some done steps are lost
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    done = _global_step(out / CHECKPOINT_LATEST)
+    assert 0 < done < TOTAL_STEPS
+
+    summary = train(caches["train"], caches["val"], out, TrainSettings.from_dict(SETTINGS))
+    assert summary["global_step"] == TOTAL_STEPS
+    _assert_same_weights(run_a["model"], _weights(out / CHECKPOINT_LATEST))
+    assert summary["best_psnr"] == pytest.approx(run_a["summary"]["best_psnr"], abs=1e-4)
+
+
+def test_sigterm_saves_exits_143_and_resume_continues(run_a, caches, tmp_path):
+    out = tmp_path / "run_c"
+    process = _start_slow_run(tmp_path, caches, out)
+    _wait_for(out / CHECKPOINT_LATEST, process)
+    first = _global_step(out / CHECKPOINT_LATEST)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == EXIT_PREEMPTED
+    stopped_at = _global_step(out / CHECKPOINT_LATEST)
+    assert first < stopped_at < TOTAL_STEPS  # saved on the signal, not only every 2 steps
+
+    summary = train(caches["train"], caches["val"], out, TrainSettings.from_dict(SETTINGS))
+    assert summary["global_step"] == TOTAL_STEPS
+    _assert_same_weights(run_a["model"], _weights(out / CHECKPOINT_LATEST))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_two_cpu_ranks_end_with_identical_weights(caches, tmp_path):
+    out = tmp_path / "ddp"
+    settings = {**SETTINGS, "stages": [[1, 1.0, 1.0, 1.0, 3e-3]], "checkpoint_every_steps": 0}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+               "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), *_runner(tmp_path, caches, out, settings)]
+    result = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    _assert_same_weights(rank0, rank1)
+    checkpoint = torch.load(out / CHECKPOINT_LATEST, map_location="cpu", weights_only=False)
+    assert checkpoint["world_size"] == 2
+    assert checkpoint["global_step"] == 2  # 12 patches / 2 ranks / batch 3
+    _assert_same_weights(rank0, checkpoint["model"])
+
+
+def test_mlflow_records_params_metrics_model_and_artifacts(caches, tmp_path):
+    pytest.importorskip("mlflow")
+    import mlflow
+    import mlflow.pytorch
+
+    from cesynth import tracking
+
+    settings = TrainSettings.from_dict({**SETTINGS, "stages": [[1, 1.0, 1.0, 1.0, 3e-3]]})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.stage_run("train_model", {"experiment": "tiny"}, uri=uri) as active:
+        summary = train(caches["train"], caches["val"], tmp_path / "out", settings)
+    run = mlflow.MlflowClient(uri).get_run(active.info.run_id)
+    assert run.data.params["model"] == "hrfcn3d"
+    assert run.data.params["stages"].startswith("[{'epochs': 1")
+    assert {"train_loss", "train_mae", "train_ssim", "train_local", "val_psnr"} <= set(
+        run.data.metrics)
+    assert run.data.metrics["val_psnr"] == pytest.approx(summary["best_psnr"])
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id)}
+    assert {CHECKPOINT_BEST, "training_curve.png"} <= artifacts
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    x, y, _ = GRID_XYZ
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 3, y, x)).shape == (2, 1, 3, y, x)
+
+
+def test_t1_to_t2_model_trains_on_the_same_caches(caches, tmp_path):
+    settings = TrainSettings.from_dict({**SETTINGS, "stages": [[1, 1.0, 1.0, 1.0, 3e-3]],
+                                        "modalities": ["T1w"], "target": "T2w"})
+    summary = train(caches["train"], caches["val"], tmp_path, settings)
+    assert summary["global_step"] == 4 and math.isfinite(summary["best_psnr"])
+    one_input = build_model("hrfcn3d", 1, width_multiplier=1 / 16, blocks_per_module=1)
+    one_input.load_state_dict(_weights(tmp_path / CHECKPOINT_LATEST))  # strict: 1 input channel

@@ -1,0 +1,20 @@
+"""Rule cache_training_subject: glue only, the work is cesynth.data.cache_subject."""
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../src")
+
+from cesynth import data
+from cesynth.jobs import run_job
+
+inputs = snakemake.input
+IMAGES = ("T1w", "T2w", "adc", "ceT1w")
+
+
+def work():
+    images = {name: inputs[name] for name in IMAGES if name in inputs.keys()}
+    data.cache_subject(images, inputs.mask, inputs.sidecar, snakemake.output.cache,
+                       modalities=snakemake.params.modalities)
+    return {f"has_{name}": True for name in images}
+
+
+run_job(snakemake, work, params={"modalities": snakemake.params.modalities})
