@@ -71,6 +71,9 @@ def main(bids: Path, results: Path) -> None:
     montage = results / "qc" / "sub-02" / "sub-02_desc-montage.png"
     if montage.exists():
         shutil.copyfile(montage, OUT / "qc_montage_sub-02.png")
+    curve = results / "train" / "default" / "training_curve.png"
+    if curve.exists():
+        shutil.copyfile(curve, OUT / "demo_training_curve.png")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from cesynth import train as train_module
 from cesynth.data import cache_subject
 from cesynth.io import save_nifti, write_json
 from cesynth.models import build_model
@@ -291,3 +292,29 @@ def test_t1_to_t2_model_trains_on_the_same_caches(caches, tmp_path):
     assert summary["global_step"] == 4 and math.isfinite(summary["best_psnr"])
     one_input = build_model("hrfcn3d", 1, width_multiplier=1 / 16, blocks_per_module=1)
     one_input.load_state_dict(_weights(tmp_path / CHECKPOINT_LATEST))  # strict: 1 input channel
+
+
+def test_only_a_restart_of_the_same_run_keeps_its_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    assert not train_module.set_aside_stale_checkpoints(out, "aaaa")  # nothing there yet
+    (out / train_module.CHECKPOINT_LATEST).write_bytes(b"latest")
+    (out / train_module.CHECKPOINT_BEST).write_bytes(b"best")
+    assert not train_module.set_aside_stale_checkpoints(out, "aaaa")  # same run restarted: resume
+    assert (out / train_module.CHECKPOINT_LATEST).read_bytes() == b"latest"
+    assert train_module.set_aside_stale_checkpoints(out, "bbbb")  # other settings or subjects
+    assert not (out / train_module.CHECKPOINT_LATEST).exists()
+    assert (out / "checkpoint_latest.superseded.pt").read_bytes() == b"latest"
+    assert (out / "checkpoint_best.superseded.pt").read_bytes() == b"best"
+
+
+def test_fingerprint_follows_settings_and_caches(tmp_path):
+    cache = tmp_path / "sub-01_cache.json"
+    cache.write_text("{}")
+    base = train_module.TrainSettings()
+    first = train_module.run_fingerprint(base, [cache], [])
+    assert first == train_module.run_fingerprint(train_module.TrainSettings(), [cache], [])
+    assert first != train_module.run_fingerprint(train_module.TrainSettings(seed=1), [cache], [])
+    other = tmp_path / "sub-02_cache.json"
+    other.write_text("{}")
+    assert first != train_module.run_fingerprint(base, [cache, other], [])

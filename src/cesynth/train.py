@@ -41,6 +41,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
+import logging
 import math
 import os
 import random
@@ -72,10 +75,13 @@ from cesynth.io import InputError, atomic_path, read_json, write_json
 from cesynth.losses import LossWeights, SynthesisLoss
 from cesynth.models import build_model
 
+_log = logging.getLogger(__name__)
+
 CHECKPOINT_LATEST = "checkpoint_latest.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 CURVE_PNG = "training_curve.png"
 METRICS_JSON = "train_metrics.json"
+RUN_FINGERPRINT = "run_fingerprint.txt"
 CHECKPOINT_FORMAT = 1
 EXIT_PREEMPTED = 143
 """Exit code after a SIGTERM: 128 + 15, as for a process the signal killed."""
@@ -1011,6 +1017,10 @@ def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[st
                      out_dir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """Workflow glue: :func:`train` with settings from the config's ``train`` mapping.
 
+    A workflow reruns training when its settings or its subjects change; only a restart of the
+    *same* run (same settings, same caches) may resume. Checkpoints of any other run in
+    ``out_dir`` are set aside first (see :func:`set_aside_stale_checkpoints`).
+
     Args:
         train_caches: training cache JSONs.
         val_caches: validation cache JSONs.
@@ -1020,8 +1030,44 @@ def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[st
     Returns:
         As :func:`train`.
     """
-    return train([Path(p) for p in train_caches], [Path(p) for p in val_caches], Path(out_dir),
-                 TrainSettings.from_dict(config))
+    train_paths, val_paths = [Path(p) for p in train_caches], [Path(p) for p in val_caches]
+    settings = TrainSettings.from_dict(config)
+    if DistContext.from_env().is_main:
+        set_aside_stale_checkpoints(Path(out_dir), run_fingerprint(settings, train_paths,
+                                                                   val_paths))
+    return train(train_paths, val_paths, Path(out_dir), settings)
+
+
+def run_fingerprint(settings: TrainSettings, train_caches: Sequence[Path],
+                    val_caches: Sequence[Path]) -> str:
+    """A hash of what defines a run: its settings and its caches (paths and modification times)."""
+    caches = [(str(p), p.stat().st_mtime_ns) for p in (*train_caches, *val_caches)]
+    payload = json.dumps({"settings": settings.to_dict(), "caches": caches}, sort_keys=True,
+                         default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def set_aside_stale_checkpoints(out_dir: Path, fingerprint: str) -> bool:
+    """Keep ``out_dir``'s checkpoints only if they belong to the run ``fingerprint`` names.
+
+    Checkpoints of another run are renamed ``*.superseded.pt`` (never deleted) and logged.
+
+    Returns:
+        True when a checkpoint of another run was set aside.
+    """
+    marker = out_dir / RUN_FINGERPRINT
+    latest = out_dir / CHECKPOINT_LATEST
+    stale = latest.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint)
+    if stale:
+        for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST):
+            if (out_dir / name).exists():
+                (out_dir / name).replace(out_dir / name.replace(".pt", ".superseded.pt"))
+        _log.warning("%s: checkpoints of an earlier run (other settings or subjects) set aside "
+                     "as *.superseded.pt; training starts afresh", out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(marker) as tmp:
+        tmp.write_text(fingerprint + "\n")
+    return stale
 
 
 def main(argv: Sequence[str] | None = None) -> int:
