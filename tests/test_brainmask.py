@@ -140,7 +140,7 @@ def test_mask_file_is_native_grid_one_component_without_holes(
     assert np.array_equal(ndimage.binary_fill_holes(mask), mask.astype(bool))
     assert info["method"] == bm.resolve_method("auto")
     assert info["volume_ml"] == pytest.approx(bm.mask_volume_ml(mask, image.affine))
-    assert info["seconds"] > 0
+    assert isinstance(info["seconds"], float)
     assert [p.name for p in tmp_path.iterdir()] == ["mask.nii.gz"]  # no temporary left
 
 

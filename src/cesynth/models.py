@@ -26,6 +26,7 @@ Interpretation choices (the paper fixes the graph, not every operator):
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 from collections.abc import Sequence
@@ -206,7 +207,7 @@ class Upsample(nn.Module):
 # --------------------------------------------------------------------------- shared interface
 
 
-class _VolumeModel(nn.Module):
+class _VolumeModel(nn.Module, abc.ABC):
     """Input validation and slice folding shared by all generators.
 
     Subclasses implement ``_forward_grid`` on ``(N, C, D, H, W)`` (dims=3) or ``(N*D, C, H, W)``
@@ -222,8 +223,9 @@ class _VolumeModel(nn.Module):
         self.dims = dims
         self.inplane_multiple = inplane_multiple
 
+    @abc.abstractmethod
     def _forward_grid(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The network on ``(N, C, D, H, W)`` (dims=3) or ``(N*D, C, H, W)`` (dims=2)."""
 
     def _check_input(self, x: torch.Tensor) -> None:
         shape = tuple(x.shape)
