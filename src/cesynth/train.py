@@ -69,6 +69,7 @@ from cesynth.data import (
     EpochSampler,
     PatchDataset,
     ValidationVolumes,
+    collate_patches,
     seed_worker,
 )
 from cesynth.io import InputError, atomic_path, read_json, write_json
@@ -618,7 +619,8 @@ class Trainer:
         indices = sampler.indices()[self.state.step_in_epoch * settings.batch_size:]
         self.dataset.set_epoch(self.state.epoch)
         loader = DataLoader(self.dataset, batch_size=settings.batch_size, sampler=indices,
-                            num_workers=settings.workers, worker_init_fn=seed_worker)
+                            num_workers=settings.workers, worker_init_fn=seed_worker,
+                            collate_fn=collate_patches)
         total = math.ceil(len(sampler) / settings.batch_size)
         stage = settings.stage_of_epoch(self.state.epoch)
         self._progress = tqdm(
