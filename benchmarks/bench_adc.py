@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe_cpu  # benchmarks/machine.py (scripts run from their folder)
 
 SHAPE = (192, 256, 192)
 LAYOUTS = {
@@ -51,7 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, bvals in LAYOUTS.items():
             row = bench_layout(Path(tmp), bvals, args.reps, args.threads)
-            print(f"| {machine()} | {datetime.date.today()} | {name} | {row['array']:.3f} | "
+            print(f"| {describe_cpu()} | {datetime.date.today()} | {name} | {row['array']:.3f} | "
                   f"{row['file']:.3f} | {row['mrtrix']:.3f} | {row['diff']:.2e} |", flush=True)
 
 
@@ -131,18 +132,6 @@ def timed_interleaved(funcs: dict, reps: int) -> dict[str, float]:
             if round_:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe_cpu  # benchmarks/machine.py (scripts run from their folder)
 
 from cesynth.data import Augmentation, PatchDataset, cache_subject, make_loader
 from cesynth.io import save_nifti, write_json
@@ -50,7 +49,7 @@ def main() -> None:
         for workers in WORKERS:
             rates = [measure(caches, workers, augment, args.patches, args.reps)
                      for augment in (False, True)]
-            print(f"| {machine()} | {datetime.date.today()} | {workers} | {rates[0]:.0f} | "
+            print(f"| {describe_cpu()} | {datetime.date.today()} | {workers} | {rates[0]:.0f} | "
                   f"{rates[1]:.0f} |", flush=True)
 
 
@@ -85,18 +84,6 @@ def measure(caches: list[Path], workers: int, augment: bool, patches: int, reps:
         if epoch > 0:
             rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

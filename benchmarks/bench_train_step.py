@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+
+from machine import describe_cpu  # benchmarks/machine.py (scripts run from their folder)
 
 PROFILES = {
     # name: (width_multiplier, blocks_per_module, (slices, rows, cols))
@@ -89,8 +89,7 @@ def measure(profile: str, model_name: str, device: str, steps: int, bf16: bool) 
 
 def machine(device: str, gpu: str | None) -> str:
     """A short machine description."""
-    cpu = platform.processor() or platform.machine()
-    text = f"{cpu}, {os.cpu_count()} CPUs"
+    text = describe_cpu()
     return f"{gpu} ({text})" if device == "cuda" and gpu else text
 
 
