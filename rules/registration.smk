@@ -20,7 +20,7 @@ rule register_anat_to_cet1w:
         f"{BENCH}/register_anat_to_cet1w/sub-{{subject}}_{{modality}}.tsv"
     params:
         seed=config["registration"]["seed"],
-    threads: 2
+    threads: config["registration"]["threads"]
     resources:
         mem_mb=6000,
         runtime=30,
@@ -48,7 +48,7 @@ rule register_dwi_to_cet1w:
         f"{BENCH}/register_dwi_to_cet1w/sub-{{subject}}.tsv"
     params:
         seed=config["registration"]["seed"],
-    threads: 2
+    threads: config["registration"]["threads"]
     resources:
         mem_mb=6000,
         runtime=30,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from helpers.workflow import CESYNTH as CESYNTH_SCRIPT
 
+from cesynth import cli, registration
 from cesynth.io import read_tsv
 
 CESYNTH = [CESYNTH_SCRIPT]
@@ -105,6 +107,19 @@ def test_register_reports_mutual_information(cohort, tmp_path):
     assert nib.load(out).shape == nib.load(anat / "sub-01_ce-gadolinium_T1w.nii.gz").shape
 
 
+def test_register_again_gives_the_same_transform(cohort, tmp_path):
+    anat = cohort / "sub-01/anat"
+    transforms = []
+    for run in ("first", "second"):
+        xfm = tmp_path / f"{run}.mat"
+        result = cesynth("register", "--fixed", anat / "sub-01_ce-gadolinium_T1w.nii.gz",
+                         "--moving", anat / "sub-01_T2w.nii.gz", "--out",
+                         tmp_path / f"{run}.nii.gz", "--xfm", xfm, "--seed", "0")
+        assert result.returncode == 0, result.stderr
+        transforms.append(registration.read_ants_transform(xfm).parameters)
+    np.testing.assert_array_equal(transforms[0], transforms[1])
+
+
 def test_register_missing_moving_file_is_one_line(cohort, tmp_path):
     anat = cohort / "sub-01/anat"
     result = cesynth("register", "--fixed", anat / "sub-01_ce-gadolinium_T1w.nii.gz",
@@ -118,3 +133,63 @@ def test_brainmask_unknown_method_is_refused_by_the_parser(tmp_path):
     result = cesynth("brainmask", "--image", tmp_path / "x.nii.gz", "--out", tmp_path / "m.nii.gz",
                      "--method", "magic")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def write_volume(path: Path, data: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    return path
+
+
+@pytest.fixture()
+def metric_files(tmp_path) -> dict[str, Path]:
+    target = np.full((24, 20, 3), 0.5)
+    pred = target + 0.1
+    brain = np.zeros(target.shape)
+    brain[4:20, 4:16] = 1
+    tumor = np.zeros(target.shape)
+    tumor[8:12, 8:12, 1] = 1
+    return {name: write_volume(tmp_path / f"{name}.nii.gz", data)
+            for name, data in [("pred", pred), ("target", target), ("brain", brain),
+                               ("tumor", tumor)]}
+
+
+def test_metrics_prints_json_for_brain_and_tumor(metric_files):
+    f = metric_files
+    result = cesynth("metrics", "--pred", f["pred"], "--target", f["target"], "--mask", f["brain"],
+                     "--tumor-mask", f["tumor"])
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert set(metrics) == {"brain", "tumor", "files"}
+    assert set(metrics["brain"]) == {"mae", "psnr", "ssim", "voxels"}
+    assert metrics["brain"]["voxels"] == 16 * 12 * 3 and metrics["tumor"]["voxels"] == 16
+    assert metrics["tumor"]["psnr"] == pytest.approx(20.0, abs=1e-4)  # error 0.1 everywhere
+    assert 0 < metrics["brain"]["ssim"] < 1
+    assert metrics["files"]["tumor_mask"] == "tumor.nii.gz"
+
+
+def test_metrics_without_tumor_mask_in_process(metric_files, capsys):
+    f = metric_files
+    code = cli.main(["metrics", "--pred", str(f["pred"]), "--target", str(f["target"]),
+                     "--mask", str(f["brain"])])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"brain", "files"}
+    assert metrics["brain"]["mae"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_metrics_grid_mismatch_and_missing_file_are_one_line(metric_files, tmp_path, capsys):
+    f = metric_files
+    other = write_volume(tmp_path / "other.nii.gz", np.ones((24, 20, 4)))
+    code = cli.main(["metrics", "--pred", str(f["pred"]), "--target", str(f["target"]),
+                     "--mask", str(other)])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {other}: ")
+    assert "(24, 20, 4)" in lines[0] and "(24, 20, 3)" in lines[0]
+    missing = tmp_path / "missing.nii.gz"
+    code = cli.main(["metrics", "--pred", str(missing), "--target", str(f["target"]),
+                     "--mask", str(f["brain"])])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert captured.err.strip() == f"error: {missing}: file not found"

@@ -63,7 +63,8 @@ def _dataset(cached, **options) -> PatchDataset:
 
 
 def _batches(loader) -> list[dict[str, torch.Tensor]]:
-    return list(loader)
+    """Copies of all batches (worker loaders reuse their shared buffers)."""
+    return [{key: value.clone() for key, value in batch.items()} for batch in loader]
 
 
 # ---------------------------------------------------------------- cache
@@ -160,6 +161,40 @@ def test_workers_give_the_same_batches(cached):
     for one, two in zip(serial, parallel, strict=True):
         assert torch.equal(one["inputs"], two["inputs"])
         assert torch.equal(one["start"], two["start"])
+
+
+def test_worker_batches_stay_intact_until_the_next_is_drawn(cached):
+    dataset = _dataset(cached, patches_per_subject=20, seed=2)
+    serial = _batches(make_loader(dataset, batch_size=2, workers=0, epoch=1))
+    previous = None
+    loader = make_loader(dataset, batch_size=2, workers=2, epoch=1)
+    assert len(loader) == len(serial) == 20  # more batches than the ring has slots
+    for number, batch in enumerate(loader):
+        if previous is not None:  # the loop still holds the last batch, as a trainer might
+            assert torch.equal(previous["inputs"], serial[number - 1]["inputs"])
+        assert torch.equal(batch["target"], serial[number]["target"])
+        previous = batch
+
+
+def test_worker_loader_keeps_a_last_short_batch(cached):
+    dataset = _dataset(cached, patches_per_subject=5, seed=2)
+    kept = _batches(make_loader(dataset, batch_size=4, workers=1, epoch=0))
+    dropped = _batches(make_loader(dataset, batch_size=4, workers=1, epoch=0, drop_last=True))
+    assert [len(b["index"]) for b in kept] == [4, 4, 2]
+    assert [b["inputs"].shape[0] for b in dropped] == [4, 4]
+
+
+def test_subjects_on_different_grids_cannot_be_batched(tmp_path, cached):
+    root = tmp_path / "images"
+    root.mkdir()
+    paths, mask_path, sidecar, _ = _write_subject(root, "sub-09", 9)
+    odd = {m: save_nifti(np.zeros((16, 24, 12), np.float32), AFFINE, root / f"odd_{m}.nii.gz")
+           for m in paths}
+    odd_mask = save_nifti(np.ones((16, 24, 12), np.uint8), AFFINE, root / "odd_mask.nii.gz",
+                          dtype=np.uint8)
+    odd_json = cache_subject(odd, odd_mask, sidecar, tmp_path / "cache", subject="sub-09")
+    with pytest.raises(InputError, match="sub-09_cache.json.*differ from sub-00"):
+        PatchDataset([cached[0][0], odd_json])
 
 
 def test_different_epochs_differ(cached):

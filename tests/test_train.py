@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from cesynth import train as train_module
 from cesynth.data import cache_subject
-from cesynth.io import save_nifti, write_json
+from cesynth.io import InputError, save_nifti, write_json
 from cesynth.models import build_model
 from cesynth.train import (
     CHECKPOINT_BEST,
@@ -233,6 +233,50 @@ def test_sigterm_saves_exits_143_and_resume_continues(run_a, caches, tmp_path):
     summary = train(caches["train"], caches["val"], out, TrainSettings.from_dict(SETTINGS))
     assert summary["global_step"] == TOTAL_STEPS
     _assert_same_weights(run_a["model"], _weights(out / CHECKPOINT_LATEST))
+
+
+def test_worker_processes_train_to_the_same_weights(run_a, caches, tmp_path):
+    settings = TrainSettings.from_dict({**SETTINGS, "workers": 2})
+    train(caches["train"], caches["val"], tmp_path, settings)
+    _assert_same_weights(run_a["model"], _weights(tmp_path / CHECKPOINT_LATEST))
+
+
+def _step_losses(summary: dict) -> list[float]:
+    history = json.loads(summary["metrics"].read_text())["history"]
+    return [step["loss"] for step in history["steps"]]
+
+
+def test_channels_last_trains_like_the_default_layout(run_a, caches, tmp_path):
+    summary = train(caches["train"], caches["val"], tmp_path,
+                    TrainSettings.from_dict({**SETTINGS, "channels_last": True}))
+    # float sums in another order: differences grow over the run to a few 1e-4
+    assert _step_losses(summary) == pytest.approx(_step_losses(run_a["summary"]), rel=2e-3)
+
+
+def test_compiled_model_trains_like_the_eager_one(caches, tmp_path):
+    """torch.compile (inductor on the CPU here) gives the eager losses; compiling takes a while."""
+    one_epoch = {**SETTINGS, "stages": [[1, 1.0, 1.0, 1.0, 3e-3]]}
+    eager = train(caches["train"], caches["val"], tmp_path / "eager",
+                  TrainSettings.from_dict(one_epoch))
+    compiled = train(caches["train"], caches["val"], tmp_path / "compiled",
+                     TrainSettings.from_dict({**one_epoch, "compile": True}))
+    assert _step_losses(compiled) == pytest.approx(_step_losses(eager), rel=1e-4)
+    assert compiled["best_psnr"] == pytest.approx(eager["best_psnr"], abs=1e-3)
+    checkpoint = torch.load(compiled["checkpoint_latest"], map_location="cpu", weights_only=False)
+    assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])  # loadable eagerly
+
+
+def test_unet_levels_must_fit_the_model_grid(caches, tmp_path):
+    too_deep = TrainSettings.from_dict({**SETTINGS, "model": "unet2d", "unet_levels": 5})
+    with pytest.raises(InputError, match="16x16, not divisible by 32.*unet_levels"):
+        train(caches["train"], caches["val"], tmp_path / "deep", too_deep)
+    assert not (tmp_path / "deep" / CHECKPOINT_LATEST).exists()
+    fits = TrainSettings.from_dict({**SETTINGS, "model": "unet2d", "unet_levels": 2,
+                                    "stages": [[1, 1.0, 1.0, 1.0, 3e-3]]})
+    train(caches["train"], caches["val"], tmp_path / "fits", fits)
+    weights = _weights(tmp_path / "fits" / CHECKPOINT_LATEST)
+    two_levels = build_model("unet2d", 3, width_multiplier=1 / 16, unet_levels=2)
+    two_levels.load_state_dict(weights)  # strict: the checkpoint has exactly two levels
 
 
 def _free_port() -> int:

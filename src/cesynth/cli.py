@@ -158,6 +158,20 @@ def run_register(args: argparse.Namespace) -> dict:
     return asdict(result)
 
 
+def _add_metrics(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", required=True, type=Path, help="synthetic CE-T1 (model grid)")
+    parser.add_argument("--target", required=True, type=Path, help="real CE-T1, same grid")
+    parser.add_argument("--mask", required=True, type=Path, help="brain mask, same grid")
+    parser.add_argument("--tumor-mask", type=Path, help="tumor mask, same grid (Set B)")
+
+
+def run_metrics(args: argparse.Namespace) -> dict:
+    """MAE, PSNR and slice SSIM of a synthetic CE-T1 in the brain (and tumor), as JSON."""
+    from cesynth import evaluate
+
+    return evaluate.evaluate_files(args.pred, args.target, args.mask, args.tumor_mask)
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "phantom": (_add_phantom, run_phantom),
     "validate": (_add_validate, run_validate),
@@ -165,6 +179,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "adc": (_add_adc, run_adc),
     "brainmask": (_add_brainmask, run_brainmask),
     "register": (_add_register, run_register),
+    "metrics": (_add_metrics, run_metrics),
 }
 
 

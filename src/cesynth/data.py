@@ -19,7 +19,7 @@ same patches in the same order, whatever the number of data-loader workers.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,6 +260,7 @@ class PatchDataset(Dataset):
         self.augmentation = augmentation
         self.patch_slices = int(patch_slices)
         self._open: dict[int, dict[str, np.ndarray]] = {}
+        self.patch_shapes = self._common_patch_shapes()
 
     def __len__(self) -> int:
         return len(self.subjects) * self.patches_per_subject
@@ -278,7 +279,7 @@ class PatchDataset(Dataset):
         subject_id, rng = self._subject_and_rng(index)
         return subject_id, self._start(subject_id, rng)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         """Patch ``index`` of the current epoch.
 
         Returns:
@@ -286,23 +287,49 @@ class PatchDataset(Dataset):
             uint8 ``(1, 3, Y, X)``, and the ints ``index``, ``subject`` (position in
             ``cache_paths``) and ``start`` (first slice).
         """
+        patch = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.patch_shapes.items()}
+        subject_id, start = self.write_patch(index, patch)
+        out: dict[str, Any] = {key: torch.from_numpy(array) for key, array in patch.items()}
+        out["index"], out["subject"], out["start"] = int(index), subject_id, start
+        return out
+
+    def write_patch(self, index: int, out: Mapping[str, np.ndarray]) -> tuple[int, int]:
+        """Write patch ``index`` of the current epoch into preallocated arrays.
+
+        Args:
+            index: patch index.
+            out: ``inputs``, ``target`` and ``mask`` arrays of :attr:`patch_shapes`.
+
+        Returns:
+            The subject number and the first slice of the patch.
+        """
         subject_id, rng = self._subject_and_rng(index)
         start = self._start(subject_id, rng)
         window = slice(start, start + self.patch_slices)
         arrays = self._arrays(subject_id)
         flip, scale = self._draw_augmentation(rng, n_channels=arrays["inputs"].shape[0])
-        out: dict[str, Any] = {}
         for key in ARRAY_NAMES:
             source = arrays[key][:, window]
             source = source[..., ::-1] if flip else source
-            patch = np.empty(source.shape, dtype=source.dtype)
             if key == "inputs" and scale is not None:
-                np.multiply(source, scale, out=patch)  # read, flip and jitter in one pass
+                np.multiply(source, scale, out=out[key])  # read, flip and jitter in one pass
             else:
-                np.copyto(patch, source)
-            out[key] = torch.from_numpy(patch)
-        out["index"], out["subject"], out["start"] = int(index), subject_id, start
-        return out
+                np.copyto(out[key], source)
+        return subject_id, start
+
+    def _common_patch_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape and dtype of one patch per array; every subject must share them to be batched."""
+        shapes = {}
+        for subject_id, subject in enumerate(self.subjects):
+            arrays = self._arrays(subject_id)
+            found = {key: ((array.shape[0], self.patch_slices, *array.shape[2:]), array.dtype)
+                     for key, array in arrays.items()}
+            if shapes and found != shapes:
+                raise InputError(subject.json_path, f"cached grid or channels differ from "
+                                 f"{self.subjects[0].name}: {found} against {shapes}")
+            shapes = found
+        self._open.clear()  # opened again lazily in the process that reads patches
+        return shapes
 
     def _subject_and_rng(self, index: int) -> tuple[int, np.random.Generator]:
         if not 0 <= index < len(self):
@@ -384,15 +411,13 @@ def make_loader(
     world_size: int = 1,
     shuffle: bool = True,
     drop_last: bool = False,
-) -> DataLoader:
-    """A seeded data loader over one epoch of ``dataset`` (build a new one each epoch).
+) -> Iterable[dict[str, torch.Tensor]]:
+    """A seeded loader over one epoch of ``dataset`` (build a new one each epoch).
 
     Args:
         dataset: the patch dataset; its epoch is set to ``epoch``.
         batch_size: patches per batch (3 in the paper).
-        workers: data-loader worker processes (0 = load in this process). On a few shared
-            cores 0 is fastest: a patch is a cheap memory-mapped read, while a worker pays about
-            10 ms per 7 MB batch (paper grid) to hand it over through shared memory.
+        workers: data-loader worker processes (0 = load in this process).
         seed: order seed; default the dataset's seed.
         epoch: the epoch, which selects both the order and the patches.
         rank: this process's rank when training is distributed.
@@ -401,23 +426,54 @@ def make_loader(
         drop_last: drop a last incomplete batch.
 
     Returns:
-        A ``DataLoader`` whose batches depend only on ``(seed, epoch, rank, world_size)``.
+        The loader of :func:`batch_loader`; its batches depend only on
+        ``(seed, epoch, rank, world_size)``.
     """
     seed = dataset.seed if seed is None else int(seed)
     dataset.set_epoch(epoch)
     sampler = EpochSampler(len(dataset), seed=seed, epoch=epoch, rank=rank,
                            world_size=world_size, shuffle=shuffle)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        drop_last=drop_last, generator=generator, worker_init_fn=seed_worker,
-        collate_fn=collate_patches,
-        persistent_workers=False, pin_memory=False,
-    )
+    return batch_loader(dataset, sampler.indices(), batch_size, workers,
+                        drop_last=drop_last, worker_seed=seed * 100_003 + epoch)
+
+
+def batch_loader(
+    dataset: PatchDataset,
+    indices: Sequence[int],
+    batch_size: int,
+    workers: int = 0,
+    *,
+    drop_last: bool = False,
+    worker_seed: int = 0,
+) -> Iterable[dict[str, torch.Tensor]]:
+    """Batches of the patches ``indices``, in order, loaded here or by worker processes.
+
+    With ``workers=0`` a plain ``DataLoader`` reads the memory-mapped patches in this process
+    (a few thousand patches/s on the paper grid). With workers, each batch is written straight
+    into a ring of shared-memory buffers allocated once (:class:`SharedBatchLoader`): sending a
+    freshly allocated 7 MB batch between processes instead costs about 10 ms, which capped
+    workers at about 300 patches/s on 2 cores.
+
+    Args:
+        dataset: the patch dataset, its epoch already set.
+        indices: patch indices in loading order.
+        batch_size: patches per batch.
+        workers: worker processes.
+        drop_last: drop a last incomplete batch.
+        worker_seed: base of the workers' seeds (see :func:`seed_worker`).
+
+    Returns:
+        An iterable of batches (see :func:`collate_patches`) with ``len``.
+    """
+    if workers > 0:
+        return SharedBatchLoader(dataset, indices, batch_size, workers,
+                                 drop_last=drop_last, worker_seed=worker_seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=list(indices), num_workers=0,
+                      drop_last=drop_last, collate_fn=collate_patches)
 
 
 def collate_patches(patches: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack patches into a batch with numpy, into shared memory when run in a worker.
+    """Stack patches into a batch with numpy.
 
     ``default_collate`` uses ``torch.stack``, whose intra-op threads stall on a busy machine with
     few cores (20-50 ms per batch measured on 2 shared cores against 0.3 ms here).
@@ -429,18 +485,92 @@ def collate_patches(patches: Sequence[Mapping[str, Any]]) -> dict[str, torch.Ten
         ``inputs``, ``target``, ``mask`` with a leading batch axis, and 1D int64 tensors
         ``index``, ``subject`` and ``start``.
     """
-    in_worker = torch.utils.data.get_worker_info() is not None
     batch: dict[str, torch.Tensor] = {}
     for key in ARRAY_NAMES:
         first = patches[0][key]
         stacked = torch.empty((len(patches), *first.shape), dtype=first.dtype)
-        if in_worker:
-            stacked.share_memory_()  # sent to the main process without another copy
         np.stack([p[key].numpy() for p in patches], out=stacked.numpy())
         batch[key] = stacked
-    for key in ("index", "subject", "start"):
-        batch[key] = torch.tensor([int(p[key]) for p in patches], dtype=torch.int64)
-    return batch
+    return batch | _batch_positions([{k: p[k] for k in POSITION_KEYS} for p in patches])
+
+
+POSITION_KEYS = ("index", "subject", "start")
+
+
+def _batch_positions(positions: Sequence[Mapping[str, int]]) -> dict[str, torch.Tensor]:
+    return {key: torch.tensor([int(p[key]) for p in positions], dtype=torch.int64)
+            for key in POSITION_KEYS}
+
+
+class SharedBatchLoader:
+    """Worker processes write batches into shared-memory slots that are reused, never resent.
+
+    The ring has ``prefetch * workers + 2`` slots per array. Batch ``b`` goes to slot
+    ``b % slots``; the ``DataLoader`` keeps at most ``prefetch * workers`` batches in flight
+    after the one it hands out, so a batch stays intact until the one after it has been
+    drawn. Consume each batch (or copy it) before drawing the next but one, as a training loop
+    does.
+
+    Args:
+        dataset: the patch dataset, its epoch already set.
+        indices: patch indices in loading order.
+        batch_size: patches per batch.
+        workers: worker processes (>= 1).
+        drop_last: drop a last incomplete batch.
+        worker_seed: base of the workers' seeds.
+        prefetch: batches each worker loads ahead.
+    """
+
+    def __init__(self, dataset: PatchDataset, indices: Sequence[int], batch_size: int,
+                 workers: int, *, drop_last: bool = False, worker_seed: int = 0,
+                 prefetch: int = 2):
+        chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
+        if drop_last and chunks and len(chunks[-1]) < batch_size:
+            chunks.pop()
+        slots = prefetch * workers + 2
+        self.buffers = {
+            key: torch.empty((slots, batch_size, *shape), dtype=_torch_dtype(dtype)).share_memory_()
+            for key, (shape, dtype) in dataset.patch_shapes.items()}
+        writer = _SlotWriter(dataset, self.buffers)
+        self._loader = DataLoader(
+            writer, batch_size=None, sampler=list(enumerate(chunks)), num_workers=workers,
+            prefetch_factor=prefetch, worker_init_fn=seed_worker, collate_fn=_as_is,
+            generator=torch.Generator().manual_seed(worker_seed))
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for filled in self._loader:
+            slot, size = filled["slot"], len(filled["positions"])
+            batch = {key: buffer[slot, :size] for key, buffer in self.buffers.items()}
+            yield batch | _batch_positions(filled["positions"])
+
+
+class _SlotWriter(Dataset):
+    """Item ``(batch_number, indices)``: write those patches into the batch's slot."""
+
+    def __init__(self, dataset: PatchDataset, buffers: Mapping[str, torch.Tensor]):
+        self.dataset, self.buffers = dataset, dict(buffers)
+        self.slots = next(iter(buffers.values())).shape[0]
+
+    def __getitem__(self, item: tuple[int, list[int]]) -> dict[str, Any]:
+        batch_number, indices = item
+        slot = batch_number % self.slots
+        positions = []
+        for row, index in enumerate(indices):
+            out = {key: buffer[slot, row].numpy() for key, buffer in self.buffers.items()}
+            subject, start = self.dataset.write_patch(index, out)
+            positions.append({"index": index, "subject": subject, "start": start})
+        return {"slot": slot, "positions": positions}  # small: pickled, not shared
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
 def seed_worker(worker_id: int) -> None:

@@ -591,6 +591,7 @@ def build_model(
     *,
     width_multiplier: float = 1.0,
     blocks_per_module: int = 4,
+    unet_levels: int = 4,
     **overrides: object,
 ) -> nn.Module:
     """Build a generator by registry name.
@@ -600,6 +601,8 @@ def build_model(
         in_channels: number of input modalities (>= 1).
         width_multiplier: scales all widths (HR-FCN 64/128/256, U-Net base width 64).
         blocks_per_module: ResBlocks per FCN module (HR-FCN only; ignored by the U-Nets).
+        unet_levels: in-plane downsampling levels (U-Nets only; the model grid's in-plane
+            size must be divisible by ``2**unet_levels``; ignored by the HR-FCNs).
         **overrides: constructor keywords overriding the preset (e.g. ``upsample_mode``,
             ``levels``, ``base_width``).
 
@@ -622,7 +625,8 @@ def build_model(
         return HRFCN(in_channels, **options)
     _check_overrides(name, UNet, overrides)
     base_width = _scaled_width(PAPER_UNET_BASE_WIDTH, width_multiplier)
-    options = {**_UNET_PRESETS[name], "base_width": base_width, **overrides}
+    options = {**_UNET_PRESETS[name], "base_width": base_width, "levels": unet_levels,
+               **overrides}
     return UNet(in_channels, **options)
 
 

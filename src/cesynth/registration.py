@@ -90,7 +90,8 @@ def register_to_reference(
         out_path: where the moving image resampled (linear) onto the fixed grid is written, float32.
         xfm_path: where the ANTs ``.mat`` transform is written.
         threads: ITK threads for the registration.
-        seed: random seed for the metric sampling (same seed and threads=1 give the same transform).
+        seed: random seed for the metric sampling (>= 0); with ``threads=1`` the same seed
+            gives the same transform on every run (several threads sum in varying order).
         moving_volume: for a 4D moving image, the volume index, or indices to average.
 
     Returns:
@@ -365,7 +366,8 @@ def _ants_settings(threads: int, seed: int) -> Iterator[None]:
         _log.warning("ITK already runs with %d threads in this process; %d requested",
                      _threads_in_effect, wanted)
     saved_seed = ants.config._random_seed
-    ants.config._random_seed = int(seed)  # antsRegistration then gets --random-seed
+    # antsRegistration gets --random-seed; it reads 0 as "seed from the clock", hence the + 1.
+    ants.config._random_seed = int(seed) + 1
     try:
         yield
     finally:

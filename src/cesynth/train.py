@@ -59,7 +59,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cesynth.data import (
@@ -69,9 +68,9 @@ from cesynth.data import (
     EpochSampler,
     PatchDataset,
     ValidationVolumes,
-    collate_patches,
-    seed_worker,
+    batch_loader,
 )
+from cesynth.evaluate import psnr_in_mask
 from cesynth.io import InputError, atomic_path, read_json, write_json
 from cesynth.losses import LossWeights, SynthesisLoss
 from cesynth.models import build_model
@@ -126,6 +125,8 @@ class TrainSettings:
         target: ``ceT1w`` or a cached input modality (T1->T2 / T1->ADC models).
         width_multiplier: model width scale (1 = the paper's 64/128/256).
         blocks_per_module: ResBlocks per FCN module (4 in the paper).
+        unet_levels: in-plane downsampling levels of the U-Net baselines (4 on the paper grid;
+            the model grid's in-plane size must be divisible by ``2**unet_levels``).
         stages: consecutive training stages.
         delta: enhancement-mask threshold of the local loss.
         batch_size: patches per step and rank (3 in the paper).
@@ -147,6 +148,7 @@ class TrainSettings:
     target: str = TARGET_MODALITY
     width_multiplier: float = 1.0
     blocks_per_module: int = 4
+    unet_levels: int = 4
     stages: tuple[Stage, ...] = PAPER_STAGES
     delta: float = 0.1
     batch_size: int = 3
@@ -224,6 +226,7 @@ def _setting_problems(settings: TrainSettings) -> list[str]:
         "stages must not be empty": bool(settings.stages),
         "every stage needs epochs >= 1 and lr > 0":
             all(s.epochs >= 1 and s.lr > 0 for s in settings.stages),
+        "unet_levels must be >= 1": settings.unet_levels >= 1,
         "batch_size must be >= 1": settings.batch_size >= 1,
         "patches_per_subject must be >= 1": settings.patches_per_subject >= 1,
         "checkpoint_every_steps must be >= 0": settings.checkpoint_every_steps >= 0,
@@ -236,38 +239,6 @@ def _setting_problems(settings: TrainSettings) -> list[str]:
 
 
 # ---------------------------------------------------------------- metrics and inference
-
-
-def psnr_in_mask(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
-                 mask: np.ndarray | torch.Tensor) -> float:
-    """PSNR with MAX = 1 and the MSE taken over the mask's voxels only (the paper's metric).
-
-    Args:
-        pred: predicted intensities in [0, 1].
-        target: reference, same shape.
-        mask: region (non-zero = inside), same shape.
-
-    Returns:
-        ``10 log10(1 / MSE)`` in dB (``inf`` for a perfect prediction).
-
-    Raises:
-        ValueError: shapes differ or the mask is empty.
-    """
-    pred_arr, target_arr, mask_arr = (_as_numpy(a) for a in (pred, target, mask))
-    if not pred_arr.shape == target_arr.shape == mask_arr.shape:
-        raise ValueError(f"shapes differ: {pred_arr.shape}, {target_arr.shape}, {mask_arr.shape}")
-    inside = mask_arr != 0
-    if not inside.any():
-        raise ValueError("empty mask: PSNR is undefined")
-    error = pred_arr[inside].astype(np.float64) - target_arr[inside].astype(np.float64)
-    mse = float(np.mean(error**2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
-def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().float().cpu().numpy()
-    return np.asarray(array)
 
 
 def window_starts(n_slices: int, window: int = PATCH_SLICES, stride: int = 1) -> list[int]:
@@ -605,6 +576,7 @@ class Trainer:
         self.dataset = PatchDataset(
             self.train_caches, patches_per_subject=self.settings.patches_per_subject,
             seed=self.settings.seed, augmentation=Augmentation() if self.settings.augment else None)
+        _check_grid_fits(self.raw_model, self.dataset, self.settings)
         if self.latest_path.exists():
             self.load_checkpoint(self.latest_path)
         self._apply_stage()
@@ -618,9 +590,8 @@ class Trainer:
                                rank=context.rank, world_size=context.world_size)
         indices = sampler.indices()[self.state.step_in_epoch * settings.batch_size:]
         self.dataset.set_epoch(self.state.epoch)
-        loader = DataLoader(self.dataset, batch_size=settings.batch_size, sampler=indices,
-                            num_workers=settings.workers, worker_init_fn=seed_worker,
-                            collate_fn=collate_patches)
+        loader = batch_loader(self.dataset, indices, settings.batch_size, settings.workers,
+                              worker_seed=settings.seed * 100_003 + self.state.epoch)
         total = math.ceil(len(sampler) / settings.batch_size)
         stage = settings.stage_of_epoch(self.state.epoch)
         self._progress = tqdm(
@@ -806,7 +777,8 @@ class Trainer:
         settings = self.settings
         model = build_model(settings.model, len(settings.modalities),
                             width_multiplier=settings.width_multiplier,
-                            blocks_per_module=settings.blocks_per_module)
+                            blocks_per_module=settings.blocks_per_module,
+                            unet_levels=settings.unet_levels)
         if not on_device:
             return model
         model = model.to(self.device)
@@ -908,6 +880,16 @@ class Trainer:
             yield
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _check_grid_fits(model: nn.Module, dataset: PatchDataset, settings: TrainSettings) -> None:
+    """Fail before training when the model cannot take the cached grid's in-plane size."""
+    rows, cols = dataset.patch_shapes["inputs"][0][-2:]
+    multiple = getattr(model, "inplane_multiple", 1)
+    if rows % multiple or cols % multiple:
+        hint = " or lower train.unet_levels" if settings.model.startswith("unet") else ""
+        raise InputError(settings.model, f"the model grid's slices are {rows}x{cols}, not "
+                         f"divisible by {multiple}; choose another model_grid{hint}")
 
 
 def _step_seed(seed: int, global_step: int, rank: int) -> int:
