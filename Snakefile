@@ -1,4 +1,5 @@
-# cesynth: raw brain MRI -> ADC, co-registration, brain masks, model-grid volumes -> CE-T1 synthesis.
+# cesynth: raw brain MRI -> ADC, co-registration, brain masks, model-grid volumes -> CE-T1
+# synthesis -> evaluation on the held-out Set A and Set B.
 # This file is the table of contents; each stage lives in rules/<stage>.smk.
 import os
 
@@ -19,6 +20,7 @@ include: "rules/registration.smk"
 include: "rules/normalise.smk"
 include: "rules/qc.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -20,6 +20,7 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 PREPROC = f"{RESULTS}/preproc"
 QC = f"{RESULTS}/qc"
+EVAL = f"{RESULTS}/eval"
 TRACKING_URI = tracking.default_tracking_uri(RESULTS, config["mlflow"]["tracking_uri"])
 
 os.environ[ENV_TRACKING_URI] = TRACKING_URI
@@ -269,11 +270,55 @@ def get_model_grid_images(wildcards):
 
 
 def get_train_settings(wildcards):
+    return get_train_settings_of(wildcards.experiment)
+
+
+def get_train_settings_of(experiment):
     """The ``train`` config with the experiment's overrides."""
-    overrides = config["experiments"][wildcards.experiment]
-    settings = {**config["train"], **overrides}
+    settings = {**config["train"], **config["experiments"][experiment]}
     settings.pop("gpus")
     return settings
+
+
+EVALUATION_SPLITS = ("validation", "test")  # the paper's test sets: Set A held out, and Set B
+
+
+def get_evaluation_scans():
+    """Scans the models are scored on: the held-out Set A subjects and Set B."""
+    return [scan_id for scan_id in SCANS if get_split(scan_id) in EVALUATION_SPLITS]
+
+
+def get_evaluated_experiments():
+    """Experiments whose model synthesizes the CE-T1 (T1->T2 and T1->ADC models are not scored)."""
+    return [name for name in config["experiments"]
+            if get_train_settings_of(name).get("target", "ceT1w") == "ceT1w"]
+
+
+def get_synthesis_inputs(wildcards):
+    """The subject's normalised model-grid input images (not the CE-T1), by modality."""
+    images = get_model_grid_images(wildcards)
+    images.pop("ceT1w", None)
+    return images
+
+
+def get_tumor_mask(wildcards):
+    raw = get_raw_inputs(wildcards)
+    if "tumor_mask" not in raw:
+        raise ValueError(f"sub-{wildcards.subject} has no tumor mask")
+    return raw["tumor_mask"]
+
+
+def get_evaluation_tumor_mask(wildcards):
+    """The model-grid tumor mask of a Set B subject that has one; nothing otherwise."""
+    if get_scan(wildcards).tumor_mask is None:
+        return {}
+    return {"tumor_mask": preproc("anat", "mask", space="model", desc="tumor").format(
+        subject=wildcards.subject)}
+
+
+def get_evaluation_metrics(wildcards):
+    return [f"{EVAL}/{name}/sub-{scan_id}/sub-{scan_id}_metrics.json"
+            for name in get_evaluated_experiments() for scan_id in get_evaluation_scans()]
 
 
 def get_ingest_reports(wildcards=None):
@@ -288,6 +333,8 @@ def get_final_targets():
     for scan_id in SCANS:
         targets += get_subject_targets(scan_id)
     targets += [f"{RESULTS}/train/{name}/checkpoint_best.pt" for name in config["experiments"]]
+    if get_evaluation_scans() and get_evaluated_experiments():
+        targets.append(f"{EVAL}/tables.md")
     return targets
 
 

@@ -16,6 +16,7 @@ from scipy import stats
 from cesynth.evaluate import (
     METRIC_COLUMNS,
     evaluate_files,
+    evaluate_subject,
     evaluate_volumes,
     flatten_metrics,
     format_mean_sd,
@@ -23,6 +24,7 @@ from cesynth.evaluate import (
     region_metrics,
     ssim_map,
     summarise,
+    tabulate_evaluation,
 )
 from cesynth.io import InputError
 
@@ -298,3 +300,58 @@ def test_paired_ttest_needs_two_pairs():
     assert paired_ttest(table, "tumor_psnr", "ours", "unet")["n"] == 2
     with pytest.raises(InputError, match="at least 2"):
         paired_ttest(table[table["subject"] != "05"], "tumor_psnr", "ours", "unet")
+
+
+# ---------------------------------------------------------------- the evaluation stage
+
+
+def write_subject_scores(folder, subject: str, set_name: str, model: str, error: float,
+                         tumor: np.ndarray | None = None) -> str:
+    """Files of one scored subject: a prediction off by ``error``; returns its metrics JSON."""
+    target = smooth_volume(seed=int(subject))
+    brain = np.zeros(target.shape)
+    brain[5:30, 5:30] = 1
+    tumor_path = None if tumor is None else write(folder / f"{subject}_tumor.nii.gz", tumor)
+    out = folder / f"{model}_{subject}_metrics.json"
+    evaluate_subject(write(folder / f"{model}_{subject}_pred.nii.gz", target + error),
+                     write(folder / f"{subject}_ce.nii.gz", target),
+                     write(folder / f"{subject}_brain.nii.gz", brain), out, subject=subject,
+                     set_name=set_name, model=model, tumor_mask_path=tumor_path)
+    return str(out)
+
+
+def test_an_empty_tumor_mask_gives_a_note_not_a_failure(tmp_path):
+    path = write_subject_scores(tmp_path, "07", "B", "ours", 0.1,
+                                tumor=np.zeros((40, 36, 4)))
+    record = json.loads(open(path).read())
+    assert "tumor" not in record and record["brain"]["mae"] == pytest.approx(0.1, abs=1e-6)
+    assert record["notes"] == ["07_tumor.nii.gz is empty on the model grid: no tumor metrics"]
+    assert (record["subject"], record["set"], record["model"]) == ("07", "B", "ours")
+
+
+def test_tabulate_evaluation_writes_tables_ttests_and_paper_layout(tmp_path):
+    tumor = np.zeros((40, 36, 4))
+    tumor[10:16, 10:16, 1:3] = 1
+    errors = {"unet": [0.08, 0.07, 0.09, 0.10], "ours": [0.05, 0.06, 0.04, 0.05]}
+    jsons = [write_subject_scores(tmp_path, f"{i + 1:02d}", "B" if i == 3 else "A", model,
+                                  error, tumor if i == 3 else None)
+             for model, values in errors.items() for i, error in enumerate(values)]
+    paths = tabulate_evaluation(jsons, tmp_path / "eval")
+
+    metrics = pd.read_csv(paths["metrics"], sep="\t")
+    assert len(metrics) == 8 and list(metrics.columns[:3]) == ["subject", "set", "model"]
+    set_a = metrics[metrics["set"] == "A"]
+    assert set_a["tumor_psnr"].isna().all() and metrics["tumor_psnr"].notna().sum() == 2
+    ttests = pd.read_csv(paths["ttests"], sep="\t")
+    psnr_a = ttests[(ttests["set"] == "A") & (ttests["metric"] == "brain_psnr")].iloc[0]
+    expected = stats.ttest_rel(10 * np.log10(1 / np.square(errors["unet"][:3])),
+                               10 * np.log10(1 / np.square(errors["ours"][:3])))
+    assert (psnr_a["model_a"], psnr_a["model_b"], psnr_a["n"]) == ("unet", "ours", 3)
+    assert psnr_a["p"] == pytest.approx(expected.pvalue, rel=1e-4)
+    assert ttests[ttests["set"] == "B"].empty  # one Set B subject: no test
+    tables = paths["tables"].read_text()
+    assert "## Set A: brain" in tables and "## Set B: brain and tumor" in tables
+    assert "| ours | 3 |" in tables and "| 28.24 |" in tables
+    summary = pd.read_csv(paths["summary"], sep="\t")
+    ours_a = summary[(summary["set"] == "A") & (summary["model"] == "ours")].iloc[0]
+    assert ours_a["brain_mae_mean"] == pytest.approx(0.05, abs=1e-5)

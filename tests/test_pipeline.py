@@ -17,7 +17,8 @@ import pytest
 import yaml
 from helpers.workflow import CESYNTH, REPO, dry_run_jobs, snakemake
 
-from cesynth.io import read_json, read_tsv
+from cesynth.evaluate import evaluate_files
+from cesynth.io import is_synthetic, read_json, read_tsv
 
 SMALL = REPO / "config" / "profiles" / "demo-small.yaml"
 SUBJECTS = ("01", "02", "03")
@@ -125,6 +126,28 @@ def test_the_model_is_trained_and_logged(demo_run):
     assert tuple(model(patch).shape) == (1, 1, 3, shape[1], shape[0])
 
 
+def test_held_out_subjects_are_synthesized_and_scored(demo_run):
+    workdir, _, _ = demo_run
+    results = workdir / "results-small"
+    folder = results / "eval" / "default" / "sub-03"
+    synthetic = nib.load(folder / "sub-03_space-model_desc-synthetic_ceT1w.nii.gz")
+    assert is_synthetic(synthetic)
+    assert synthetic.shape == tuple(yaml.safe_load(SMALL.read_text())["model_grid"]["shape"])
+    assert read_json(folder / "sub-03_space-model_desc-synthetic_ceT1w.json")["Synthetic"] is True
+    record = read_json(folder / "sub-03_metrics.json")
+    assert (record["subject"], record["set"], record["model"]) == ("03", "B", "default")
+    anat = results / "preproc" / "sub-03" / "anat"
+    again = evaluate_files(folder / "sub-03_space-model_desc-synthetic_ceT1w.nii.gz",
+                           anat / "sub-03_space-model_desc-norm_ceT1w.nii.gz",
+                           anat / "sub-03_space-model_desc-brain_mask.nii.gz",
+                           anat / "sub-03_space-model_desc-tumor_mask.nii.gz")
+    assert record["brain"] == again["brain"] and record["tumor"] == again["tumor"]
+    assert record["tumor"]["voxels"] > 0  # the expert tumor mask, moved to the model grid
+    metrics = read_tsv(results / "eval" / "metrics.tsv")
+    assert metrics[["subject", "set", "model"]].values.tolist() == [["03", "B", "default"]]
+    assert "## Set B: brain and tumor" in (results / "eval" / "tables.md").read_text()
+
+
 def test_a_rerun_has_nothing_to_do(demo_run):
     workdir, _, _ = demo_run
     result = snakemake(workdir, "--dry-run", "--configfile", str(SMALL))
@@ -153,8 +176,11 @@ def test_new_subject_reruns_only_its_own_jobs(demo_run, tmp_path):
                    "register_anat_to_cet1w": 2, "register_dwi_to_cet1w": 1,
                    "resample_mask_to_model_grid": 1, "normalise_to_model_grid": 4,
                    "plot_qc_montage": 1, "cache_training_subject": 1}
-    # sub-04 is a new Set A training subject: the model is retrained on the larger Set A.
-    gathering = {"assign_sets": 1, "tabulate_qc": 4, "train_model": 1, "all": 1}
+    # sub-04 is a new Set A training subject: the model is retrained on the larger Set A, and
+    # the held-out subject (sub-03, Set B) is synthesized and scored again with the new model.
+    gathering = {"assign_sets": 1, "tabulate_qc": 4, "train_model": 1, "all": 1,
+                 "synthesize_evaluation_subject": 1, "score_evaluation_subject": 1,
+                 "tabulate_evaluation": 1}
     assert jobs == {**per_subject, **gathering}
 
 

@@ -75,12 +75,12 @@ def cache_subject(
     _check_required(image_paths, modalities)
     mask_img = _load_ras(mask_path)
     grid = mask_img.shape[:3]
-    first, last = _foreground_slices(sidecar_path, n_slices=grid[2])
+    first, last = read_foreground_slices(sidecar_path, n_slices=grid[2])
     present = {m: image_paths[m] for m in modalities if image_paths.get(m) is not None}
-    volumes = {m: _load_volume(p, grid) for m, p in present.items()}
+    volumes = {m: load_model_grid_volume(p, grid) for m, p in present.items()}
     zeros = np.zeros(grid[::-1], dtype=np.float32)
     inputs = np.stack([volumes.get(m, zeros) for m in modalities])
-    target = _load_volume(image_paths[TARGET_MODALITY], grid)[np.newaxis]
+    target = load_model_grid_volume(image_paths[TARGET_MODALITY], grid)[np.newaxis]
     mask = np.ascontiguousarray(to_slice_major(np.asarray(mask_img.dataobj) > 0))
     arrays = {"inputs": inputs, "target": target, "mask": mask.astype(np.uint8)[np.newaxis]}
 
@@ -122,15 +122,38 @@ def _load_ras(path: str | Path) -> nib.Nifti1Image:
     return img
 
 
-def _load_volume(path: str | Path, grid: tuple[int, ...]) -> np.ndarray:
-    """A model-grid image as a contiguous float32 ``(Z, Y, X)`` array."""
+def load_model_grid_volume(path: str | Path, grid: tuple[int, ...]) -> np.ndarray:
+    """Load a model-grid image as a contiguous, slice-major float32 ``(Z, Y, X)`` array.
+
+    Args:
+        path: a 3D RAS-canonical model-grid NIfTI.
+        grid: the expected RAS ``(x, y, z)`` shape (the brain mask's).
+
+    Returns:
+        The voxels, slice-major (:func:`cesynth.normalise.to_slice_major`).
+
+    Raises:
+        InputError: the file is missing, unreadable, not 3D RAS, or not of shape ``grid``.
+    """
     img = _load_ras(path)
     if img.shape[:3] != grid:
         raise InputError(path, f"grid {img.shape[:3]} differs from the mask grid {grid}")
     return np.ascontiguousarray(to_slice_major(img.get_fdata(dtype=np.float32)))
 
 
-def _foreground_slices(sidecar_path: str | Path, n_slices: int) -> tuple[int, int]:
+def read_foreground_slices(sidecar_path: str | Path, n_slices: int) -> tuple[int, int]:
+    """Read the foreground slice range that the normalise stage wrote into the mask sidecar.
+
+    Args:
+        sidecar_path: the model-grid mask's JSON sidecar (``foreground_slices: [first, last]``).
+        n_slices: slices of the model grid (its z size).
+
+    Returns:
+        ``(first, last)``, inclusive, with ``0 <= first <= last < n_slices``.
+
+    Raises:
+        InputError: the sidecar is missing or malformed, or the range is invalid.
+    """
     value = read_json(sidecar_path).get("foreground_slices")
     try:
         first, last = (int(v) for v in value)

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from cesynth.io import InputError, load_nifti
+from cesynth.io import InputError, atomic_path, load_nifti, read_json, write_json, write_tsv
 
 SSIM_WINDOW = 11
 """Side of the Gaussian SSIM window (pixels)."""
@@ -435,7 +435,145 @@ def _model_metric(per_subject: pd.DataFrame, metric: str, model: str, who: str) 
     return rows.set_index("subject")[metric].rename(model).sort_index()
 
 
-__all__ = ["DATA_RANGE", "ID_COLUMNS", "METRICS", "METRIC_COLUMNS", "REGIONS", "check_same_grid",
-           "evaluate_files", "evaluate_volumes", "flatten_metrics", "format_mean_sd",
-           "paired_ttest", "psnr_in_mask", "region_metrics", "region_ssim", "ssim_map",
-           "summarise"]
+# ---------------------------------------------------------------- the evaluation stage
+
+PAPER_REFERENCE = {("A", "brain_psnr"): 28.24, ("A", "brain_ssim"): 0.923,
+                   ("B", "brain_psnr"): 27.62, ("B", "brain_ssim"): 0.909,
+                   ("B", "tumor_psnr"): 21.2}
+"""The paper's 3D HR-FCN on its (non-public) UCLA data: Tables I and II."""
+
+TABLE_COLUMNS = {
+    "A": (("brain_mae", "Brain MAE", 3), ("brain_psnr", "Brain PSNR (dB)", 2),
+          ("brain_ssim", "Brain SSIM", 3)),
+    "B": (("brain_psnr", "Brain PSNR (dB)", 2), ("tumor_psnr", "Tumor PSNR (dB)", 2),
+          ("brain_ssim", "Brain SSIM", 3), ("tumor_ssim", "Tumor SSIM", 3),
+          ("tumor_mae", "Tumor MAE", 3)),
+}
+"""Columns of the paper-style tables per set: (metric column, heading, decimals)."""
+
+
+def evaluate_subject(pred_path: str | os.PathLike, target_path: str | os.PathLike,
+                     mask_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                     subject: str, set_name: str, model: str,
+                     tumor_mask_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Score one synthetic image and write the subject's metrics JSON.
+
+    A tumor mask that is empty on the model grid (a lesion smaller than a model voxel) gives no
+    tumor metrics and a note, rather than failing the subject.
+
+    Args:
+        pred_path: the synthetic image on the model grid.
+        target_path: the normalised real CE-T1 on the model grid.
+        mask_path: the model-grid brain mask.
+        out_path: the JSON to write.
+        subject: subject label (pseudonymous BIDS label).
+        set_name: ``A`` or ``B``.
+        model: the model (experiment) name.
+        tumor_mask_path: the model-grid tumor mask (Set B).
+
+    Returns:
+        What was written: ``subject``, ``set``, ``model``, ``brain``, optionally ``tumor``,
+        ``files`` and ``notes``.
+    """
+    notes = []
+    if tumor_mask_path is not None and not np.any(np.asarray(load_nifti(tumor_mask_path).dataobj)):
+        notes.append(f"{Path(tumor_mask_path).name} is empty on the model grid: no tumor metrics")
+        tumor_mask_path = None
+    result = evaluate_files(pred_path, target_path, mask_path, tumor_mask_path)
+    record = {"subject": subject, "set": set_name, "model": model, **result, "notes": notes}
+    write_json(record, out_path)
+    return record
+
+
+def read_subject_metrics(json_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """The per-subject table (:data:`ID_COLUMNS` + :data:`METRIC_COLUMNS`) from metrics JSONs."""
+    rows = []
+    for path in json_paths:
+        record = read_json(path)
+        rows.append({key: record[key] for key in ID_COLUMNS} | flatten_metrics(record))
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *METRIC_COLUMNS])
+
+
+def pairwise_ttests(per_subject: pd.DataFrame) -> pd.DataFrame:
+    """Paired t-tests between every two models, per set and metric, where 2+ pairs exist.
+
+    Returns:
+        Columns ``set``, ``metric``, ``model_a``, ``model_b``, ``n``, ``mean_difference``, ``t``
+        and ``p`` (empty with one model).
+    """
+    rows = []
+    for set_name, rows_of_set in per_subject.groupby("set", sort=True):
+        models = list(dict.fromkeys(rows_of_set["model"]))
+        for metric in METRIC_COLUMNS:
+            for i, model_a in enumerate(models):
+                for model_b in models[i + 1:]:
+                    try:
+                        test = paired_ttest(rows_of_set, metric, model_a, model_b)
+                    except InputError:
+                        continue  # fewer than 2 pairs (e.g. no tumor masks in Set A)
+                    rows.append({"set": set_name, "metric": metric, "model_a": model_a,
+                                 "model_b": model_b, **test})
+    columns = ["set", "metric", "model_a", "model_b", "n", "mean_difference", "t", "p"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def paper_tables(summary: pd.DataFrame) -> str:
+    """Markdown tables in the layout of the paper's Tables I (Set A) and II (Set B).
+
+    Args:
+        summary: :func:`summarise` output grouped by ``("set", "model")``.
+
+    Returns:
+        The Markdown text, with the paper's reported values for comparison.
+    """
+    parts = []
+    for set_name, columns in TABLE_COLUMNS.items():
+        rows = summary[summary["set"] == set_name]
+        if rows.empty:
+            continue
+        region = "brain" if set_name == "A" else "brain and tumor"
+        parts.append(f"## Set {set_name}: {region} (mean±sd over subjects)\n")
+        parts.append("| model | n | " + " | ".join(c[1] for c in columns) + " |")
+        parts.append("|---|---|" + "---|" * len(columns))
+        for row in rows.itertuples(index=False):
+            cells = [format_mean_sd(getattr(row, f"{c}_mean"), getattr(row, f"{c}_sd"), d)
+                     for c, _, d in columns]
+            parts.append(f"| {row.model} | {row.n} | " + " | ".join(cells) + " |")
+        paper = [str(PAPER_REFERENCE.get((set_name, c), "")) for c, _, _ in columns]
+        parts.append("| paper, 3D HR-FCN (UCLA data) | | " + " | ".join(paper) + " |\n")
+    return "\n".join(parts)
+
+
+def tabulate_evaluation(json_paths: Sequence[str | os.PathLike],
+                        out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write the evaluation tables from the per-subject metrics JSONs.
+
+    Args:
+        json_paths: files written by :func:`evaluate_subject`.
+        out_dir: the evaluation folder.
+
+    Returns:
+        Paths by name: ``metrics`` (one row per subject and model), ``summary`` (mean and sd
+        per set and model), ``ttests`` (paired t-tests between models) and ``tables``
+        (Markdown, the paper's layout).
+    """
+    out = Path(out_dir)
+    per_subject = read_subject_metrics(json_paths)
+    summary = summarise(per_subject, by=("set", "model"))
+    paths = {"metrics": out / "metrics.tsv", "summary": out / "summary.tsv",
+             "ttests": out / "ttests.tsv", "tables": out / "tables.md"}
+    write_tsv(per_subject, paths["metrics"])
+    write_tsv(summary, paths["summary"])
+    write_tsv(pairwise_ttests(per_subject), paths["ttests"])
+    with atomic_path(paths["tables"]) as tmp:
+        tmp.write_text("# Synthetic CE-T1 against the real CE-T1\n\n" + paper_tables(summary))
+    return paths
+
+
+__all__ = [
+    "DATA_RANGE", "ID_COLUMNS", "METRICS", "METRIC_COLUMNS", "PAPER_REFERENCE", "REGIONS",
+    "check_same_grid", "evaluate_files", "evaluate_subject", "evaluate_volumes", "flatten_metrics",
+    "format_mean_sd", "paired_ttest", "pairwise_ttests", "paper_tables", "psnr_in_mask",
+    "read_subject_metrics", "region_metrics", "region_ssim", "ssim_map", "summarise",
+    "tabulate_evaluation",
+]

@@ -376,6 +376,24 @@ def prepare_mask(
     return sidecar
 
 
+def resample_mask(mask_path: str | Path, out_mask_path: str | Path,
+                  shape: Sequence[int]) -> int:
+    """Resample a label mask (e.g. an expert tumor mask) from the CE-T1 grid to the model grid.
+
+    Args:
+        mask_path: the mask on the native CE-T1 grid.
+        out_mask_path: output path of the model-grid mask (uint8).
+        shape: the model grid, RAS-canonical ``(x, y, z)``.
+
+    Returns:
+        The number of mask voxels on the model grid (0 when the lesion is smaller than a voxel).
+    """
+    _, mask_img = _model_mask(mask_path, ModelGrid(tuple(shape)))
+    mask = np.asarray(mask_img.dataobj)
+    save_nifti(mask, mask_img.affine, out_mask_path, dtype=np.uint8)
+    return int(np.count_nonzero(mask))
+
+
 def prepare_image(
     image_path: str | Path,
     mask_path: str | Path,

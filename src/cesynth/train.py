@@ -220,6 +220,22 @@ def _as_stage(value: Stage | Mapping[str, Any] | Sequence[float]) -> Stage:
     return Stage(int(epochs), float(l1), float(l2), float(l3), float(lr))
 
 
+def model_from_settings(settings: TrainSettings) -> nn.Module:
+    """Build the (freshly initialised, CPU, training-mode) generator that ``settings`` describe.
+
+    Args:
+        settings: the run's settings (model name, inputs, width, depth).
+
+    Returns:
+        The model of :func:`cesynth.models.build_model`; its weights come from the global torch
+        RNG (seed first, or load a checkpoint's ``model`` state dict).
+    """
+    return build_model(settings.model, len(settings.modalities),
+                       width_multiplier=settings.width_multiplier,
+                       blocks_per_module=settings.blocks_per_module,
+                       unet_levels=settings.unet_levels)
+
+
 def _setting_problems(settings: TrainSettings) -> list[str]:
     checks = {
         "modalities must not be empty": bool(settings.modalities),
@@ -775,10 +791,7 @@ class Trainer:
 
     def _build_model(self, on_device: bool = True) -> nn.Module:
         settings = self.settings
-        model = build_model(settings.model, len(settings.modalities),
-                            width_multiplier=settings.width_multiplier,
-                            blocks_per_module=settings.blocks_per_module,
-                            unet_levels=settings.unet_levels)
+        model = model_from_settings(settings)
         if not on_device:
             return model
         model = model.to(self.device)
@@ -1081,4 +1094,4 @@ if __name__ == "__main__":
 
 __all__ = ["CHECKPOINT_BEST", "CHECKPOINT_LATEST", "EXIT_PREEMPTED", "MlflowTracker",
            "PAPER_STAGES", "Stage", "TrainSettings", "Trainer", "TrainingPreempted",
-           "predict_volume", "psnr_in_mask", "train", "train_from_files"]
+           "model_from_settings", "predict_volume", "psnr_in_mask", "train", "train_from_files"]

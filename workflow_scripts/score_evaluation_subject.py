@@ -1,0 +1,20 @@
+"""Rule score_evaluation_subject: glue only, the work is cesynth.evaluate.evaluate_subject."""
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../src")
+
+from cesynth import evaluate
+from cesynth.jobs import run_job
+
+
+def work():
+    record = evaluate.evaluate_subject(
+        snakemake.input.image, snakemake.input.target, snakemake.input.mask,
+        snakemake.output.metrics, subject=snakemake.wildcards.subject,
+        set_name=snakemake.params.set_name, model=snakemake.wildcards.experiment,
+        tumor_mask_path=snakemake.input.get("tumor_mask"))
+    flat = evaluate.flatten_metrics(record)
+    return {key: value for key, value in flat.items() if value == value}  # NaN: region absent
+
+
+run_job(snakemake, work)

@@ -1,0 +1,18 @@
+"""Rule tabulate_evaluation: glue only, the work is cesynth.evaluate.tabulate_evaluation."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../src")
+
+from cesynth import evaluate
+from cesynth.jobs import JobOutcome, run_job
+
+
+def work():
+    paths = evaluate.tabulate_evaluation(snakemake.input.metrics,
+                                         Path(snakemake.output.metrics).parent)
+    return JobOutcome(metrics={"subject_rows": len(snakemake.input.metrics)},
+                      artifacts=list(paths.values()))
+
+
+run_job(snakemake, work)
