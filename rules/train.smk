@@ -39,6 +39,11 @@ rule train_model:
         f"{BENCH}/train_model/{{experiment}}.tsv"
     params:
         settings=get_train_settings,
+        preprocessing={
+            "model_grid": config["model_grid"]["shape"],
+            "normalise": config["normalise"]["method"],
+            "brainmask": config["brainmask"]["method"],
+        },
     threads: 2
     resources:
         mem_mb=16000,

@@ -133,6 +133,8 @@ def test_brainmask_unknown_method_is_refused_by_the_parser(tmp_path):
     result = cesynth("brainmask", "--image", tmp_path / "x.nii.gz", "--out", tmp_path / "m.nii.gz",
                      "--method", "magic")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: cesynth brainmask: argument --method")
 
 
 def write_volume(path: Path, data: np.ndarray) -> Path:

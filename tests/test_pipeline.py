@@ -124,6 +124,9 @@ def test_the_model_is_trained_and_logged(demo_run):
 
     patch = torch.zeros(1, 3, 3, shape[1], shape[0])
     assert tuple(model(patch).shape) == (1, 1, 3, shape[1], shape[0])
+    checkpoint = torch.load(out / "checkpoint_best.pt", weights_only=False)
+    assert checkpoint["preprocessing"] == {"model_grid": shape, "normalise": "histeq",
+                                           "brainmask": "auto"}
 
 
 def test_held_out_subjects_are_synthesized_and_scored(demo_run):

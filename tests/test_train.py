@@ -329,6 +329,15 @@ def test_mlflow_records_params_metrics_model_and_artifacts(caches, tmp_path):
         assert model(torch.zeros(2, 3, 3, y, x)).shape == (2, 1, 3, y, x)
 
 
+def test_checkpoints_record_how_the_images_were_prepared(caches, tmp_path):
+    settings = TrainSettings.from_dict({**SETTINGS, "stages": [[1, 1.0, 1.0, 1.0, 3e-3]]})
+    preprocessing = {"model_grid": [16, 16, 6], "normalise": "histeq", "brainmask": "deepbet"}
+    summary = train(caches["train"], caches["val"], tmp_path, settings,
+                    preprocessing=preprocessing)
+    for path in (summary["checkpoint_best"], summary["checkpoint_latest"]):
+        assert torch.load(path, weights_only=False)["preprocessing"] == preprocessing
+
+
 def test_t1_to_t2_model_trains_on_the_same_caches(caches, tmp_path):
     settings = TrainSettings.from_dict({**SETTINGS, "stages": [[1, 1.0, 1.0, 1.0, 3e-3]],
                                         "modalities": ["T1w"], "target": "T2w"})

@@ -17,7 +17,8 @@ def caches(folders):
 
 def work():
     summary = train.train_from_files(caches(snakemake.input.train),
-                                     caches(snakemake.input.validation), out_dir, settings)
+                                     caches(snakemake.input.validation), out_dir, settings,
+                                     preprocessing=snakemake.params.preprocessing)
     metrics = {key: value for key, value in summary.items() if isinstance(value, int | float)}
     return JobOutcome(metrics=metrics)
 

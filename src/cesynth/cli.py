@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from cesynth import __version__
 from cesynth.io import InputError
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (adder, handler) in COMMANDS.items():
         sub = commands.add_parser(name, help=handler.__doc__.splitlines()[0])
+        _one_line_errors(sub)
         adder(sub)
         sub.set_defaults(handler=handler)
     return parser
@@ -172,6 +174,56 @@ def run_metrics(args: argparse.Namespace) -> dict:
     return evaluate.evaluate_files(args.pred, args.target, args.mask, args.tumor_mask)
 
 
+def _add_predict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--t1", required=True, type=Path, help="pre-contrast T1 (reference space)")
+    parser.add_argument("--t2", type=Path, help="T2 (missing: zero-filled)")
+    diffusion = parser.add_mutually_exclusive_group()
+    diffusion.add_argument("--adc", type=Path, help="ADC map in mm2/s (any grid)")
+    diffusion.add_argument("--dwi", type=Path, help="4D DWI at b = 0, 500, 1000 (needs --bval, "
+                                                    "--bvec); without --adc or --dwi: zero-filled")
+    parser.add_argument("--bval", type=Path, help="FSL .bval of --dwi")
+    parser.add_argument("--bvec", type=Path, help="FSL .bvec of --dwi")
+    parser.add_argument("--model", required=True, metavar="URI_OR_PATH",
+                        help="checkpoint file, runs:/<run_id> or models:/<name>/<version|alias>")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="synthetic CE-T1 on the T1 grid (.nii.gz); sidecar <stem>.json")
+    parser.add_argument("--out-model-grid", type=Path, help="also write the model-grid image")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="registration seed")
+    parser.add_argument("--brainmask-method", choices=("auto", "fsl", "deepbet", "bet-python"),
+                        help="default: the method the model was trained with")
+    parser.add_argument("--model-grid", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                        help="default: the checkpoint's (needed for checkpoints without it)")
+    parser.add_argument("--normalise", choices=("histeq", "percentile"),
+                        help="default: the checkpoint's (needed for checkpoints without it)")
+    parser.add_argument("--keep-work", type=Path, metavar="DIR",
+                        help="keep the intermediate files in DIR (default: a removed temp folder)")
+
+
+def run_predict(args: argparse.Namespace) -> dict:
+    """Synthesize a new patient's CE-T1 from raw T1, T2 and ADC or DWI (preprocessing included)."""
+    import torch
+
+    from cesynth import predict
+
+    torch.set_num_threads(max(1, args.threads))
+    return predict.predict_patient(
+        args.t1, args.t2, args.adc, args.dwi, args.bval, args.bvec, model=args.model,
+        out=args.out, out_model_grid=args.out_model_grid, brainmask_method=args.brainmask_method,
+        model_grid=tuple(args.model_grid) if args.model_grid else None,
+        normalise=args.normalise, threads=args.threads, device=args.device, seed=args.seed,
+        work_dir=args.keep_work)
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` report usage errors as ``error: <command>: <what>`` (exit 2)."""
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"error: {parser.prog}: {message}\n")
+
+    parser.error = error
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "phantom": (_add_phantom, run_phantom),
     "validate": (_add_validate, run_validate),
@@ -180,6 +232,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "brainmask": (_add_brainmask, run_brainmask),
     "register": (_add_register, run_register),
     "metrics": (_add_metrics, run_metrics),
+    "predict": (_add_predict, run_predict),
 }
 
 

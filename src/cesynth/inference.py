@@ -27,7 +27,7 @@ import io
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,9 @@ class Generator:
         source: the checkpoint's file base name (never its directory).
         checkpoint_sha256: SHA-256 (hex) of the checkpoint file's bytes.
         device: where the model runs.
+        preprocessing: how the training images were made (``model_grid``, ``normalise``,
+            ``brainmask``), from the checkpoint; empty for checkpoints written before it was
+            stored.
     """
 
     model: nn.Module
@@ -80,6 +83,7 @@ class Generator:
     source: str
     checkpoint_sha256: str
     device: torch.device
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 def load_generator(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> Generator:
@@ -107,7 +111,8 @@ def load_generator(checkpoint_path: str | Path, device: str | torch.device = "cp
         model = model_from_settings(settings)
     _load_weights(model, checkpoint["model"], path)
     model = model.float().to(target_device).eval().requires_grad_(False)
-    return Generator(model, settings, path.name, hashlib.sha256(data).hexdigest(), target_device)
+    return Generator(model, settings, path.name, hashlib.sha256(data).hexdigest(), target_device,
+                     _checkpoint_preprocessing(checkpoint, path))
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -160,6 +165,14 @@ def _checkpoint_settings(checkpoint: Mapping[str, Any], path: Path) -> TrainSett
         return TrainSettings.from_dict(checkpoint["settings"])
     except (TypeError, ValueError) as err:
         raise InputError(path, f"invalid settings in checkpoint ({_one_line(err)})") from err
+
+
+def _checkpoint_preprocessing(checkpoint: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    preprocessing = checkpoint.get("preprocessing") or {}
+    if not isinstance(preprocessing, Mapping):
+        raise InputError(path, f"invalid preprocessing in checkpoint (a "
+                         f"{type(preprocessing).__name__}, not a mapping)")
+    return dict(preprocessing)
 
 
 def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:

@@ -530,12 +530,17 @@ class Trainer:
         settings: the run's settings.
         tracker: where to log; default :func:`default_tracker` (MLflow when a run is active).
         context: distributed position; default from the environment.
+        preprocessing: how the training images were made (``model_grid``, ``normalise``,
+            ``brainmask``), stored in every checkpoint so that prediction on a new patient
+            prepares its images the same way.
     """
 
     def __init__(self, train_caches: Sequence[Path], val_caches: Sequence[Path], out_dir: Path,
                  settings: TrainSettings, *, tracker: TrainingTracker | None = None,
-                 context: DistContext | None = None):
+                 context: DistContext | None = None,
+                 preprocessing: Mapping[str, Any] | None = None):
         self.settings = settings
+        self.preprocessing = dict(preprocessing or {})
         self.out_dir = Path(out_dir)
         self.context = context or DistContext.from_env()
         self.tracker = tracker if tracker is not None else default_tracker()
@@ -741,6 +746,7 @@ class Trainer:
             "history": self.state.history,
             "rng": _rng_states(),
             "world_size": self.context.world_size,
+            "preprocessing": self.preprocessing,
         }
 
     def save_checkpoint(self, path: Path) -> None:
@@ -984,7 +990,8 @@ def plot_training_curve(history: Mapping[str, Sequence[Mapping[str, float]]],
 
 
 def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
-          settings: TrainSettings, *, tracker: TrainingTracker | None = None) -> dict[str, Any]:
+          settings: TrainSettings, *, tracker: TrainingTracker | None = None,
+          preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume training) a synthesis model; torchrun-aware.
 
     Args:
@@ -994,6 +1001,7 @@ def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
             folder resumes from ``checkpoint_latest.pt``.
         settings: the run's settings.
         tracker: where to log; default MLflow when a run is active, else nothing.
+        preprocessing: stored in the checkpoints (see :class:`Trainer`).
 
     Returns:
         Final metrics and paths, see :meth:`Trainer.on_train_end`.
@@ -1006,12 +1014,13 @@ def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
     device = resolve_device(settings.device, context)
     with distributed_group(context, device):
         trainer = Trainer(train_caches, val_caches, out_dir, settings, tracker=tracker,
-                          context=context)
+                          context=context, preprocessing=preprocessing)
         return trainer.fit()
 
 
 def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[str | Path],
-                     out_dir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
+                     out_dir: str | Path, config: Mapping[str, Any],
+                     preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Workflow glue: :func:`train` with settings from the config's ``train`` mapping.
 
     A workflow reruns training when its settings or its subjects change; only a restart of the
@@ -1023,6 +1032,7 @@ def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[st
         val_caches: validation cache JSONs.
         out_dir: output folder.
         config: setting name -> value (:meth:`TrainSettings.from_dict`).
+        preprocessing: stored in the checkpoints (see :class:`Trainer`).
 
     Returns:
         As :func:`train`.
@@ -1032,7 +1042,7 @@ def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[st
     if DistContext.from_env().is_main:
         set_aside_stale_checkpoints(Path(out_dir), run_fingerprint(settings, train_paths,
                                                                    val_paths))
-    return train(train_paths, val_paths, Path(out_dir), settings)
+    return train(train_paths, val_paths, Path(out_dir), settings, preprocessing=preprocessing)
 
 
 def run_fingerprint(settings: TrainSettings, train_caches: Sequence[Path],

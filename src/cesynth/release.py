@@ -1,0 +1,138 @@
+"""Find the checkpoint of a released model: a file, an MLflow run, or a registered model version.
+
+``cesynth predict --model`` takes any of:
+
+* a path to a checkpoint file (``checkpoint_best.pt`` written by :mod:`cesynth.train`);
+* ``runs:/<run_id>[/...]``: the training run; its ``checkpoint_best.pt`` artifact is used;
+* ``models:/<name>/<version>``, ``models:/<name>/<alias>``, ``models:/<name>@<alias>`` or
+  ``models:/<name>/latest``: a version of a model in the MLflow Model Registry; the checkpoint is
+  the ``checkpoint_best.pt`` artifact of the run that logged that version.
+
+The training run logs the checkpoint as a run artifact and the network under ``model``
+(:class:`cesynth.train.MlflowTracker`); registering ``runs:/<run_id>/model`` makes a version
+whose run this module follows back to the checkpoint. The tracking store is the one MLflow
+uses by default (``MLFLOW_TRACKING_URI``) unless a URI is given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cesynth.io import InputError
+
+CHECKPOINT_ARTIFACT = "checkpoint_best.pt"
+"""The run artifact that holds the model's weights, settings and preprocessing."""
+
+RUNS_SCHEME = "runs:/"
+MODELS_SCHEME = "models:/"
+_MESSAGE_CHARS = 300
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<ref>[^/]+)|@(?P<alias>[^/]+))/?$")
+_NOT_A_MODEL = "not a checkpoint file or an MLflow runs:/ or models:/ URI"
+
+
+def resolve_model(uri_or_path: str | os.PathLike, dst_dir: str | os.PathLike | None = None,
+                  *, tracking_uri: str | None = None) -> Path:
+    """The local checkpoint file a model reference points to, downloaded when it is in MLflow.
+
+    Args:
+        uri_or_path: a checkpoint path, ``runs:/<run_id>/...`` or ``models:/<name>/<ref>``.
+        dst_dir: folder to download into (created if needed); default a new temporary folder
+            that the caller removes. Unused for a file path.
+        tracking_uri: the MLflow tracking store; default MLflow's (``MLFLOW_TRACKING_URI``).
+
+    Returns:
+        The checkpoint file's path.
+
+    Raises:
+        InputError: naming ``uri_or_path``: neither an existing file nor an MLflow URI, an
+            unknown run, model or version, or a run without the checkpoint artifact.
+    """
+    text = os.fspath(uri_or_path)
+    if text.startswith(RUNS_SCHEME):
+        run_id = _run_id_of_run_uri(text)
+    elif text.startswith(MODELS_SCHEME):
+        run_id = _run_id_of_model_uri(text, tracking_uri)
+    elif Path(text).is_file():
+        return Path(text)
+    else:
+        raise InputError(text, _NOT_A_MODEL)
+    return _download_checkpoint(text, run_id, dst_dir, tracking_uri)
+
+
+def _run_id_of_run_uri(uri: str) -> str:
+    run_id = uri[len(RUNS_SCHEME):].strip("/").split("/", 1)[0]
+    if not run_id:
+        raise InputError(uri, "no run ID after runs:/")
+    return run_id
+
+
+def _run_id_of_model_uri(uri: str, tracking_uri: str | None) -> str:
+    """The ID of the run that logged the model version a ``models:/`` URI names."""
+    match = _MODEL_URI.match(uri)
+    if match is None:
+        raise InputError(uri, "expected models:/<name>/<version or alias> or "
+                              "models:/<name>@<alias>")
+    client = _client(tracking_uri)
+    version = _model_version(client, uri, match["name"], match["ref"] or match["alias"])
+    if not version.run_id:
+        raise InputError(uri, f"model version {version.version} was not logged by an MLflow run "
+                              f"(no {CHECKPOINT_ARTIFACT} to fetch)")
+    return str(version.run_id)
+
+
+def _model_version(client: Any, uri: str, name: str, ref: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if ref.isdigit():
+            return client.get_model_version(name, ref)
+        if ref == "latest":
+            return _latest_version(client, uri, name)
+        return client.get_model_version_by_alias(name, ref)
+    except MlflowException as err:
+        raise InputError(uri, f"no such registered model version ({_one_line(err)})") from err
+
+
+def _latest_version(client: Any, uri: str, name: str) -> Any:
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise InputError(uri, f"registered model {name!r} has no versions")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def _download_checkpoint(uri: str, run_id: str, dst_dir: str | os.PathLike | None,
+                         tracking_uri: str | None) -> Path:
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    target = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="cesynth-"))
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(target),
+            tracking_uri=tracking_uri)
+    except (MlflowException, OSError) as err:
+        raise InputError(uri, f"cannot fetch {CHECKPOINT_ARTIFACT} of run {run_id} "
+                              f"({_one_line(err)})") from err
+    path = Path(local)
+    if not path.is_file():
+        raise InputError(uri, f"{CHECKPOINT_ARTIFACT} of run {run_id} is not a file")
+    return path
+
+
+def _client(tracking_uri: str | None) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
+
+
+__all__ = ["CHECKPOINT_ARTIFACT", "resolve_model"]

@@ -1,0 +1,418 @@
+"""Tests for `cesynth predict`: a new patient's raw scans to a synthetic CE-T1 on the T1 grid.
+
+Real files throughout: a two-subject 4 mm phantom cohort, a tiny HR-FCN trained for one short
+epoch on a 32 x 40 x 32 model grid (its checkpoint carries the preprocessing record), ANTs
+registrations, the brain mask of `cesynth.brainmask` and a real SQLite MLflow store. The
+expensive predictions run once per module and are shared by the tests that inspect them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from helpers.workflow import CESYNTH
+from scipy import ndimage
+
+from cesynth import cli, phantom
+from cesynth.data import ValidationVolumes, cache_subject
+from cesynth.inference import load_generator
+from cesynth.io import InputError, is_synthetic, save_nifti, write_json
+from cesynth.normalise import ModelGrid, normalise
+from cesynth.predict import (
+    predict_patient,
+    resolve_preprocessing,
+    sidecar_path,
+    to_native_grid,
+)
+from cesynth.release import CHECKPOINT_ARTIFACT, resolve_model
+from cesynth.tracking import init_store
+from cesynth.train import TrainSettings, model_from_settings, predict_volume, train
+
+GRID = (32, 40, 32)
+PREPROCESSING = {"model_grid": list(GRID), "normalise": "histeq", "brainmask": "auto"}
+SETTINGS = {
+    "model": "hrfcn3d", "width_multiplier": 1 / 16, "blocks_per_module": 1,
+    "stages": [[1, 1.0, 1.0, 1.0, 3e-3]], "patches_per_subject": 3,
+    "checkpoint_every_steps": 0, "seed": 5, "device": "cpu",
+}
+MODALITIES = ("T1w", "T2w", "adc")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def cesynth(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run([CESYNTH, *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env=environment)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def scans(cohort: Path, subject: str) -> dict[str, Path]:
+    base = cohort / subject
+    return {"t1": base / "anat" / f"{subject}_T1w.nii.gz",
+            "t2": base / "anat" / f"{subject}_T2w.nii.gz",
+            "dwi": base / "dwi" / f"{subject}_dwi.nii.gz",
+            "bval": base / "dwi" / f"{subject}_dwi.bval",
+            "bvec": base / "dwi" / f"{subject}_dwi.bvec",
+            "adc": cohort / "derivatives" / "phantom" / subject
+            / f"{subject}_desc-trueadc_adc.nii.gz"}
+
+
+def data(path: Path) -> np.ndarray:
+    return nib.load(str(path)).get_fdata(dtype=np.float32)
+
+
+def sidecar_of(path: Path) -> dict:
+    return json.loads(sidecar_path(path).read_text())
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("patients") / "bids"
+    phantom.make_cohort(out, 2, seed=3, n_set_b=1,
+                        settings=phantom.PhantomSettings(voxel_mm=4.0))
+    return out
+
+
+def _training_subject(root: Path, rng: np.random.Generator) -> Path:
+    """One model-grid subject, histogram-equalised in its mask as the pipeline's are, cached."""
+    mask = np.zeros(GRID, dtype=np.uint8)
+    mask[4:28, 5:35, 6:26] = 1
+    volumes = {m: normalise(ndimage.gaussian_filter(rng.random(GRID), 2.0), mask)
+               for m in MODALITIES}
+    volumes["ceT1w"] = np.clip(0.7 * volumes["T1w"] + 0.3 * volumes["T2w"], 0, 1) * mask
+    affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    paths = {m: save_nifti(v, affine, root / f"sub-t_space-model_desc-norm_{m}.nii.gz")
+             for m, v in volumes.items()}
+    mask_path = save_nifti(mask, affine, root / "sub-t_space-model_desc-brain_mask.nii.gz",
+                           dtype=np.uint8)
+    sidecar = write_json({"foreground_slices": [6, 25]},
+                         root / "sub-t_space-model_desc-brain_mask.json")
+    return cache_subject(paths, mask_path, sidecar, root / "cache")
+
+
+def _stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) -> None:
+    """Rescale the output layer so predictions in the brain span both clipping bounds."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    model = model_from_settings(settings)
+    model.load_state_dict(checkpoint["model"])
+    volumes = ValidationVolumes([cache])[0]
+    raw = predict_volume(model.eval(), torch.from_numpy(volumes.inputs))[0].numpy()
+    low, high = np.percentile(raw[volumes.mask[0] > 0], [15, 85])
+    state = checkpoint["model"]
+    state["output_conv.weight"] = state["output_conv.weight"] / (high - low)
+    state["output_conv.bias"] = (state["output_conv.bias"] - low) / (high - low)
+    torch.save(checkpoint, checkpoint_path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny trained model whose checkpoint records the preprocessing of its training data."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("training")
+    cache = _training_subject(root, np.random.default_rng(0))
+    settings = TrainSettings.from_dict(SETTINGS)
+    summary = train([cache], [], root / "run", settings, preprocessing=PREPROCESSING)
+    _stretch_output(summary["checkpoint_best"], settings, cache)
+    return Path(summary["checkpoint_best"])
+
+
+@pytest.fixture(scope="module")
+def old_checkpoint(checkpoint, tmp_path_factory) -> Path:
+    """The same model as a checkpoint written before the preprocessing record existed."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    del state["preprocessing"]
+    path = tmp_path_factory.mktemp("old") / "checkpoint_old.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dwi_run(cohort, checkpoint, tmp_path_factory) -> dict:
+    """sub-01 from T1, T2 and DWI (ADC fitted here), keeping the work folder."""
+    files = scans(cohort, "sub-01")
+    before = tree_digest(cohort / "sub-01")
+    out_dir = tmp_path_factory.mktemp("dwi_out")
+    summary = predict_patient(files["t1"], files["t2"], dwi=files["dwi"], bval=files["bval"],
+                              bvec=files["bvec"], model=checkpoint,
+                              out=out_dir / "sub-01_synthetic.nii.gz",
+                              work_dir=out_dir / "work")
+    return {"summary": summary, "files": files, "out_dir": out_dir, "before": before,
+            "after": tree_digest(cohort / "sub-01")}
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(checkpoint, tmp_path_factory) -> dict:
+    """A real SQLite store: a run that logged the checkpoint, registered as a model version."""
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.create_run(init_store(uri, "predict-tests"))
+    run_id = run.info.run_id
+    client.log_artifact(run_id, str(checkpoint))
+    client.set_terminated(run_id)
+    client.create_registered_model("cesynth-tiny")
+    version = client.create_model_version("cesynth-tiny", f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias("cesynth-tiny", "champion", version.version)
+    return {"uri": uri, "run_id": run_id, "version": version.version}
+
+
+@pytest.fixture(scope="module")
+def cli_adc_run(cohort, mlflow_store, tmp_path_factory) -> dict:
+    """sub-02 through the command line, from T1, T2 and an ADC map, with the model-grid image;
+    the model is a registered version in the store MLFLOW_TRACKING_URI names."""
+    files = scans(cohort, "sub-02")
+    out_dir = tmp_path_factory.mktemp("adc_out")
+    result = cesynth("predict", "--t1", files["t1"], "--t2", files["t2"], "--adc", files["adc"],
+                     "--model", "models:/cesynth-tiny@champion",
+                     "--out", out_dir / "sub-02_synthetic.nii.gz",
+                     "--out-model-grid", out_dir / "sub-02_space-model_synthetic.nii.gz",
+                     "--keep-work", out_dir / "work",
+                     env={"MLFLOW_TRACKING_URI": mlflow_store["uri"]})
+    return {"result": result, "files": files, "out_dir": out_dir}
+
+
+@pytest.fixture(scope="module")
+def t1_only_run(cohort, checkpoint, tmp_path_factory) -> dict:
+    """sub-02 from the T1 alone, with the temporary folder watched."""
+    temp_root = tmp_path_factory.mktemp("tmpdir")
+    out = tmp_path_factory.mktemp("t1_out") / "sub-02_synthetic.nii.gz"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tempfile.tempdir", str(temp_root))
+        summary = predict_patient(scans(cohort, "sub-02")["t1"], model=checkpoint, out=out)
+    return {"summary": summary, "out": out, "temp_root": temp_root}
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_dwi_prediction_is_a_synthetic_image_on_the_t1_grid(dwi_run, tmp_path_factory):
+    out = dwi_run["out_dir"] / "sub-01_synthetic.nii.gz"
+    img, t1 = nib.load(str(out)), nib.load(str(dwi_run["files"]["t1"]))
+    assert img.shape == t1.shape and img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.affine, t1.affine, atol=1e-4)
+    assert is_synthetic(img)
+
+    prediction = img.get_fdata(dtype=np.float32)
+    brain = data(dwi_run["out_dir"] / "work" / "T1w_desc-brain_mask.nii.gz") > 0
+    assert not np.any(prediction[~brain])
+    inside = prediction[brain]
+    assert inside.min() >= 0 and inside.max() <= 1
+    assert np.count_nonzero((inside > 0) & (inside < 1)) > 0.2 * inside.size
+
+    summary = dwi_run["summary"]
+    assert summary["output"] == str(out) and summary["sidecar"] == str(sidecar_path(out))
+    assert summary["missing_modalities"] == [] and summary["adc_source"] == "dwi"
+    assert summary["preprocessing"]["model_grid"] == list(GRID)
+    assert set(summary["registration"]) == {"T2w", "adc"}
+    assert all(r["mi_after"] > r["mi_before"] for r in summary["registration"].values())
+    assert {"load_model", "fit_adc", "register_T2w", "register_dwi", "brainmask", "model_grid",
+            "synthesize", "to_native", "write", "total"} <= set(summary["seconds"])
+
+
+def test_dwi_prediction_sidecar_names_base_names_only(dwi_run, checkpoint, tmp_path_factory):
+    out = dwi_run["out_dir"] / "sub-01_synthetic.nii.gz"
+    text = sidecar_path(out).read_text()
+    sidecar = json.loads(text)
+    assert sidecar["Synthetic"] is True and sidecar["Space"] == "T1w"
+    assert sidecar["InputModalities"] == list(MODALITIES) and sidecar["MissingModalities"] == []
+    assert sidecar["CheckpointSHA256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert sidecar["ModelSource"] == checkpoint.name
+    assert sidecar["Sources"] == [dwi_run["files"][k].name
+                                  for k in ("t1", "t2", "dwi", "bval", "bvec")]
+    assert sidecar["Preprocessing"]["ModelGrid"] == list(GRID)
+    assert str(tmp_path_factory.getbasetemp()) not in text
+
+
+def test_inputs_are_only_read_and_work_files_are_kept(dwi_run):
+    assert dwi_run["after"] == dwi_run["before"]
+    work = dwi_run["out_dir"] / "work"
+    for name in ("adc.nii.gz", "adc_space-T1w.nii.gz", "T2w_space-T1w.nii.gz",
+                 "space-model_desc-brain_mask.nii.gz", "T1w_space-model_desc-norm.nii.gz"):
+        assert (work / name).is_file(), name
+    assert sorted(p.name for p in dwi_run["out_dir"].iterdir()) == [
+        "sub-01_synthetic.json", "sub-01_synthetic.nii.gz", "work"]
+
+
+def test_cli_with_an_adc_map_prints_a_json_summary(cli_adc_run):
+    result, out_dir = cli_adc_run["result"], cli_adc_run["out_dir"]
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["adc_source"] == "adc" and summary["missing_modalities"] == []
+    assert summary["output"] == str(out_dir / "sub-02_synthetic.nii.gz")
+    assert summary["work_dir"] == str(out_dir / "work")
+    assert "register_adc" in summary["seconds"] and "fit_adc" not in summary["seconds"]
+
+    img, t1 = nib.load(summary["output"]), nib.load(str(cli_adc_run["files"]["t1"]))
+    assert is_synthetic(img) and img.shape == t1.shape
+    assert (out_dir / "work" / "adc_space-T1w.nii.gz").is_file()
+    assert (out_dir / "work" / "model" / CHECKPOINT_ARTIFACT).is_file()
+    sidecar = sidecar_of(Path(summary["output"]))
+    assert sidecar["Sources"] == [cli_adc_run["files"][k].name for k in ("t1", "t2", "adc")]
+    assert sidecar["ModelSource"] == "models:/cesynth-tiny@champion"
+
+
+def test_cli_writes_the_model_grid_image_on_request(cli_adc_run):
+    summary = json.loads(cli_adc_run["result"].stdout)
+    grid_img = nib.load(summary["output_model_grid"])
+    assert grid_img.shape == GRID and is_synthetic(grid_img)
+    assert sidecar_of(Path(summary["output_model_grid"]))["Space"] == "model"
+
+
+def test_missing_t2_and_adc_are_zero_filled_and_recorded(t1_only_run):
+    summary = t1_only_run["summary"]
+    assert summary["missing_modalities"] == ["T2w", "adc"] and summary["registration"] == {}
+    assert summary["adc_source"] is None and summary["work_dir"] is None
+    sidecar = sidecar_of(t1_only_run["out"])
+    assert sidecar["InputModalities"] == ["T1w"]
+    assert sidecar["MissingModalities"] == ["T2w", "adc"]
+    assert sidecar["MissingModalityFill"] == "zeros"
+    assert is_synthetic(nib.load(str(t1_only_run["out"])))
+    assert not list(t1_only_run["temp_root"].glob("cesynth-predict-*"))
+
+
+def test_back_to_native_follows_world_coordinates_and_keeps_the_brain_edge():
+    affine = np.array([[0, -3.0, 0, 50], [2.5, 0, 0, -40], [0, 0, 3.5, -30], [0, 0, 0, 1]])
+    ijk = np.indices((30, 34, 28)).reshape(3, -1)
+    world = (affine[:3, :3] @ ijk + affine[:3, 3:]).reshape(3, 30, 34, 28)
+    ramp = (0.2 + 0.6 * (world[1] - world[1].min()) / np.ptp(world[1])).astype(np.float32)
+    centre = world.reshape(3, -1).mean(axis=1)[:, None, None, None]
+    brain = (np.linalg.norm(world - centre, axis=0) < 30).astype(np.uint8)
+    native_img, mask_img = nib.Nifti1Image(ramp, affine), nib.Nifti1Image(brain, affine)
+    grid = ModelGrid((20, 24, 16))
+    model_mask = grid.resample(mask_img, is_mask=True)
+    prediction = nib.Nifti1Image(np.asarray(grid.resample(native_img).dataobj)
+                                 * np.asarray(model_mask.dataobj), model_mask.affine)
+
+    back = to_native_grid(prediction, model_mask, native_img, mask_img)
+    assert back.shape == ramp.shape and not np.any(back[brain == 0])
+    edge = (brain > 0) & ~ndimage.binary_erosion(brain)
+    error = back - ramp
+    assert np.abs(error[brain > 0]).mean() < 0.01
+    assert abs(error[edge & (back > 0)].mean()) < 0.02
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_dwi_without_bval_is_a_one_line_error(cohort, checkpoint, tmp_path):
+    files = scans(cohort, "sub-01")
+    out = tmp_path / "synthetic.nii.gz"
+    result = cesynth("predict", "--t1", files["t1"], "--dwi", files["dwi"], "--bvec",
+                     files["bvec"], "--model", checkpoint, "--out", out)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"error: {files['dwi']}: a DWI needs its --bval and --bvec files"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_t1_is_a_one_line_error_and_writes_nothing(checkpoint, tmp_path):
+    missing = tmp_path / "nowhere_T1w.nii.gz"
+    out = tmp_path / "out" / "synthetic.nii.gz"
+    result = cesynth("predict", "--t1", missing, "--model", checkpoint, "--out", out)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: {missing}: file not found"]
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_adc_and_dwi_together_are_refused_in_one_line(capsys, cohort, checkpoint, tmp_path):
+    files = scans(cohort, "sub-01")
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["predict", "--t1", str(files["t1"]), "--adc", str(files["adc"]), "--dwi",
+                  str(files["dwi"]), "--model", str(checkpoint), "--out",
+                  str(tmp_path / "x.nii.gz")])
+    assert caught.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cesynth predict: argument --dwi")
+
+
+def test_checkpoint_without_preprocessing_is_refused(capsys, cohort, old_checkpoint, tmp_path):
+    out = tmp_path / "synthetic.nii.gz"
+    code = cli.main(["predict", "--t1", str(scans(cohort, "sub-01")["t1"]), "--model",
+                     str(old_checkpoint), "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith(f"error: {old_checkpoint}: checkpoint has no preprocessing record")
+    assert not list(tmp_path.iterdir())
+
+
+def test_explicit_grid_and_normalisation_stand_in_for_the_record(old_checkpoint):
+    generator = load_generator(old_checkpoint)
+    assert generator.preprocessing == {}
+    prep = resolve_preprocessing(generator, "old", model_grid=GRID, normalise="percentile")
+    assert prep.model_grid == GRID and prep.normalise == "percentile"
+    assert prep.brainmask == "auto"
+    partial = dataclasses.replace(generator, preprocessing={"model_grid": list(GRID)})
+    with pytest.raises(InputError, match="has no normalise in its preprocessing record"):
+        resolve_preprocessing(partial, "partial")
+    assert resolve_preprocessing(partial, "partial", normalise="histeq").model_grid == GRID
+
+
+def test_a_failing_step_leaves_nothing_at_the_output(cohort, checkpoint, tmp_path):
+    flat_t2 = save_nifti(np.ones((8, 8, 8)), np.eye(4), tmp_path / "in" / "flat_T2w.nii.gz")
+    out = tmp_path / "out" / "synthetic.nii.gz"
+    with pytest.raises(InputError, match="constant image") as caught:
+        predict_patient(scans(cohort, "sub-01")["t1"], flat_t2, model=checkpoint, out=out)
+    assert caught.value.who == str(flat_t2)
+    assert not out.exists() and not sidecar_path(out).exists()
+
+
+def test_outputs_may_not_overwrite_inputs(cohort, checkpoint):
+    t1 = scans(cohort, "sub-01")["t1"]
+    before = t1.read_bytes()
+    with pytest.raises(InputError, match="overwrite an input"):
+        predict_patient(t1, model=checkpoint, out=t1)
+    with pytest.raises(InputError, match=r"\.nii or \.nii\.gz"):
+        predict_patient(t1, model=checkpoint, out=t1.with_name("synthetic.mgz"))
+    assert t1.read_bytes() == before
+
+
+# ---------------------------------------------------------------- models in MLflow
+
+
+def test_resolve_model_takes_a_checkpoint_path(checkpoint):
+    assert resolve_model(checkpoint) == checkpoint
+    assert resolve_model(str(checkpoint)) == checkpoint
+
+
+@pytest.mark.parametrize("reference", ["runs:/{run_id}/model", "models:/cesynth-tiny/{version}",
+                                       "models:/cesynth-tiny@champion",
+                                       "models:/cesynth-tiny/latest"])
+def test_resolve_model_downloads_the_runs_checkpoint(reference, mlflow_store, checkpoint,
+                                                     tmp_path):
+    uri = reference.format(**mlflow_store)
+    path = resolve_model(uri, tmp_path / "download", tracking_uri=mlflow_store["uri"])
+    assert path.name == CHECKPOINT_ARTIFACT and path.parent == tmp_path / "download"
+    assert path.read_bytes() == checkpoint.read_bytes()
+    assert load_generator(path).preprocessing == PREPROCESSING
+
+
+@pytest.mark.parametrize(("reference", "problem"), [
+    ("no-such-checkpoint.pt", "not a checkpoint file or an MLflow runs:/ or models:/ URI"),
+    ("models:/cesynth-tiny/99", "no such registered model version"),
+    ("models:/cesynth-tiny", "expected models:/<name>/<version or alias>"),
+    ("runs:/0123456789abcdef/model", "cannot fetch checkpoint_best.pt"),
+])
+def test_resolve_model_refuses_what_it_cannot_find(reference, problem, mlflow_store, tmp_path):
+    with pytest.raises(InputError) as caught:
+        resolve_model(reference, tmp_path, tracking_uri=mlflow_store["uri"])
+    assert caught.value.who == reference and caught.value.problem.startswith(problem)
+    assert "\n" not in str(caught.value)
