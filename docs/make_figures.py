@@ -1,7 +1,8 @@
 """Make the README's pictures from a demo run: `python docs/make_figures.py [BIDS] [RESULTS]`.
 
 Draws one axial slice of each raw modality for a demo subject without a tumor and one with,
-each modality on its own grid, cut at the same world height (through the tumor when there is one).
+each modality on its own grid, cut at the same world height (through the tumor when there is one),
+and the held-out subjects' model-grid inputs, real CE-T1 and synthetic CE-T1.
 """
 
 from __future__ import annotations
@@ -65,6 +66,46 @@ def subject_rows(bids: Path, subjects: list[str], out_png: Path) -> None:
     plt.close(fig)
 
 
+SYNTHESIS_PANELS = (
+    ("T1w", "preproc/{s}/anat/{s}_space-model_desc-norm_T1w.nii.gz"),
+    ("T2w", "preproc/{s}/anat/{s}_space-model_desc-norm_T2w.nii.gz"),
+    ("ADC", "preproc/{s}/anat/{s}_space-model_desc-norm_adc.nii.gz"),
+    ("real CE-T1", "preproc/{s}/anat/{s}_space-model_desc-norm_ceT1w.nii.gz"),
+    ("synthetic CE-T1", "eval/default/{s}/{s}_space-model_desc-synthetic_ceT1w.nii.gz"),
+)
+
+
+def model_grid_slice(results: Path, subject: str) -> int:
+    """The model-grid slice through the tumor mask's centre, else through the brain's centre."""
+    anat = results / "preproc" / subject / "anat"
+    for name in (f"{subject}_space-model_desc-tumor_mask.nii.gz",
+                 f"{subject}_space-model_desc-brain_mask.nii.gz"):
+        if (anat / name).exists():
+            voxels = np.argwhere(np.asanyarray(nib.load(anat / name).dataobj) > 0)
+            if len(voxels):
+                return int(round(voxels[:, 2].mean()))
+    raise ValueError(f"{subject}: no model-grid mask")
+
+
+def synthesis_rows(results: Path, out_png: Path) -> None:
+    subjects = sorted(p.name for p in (results / "eval" / "default").glob("sub-*"))
+    size = (2.4 * len(SYNTHESIS_PANELS), 2.6 * len(subjects))
+    fig, axes = plt.subplots(len(subjects), len(SYNTHESIS_PANELS), figsize=size, squeeze=False)
+    for row, subject in enumerate(subjects):
+        k = model_grid_slice(results, subject)
+        for col, (label, pattern) in enumerate(SYNTHESIS_PANELS):
+            volume = np.asanyarray(nib.load(results / pattern.format(s=subject)).dataobj)
+            ax = axes[row, col]
+            ax.imshow(np.rot90(volume[:, :, k]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(label, fontsize=10)
+        axes[row, 0].set_ylabel(subject, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
 def main(bids: Path, results: Path) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     subject_rows(bids, ["sub-01", "sub-02"], OUT / "demo_subjects.png")
@@ -74,6 +115,8 @@ def main(bids: Path, results: Path) -> None:
     curve = results / "train" / "default" / "training_curve.png"
     if curve.exists():
         shutil.copyfile(curve, OUT / "demo_training_curve.png")
+    if (results / "eval" / "default").is_dir():
+        synthesis_rows(results, OUT / "demo_synthesis.png")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers.checkpoints import stretch_output
 from scipy import ndimage
 
 from cesynth.data import ValidationVolumes, cache_subject
@@ -25,7 +26,7 @@ from cesynth.inference import (
 )
 from cesynth.io import InputError, is_synthetic, save_nifti, write_json
 from cesynth.normalise import to_slice_major
-from cesynth.train import Trainer, TrainSettings, model_from_settings, predict_volume, train
+from cesynth.train import Trainer, TrainSettings, predict_volume, train
 
 GRID_XYZ = (16, 16, 6)
 MASK_SLICES = (1, 4)  # slices the brain mask covers
@@ -73,28 +74,9 @@ def trained(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("run")
     settings = TrainSettings.from_dict(SETTINGS)
     summary = train(caches[:1], caches[1:], out, settings)
-    _stretch_output(summary["checkpoint_best"], settings, caches[1])
+    stretch_output(summary["checkpoint_best"], settings, caches[1])
     return {"checkpoint": summary["checkpoint_best"], "settings": settings, "caches": caches,
             "out": out, "subject": subjects[1], "basetemp": tmp_path_factory.getbasetemp()}
-
-
-def _stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) -> None:
-    """Rescale the output layer so raw predictions in the brain span about -0.25..1.25.
-
-    A model trained for a few steps predicts a narrow, often negative range, which clipping
-    would turn into zeros; this makes both clipping bounds and real values show up in tests.
-    """
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    model = model_from_settings(settings)
-    model.load_state_dict(checkpoint["model"])
-    volumes = ValidationVolumes([cache])[0]
-    raw = predict_volume(model.eval(), torch.from_numpy(volumes.inputs))[0].numpy()
-    low, high = np.percentile(raw[volumes.mask[0] > 0], [15, 85])
-    scale = 1.0 / (high - low)  # output = (raw - low) * scale, the 1x1 output conv rescaled
-    state = checkpoint["model"]
-    state["output_conv.weight"] = state["output_conv.weight"] * scale
-    state["output_conv.bias"] = (state["output_conv.bias"] - low) * scale
-    torch.save(checkpoint, checkpoint_path)
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers.checkpoints import stretch_output
 from helpers.workflow import CESYNTH
 from scipy import ndimage
 
 from cesynth import cli, phantom
-from cesynth.data import ValidationVolumes, cache_subject
+from cesynth.data import cache_subject
 from cesynth.inference import load_generator
 from cesynth.io import InputError, is_synthetic, save_nifti, write_json
 from cesynth.normalise import ModelGrid, normalise
@@ -36,7 +37,7 @@ from cesynth.predict import (
 )
 from cesynth.release import CHECKPOINT_ARTIFACT, resolve_model
 from cesynth.tracking import init_store
-from cesynth.train import TrainSettings, model_from_settings, predict_volume, train
+from cesynth.train import TrainSettings, train
 
 GRID = (32, 40, 32)
 PREPROCESSING = {"model_grid": list(GRID), "normalise": "histeq", "brainmask": "auto"}
@@ -109,20 +110,6 @@ def _training_subject(root: Path, rng: np.random.Generator) -> Path:
     return cache_subject(paths, mask_path, sidecar, root / "cache")
 
 
-def _stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) -> None:
-    """Rescale the output layer so predictions in the brain span both clipping bounds."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    model = model_from_settings(settings)
-    model.load_state_dict(checkpoint["model"])
-    volumes = ValidationVolumes([cache])[0]
-    raw = predict_volume(model.eval(), torch.from_numpy(volumes.inputs))[0].numpy()
-    low, high = np.percentile(raw[volumes.mask[0] > 0], [15, 85])
-    state = checkpoint["model"]
-    state["output_conv.weight"] = state["output_conv.weight"] / (high - low)
-    state["output_conv.bias"] = (state["output_conv.bias"] - low) / (high - low)
-    torch.save(checkpoint, checkpoint_path)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny trained model whose checkpoint records the preprocessing of its training data."""
@@ -131,7 +118,7 @@ def checkpoint(tmp_path_factory) -> Path:
     cache = _training_subject(root, np.random.default_rng(0))
     settings = TrainSettings.from_dict(SETTINGS)
     summary = train([cache], [], root / "run", settings, preprocessing=PREPROCESSING)
-    _stretch_output(summary["checkpoint_best"], settings, cache)
+    stretch_output(summary["checkpoint_best"], settings, cache)
     return Path(summary["checkpoint_best"])
 
 
