@@ -1,5 +1,5 @@
 # cesynth: raw brain MRI -> ADC, co-registration, brain masks, model-grid volumes -> CE-T1
-# synthesis -> evaluation on the held-out Set A and Set B.
+# synthesis -> evaluation on the held-out Set A and Set B -> release to the MLflow registry.
 # This file is the table of contents; each stage lives in rules/<stage>.smk.
 import os
 
@@ -21,6 +21,7 @@ include: "rules/normalise.smk"
 include: "rules/qc.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/release.smk"
 
 
 rule all:

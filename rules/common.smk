@@ -321,6 +321,18 @@ def get_evaluation_metrics(wildcards):
             for name in get_evaluated_experiments() for scan_id in get_evaluation_scans()]
 
 
+def get_release_inputs(wildcards):
+    """The experiment's best checkpoint, and the evaluation summary when it is evaluated."""
+    inputs = {"checkpoint": f"{RESULTS}/train/{wildcards.experiment}/checkpoint_best.pt"}
+    if get_evaluation_scans() and wildcards.experiment in get_evaluated_experiments():
+        inputs["summary"] = f"{EVAL}/summary.tsv"
+    return inputs
+
+
+def get_registered_name(wildcards):
+    return f"{config['release']['registered_model_prefix']}-{wildcards.experiment}"
+
+
 def get_ingest_reports(wildcards=None):
     return [f"{QC}/ingest/sub-{scan_id}.json" for scan_id in SCANS]
 
@@ -335,6 +347,7 @@ def get_final_targets():
     targets += [f"{RESULTS}/train/{name}/checkpoint_best.pt" for name in config["experiments"]]
     if get_evaluation_scans() and get_evaluated_experiments():
         targets.append(f"{EVAL}/tables.md")
+    targets += [f"{RESULTS}/release/{name}.json" for name in config["experiments"]]
     return targets
 
 

@@ -5,6 +5,7 @@ after new data arrives, and a bad subject that stops alone under --keep-going.""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -151,6 +152,30 @@ def test_held_out_subjects_are_synthesized_and_scored(demo_run):
     assert "## Set B: brain and tumor" in (results / "eval" / "tables.md").read_text()
 
 
+def test_the_model_is_registered_and_predicts_a_new_patient_in_one_command(demo_run, tmp_path):
+    workdir, _, _ = demo_run
+    results = workdir / "results-small"
+    record = read_json(results / "release" / "default.json")
+    assert record["model_uri"] == "models:/cesynth-default/1"
+    assert record["scores"]["setB_brain_psnr_mean"] > 0
+    store = f"sqlite:///{results / 'mlflow.db'}"
+    version = mlflow.MlflowClient(store, registry_uri=store).get_model_version(
+        "cesynth-default", "1")
+    assert version.tags["experiment"] == "default" and "setB_tumor_psnr_mean" in version.tags
+
+    raw = workdir / "demo-small" / "bids" / "sub-01"
+    out = tmp_path / "sub-01_synthetic.nii.gz"
+    result = subprocess.run(
+        [CESYNTH, "predict", "--t1", raw / "anat/sub-01_T1w.nii.gz",
+         "--t2", raw / "anat/sub-01_T2w.nii.gz", "--dwi", raw / "dwi/sub-01_dwi.nii.gz",
+         "--bval", raw / "dwi/sub-01_dwi.bval", "--bvec", raw / "dwi/sub-01_dwi.bvec",
+         "--model", record["model_uri"], "--out", out],
+        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": store})
+    assert result.returncode == 0, result.stderr
+    t1 = nib.load(raw / "anat/sub-01_T1w.nii.gz")
+    assert is_synthetic(nib.load(out)) and nib.load(out).shape == t1.shape
+
+
 def test_a_rerun_has_nothing_to_do(demo_run):
     workdir, _, _ = demo_run
     result = snakemake(workdir, "--dry-run", "--configfile", str(SMALL))
@@ -183,7 +208,7 @@ def test_new_subject_reruns_only_its_own_jobs(demo_run, tmp_path):
     # the held-out subject (sub-03, Set B) is synthesized and scored again with the new model.
     gathering = {"assign_sets": 1, "tabulate_qc": 4, "train_model": 1, "all": 1,
                  "synthesize_evaluation_subject": 1, "score_evaluation_subject": 1,
-                 "tabulate_evaluation": 1}
+                 "tabulate_evaluation": 1, "register_model": 1}
     assert jobs == {**per_subject, **gathering}
 
 

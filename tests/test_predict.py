@@ -24,7 +24,7 @@ from helpers.checkpoints import stretch_output
 from helpers.workflow import CESYNTH
 from scipy import ndimage
 
-from cesynth import cli, phantom
+from cesynth import cli, phantom, tracking
 from cesynth.data import cache_subject
 from cesynth.inference import load_generator
 from cesynth.io import InputError, is_synthetic, save_nifti, write_json
@@ -35,7 +35,7 @@ from cesynth.predict import (
     sidecar_path,
     to_native_grid,
 )
-from cesynth.release import CHECKPOINT_ARTIFACT, resolve_model
+from cesynth.release import CHECKPOINT_ARTIFACT, register_release, resolve_model
 from cesynth.tracking import init_store
 from cesynth.train import TrainSettings, train
 
@@ -403,3 +403,13 @@ def test_resolve_model_refuses_what_it_cannot_find(reference, problem, mlflow_st
         resolve_model(reference, tmp_path, tracking_uri=mlflow_store["uri"])
     assert caught.value.who == reference and caught.value.problem.startswith(problem)
     assert "\n" not in str(caught.value)
+
+
+def test_a_checkpoint_without_preprocessing_cannot_be_released(old_checkpoint, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.stage_run("register_model", {"experiment": "old"}, uri=uri), \
+            pytest.raises(InputError, match="no preprocessing record") as caught:
+        register_release(old_checkpoint, "cesynth-old")
+    assert caught.value.who == str(old_checkpoint)
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    assert client.search_registered_models() == []  # nothing half-released

@@ -544,6 +544,26 @@ def paper_tables(summary: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def experiment_scores(summary_path: str | os.PathLike, model: str) -> dict[str, float]:
+    """One model's mean scores per set from ``summary.tsv``, as flat metric names.
+
+    Args:
+        summary_path: the table :func:`tabulate_evaluation` writes.
+        model: the model (experiment) name.
+
+    Returns:
+        ``{"setA_brain_psnr_mean": ..., "setB_tumor_psnr_mean": ...}``; absent values left out.
+    """
+    summary = pd.read_csv(summary_path, sep="\t", na_values=["n/a"], dtype={"model": str})
+    scores = {}
+    for row in summary[summary["model"] == model].to_dict("records"):
+        for column in METRIC_COLUMNS:
+            value = row.get(f"{column}_mean")
+            if value is not None and math.isfinite(float(value)):
+                scores[f"set{row['set']}_{column}_mean"] = float(value)
+    return scores
+
+
 def tabulate_evaluation(json_paths: Sequence[str | os.PathLike],
                         out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the evaluation tables from the per-subject metrics JSONs.
@@ -572,7 +592,8 @@ def tabulate_evaluation(json_paths: Sequence[str | os.PathLike],
 
 __all__ = [
     "DATA_RANGE", "ID_COLUMNS", "METRICS", "METRIC_COLUMNS", "PAPER_REFERENCE", "REGIONS",
-    "check_same_grid", "evaluate_files", "evaluate_subject", "evaluate_volumes", "flatten_metrics",
+    "check_same_grid", "evaluate_files", "evaluate_subject", "evaluate_volumes",
+    "experiment_scores", "flatten_metrics",
     "format_mean_sd", "paired_ttest", "pairwise_ttests", "paper_tables", "psnr_in_mask",
     "read_subject_metrics", "region_metrics", "region_ssim", "ssim_map", "summarise",
     "tabulate_evaluation",

@@ -16,12 +16,17 @@ uses by default (``MLFLOW_TRACKING_URI``) unless a URI is given.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cesynth.data import PATCH_SLICES
 from cesynth.io import InputError
 
 CHECKPOINT_ARTIFACT = "checkpoint_best.pt"
@@ -124,6 +129,62 @@ def _download_checkpoint(uri: str, run_id: str, dst_dir: str | os.PathLike | Non
     return path
 
 
+def register_release(checkpoint_path: str | os.PathLike, registered_name: str, *,
+                     scores: Mapping[str, float] | None = None,
+                     tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Log a trained model to the active MLflow run and register it as a new model version.
+
+    The run gets the network (``model``, with signature and input example on the model grid),
+    the checkpoint (``checkpoint_best.pt``, which :func:`resolve_model` follows) and the
+    evaluation ``scores`` as metrics; the version is tagged with the scores and ``tags``.
+
+    Args:
+        checkpoint_path: a checkpoint of :mod:`cesynth.train` with its preprocessing record.
+        registered_name: the registered model's name (created if new).
+        scores: evaluation figures, e.g. ``{"setA_brain_psnr_mean": 28.2}``; non-finite ones
+            are left out.
+        tags: more version tags (experiment, config hash...).
+
+    Returns:
+        ``name``, ``version``, ``model_uri`` (``models:/<name>/<version>``), ``run_id`` and
+        ``checkpoint_sha256``.
+
+    Raises:
+        InputError: an unusable checkpoint, or one without a preprocessing record.
+    """
+    import mlflow
+
+    from cesynth.inference import load_generator
+    from cesynth.train import MlflowTracker
+
+    checkpoint_path = Path(checkpoint_path)
+    generator = load_generator(checkpoint_path)
+    run_id = mlflow.active_run().info.run_id
+    MlflowTracker().log_final(generator.model, _input_example(generator, checkpoint_path),
+                              [checkpoint_path])
+    finite = {key: float(value) for key, value in (scores or {}).items()
+              if math.isfinite(float(value))}
+    mlflow.log_metrics(finite)
+    version_tags = {**{key: f"{value:.6g}" for key, value in finite.items()}, **(tags or {}),
+                    "checkpoint_sha256": generator.checkpoint_sha256,
+                    "output": "synthetic images, not for diagnosis without review"}
+    version = mlflow.register_model(f"runs:/{run_id}/model", registered_name, tags=version_tags)
+    return {"name": registered_name, "version": int(version.version),
+            "model_uri": f"{MODELS_SCHEME}{registered_name}/{version.version}", "run_id": run_id,
+            "checkpoint_sha256": generator.checkpoint_sha256}
+
+
+def _input_example(generator: Any, checkpoint_path: Path) -> np.ndarray:
+    """A zero patch ``(1, C, 3, Y, X)`` on the checkpoint's model grid."""
+    grid = generator.preprocessing.get("model_grid")
+    if not grid:
+        raise InputError(checkpoint_path, "checkpoint has no preprocessing record; retrain it "
+                                          "with the workflow to release it")
+    cols, rows, _ = (int(n) for n in grid)
+    return np.zeros((1, len(generator.settings.modalities), PATCH_SLICES, rows, cols),
+                    dtype=np.float32)
+
+
 def _client(tracking_uri: str | None) -> Any:
     import mlflow
 
@@ -135,4 +196,4 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
 
 
-__all__ = ["CHECKPOINT_ARTIFACT", "resolve_model"]
+__all__ = ["CHECKPOINT_ARTIFACT", "register_release", "resolve_model"]
