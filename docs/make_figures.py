@@ -48,22 +48,32 @@ def axial_slice(path: Path, volume: int, z_mm: float) -> np.ndarray:
     return np.rot90(data[:, :, int(np.clip(k, 0, data.shape[2] - 1))])
 
 
-def subject_rows(bids: Path, subjects: list[str], out_png: Path) -> None:
-    size = (2.4 * len(PANELS), 2.6 * len(subjects))
-    fig, axes = plt.subplots(len(subjects), len(PANELS), figsize=size)
-    for row, subject in enumerate(subjects):
-        z_mm = world_height(bids, subject)
-        for col, (label, pattern, volume) in enumerate(PANELS):
-            image = axial_slice(bids / subject / pattern.format(s=subject), volume, z_mm)
+def image_grid(rows: dict[str, list[np.ndarray]], titles: list[str], out_png: Path,
+               vmax: float | None = None) -> None:
+    """One row of grey images per subject; ``vmax`` None: each image's 99.5th percentile."""
+    size = (2.4 * len(titles), 2.6 * len(rows))
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=size, squeeze=False)
+    for row, (subject, images) in enumerate(rows.items()):
+        for col, image in enumerate(images):
             ax = axes[row, col]
-            ax.imshow(image, cmap="gray", vmin=0, vmax=np.percentile(image, 99.5))
+            top = np.percentile(image, 99.5) if vmax is None else vmax
+            ax.imshow(image, cmap="gray", vmin=0, vmax=top)
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
-                ax.set_title(label, fontsize=10)
+                ax.set_title(titles[col], fontsize=10)
         axes[row, 0].set_ylabel(subject, fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
+
+
+def subject_rows(bids: Path, subjects: list[str], out_png: Path) -> None:
+    rows = {}
+    for subject in subjects:
+        z_mm = world_height(bids, subject)
+        rows[subject] = [axial_slice(bids / subject / pattern.format(s=subject), volume, z_mm)
+                         for _, pattern, volume in PANELS]
+    image_grid(rows, [label for label, _, _ in PANELS], out_png)
 
 
 SYNTHESIS_PANELS = (
@@ -88,22 +98,13 @@ def model_grid_slice(results: Path, subject: str) -> int:
 
 
 def synthesis_rows(results: Path, out_png: Path) -> None:
-    subjects = sorted(p.name for p in (results / "eval" / "default").glob("sub-*"))
-    size = (2.4 * len(SYNTHESIS_PANELS), 2.6 * len(subjects))
-    fig, axes = plt.subplots(len(subjects), len(SYNTHESIS_PANELS), figsize=size, squeeze=False)
-    for row, subject in enumerate(subjects):
+    rows = {}
+    for subject in sorted(p.name for p in (results / "eval" / "default").glob("sub-*")):
         k = model_grid_slice(results, subject)
-        for col, (label, pattern) in enumerate(SYNTHESIS_PANELS):
-            volume = np.asanyarray(nib.load(results / pattern.format(s=subject)).dataobj)
-            ax = axes[row, col]
-            ax.imshow(np.rot90(volume[:, :, k]), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if row == 0:
-                ax.set_title(label, fontsize=10)
-        axes[row, 0].set_ylabel(subject, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+        rows[subject] = [
+            np.rot90(np.asanyarray(nib.load(results / pattern.format(s=subject)).dataobj)[:, :, k])
+            for _, pattern in SYNTHESIS_PANELS]
+    image_grid(rows, [label for label, _ in SYNTHESIS_PANELS], out_png, vmax=1.0)
 
 
 def main(bids: Path, results: Path) -> None:

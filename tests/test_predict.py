@@ -246,7 +246,8 @@ def test_cli_with_an_adc_map_prints_a_json_summary(cli_adc_run):
     assert summary["adc_source"] == "adc" and summary["missing_modalities"] == []
     assert summary["output"] == str(out_dir / "sub-02_synthetic.nii.gz")
     assert summary["work_dir"] == str(out_dir / "work")
-    assert "register_adc" in summary["seconds"] and "fit_adc" not in summary["seconds"]
+    steps_run = set(summary["seconds"])
+    assert "register_adc" in steps_run and "fit_adc" not in steps_run
 
     img, t1 = nib.load(summary["output"]), nib.load(str(cli_adc_run["files"]["t1"]))
     assert is_synthetic(img) and img.shape == t1.shape
