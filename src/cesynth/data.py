@@ -73,7 +73,7 @@ def cache_subject(
             differ, an image is not RAS, or the foreground slice range is invalid.
     """
     _check_required(image_paths, modalities)
-    mask_img = _load_ras(mask_path)
+    mask_img = load_model_grid_image(mask_path)
     grid = mask_img.shape[:3]
     first, last = read_foreground_slices(sidecar_path, n_slices=grid[2])
     present = {m: image_paths[m] for m in modalities if image_paths.get(m) is not None}
@@ -115,7 +115,8 @@ def _check_required(image_paths: Mapping[str, Any], modalities: Sequence[str]) -
         raise InputError("cache_subject", f"unknown modalities {sorted(unknown)}")
 
 
-def _load_ras(path: str | Path) -> nib.Nifti1Image:
+def load_model_grid_image(path: str | Path) -> nib.Nifti1Image:
+    """Load a 3D RAS-canonical model-grid NIfTI, or raise an InputError naming the file."""
     img = load_nifti(path)
     if nib.aff2axcodes(img.affine) != ("R", "A", "S") or len(img.shape) != 3:
         raise InputError(path, "not a 3D RAS model-grid image (run the normalise stage first)")
@@ -135,7 +136,7 @@ def load_model_grid_volume(path: str | Path, grid: tuple[int, ...]) -> np.ndarra
     Raises:
         InputError: the file is missing, unreadable, not 3D RAS, or not of shape ``grid``.
     """
-    img = _load_ras(path)
+    img = load_model_grid_image(path)
     if img.shape[:3] != grid:
         raise InputError(path, f"grid {img.shape[:3]} differs from the mask grid {grid}")
     return np.ascontiguousarray(to_slice_major(img.get_fdata(dtype=np.float32)))

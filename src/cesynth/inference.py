@@ -37,8 +37,13 @@ import torch
 from torch import nn
 
 from cesynth import __version__
-from cesynth.data import PATCH_SLICES, load_model_grid_volume, read_foreground_slices
-from cesynth.io import InputError, load_nifti, save_nifti, write_json
+from cesynth.data import (
+    PATCH_SLICES,
+    load_model_grid_image,
+    load_model_grid_volume,
+    read_foreground_slices,
+)
+from cesynth.io import InputError, save_nifti, write_json
 from cesynth.normalise import from_slice_major, to_slice_major
 from cesynth.train import (
     CHECKPOINT_FORMAT,
@@ -322,9 +327,9 @@ def synthesize_subject(
     modalities = generator.settings.modalities
     if image_paths.get(modalities[0]) is None:
         raise InputError(modalities[0], "required input image is missing")
-    mask_img = load_nifti(mask_path)
+    mask_img = load_model_grid_image(mask_path)
     grid = tuple(mask_img.shape[:3])
-    brain = from_slice_major(load_model_grid_volume(mask_path, grid)) > 0
+    brain = np.asarray(mask_img.dataobj) > 0
     first, last = read_foreground_slices(mask_sidecar_path, n_slices=grid[2])
     used = {m: Path(p) for m in modalities if (p := image_paths.get(m)) is not None}
     _log_ignored(image_paths, modalities)
