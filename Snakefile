@@ -29,3 +29,9 @@ rule all:
     input:
         get_final_targets(),
     default_target: True
+
+
+rule study:
+    """The phantom reproduction study's tables and figures (config/profiles/study.yaml)."""
+    input:
+        get_study_targets(),

@@ -5,7 +5,7 @@ Run by hand (not a test)::
     .venv/bin/python benchmarks/bench_sampler.py [--subjects 3] [--patches 300] [--reps 3]
 
 Writes synthetic model-grid subjects (192x256x192, RAS: 192 slices of 256x192, three inputs and
-a target), caches them with :func:`cesynth.data.cache_subject`, then times whole epochs of
+a target), caches them with :func:`cesynth.cache.cache_subject`, then times whole epochs of
 :func:`cesynth.data.make_loader` (batch 3) with 0, 1 and 2 workers, with and without
 augmentation (flip + jitter). One warm-up epoch per setting runs first, so the cache files are in
 the page cache as they are during training. Prints patches per second (median of ``--reps``
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from machine import describe_cpu  # benchmarks/machine.py (scripts run from their folder)
 
-from cesynth.data import Augmentation, PatchDataset, cache_subject, make_loader
+from cesynth.cache import cache_subject
+from cesynth.data import Augmentation, PatchDataset, make_loader
 from cesynth.io import save_nifti, write_json
 
 GRID = (192, 256, 192)  # RAS (x, y, z)

@@ -2,12 +2,13 @@
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cesynth import ingest, phantom, tracking  # noqa: E402
+from cesynth import experiments, ingest, phantom, tracking  # noqa: E402
 from cesynth.io import bids_path  # noqa: E402
 from cesynth.jobs import ENV_EXPERIMENT, ENV_RESULTS_DIR, ENV_TRACKING_URI  # noqa: E402
 
@@ -21,6 +22,7 @@ BENCH = f"{RESULTS}/benchmarks"
 PREPROC = f"{RESULTS}/preproc"
 QC = f"{RESULTS}/qc"
 EVAL = f"{RESULTS}/eval"
+SPLIT_FRACTIONS = ingest.SplitFractions.from_config(config["sets"])
 TRACKING_URI = tracking.default_tracking_uri(RESULTS, config["mlflow"]["tracking_uri"])
 
 os.environ[ENV_TRACKING_URI] = TRACKING_URI
@@ -70,11 +72,29 @@ def get_scans():
 SCANS = get_scans()
 
 
+def get_experiments():
+    """Every training run: declared experiments, sweep points and, when enabled, the cascade."""
+    found = experiments.expand(
+        config["train"], config["experiments"], config["sweeps"], config["evaluation"]["reference"]
+    )
+    if config["cascade"]["enabled"]:
+        found.update(experiments.cascade_experiments(config["train"], config["cascade"]["train"]))
+    if any(c.startswith("cascade-") for c in config["evaluation"]["conditions"]):
+        if not config["cascade"]["enabled"]:
+            raise ValueError("evaluation.conditions has a cascade condition: set cascade.enabled")
+    return found
+
+
+EXPERIMENTS = get_experiments()
+
+
 wildcard_constraints:
     subject="[a-zA-Z0-9]+",
     modality="T1w|T2w|adc|ceT1w",
     stage="[a-z]+",
-    experiment="[a-zA-Z0-9]+",
+    experiment="[a-zA-Z0-9-]+",
+    trunk="t[0-9a-f]+",
+    model="[a-zA-Z0-9-]+",
 
 
 def get_scan(wildcards):
@@ -249,11 +269,11 @@ def get_qc_rows(wildcards):
 
 def get_split(scan_id):
     scan = SCANS[scan_id]
-    return ingest.scan_split(scan.set, scan.participant, config["sets"]["validation_fraction"])
+    return ingest.scan_split(scan.set, scan.participant, SPLIT_FRACTIONS)
 
 
 def get_training_caches(split):
-    """Input function: the training caches of every Set A scan in ``split``."""
+    """Input function: the training caches of every Set A scan in ``split`` (train, validation)."""
 
     def caches(wildcards):
         scan_ids = [scan_id for scan_id in SCANS if get_split(scan_id) == split]
@@ -270,28 +290,107 @@ def get_model_grid_images(wildcards):
 
 
 def get_train_settings(wildcards):
-    return get_train_settings_of(wildcards.experiment)
+    """The settings that shape the experiment's result (execution settings come from the job)."""
+    return _shaping(EXPERIMENTS[wildcards.experiment].settings)
 
 
-def get_train_settings_of(experiment):
-    """The ``train`` config with the experiment's overrides."""
-    settings = {**config["train"], **config["experiments"][experiment]}
-    settings.pop("gpus")
-    return settings
+def get_trunk_settings(wildcards):
+    return _shaping(experiments.trunk_settings(TRUNKS[wildcards.trunk]))
 
 
-EVALUATION_SPLITS = ("validation", "test")  # the paper's test sets: Set A held out, and Set B
+def _shaping(settings):
+    return {k: v for k, v in settings.items() if k not in experiments.EXECUTION_SETTINGS}
 
 
-def get_evaluation_scans():
-    """Scans the models are scored on: the held-out Set A subjects and Set B."""
-    return [scan_id for scan_id in SCANS if get_split(scan_id) in EVALUATION_SPLITS]
+def get_trunks():
+    """Trunk ID -> the settings of one experiment that starts from it (all stages)."""
+    trunks = {}
+    for experiment in EXPERIMENTS.values():
+        trunk = experiments.trunk_id(experiment.settings)
+        if trunk is not None:
+            trunks.setdefault(trunk, experiment.settings)
+    return trunks
 
 
-def get_evaluated_experiments():
-    """Experiments whose model synthesizes the CE-T1 (T1->T2 and T1->ADC models are not scored)."""
-    return [name for name in config["experiments"]
-            if get_train_settings_of(name).get("target", "ceT1w") == "ceT1w"]
+TRUNKS = get_trunks()
+
+
+def get_trunk_checkpoint(wildcards):
+    """The shared checkpoint the experiment's last stage starts from (none for one stage)."""
+    trunk = experiments.trunk_id(EXPERIMENTS[wildcards.experiment].settings)
+    return {} if trunk is None else {"trunk": f"{RESULTS}/train/trunks/{trunk}/checkpoint_final.pt"}
+
+
+def get_preprocessing_record():
+    """How the training images were made, stored in every checkpoint."""
+    return {
+        "model_grid": config["model_grid"]["shape"],
+        "normalise": config["normalise"]["method"],
+        "brainmask": config["brainmask"]["method"],
+    }
+
+
+def get_sweep_tags(wildcards):
+    """The sweeps an experiment is a point of (its MLflow run goes under the first's parent)."""
+    return [sweep for sweep, _ in EXPERIMENTS[wildcards.experiment].sweeps]
+
+
+EVALUATION_SPLITS = ("test",)  # the reported sets: Set A test and Set B; validation never
+
+
+def get_evaluation_scans(target="ceT1w"):
+    """The reported scans (Set A test, Set B) that have ``target`` to score against."""
+    scans = [scan_id for scan_id in SCANS if get_split(scan_id) in EVALUATION_SPLITS]
+    needs = {"T2w": "t2w", "adc": "dwi"}.get(target)
+    return [s for s in scans if needs is None or getattr(SCANS[s], needs) is not None]
+
+
+def get_evaluated_models():
+    """Evaluated name -> (experiment or None for a floor, input condition or "full")."""
+    models = {
+        name: (name, "full") for name, e in EXPERIMENTS.items() if e.target == "ceT1w"
+    }
+    reference = config["evaluation"]["reference"]
+    for condition in config["evaluation"]["conditions"]:
+        models[experiments.variant_name(reference, condition)] = (reference, condition)
+    for floor in config["evaluation"]["floors"]:
+        models[experiments.FLOOR_PREFIX + floor] = (None, "full")
+    return models
+
+
+EVALUATED = get_evaluated_models()
+
+
+def get_cascade_models():
+    return [name for name, e in EXPERIMENTS.items() if e.target != "ceT1w"]
+
+
+def _constraint(names):
+    return "|".join(sorted(names)) or "(?!)"
+
+
+def get_full_input_models():
+    full = [n for n, (e, v) in EVALUATED.items() if e is not None and v == "full"]
+    return _constraint(full + get_cascade_models())
+
+
+def get_floor_inputs(wildcards):
+    """The T1 floor reads the T1; the regression floor every input and its fitted model."""
+    images = get_synthesis_inputs(wildcards)
+    if wildcards.floor == "t1":
+        return {"T1w": images["T1w"]}
+    return {**images, "model": rules.fit_voxel_regression.output.model}
+
+
+def get_conditions():
+    return _constraint(config["evaluation"]["conditions"])
+
+
+def get_evaluated_checkpoint(wildcards):
+    """The checkpoint evaluation uses (``evaluation.checkpoint``: final or best)."""
+    experiment = getattr(wildcards, "experiment", None) or wildcards.model
+    which = config["evaluation"]["checkpoint"]
+    return f"{RESULTS}/train/{experiment}/checkpoint_{which}.pt"
 
 
 def get_synthesis_inputs(wildcards):
@@ -299,6 +398,44 @@ def get_synthesis_inputs(wildcards):
     images = get_model_grid_images(wildcards)
     images.pop("ceT1w", None)
     return images
+
+
+def get_condition_inputs(wildcards):
+    """The inputs under an input condition: zeroed ones left out, cascade ones synthesized."""
+    kind, modalities = experiments.condition_inputs(wildcards.condition)
+    images = get_synthesis_inputs(wildcards)
+    for modality in modalities:
+        images.pop(modality, None)
+        if kind == "cascade":
+            images[modality] = get_synthetic_path(
+                experiments.CASCADE_PREFIX + modality, wildcards.subject, modality
+            )
+    return images
+
+
+def get_zeroed_inputs(wildcards):
+    kind, modalities = experiments.condition_inputs(wildcards.condition)
+    return list(modalities) if kind == "zero" else []
+
+
+def get_synthetic_path(model, subject, modality="ceT1w"):
+    return f"{EVAL}/{model}/sub-{subject}/sub-{subject}_space-model_desc-synthetic_{modality}.nii.gz"
+
+
+def get_model_target(model):
+    """What an evaluated model synthesizes (a cascade model: its input modality)."""
+    experiment = EXPERIMENTS.get(model)
+    return experiment.target if experiment is not None else "ceT1w"
+
+
+def get_scored_image(wildcards):
+    target = get_model_target(wildcards.model)
+    return {
+        "image": get_synthetic_path(wildcards.model, wildcards.subject, target),
+        "target": preproc("anat", target, space="model", desc="norm").format(
+            subject=wildcards.subject
+        ),
+    }
 
 
 def get_tumor_mask(wildcards):
@@ -317,14 +454,75 @@ def get_evaluation_tumor_mask(wildcards):
 
 
 def get_evaluation_metrics(wildcards):
-    return [f"{EVAL}/{name}/sub-{scan_id}/sub-{scan_id}_metrics.json"
-            for name in get_evaluated_experiments() for scan_id in get_evaluation_scans()]
+    """Every scored (model, subject): the CE-T1 models, conditions and floors, the cascade."""
+    pairs = [(model, s) for model in EVALUATED for s in get_evaluation_scans()]
+    for model in get_cascade_models():
+        pairs += [(model, s) for s in get_evaluation_scans(EXPERIMENTS[model].target)]
+    return [f"{EVAL}/{model}/sub-{s}/sub-{s}_metrics.json" for model, s in pairs]
+
+
+def get_catalog():
+    """One row per evaluated model for the paper's tables (cesynth.paper selects from it)."""
+    reference = config["evaluation"]["reference"]
+    return [
+        experiments.catalog_row(name, EXPERIMENTS.get(experiment), variant, reference)
+        for name, (experiment, variant) in EVALUATED.items()
+    ]
+
+
+def get_regression_subjects(wildcards=None):
+    """Model-grid images (and brain mask) of each Set A training scan, by modality."""
+    subjects = []
+    for scan_id in SCANS:
+        if get_split(scan_id) != "train":
+            continue
+        images = get_model_grid_images(SimpleNamespace(subject=scan_id))
+        images["mask"] = preproc("anat", "mask", space="model", desc="brain").format(
+            subject=scan_id
+        )
+        subjects.append(images)
+    return subjects
+
+
+def get_regression_training_images(wildcards):
+    return [path for images in get_regression_subjects() for path in images.values()]
+
+
+PANEL_SUBJECTS = 3  # reported subjects drawn in the Fig. 4-like panel (Set B first)
+
+
+def get_panel_layout():
+    """Subject -> {panel: image, "slice_mask": tumor or brain mask} for the synthesis panel."""
+    reported = get_evaluation_scans()
+    chosen = sorted(reported, key=lambda s: (SCANS[s].set != "B", s))[:PANEL_SUBJECTS]
+    models = [m for m, (e, v) in EVALUATED.items() if v == "full"]
+    layout = {}
+    for scan_id in chosen:
+        images = get_model_grid_images(SimpleNamespace(subject=scan_id))
+        panels = {m: images[m] for m in ("T1w", "T2w", "adc") if m in images}
+        panels["truth"] = images["ceT1w"]
+        panels.update({model: get_synthetic_path(model, scan_id) for model in models})
+        mask = "tumor" if SCANS[scan_id].tumor_mask is not None else "brain"
+        panels["slice_mask"] = preproc("anat", "mask", space="model", desc=mask).format(
+            subject=scan_id
+        )
+        layout[scan_id] = panels
+    return layout
+
+
+def get_panel_images(wildcards):
+    return [path for panels in get_panel_layout().values() for path in panels.values()]
+
+
+def get_study_targets():
+    """The phantom study's outputs: the evaluation tables, the paper's tables and figures."""
+    return [f"{EVAL}/tables.md", f"{EVAL}/paper/paper_tables.md", f"{EVAL}/paper/fig4_synthesis.png"]
 
 
 def get_release_inputs(wildcards):
-    """The experiment's best checkpoint, and the evaluation summary when it is evaluated."""
-    inputs = {"checkpoint": f"{RESULTS}/train/{wildcards.experiment}/checkpoint_best.pt"}
-    if get_evaluation_scans() and wildcards.experiment in get_evaluated_experiments():
+    """The experiment's evaluated checkpoint, and the evaluation summary when it is evaluated."""
+    inputs = {"checkpoint": get_evaluated_checkpoint(wildcards)}
+    if get_evaluation_scans() and wildcards.experiment in EVALUATED:
         inputs["summary"] = f"{EVAL}/summary.tsv"
     return inputs
 
@@ -344,9 +542,9 @@ def get_final_targets():
     targets += [f"{QC}/{stage}.tsv" for stage in QC_STAGES]
     for scan_id in SCANS:
         targets += get_subject_targets(scan_id)
-    targets += [f"{RESULTS}/train/{name}/checkpoint_best.pt" for name in config["experiments"]]
-    if get_evaluation_scans() and get_evaluated_experiments():
-        targets.append(f"{EVAL}/tables.md")
+    targets += [f"{RESULTS}/train/{name}/checkpoint_final.pt" for name in EXPERIMENTS]
+    if get_evaluation_scans() and EVALUATED:
+        targets += get_study_targets()
     targets += [f"{RESULTS}/release/{name}.json" for name in config["experiments"]]
     return targets
 
@@ -358,12 +556,12 @@ onstart:
 onsuccess:
     ingest.tabulate_reports(
         sorted(Path(QC, "ingest").glob("sub-*.json")), f"{QC}/ingest.tsv",
-        config["sets"]["validation_fraction"],
+        SPLIT_FRACTIONS,
     )
 
 
 onerror:
     ingest.tabulate_reports(
         sorted(Path(QC, "ingest").glob("sub-*.json")), f"{QC}/ingest.tsv",
-        config["sets"]["validation_fraction"],
+        SPLIT_FRACTIONS,
     )

@@ -1,5 +1,6 @@
-# Evaluation: each experiment's best model synthesizes the CE-T1 of the held-out subjects (Set A
-# validation, Set B), which are scored in the brain (and the expert tumor masks for Set B).
+# Evaluation: every model synthesizes the reported subjects (Set A test, Set B; never the
+# validation subjects, which only select), scored in the brain and, for Set B, in the tumor.
+# Input conditions (zeroed or cascade-filled inputs) and floors (no deep model) are scored alike.
 
 
 rule resample_tumor_mask_to_model_grid:
@@ -25,21 +26,24 @@ rule resample_tumor_mask_to_model_grid:
 
 
 rule synthesize_evaluation_subject:
-    """The synthetic CE-T1 of one held-out subject from one experiment's best checkpoint."""
+    """The synthetic image of one reported subject from one model's evaluated checkpoint."""
     input:
         unpack(get_synthesis_inputs),
-        checkpoint=rules.train_model.output.best,
+        checkpoint=get_evaluated_checkpoint,
         mask=rules.resample_mask_to_model_grid.output.mask,
         mask_sidecar=rules.resample_mask_to_model_grid.output.sidecar,
     output:
-        image=f"{EVAL}/{{experiment}}/sub-{{subject}}/sub-{{subject}}_space-model_desc-synthetic_ceT1w.nii.gz",
-        sidecar=f"{EVAL}/{{experiment}}/sub-{{subject}}/sub-{{subject}}_space-model_desc-synthetic_ceT1w.json",
+        image=get_synthetic_path("{model}", "{subject}", "{target}"),
+        sidecar=get_synthetic_path("{model}", "{subject}", "{target}").replace(".nii.gz", ".json"),
     log:
-        f"{LOGS}/synthesize_evaluation_subject/{{experiment}}_sub-{{subject}}.log",
+        f"{LOGS}/synthesize_evaluation_subject/{{model}}_sub-{{subject}}_{{target}}.log",
     benchmark:
-        f"{BENCH}/synthesize_evaluation_subject/{{experiment}}_sub-{{subject}}.tsv"
+        f"{BENCH}/synthesize_evaluation_subject/{{model}}_sub-{{subject}}_{{target}}.tsv"
+    wildcard_constraints:
+        model=get_full_input_models(),
+        target="ceT1w|T2w|adc",
     params:
-        device=config["train"]["device"],
+        zeroed=[],
     threads: 2
     resources:
         mem_mb=8000,
@@ -50,19 +54,95 @@ rule synthesize_evaluation_subject:
         "../workflow_scripts/synthesize_evaluation_subject.py"
 
 
-rule score_evaluation_subject:
-    """MAE, PSNR and SSIM of one synthetic CE-T1 in the brain (and the tumor for Set B)."""
+rule synthesize_input_condition:
+    """The reference model with inputs zeroed or replaced by the cascade's (paper Fig. 10)."""
     input:
-        unpack(get_evaluation_tumor_mask),
-        image=rules.synthesize_evaluation_subject.output.image,
-        target=preproc("anat", "ceT1w", space="model", desc="norm"),
+        unpack(get_condition_inputs),
+        checkpoint=get_evaluated_checkpoint,
+        mask=rules.resample_mask_to_model_grid.output.mask,
+        mask_sidecar=rules.resample_mask_to_model_grid.output.sidecar,
+    output:
+        image=get_synthetic_path("{experiment}--{condition}", "{subject}"),
+        sidecar=get_synthetic_path("{experiment}--{condition}", "{subject}").replace(
+            ".nii.gz", ".json"
+        ),
+    log:
+        f"{LOGS}/synthesize_input_condition/{{experiment}}--{{condition}}_sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/synthesize_input_condition/{{experiment}}--{{condition}}_sub-{{subject}}.tsv"
+    wildcard_constraints:
+        experiment=config["evaluation"]["reference"],
+        condition=get_conditions(),
+    params:
+        zeroed=get_zeroed_inputs,
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/synthesize_evaluation_subject.py"
+
+
+rule fit_voxel_regression:
+    """The regression floor: CE-T1 from polynomial features of T1, T2, ADC, on Set A training."""
+    input:
+        images=get_regression_training_images,
+    output:
+        model=f"{EVAL}/floor-regression/voxel_regression.json",
+    log:
+        f"{LOGS}/fit_voxel_regression/fit_voxel_regression.log",
+    benchmark:
+        f"{BENCH}/fit_voxel_regression/fit_voxel_regression.tsv"
+    params:
+        subjects=get_regression_subjects,
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/fit_voxel_regression.py"
+
+
+rule synthesize_floor:
+    """A floor's prediction: the normalised T1 itself, or the voxel-wise regression."""
+    input:
+        unpack(get_floor_inputs),
         mask=rules.resample_mask_to_model_grid.output.mask,
     output:
-        metrics=f"{EVAL}/{{experiment}}/sub-{{subject}}/sub-{{subject}}_metrics.json",
+        image=get_synthetic_path("floor-{floor}", "{subject}"),
+        sidecar=get_synthetic_path("floor-{floor}", "{subject}").replace(".nii.gz", ".json"),
     log:
-        f"{LOGS}/score_evaluation_subject/{{experiment}}_sub-{{subject}}.log",
+        f"{LOGS}/synthesize_floor/{{floor}}_sub-{{subject}}.log",
     benchmark:
-        f"{BENCH}/score_evaluation_subject/{{experiment}}_sub-{{subject}}.tsv"
+        f"{BENCH}/synthesize_floor/{{floor}}_sub-{{subject}}.tsv"
+    wildcard_constraints:
+        floor="t1|regression",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/synthesize_floor.py"
+
+
+rule score_evaluation_subject:
+    """MAE, PSNR and SSIM of one synthetic image in the brain (and the tumor for Set B)."""
+    input:
+        unpack(get_scored_image),
+        unpack(get_evaluation_tumor_mask),
+        mask=rules.resample_mask_to_model_grid.output.mask,
+    output:
+        metrics=f"{EVAL}/{{model}}/sub-{{subject}}/sub-{{subject}}_metrics.json",
+    log:
+        f"{LOGS}/score_evaluation_subject/{{model}}_sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/score_evaluation_subject/{{model}}_sub-{{subject}}.tsv"
     params:
         set_name=get_scan_set,
     threads: 1
@@ -76,7 +156,7 @@ rule score_evaluation_subject:
 
 
 rule tabulate_evaluation:
-    """Per-subject metrics of every experiment, their means, paired t-tests and the paper's tables."""
+    """Per-subject metrics of every model, their means, paired t-tests and the paper's tables."""
     input:
         metrics=get_evaluation_metrics,
     output:
@@ -96,3 +176,48 @@ rule tabulate_evaluation:
         "../envs/cesynth.yaml"
     script:
         "../workflow_scripts/tabulate_evaluation.py"
+
+
+rule tabulate_paper:
+    """The paper's Tables I-III and V and Figs. 7, 9, 10 from the sweeps, beside its values."""
+    input:
+        metrics=rules.tabulate_evaluation.output.metrics,
+    output:
+        tables=f"{EVAL}/paper/paper_tables.md",
+    log:
+        f"{LOGS}/tabulate_paper/tabulate_paper.log",
+    benchmark:
+        f"{BENCH}/tabulate_paper/tabulate_paper.tsv"
+    params:
+        catalog=get_catalog(),
+        sweeps=experiments.sweep_members(EXPERIMENTS),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/tabulate_paper.py"
+
+
+rule plot_synthesis_panel:
+    """A Fig. 4-like panel: inputs, truth, each model's synthesis and its error, through the tumor."""
+    input:
+        images=get_panel_images,
+    output:
+        panel=f"{EVAL}/paper/fig4_synthesis.png",
+    log:
+        f"{LOGS}/plot_synthesis_panel/plot_synthesis_panel.log",
+    benchmark:
+        f"{BENCH}/plot_synthesis_panel/plot_synthesis_panel.tsv"
+    params:
+        panels=get_panel_layout(),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/plot_synthesis_panel.py"

@@ -51,7 +51,7 @@ rule validate_subject:
 
 
 rule assign_sets:
-    """Set A train/validation (by participant ID hash) and Set B, over the validated subjects."""
+    """Set A train/validation/test (by participant ID hash) and Set B, over the validated subjects."""
     input:
         reports=get_ingest_reports(),
     output:
@@ -61,7 +61,7 @@ rule assign_sets:
     benchmark:
         f"{BENCH}/assign_sets.tsv"
     params:
-        validation_fraction=config["sets"]["validation_fraction"],
+        sets=config["sets"],
     threads: 1
     resources:
         mem_mb=1000,

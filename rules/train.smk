@@ -20,17 +20,44 @@ rule cache_training_subject:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../envs/torch.yaml"
+        "../envs/cesynth.yaml"
     script:
         "../workflow_scripts/cache_training_subject.py"
 
 
-rule train_model:
-    """The generator of one experiment, trained on Set A (validated on the held-out Set A)."""
+rule train_trunk:
+    """Every stage but the last, once for all the experiments that share them."""
     input:
         train=get_training_caches("train"),
         validation=get_training_caches("validation"),
     output:
+        checkpoint=f"{RESULTS}/train/trunks/{{trunk}}/checkpoint_final.pt",
+    log:
+        f"{LOGS}/train_trunk/{{trunk}}.log",
+    benchmark:
+        f"{BENCH}/train_trunk/{{trunk}}.tsv"
+    params:
+        settings=get_trunk_settings,
+        preprocessing=get_preprocessing_record(),
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=config["train"]["gpus"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/train_model.py"
+
+
+rule train_model:
+    """One experiment's last stage (from its shared trunk) on Set A training, selected on validation."""
+    input:
+        unpack(get_trunk_checkpoint),
+        train=get_training_caches("train"),
+        validation=get_training_caches("validation"),
+    output:
+        final=f"{RESULTS}/train/{{experiment}}/checkpoint_final.pt",
         best=f"{RESULTS}/train/{{experiment}}/checkpoint_best.pt",
         curve=f"{RESULTS}/train/{{experiment}}/training_curve.png",
     log:
@@ -39,11 +66,8 @@ rule train_model:
         f"{BENCH}/train_model/{{experiment}}.tsv"
     params:
         settings=get_train_settings,
-        preprocessing={
-            "model_grid": config["model_grid"]["shape"],
-            "normalise": config["normalise"]["method"],
-            "brainmask": config["brainmask"]["method"],
-        },
+        preprocessing=get_preprocessing_record(),
+        sweeps=get_sweep_tags,
     threads: 2
     resources:
         mem_mb=16000,

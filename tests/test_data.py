@@ -1,4 +1,4 @@
-"""Tests for the training-data cache, patch sampler and validation volumes (cesynth.data)."""
+"""Tests for the training cache (cesynth.cache), patch sampler and validation volumes (.data)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from cesynth.cache import cache_subject
 from cesynth.data import (
     Augmentation,
     CachedSubject,
     EpochSampler,
     PatchDataset,
     ValidationVolumes,
-    cache_subject,
     make_loader,
 )
 from cesynth.io import InputError, save_nifti, write_json

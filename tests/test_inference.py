@@ -17,16 +17,19 @@ import torch
 from helpers.checkpoints import stretch_output
 from scipy import ndimage
 
-from cesynth.data import ValidationVolumes, cache_subject
+from cesynth.cache import cache_subject
+from cesynth.data import ValidationVolumes
 from cesynth.inference import (
     Generator,
     load_generator,
+    predict_volume,
     synthesize,
     synthesize_subject,
 )
 from cesynth.io import InputError, is_synthetic, save_nifti, write_json
 from cesynth.normalise import to_slice_major
-from cesynth.train import Trainer, TrainSettings, predict_volume, train
+from cesynth.settings import TrainSettings
+from cesynth.train import Trainer, train
 
 GRID_XYZ = (16, 16, 6)
 MASK_SLICES = (1, 4)  # slices the brain mask covers

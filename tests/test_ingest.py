@@ -23,18 +23,19 @@ from helpers.bids_builder import (
 
 from cesynth.ingest import (
     ScanFiles,
+    SplitFractions,
     assign_splits,
     discover_bids,
     exclusion_report,
     expected_scan,
     list_dicom_subjects,
+    participant_split,
     rescan,
     rescan_files,
     tabulate_reports,
     validate_and_report,
     validate_dataset,
     validate_scan,
-    validation_split,
     write_scan_report,
     write_sets_table,
 )
@@ -248,7 +249,7 @@ def test_subject_without_t2_and_dwi_is_kept_and_reported_missing(tmp_path):
     report = validate_scan(scans[1])
     assert report["status"] == "included"
     assert report["missing"] == ["T2w", "dwi"]
-    table = assign_splits(scans, 0.1)
+    table = assign_splits(scans, SplitFractions(0.1, 0.2))
     assert table.set_index("scan_id").loc["02", ["has_T2w", "has_dwi"]].tolist() == [False,
                                                                                        False]
 
@@ -269,7 +270,8 @@ def test_sessions_give_distinct_scan_ids(tmp_path):
                                                                       ("01ses2", "01", "2")]
     assert scans[1].t1w.name == "sub-01_ses-2_T1w.nii.gz"
     assert validate_scan(scans[0])["scan_id"] == "01ses1"
-    assert len(set(assign_splits(scans, 0.5)["split"])) == 1  # one patient, one side
+    one_patient = assign_splits(scans, SplitFractions(0.5, 0.2))["split"]
+    assert len(set(one_patient)) == 1  # one patient, one side
 
 
 def test_colliding_scan_ids_are_rejected(tmp_path):
@@ -298,7 +300,8 @@ def test_set_from_tumor_mask_without_set_column(tmp_path):
     scans = discover_bids(root)
     assert [scan.set for scan in scans] == ["A", "B"]
     assert scans[1].tumor_mask is not None
-    assert assign_splits(scans, 0.1).set_index("scan_id").loc["02", "split"] == "test"
+    splits = assign_splits(scans, SplitFractions(0.1, 0.2)).set_index("scan_id")["split"]
+    assert splits["02"] == "test"
 
 
 def test_bad_set_value_names_participants_tsv(tmp_path):
@@ -322,38 +325,53 @@ def test_not_a_bids_dataset_is_rejected(tmp_path):
 
 
 def test_split_is_stable_when_subjects_are_added(tmp_path):
+    fractions = SplitFractions(0.2, 0.2)
     first = [f"{i:03d}" for i in range(50)]
     second = [f"{i:03d}" for i in range(50, 100)]
-    before = {p: validation_split(p, 0.2) for p in first}
-    after = {p: validation_split(p, 0.2) for p in first + second}
+    before = {p: participant_split(p, fractions) for p in first}
+    after = {p: participant_split(p, fractions) for p in first + second}
     assert all(after[p] == before[p] for p in first)
-    share = sum(s == "validation" for s in after.values()) / len(after)
-    assert 0.1 <= share <= 0.3
-    many = [validation_split(f"p{i}", 0.1) for i in range(2000)]
+    many = [participant_split(f"p{i}", SplitFractions(0.1, 0.2)) for i in range(2000)]
     assert abs(many.count("validation") / 2000 - 0.1) < 0.025
+    assert abs(many.count("test") / 2000 - 0.2) < 0.03
 
 
 def test_split_is_sha256_of_the_participant_label():
     for label in ("001", "abc", "P42"):
         position = int(hashlib.sha256(label.encode()).hexdigest()[:16], 16) / 2.0**64
-        for fraction in (0.1, 0.5, 0.9):
-            expected = "validation" if position < fraction else "train"
-            assert validation_split(label, fraction) == expected
+        for validation, test in ((0.1, 0.2), (0.5, 0.3), (0.0, 0.9)):
+            expected = ("validation" if position < validation else
+                        "test" if position < validation + test else "train")
+            assert participant_split(label, SplitFractions(validation, test)) == expected
 
 
-def test_split_rejects_a_bad_fraction():
-    with pytest.raises(ValueError):
-        validation_split("01", 1.5)
+@pytest.mark.parametrize(("validation", "test"), [(1.5, 0.1), (-0.1, 0.1), (0.6, 0.5)])
+def test_split_rejects_bad_fractions(validation, test):
+    with pytest.raises(ValueError, match="split fractions"):
+        SplitFractions(validation, test)
+
+
+def test_a_participant_with_a_tumor_mask_in_one_session_is_set_b_in_all(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01", session="pre")
+    add_subject(root, "01", session="post", tumor_mask=True)
+    add_subject(root, "02", session="pre")
+    scans = {scan.scan_id: scan for scan in discover_bids(root)}
+    assert scans["01sespre"].set == scans["01sespost"].set == "B"
+    assert scans["02sespre"].set == "A"
+    splits = assign_splits(scans.values()).set_index("scan_id")["split"]
+    assert splits["01sespre"] == splits["01sespost"] == "test"
 
 
 def test_splits_on_disk_are_stable_when_subjects_are_added(tmp_path):
     root = make_dataset(tmp_path / "bids")
     for i in range(3):
         add_subject(root, f"{i:02d}", modalities=("T1w",))
-    before = assign_splits(discover_bids(root), 0.5).set_index("scan_id")["split"]
+    fractions = SplitFractions(0.4, 0.3)
+    before = assign_splits(discover_bids(root), fractions).set_index("scan_id")["split"]
     for i in range(3, 6):
         add_subject(root, f"{i:02d}", modalities=("T1w",))
-    after = assign_splits(discover_bids(root), 0.5).set_index("scan_id")["split"]
+    after = assign_splits(discover_bids(root), fractions).set_index("scan_id")["split"]
     assert after.loc[before.index].tolist() == before.tolist()
 
 
@@ -369,7 +387,7 @@ def test_source_tree_is_unchanged_by_discovery_and_validation(tmp_path):
             validate_scan(scan)
         except InputError:
             pass
-    assign_splits(discover_bids(root), 0.1)
+    assign_splits(discover_bids(root))
     assert tree_fingerprint(root) == before
 
 
@@ -389,14 +407,14 @@ def test_tabulate_reports_lists_included_and_excluded_scans(tmp_path):
         reports.append(path)
     assert read_json(reports[1])["status"] == "excluded"
     out = tmp_path / "qc" / "ingest.tsv"
-    table = tabulate_reports(reports, out, validation_fraction=0.1)
+    table = tabulate_reports(reports, out, SplitFractions(0.1, 0.2))
     on_disk = read_tsv(out)
     assert on_disk["status"].tolist() == ["included", "excluded"]
     assert on_disk["reason"].tolist()[1] == "sub-02: sub-02_dwi.bval: 3 b-values for 7 volumes"
     assert pd.isna(on_disk["reason"].tolist()[0])
     assert on_disk["missing"].tolist()[1] == "T2w"
     assert on_disk["modalities"].tolist()[0] == "T1w,ceT1w,T2w,dwi"
-    assert table["split"].tolist()[0] in ("train", "validation")
+    assert table["split"].tolist()[0] in ("train", "validation", "test")
     assert list(on_disk.columns) == ["scan_id", "participant", "session", "set", "split",
                                      "status", "reason", "modalities", "missing"]
     assert not list(out.parent.glob(".*"))  # no temporary files left behind
@@ -460,7 +478,7 @@ def test_validate_dataset_and_sets_table(tmp_path):
     add_subject(root, "02", tumor_mask=True)
     bad = add_subject(root, "03")
     bad["bval"].unlink()
-    table = validate_dataset(root, 0.1, out_tsv=tmp_path / "ingest.tsv")
+    table = validate_dataset(root, SplitFractions(0.1, 0.2), out_tsv=tmp_path / "ingest.tsv")
     assert table["status"].tolist() == ["included", "included", "excluded"]
     assert read_tsv(tmp_path / "ingest.tsv")["scan_id"].tolist() == ["01", "02", "03"]
     reports = []
@@ -477,7 +495,7 @@ def test_validate_dataset_and_sets_table(tmp_path):
         reports.append(path)
     table = tabulate_reports(sorted((tmp_path / "qc").glob("sub-*.json")), tmp_path / "i.tsv")
     assert table["status"].tolist() == ["included", "included", "excluded"]
-    sets = write_sets_table(reports, tmp_path / "sets.tsv", 0.1)
+    sets = write_sets_table(reports, tmp_path / "sets.tsv", SplitFractions(0.1, 0.2))
     assert sets["scan_id"].tolist() == ["01", "02"]
     assert sets["split"].tolist()[1] == "test"
     assert sets["has_tumor_mask"].tolist() == [False, True]

@@ -25,7 +25,7 @@ from helpers.workflow import CESYNTH
 from scipy import ndimage
 
 from cesynth import cli, phantom, tracking
-from cesynth.data import cache_subject
+from cesynth.cache import cache_subject
 from cesynth.inference import load_generator
 from cesynth.io import InputError, is_synthetic, save_nifti, write_json
 from cesynth.normalise import ModelGrid, normalise
@@ -36,8 +36,9 @@ from cesynth.predict import (
     to_native_grid,
 )
 from cesynth.release import CHECKPOINT_ARTIFACT, register_release, resolve_model
+from cesynth.settings import TrainSettings
 from cesynth.tracking import init_store
-from cesynth.train import TrainSettings, train
+from cesynth.train import train
 
 GRID = (32, 40, 32)
 PREPROCESSING = {"model_grid": list(GRID), "normalise": "histeq", "brainmask": "auto"}

@@ -22,20 +22,19 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cesynth import train as train_module
-from cesynth.data import cache_subject
-from cesynth.io import InputError, save_nifti, write_json
-from cesynth.models import build_model
-from cesynth.train import (
+from cesynth.cache import cache_subject
+from cesynth.checkpoint import (
     CHECKPOINT_BEST,
     CHECKPOINT_LATEST,
-    EXIT_PREEMPTED,
-    Stage,
-    TrainSettings,
-    predict_volume,
-    psnr_in_mask,
-    train,
+    run_fingerprint,
+    set_aside_stale_checkpoints,
 )
+from cesynth.evaluate import psnr_in_mask
+from cesynth.inference import predict_volume
+from cesynth.io import InputError, save_nifti, write_json
+from cesynth.models import build_model
+from cesynth.settings import Stage, TrainSettings
+from cesynth.train import EXIT_PREEMPTED, train
 
 GRID_XYZ = (16, 16, 6)
 FOREGROUND = (1, 5)
@@ -54,6 +53,8 @@ RUNNER = textwrap.dedent("""
     from pathlib import Path
     import torch
     from cesynth import train as T
+    from cesynth.distributed import DistContext, distributed_group
+    from cesynth.settings import TrainSettings
 
     class SlowAfterCheckpoint(T.Trainer):
         def on_step_end(self):
@@ -63,9 +64,9 @@ RUNNER = textwrap.dedent("""
 
     torch.set_num_threads(1)
     spec = json.loads(Path(sys.argv[1]).read_text())
-    settings = T.TrainSettings.from_dict(spec["settings"])
-    context = T.DistContext.from_env()
-    with T.distributed_group(context, torch.device("cpu")):
+    settings = TrainSettings.from_dict(spec["settings"])
+    context = DistContext.from_env()
+    with distributed_group(context, torch.device("cpu")):
         trainer = SlowAfterCheckpoint([Path(p) for p in spec["train"]],
                                       [Path(p) for p in spec["val"]], Path(spec["out"]), settings)
         trainer.fit()
@@ -350,13 +351,13 @@ def test_t1_to_t2_model_trains_on_the_same_caches(caches, tmp_path):
 def test_only_a_restart_of_the_same_run_keeps_its_checkpoints(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    assert not train_module.set_aside_stale_checkpoints(out, "aaaa")  # nothing there yet
-    (out / train_module.CHECKPOINT_LATEST).write_bytes(b"latest")
-    (out / train_module.CHECKPOINT_BEST).write_bytes(b"best")
-    assert not train_module.set_aside_stale_checkpoints(out, "aaaa")  # same run restarted: resume
-    assert (out / train_module.CHECKPOINT_LATEST).read_bytes() == b"latest"
-    assert train_module.set_aside_stale_checkpoints(out, "bbbb")  # other settings or subjects
-    assert not (out / train_module.CHECKPOINT_LATEST).exists()
+    assert not set_aside_stale_checkpoints(out, "aaaa")  # nothing there yet
+    (out / CHECKPOINT_LATEST).write_bytes(b"latest")
+    (out / CHECKPOINT_BEST).write_bytes(b"best")
+    assert not set_aside_stale_checkpoints(out, "aaaa")  # same run restarted: resume
+    assert (out / CHECKPOINT_LATEST).read_bytes() == b"latest"
+    assert set_aside_stale_checkpoints(out, "bbbb")  # other settings or subjects
+    assert not (out / CHECKPOINT_LATEST).exists()
     assert (out / "checkpoint_latest.superseded.pt").read_bytes() == b"latest"
     assert (out / "checkpoint_best.superseded.pt").read_bytes() == b"best"
 
@@ -364,10 +365,10 @@ def test_only_a_restart_of_the_same_run_keeps_its_checkpoints(tmp_path):
 def test_fingerprint_follows_settings_and_caches(tmp_path):
     cache = tmp_path / "sub-01_cache.json"
     cache.write_text("{}")
-    base = train_module.TrainSettings()
-    first = train_module.run_fingerprint(base, [cache], [])
-    assert first == train_module.run_fingerprint(train_module.TrainSettings(), [cache], [])
-    assert first != train_module.run_fingerprint(train_module.TrainSettings(seed=1), [cache], [])
+    base = TrainSettings()
+    first = run_fingerprint(base, [cache], [])
+    assert first == run_fingerprint(TrainSettings(), [cache], [])
+    assert first != run_fingerprint(TrainSettings(seed=1), [cache], [])
     other = tmp_path / "sub-02_cache.json"
     other.write_text("{}")
-    assert first != train_module.run_fingerprint(base, [cache, other], [])
+    assert first != run_fingerprint(base, [cache, other], [])

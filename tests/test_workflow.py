@@ -80,7 +80,7 @@ def test_dry_run_of_the_demo_dag_has_every_stage(tmp_path):
     assert jobs["tabulate_qc"] == 4
     assert jobs["assign_sets"] == 1
     assert jobs["cache_training_subject"] == 2  # Set A; sub-03 is Set B (test only)
-    assert jobs["train_model"] == 1
+    assert jobs["train_trunk"] == 1 and jobs["train_model"] == 1
 
 
 def test_experiments_fan_out_as_training_runs(tmp_path):
@@ -91,6 +91,7 @@ def test_experiments_fan_out_as_training_runs(tmp_path):
     jobs = dry_run_jobs(tmp_path, "--configfile", str(REPO / "config/profiles/demo-small.yaml"),
                         str(config))
     assert jobs["train_model"] == 3
+    assert jobs["train_trunk"] == 2  # local30 has one stage: no trunk
     assert jobs["cache_training_subject"] == 2
 
 
@@ -152,3 +153,82 @@ def test_python_code_passes_ruff():
     result = subprocess.run([str(ruff), "check", "src", "tests", "workflow_scripts", "benchmarks",
                              "docs"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def job_inputs(workdir: Path, *args: str) -> dict[str, list[set[str]]]:
+    """Rule -> the input files of each of its jobs, from a dry run's job listing."""
+    result = snakemake(workdir, "--dry-run", *args)
+    jobs: dict[str, list[set[str]]] = {}
+    rule = None
+    for line in result.stdout.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+            rule = stripped.split()[1].rstrip(":")
+            jobs.setdefault(rule, []).append(set())
+        elif stripped.startswith("input:") and rule is not None:
+            jobs[rule][-1].update(p.strip() for p in stripped[6:].split(","))
+    return jobs
+
+
+def test_no_reported_subject_is_seen_by_training_or_selection(tmp_path):
+    from cesynth.ingest import SplitFractions, assign_splits, discover_bids
+
+    participants = [f"{i:02d}" for i in range(24)]
+    sessions = {p: ["pre", "post"] for p in participants[:8]}
+    tumor_in_one_session = participants[:2]  # sessions of a Set B participant stay together
+    bids = touch_bids(tmp_path / "bids", dict.fromkeys(participants, FULL), sessions=sessions,
+                      tumor_masks=participants[10:13])
+    for participant in tumor_in_one_session:
+        _touch(bids / "derivatives" / "tumor_masks" / f"sub-{participant}" / "ses-post" / "anat"
+               / f"sub-{participant}_ses-post_desc-tumor_mask.nii.gz")
+    sweeps = {"lossweights": {"stage2": [[1, 10]]}}
+    jobs = job_inputs(tmp_path, *bids_config(bids, sweeps=sweeps,
+                                             evaluation={"floors": ["regression"]}))
+    table = assign_splits(discover_bids(bids), SplitFractions(0.1, 0.35)).set_index("scan_id")
+    reported = set(table.index[table["split"] == "test"])
+    validation = set(table.index[table["split"] == "validation"])
+    assert reported >= {"00sespre", "00sespost", "01sespre", "01sespost", "10", "11", "12"}
+    assert reported - {"00sespre", "00sespost", "01sespre", "01sespost", "10", "11", "12"}
+    assert validation
+    seen = {rule: set().union(*inputs) for rule, inputs in jobs.items()}
+    fitted = seen["train_trunk"] | seen["train_model"] | seen["fit_voxel_regression"]
+    fitted_scans = {_scan_of(path) for path in fitted} - {None}
+    assert fitted_scans and not fitted_scans & reported
+    assert {_scan_of(p) for p in seen["fit_voxel_regression"]} - {None} <= set(
+        table.index[table["split"] == "train"])
+    scored = {_scan_of(p) for p in seen["score_evaluation_subject"]} - {None}
+    assert scored == reported  # validation subjects select; they are never reported
+
+
+def _scan_of(path: str) -> str | None:
+    for part in Path(path).parts:
+        if part.startswith("sub-"):
+            return part.removeprefix("sub-").split("_")[0]
+    return None
+
+
+def test_a_declared_sweep_fans_out_and_stage_two_points_share_stage_one(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({
+        "sweeps": {"lossweights": {"stage2": [[1, 10], [1, 30], [0.1, 10]]},
+                   "delta": {"delta": [0.05]}, "models": {"model": ["model_b", "unet2d"]}},
+        "cascade": {"enabled": True},
+        "evaluation": {"conditions": ["zero-adc", "cascade-T2w-adc"], "floors": ["t1"]}}))
+    args = ("--configfile", str(REPO / "config/profiles/demo-small.yaml"), str(config))
+    jobs = dry_run_jobs(tmp_path, *args)
+    # default (= lossweights 0.1x10), 1x10, 1x30, delta, 2 models, 2 cascade models
+    assert jobs["train_model"] == 8
+    # one shared trunk for the three loss-weight points; delta, each model, each cascade own one
+    assert jobs["train_trunk"] == 1 + 1 + 2 + 2
+    inputs = job_inputs(tmp_path, *args)
+    trunks = [path for job in inputs["train_model"] for path in job if "/trunks/" in path]
+    assert len(trunks) == 8 and len(set(trunks)) == 6
+    assert jobs["synthesize_input_condition"] == 2  # 2 conditions x 1 reported subject
+    assert jobs["synthesize_floor"] == 1
+    assert jobs["tabulate_paper"] == 1
+    names = {p.split("/eval/")[1].split("/")[0] for job in inputs["score_evaluation_subject"]
+             for p in job if "/eval/" in p}
+    assert {"default", "lossweights-1x10", "lossweights-1x30", "delta-0p05", "models-modelb",
+            "models-unet2d", "default--zero-adc", "default--cascade-T2w-adc", "floor-t1",
+            "cascade-T2w", "cascade-adc"} == names
+

@@ -6,13 +6,14 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 from cesynth import ingest  # noqa: E402
 from cesynth.jobs import run_job  # noqa: E402
 
-fraction = snakemake.params.validation_fraction
+sets = snakemake.params.sets
+fractions = ingest.SplitFractions.from_config(sets)
 
 
 def work():
-    sets = ingest.write_sets_table(snakemake.input.reports, snakemake.output.sets, fraction)
-    counts = sets.groupby("split").size().to_dict()
+    table = ingest.write_sets_table(snakemake.input.reports, snakemake.output.sets, fractions)
+    counts = table.groupby("split").size().to_dict()
     return {f"n_{split}": int(n) for split, n in counts.items()}
 
 
-run_job(snakemake, work, params={"validation_fraction": fraction})
+run_job(snakemake, work, params=sets)

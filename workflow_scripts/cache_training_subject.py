@@ -1,9 +1,9 @@
-"""Rule cache_training_subject: glue only, the work is cesynth.data.cache_subject."""
+"""Rule cache_training_subject: glue only, the work is cesynth.cache.cache_subject (no torch)."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from cesynth import data
+from cesynth import cache
 from cesynth.jobs import run_job
 
 inputs = snakemake.input
@@ -12,8 +12,8 @@ IMAGES = ("T1w", "T2w", "adc", "ceT1w")
 
 def work():
     images = {name: inputs[name] for name in IMAGES if name in inputs.keys()}
-    data.cache_subject(images, inputs.mask, inputs.sidecar, snakemake.output.cache,
-                       modalities=snakemake.params.modalities)
+    cache.cache_subject(images, inputs.mask, inputs.sidecar, snakemake.output.cache,
+                        modalities=snakemake.params.modalities)
     return {f"has_{name}": True for name in images}
 
 

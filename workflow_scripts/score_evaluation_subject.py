@@ -11,7 +11,7 @@ def work():
     record = evaluate.evaluate_subject(
         snakemake.input.image, snakemake.input.target, snakemake.input.mask,
         snakemake.output.metrics, subject=snakemake.wildcards.subject,
-        set_name=snakemake.params.set_name, model=snakemake.wildcards.experiment,
+        set_name=snakemake.params.set_name, model=snakemake.wildcards.model,
         tumor_mask_path=snakemake.input.get("tumor_mask"))
     flat = evaluate.flatten_metrics(record)
     return {key: value for key, value in flat.items() if value == value}  # NaN: region absent

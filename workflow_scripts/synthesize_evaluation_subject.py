@@ -1,4 +1,5 @@
-"""Rule synthesize_evaluation_subject: glue only, the work is cesynth.inference."""
+"""Rules synthesize_evaluation_subject, synthesize_input_condition: glue only, the work is
+cesynth.inference."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
@@ -7,14 +8,15 @@ from cesynth import inference
 from cesynth.jobs import run_job
 
 MODALITIES = ("T1w", "T2w", "adc")
+device = snakemake.config["train"]["device"]  # how the job runs, not what it computes
 
 
 def work():
-    generator = inference.load_generator(snakemake.input.checkpoint, snakemake.params.device)
+    generator = inference.load_generator(snakemake.input.checkpoint, device)
     images = {m: snakemake.input.get(m) for m in MODALITIES}
     summary = inference.synthesize_subject(
         generator, images, snakemake.input.mask, snakemake.input.mask_sidecar,
-        snakemake.output.image, snakemake.output.sidecar)
+        snakemake.output.image, snakemake.output.sidecar, zeroed=snakemake.params.zeroed)
     return {key: value for key, value in summary.items() if isinstance(value, int | float)}
 
 

@@ -73,14 +73,18 @@ def run_phantom(args: argparse.Namespace) -> dict:
 def _add_validate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bids", required=True, type=Path, help="BIDS dataset to check")
     parser.add_argument("--out", type=Path, help="write the per-subject table here (TSV)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--validation-fraction", type=float, default=0.1,
+                        help="share of Set A participants for validation (selection)")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="share of Set A participants reported as test set A")
 
 
 def run_validate(args: argparse.Namespace) -> dict:
     """Check every subject of a BIDS dataset as the pipeline's ingest does."""
     from cesynth import ingest
 
-    table = ingest.validate_dataset(args.bids, args.validation_fraction, out_tsv=args.out)
+    fractions = ingest.SplitFractions(args.validation_fraction, args.test_fraction)
+    table = ingest.validate_dataset(args.bids, fractions, out_tsv=args.out)
     excluded = table[table["status"] == "excluded"]
     for reason in excluded["reason"]:
         print(f"error: {reason}", file=sys.stderr)

@@ -5,14 +5,18 @@ model-grid files (or arrays) and returns or writes the synthetic image. ``cesynt
 the MLflow-registry release build on it.
 
 * :func:`load_generator` rebuilds the model a checkpoint of :mod:`cesynth.train` describes
-  (:func:`cesynth.train.model_from_settings`) and loads its weights strictly. The checkpoint is
-  unpickled with ``weights_only=True`` (plus the numpy types of the saved RNG states), so a
-  tampered file cannot run code; its SHA-256 is recorded for provenance.
-* :func:`synthesize` predicts the foreground slices as validation does
-  (:func:`cesynth.train.predict_volume`, 3-slice windows, overlaps averaged), in float32 and
-  without autocast. A modality the model takes but the subject lacks is filled with zeros (the
-  paper's rule for missing inputs); the T1 (the model's first input) is required. The result is
-  0 outside the brain mask and outside the foreground slices, and clipped to [0, 1].
+  (:func:`cesynth.models.model_from_settings`) and loads its weights strictly. The checkpoint is
+  read by :func:`cesynth.checkpoint.read_checkpoint_bytes` (``weights_only=True`` plus the numpy
+  types of the saved RNG states), so a tampered file cannot run code; its SHA-256 is recorded
+  for provenance.
+* :func:`predict_volume` is the window inference that training's validation uses too: 3-slice
+  windows (:func:`window_starts`, stride ``validation_stride``, the last window aligned to the
+  last slice), overlapping predictions averaged.
+* :func:`synthesize` predicts the foreground slices as validation does (:func:`predict_volume`),
+  in float32 and without autocast. A modality the model takes but the subject lacks is filled
+  with zeros (the paper's rule for missing inputs); the T1 (the model's first input) is
+  required. The result is 0 outside the brain mask and outside the foreground slices, and
+  clipped to [0, 1].
 * :func:`synthesize_subject` adds the files: model-grid NIfTIs in, a NIfTI marked synthetic in
   its header (:func:`cesynth.io.save_nifti`) and a JSON sidecar out. Everything is computed
   before anything is written, and the sidecar names files by base name only (hospital paths can
@@ -21,12 +25,10 @@ the MLflow-registry release build on it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,22 +39,18 @@ import torch
 from torch import nn
 
 from cesynth import __version__
-from cesynth.data import (
+from cesynth.cache import (
     PATCH_SLICES,
     load_model_grid_image,
     load_model_grid_volume,
     read_foreground_slices,
 )
+from cesynth.checkpoint import read_checkpoint_bytes
+from cesynth.distributed import DistContext, resolve_device
 from cesynth.io import InputError, save_nifti, write_json
+from cesynth.models import model_from_settings
 from cesynth.normalise import from_slice_major, to_slice_major
-from cesynth.train import (
-    CHECKPOINT_FORMAT,
-    DistContext,
-    TrainSettings,
-    model_from_settings,
-    predict_volume,
-    resolve_device,
-)
+from cesynth.settings import TrainSettings
 
 _log = logging.getLogger(__name__)
 
@@ -109,8 +107,7 @@ def load_generator(checkpoint_path: str | Path, device: str | torch.device = "cp
     """
     path = Path(checkpoint_path)
     target_device = _resolve_device(device)
-    data = _read_bytes(path)
-    checkpoint = _unpickle(data, path)
+    checkpoint, data = read_checkpoint_bytes(path)
     settings = _checkpoint_settings(checkpoint, path)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten anyway
         model = model_from_settings(settings)
@@ -126,43 +123,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if device not in DEVICES:
         raise InputError("device", f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     return resolve_device(device, DistContext())
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as err:
-        raise InputError(path, "checkpoint not found") from err
-    except OSError as err:
-        raise InputError(path, f"unreadable checkpoint ({_one_line(err)})") from err
-
-
-def _unpickle(data: bytes, path: Path) -> dict[str, Any]:
-    """The checkpoint dict, loaded onto the CPU without running pickled code."""
-    try:
-        with _numpy_safe_globals():
-            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged or foreign files
-        raise InputError(path, f"unreadable checkpoint ({_one_line(err)})") from err
-    if not isinstance(checkpoint, dict) or not {"settings", "model"} <= checkpoint.keys():
-        raise InputError(path, "not a cesynth training checkpoint (no settings and model)")
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"checkpoint format {checkpoint.get('format')!r} is not "
-                         f"{CHECKPOINT_FORMAT}")
-    return checkpoint
-
-
-@contextlib.contextmanager
-def _numpy_safe_globals() -> Iterator[None]:
-    """Allow the numpy types of the saved numpy RNG state in a ``weights_only`` load."""
-    allowed = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    if safe_globals is None:  # torch 2.4: only the process-wide allow-list exists
-        torch.serialization.add_safe_globals(allowed)
-        yield
-        return
-    with safe_globals(allowed):
-        yield
 
 
 def _checkpoint_settings(checkpoint: Mapping[str, Any], path: Path) -> TrainSettings:
@@ -191,6 +151,58 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: Pat
 def _one_line(err: BaseException) -> str:
     text = " ".join(f"{type(err).__name__}: {err}".split())
     return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
+
+
+# ---------------------------------------------------------------- window inference
+
+
+def window_starts(n_slices: int, window: int = PATCH_SLICES, stride: int = 1) -> list[int]:
+    """First slices of the windows that cover ``n_slices`` (the last one ends on the last slice).
+
+    Args:
+        n_slices: slices of the volume (>= ``window``).
+        window: slices per window.
+        stride: step between windows.
+
+    Returns:
+        Sorted window starts.
+    """
+    if n_slices < window:
+        raise ValueError(f"{n_slices} slices cannot hold a {window}-slice window")
+    starts = list(range(0, n_slices - window + 1, stride))
+    if starts[-1] != n_slices - window:
+        starts.append(n_slices - window)
+    return starts
+
+
+@torch.no_grad()
+def predict_volume(model: nn.Module, inputs: torch.Tensor, *, stride: int = 1,
+                   batch_size: int = 3, window: int = PATCH_SLICES) -> torch.Tensor:
+    """Predict a whole slice-major volume with a 3-slice model, averaging overlapping windows.
+
+    Args:
+        model: maps ``(N, C, window, Y, X)`` to ``(N, 1, window, Y, X)``; used as it is (call
+            ``model.eval()`` first).
+        inputs: ``(C, Z, Y, X)`` on the model's device.
+        stride: slices between window starts (1: every slice is predicted up to 3 times).
+        batch_size: windows per forward pass.
+        window: slices per window.
+
+    Returns:
+        ``(1, Z, Y, X)`` float32 prediction on the inputs' device.
+    """
+    _, n_slices, height, width = inputs.shape
+    total = torch.zeros((1, n_slices, height, width), dtype=torch.float32, device=inputs.device)
+    counts = torch.zeros((1, n_slices, 1, 1), dtype=torch.float32, device=inputs.device)
+    starts = window_starts(n_slices, window, stride)
+    for first in range(0, len(starts), batch_size):
+        chunk = starts[first:first + batch_size]
+        batch = torch.stack([inputs[:, s:s + window] for s in chunk])
+        output = model(batch).float()
+        for start, predicted in zip(chunk, output, strict=True):
+            total[:, start:start + window] += predicted
+            counts[:, start:start + window] += 1
+    return total / counts
 
 
 # ---------------------------------------------------------------- arrays
@@ -417,5 +429,5 @@ def _write_outputs(prediction: np.ndarray, affine: np.ndarray, sidecar: Mapping[
         raise
 
 
-__all__ = ["DEVICES", "Generator", "load_generator", "missing_modalities", "provenance_sidecar",
-           "synthesize", "synthesize_subject"]
+__all__ = ["DEVICES", "Generator", "load_generator", "missing_modalities", "predict_volume",
+           "provenance_sidecar", "synthesize", "synthesize_subject", "window_starts"]

@@ -274,8 +274,17 @@ def _scans_of_subject(root: Path, subject_dir: Path, sets: dict[str, str]) -> li
         return [_scan_files(root, subject_dir, participant, None, sets)]
     if any((subject_dir / kind).is_dir() for kind in ("anat", "dwi")):
         raise InputError(subject_dir.name, "has both ses-* folders and session-less anat/dwi")
-    return [_scan_files(root, ses_dir, participant, _label_of(ses_dir, "ses-"), sets)
-            for ses_dir in session_dirs]
+    scans = [_scan_files(root, ses_dir, participant, _label_of(ses_dir, "ses-"), sets)
+             for ses_dir in session_dirs]
+    return _one_set_per_participant(scans, participant in sets)
+
+
+def _one_set_per_participant(scans: list[ScanFiles], declared: bool) -> list[ScanFiles]:
+    """Without a declared set, a participant with a tumor mask in any session is in Set B
+    with all its sessions, so one patient never straddles training and Set B."""
+    if declared or all(scan.set == "A" for scan in scans):
+        return scans
+    return [replace(scan, set="B") for scan in scans]
 
 
 def _find_image(folder: Path, stem: str) -> Path | None:
@@ -326,39 +335,69 @@ def _check_unique_ids(root: Path, scans: Sequence[ScanFiles]) -> None:
 # --------------------------------------------------------------------------- splits
 
 
-def validation_split(participant: str, fraction: float = 0.1) -> str:
-    """Assign a Set A participant to training or validation from a hash of its label.
+@dataclass(frozen=True)
+class SplitFractions:
+    """Shares of the Set A participants held out for selection and for reporting.
 
-    The SHA-256 of the label is stable across runs and machines, so adding subjects never moves
-    existing ones, and all sessions of one participant land on the same side.
+    Args:
+        validation: share used for validation (checkpoint selection, early stopping, thresholds).
+        test: share reported as the paper's "test set A"; never seen by training or selection.
+    """
+
+    validation: float = 0.1
+    test: float = 0.2
+
+    def __post_init__(self) -> None:
+        shares = (self.validation, self.test)
+        if not all(0.0 <= share < 1.0 for share in shares) or sum(shares) >= 1.0:
+            raise ValueError(f"split fractions must be in [0, 1) and sum below 1, got "
+                             f"validation {self.validation}, test {self.test}")
+
+    @classmethod
+    def from_config(cls, sets: Mapping[str, Any]) -> SplitFractions:
+        """Read the config's ``sets`` mapping (``validation_fraction``, ``test_fraction``)."""
+        return cls(float(sets["validation_fraction"]), float(sets["test_fraction"]))
+
+
+def participant_split(participant: str, fractions: SplitFractions = SplitFractions()) -> str:
+    """Assign a Set A participant to train, validation or test from a hash of its label.
+
+    The SHA-256 of the label gives a position in [0, 1) that is stable across runs and
+    machines: [0, validation) is validation, the next ``test`` share is test, the rest train.
+    Adding subjects never moves existing ones, and all sessions of one participant land on the
+    same side.
 
     Args:
         participant: the participant label (without ``sub-``).
-        fraction: expected share of participants in validation, in [0, 1).
+        fractions: the held-out shares.
 
     Returns:
-        ``"train"`` or ``"validation"``.
+        ``"train"``, ``"validation"`` or ``"test"``.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     digest = hashlib.sha256(participant.encode("utf-8")).digest()
     position = int.from_bytes(digest[:8], "big") / 2.0**64
-    return "validation" if position < fraction else "train"
+    if position < fractions.validation:
+        return "validation"
+    if position < fractions.validation + fractions.test:
+        return "test"
+    return "train"
 
 
-def scan_split(set_name: str, participant: str, validation_fraction: float = 0.1) -> str:
-    """Return the split of a scan: Set B is ``"test"``; Set A follows :func:`validation_split`."""
+def scan_split(set_name: str, participant: str,
+               fractions: SplitFractions = SplitFractions()) -> str:
+    """Return the split of a scan: Set B is ``"test"``; Set A follows :func:`participant_split`."""
     if set_name == "B":
         return "test"
-    return validation_split(participant, validation_fraction)
+    return participant_split(participant, fractions)
 
 
-def assign_splits(scans: Iterable[ScanFiles], validation_fraction: float = 0.1) -> pd.DataFrame:
+def assign_splits(scans: Iterable[ScanFiles],
+                  fractions: SplitFractions = SplitFractions()) -> pd.DataFrame:
     """Tabulate the scans with their split and which inputs they have.
 
     Args:
         scans: the output of :func:`discover_bids`.
-        validation_fraction: share of Set A participants used for validation.
+        fractions: the held-out shares of Set A participants.
 
     Returns:
         One row per scan: scan_id, participant, session, set, split, has_T1w, has_ceT1w,
@@ -369,7 +408,7 @@ def assign_splits(scans: Iterable[ScanFiles], validation_fraction: float = 0.1) 
         present = scan.available_modalities()
         row = {"scan_id": scan.scan_id, "participant": scan.participant,
                "session": scan.session, "set": scan.set,
-               "split": scan_split(scan.set, scan.participant, validation_fraction)}
+               "split": scan_split(scan.set, scan.participant, fractions)}
         row.update({f"has_{name}": name in present for name in MODALITIES})
         row["has_tumor_mask"] = scan.tumor_mask is not None
         rows.append(row)
@@ -639,14 +678,14 @@ def excluded_report_path(report_path: str | os.PathLike) -> Path:
     return path.with_name(path.name.removesuffix(".json") + ".excluded.json")
 
 
-def validate_dataset(bids_dir: str | os.PathLike, validation_fraction: float = 0.1,
+def validate_dataset(bids_dir: str | os.PathLike, fractions: SplitFractions = SplitFractions(),
                      out_tsv: str | os.PathLike | None = None,
                      **validation_options: Any) -> pd.DataFrame:
     """Discover and validate every scan of a dataset (the ``cesynth validate`` command).
 
     Args:
         bids_dir: the dataset root.
-        validation_fraction: share of Set A participants in validation.
+        fractions: the held-out shares of Set A participants.
         out_tsv: where to write the table (optional, atomic).
         **validation_options: passed to :func:`validate_scan`.
 
@@ -659,7 +698,7 @@ def validate_dataset(bids_dir: str | os.PathLike, validation_fraction: float = 0
             reports.append(validate_scan(scan, **validation_options))
         except InputError as err:
             reports.append(exclusion_report(scan, err))
-    table = _reports_table(reports, validation_fraction)
+    table = _reports_table(reports, fractions)
     if out_tsv is not None:
         write_tsv(table, out_tsv)
     return table
@@ -668,32 +707,32 @@ def validate_dataset(bids_dir: str | os.PathLike, validation_fraction: float = 0
 def tabulate_reports(
     report_paths: Iterable[str | os.PathLike],
     out_tsv: str | os.PathLike,
-    validation_fraction: float = 0.1,
+    fractions: SplitFractions = SplitFractions(),
 ) -> pd.DataFrame:
     """Gather per-scan reports into the ingest QC table (``results/qc/ingest.tsv``).
 
     Args:
         report_paths: JSON reports written by :func:`write_scan_report`.
         out_tsv: output TSV path (written atomically).
-        validation_fraction: share of Set A participants in validation (for the split column).
+        fractions: the held-out shares of Set A participants (for the split column).
 
     Returns:
         One row per scan: scan_id, participant, session, set, split (empty when excluded),
         status, reason, modalities, missing.
     """
-    table = _reports_table([read_json(path) for path in report_paths], validation_fraction)
+    table = _reports_table([read_json(path) for path in report_paths], fractions)
     write_tsv(table, out_tsv)
     return table
 
 
 def write_sets_table(report_paths: Iterable[str | os.PathLike], out_tsv: str | os.PathLike,
-                     validation_fraction: float = 0.1) -> pd.DataFrame:
+                     fractions: SplitFractions = SplitFractions()) -> pd.DataFrame:
     """Write the split of the included scans (``results/ingest/sets.tsv``).
 
     Args:
         report_paths: JSON reports written by :func:`write_scan_report`.
         out_tsv: output TSV path (written atomically).
-        validation_fraction: share of Set A participants in validation.
+        fractions: the held-out shares of Set A participants.
 
     Returns:
         One row per included scan: scan_id, participant, session, set, split, has_T1w,
@@ -704,7 +743,7 @@ def write_sets_table(report_paths: Iterable[str | os.PathLike], out_tsv: str | o
         if report["status"] != "included":
             continue
         row = {key: report.get(key) for key in ("scan_id", "participant", "session", "set")}
-        row["split"] = scan_split(report["set"], report["participant"], validation_fraction)
+        row["split"] = scan_split(report["set"], report["participant"], fractions)
         row.update({f"has_{name}": name in report["modalities"] for name in MODALITIES})
         row["has_tumor_mask"] = "tumor_mask" in report.get("files", {})
         rows.append(row)
@@ -717,14 +756,14 @@ def write_sets_table(report_paths: Iterable[str | os.PathLike], out_tsv: str | o
 
 
 def _reports_table(reports: Iterable[Mapping[str, Any]],
-                   validation_fraction: float) -> pd.DataFrame:
+                   fractions: SplitFractions) -> pd.DataFrame:
     rows = []
     for report in reports:
         included = report["status"] == "included"
         rows.append({
             "scan_id": report["scan_id"], "participant": report["participant"],
             "session": report.get("session"), "set": report["set"],
-            "split": (scan_split(report["set"], report["participant"], validation_fraction)
+            "split": (scan_split(report["set"], report["participant"], fractions)
                       if included else None),
             "status": report["status"], "reason": report.get("reason"),
             "modalities": ",".join(report.get("modalities", [])),

@@ -30,10 +30,14 @@ import abc
 import inspect
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from cesynth.settings import TrainSettings
 
 __all__ = [
     "MODEL_NAMES",
@@ -47,6 +51,7 @@ __all__ = [
     "HRFCN",
     "UNet",
     "build_model",
+    "model_from_settings",
     "count_parameters",
     "channels_last_format",
 ]
@@ -628,6 +633,22 @@ def build_model(
     options = {**_UNET_PRESETS[name], "base_width": base_width, "levels": unet_levels,
                **overrides}
     return UNet(in_channels, **options)
+
+
+def model_from_settings(settings: TrainSettings) -> nn.Module:
+    """Build the (freshly initialised, CPU, training-mode) generator that ``settings`` describe.
+
+    Args:
+        settings: the run's settings (model name, inputs, width, depth).
+
+    Returns:
+        The model of :func:`build_model`; its weights come from the global torch RNG (seed
+        first, or load a checkpoint's ``model`` state dict).
+    """
+    return build_model(settings.model, len(settings.modalities),
+                       width_multiplier=settings.width_multiplier,
+                       blocks_per_module=settings.blocks_per_module,
+                       unet_levels=settings.unet_levels)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -9,7 +9,7 @@
   the ``checkpoint_best.pt`` artifact of the run that logged that version.
 
 The training run logs the checkpoint as a run artifact and the network under ``model``
-(:class:`cesynth.train.MlflowTracker`); registering ``runs:/<run_id>/model`` makes a version
+(:class:`cesynth.tracking.MlflowTracker`); registering ``runs:/<run_id>/model`` makes a version
 whose run this module follows back to the checkpoint. The tracking store is the one MLflow
 uses by default (``MLFLOW_TRACKING_URI``) unless a URI is given.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cesynth.data import PATCH_SLICES
+from cesynth.cache import PATCH_SLICES
 from cesynth.io import InputError
 
 CHECKPOINT_ARTIFACT = "checkpoint_best.pt"
@@ -155,7 +155,7 @@ def register_release(checkpoint_path: str | os.PathLike, registered_name: str, *
     import mlflow
 
     from cesynth.inference import load_generator
-    from cesynth.train import MlflowTracker
+    from cesynth.tracking import MlflowTracker
 
     checkpoint_path = Path(checkpoint_path)
     generator = load_generator(checkpoint_path)

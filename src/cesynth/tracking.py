@@ -8,6 +8,10 @@ MLflow creates an SQLite store by running its schema migrations on first use; se
 doing that at once fail (alembic races, see FIELD-NOTES). :func:`init_store` therefore creates the
 store under an exclusive file lock; the workflow calls it once before any job starts, and every job
 calls it again (a cheap no-op once the store exists) so standalone runs are safe too.
+
+The trainer reports through a :class:`TrainingTracker`; :class:`MlflowTracker` logs its params,
+step and epoch metrics, the best model and the result files to the active run. This module
+imports neither torch nor numpy at import time: every job imports it, the torch-free ones too.
 """
 
 from __future__ import annotations
@@ -17,12 +21,18 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
+import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # torch and numpy are imported only where a model is logged
+    import numpy as np
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +205,84 @@ def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
         elif isinstance(value, int | float) and value == value and abs(value) != float("inf"):
             metrics[key] = float(value)
     return metrics
+
+
+# ---------------------------------------------------------------- the trainer's tracker
+
+
+class TrainingTracker(Protocol):
+    """Where the trainer reports: MLflow (:class:`MlflowTracker`) or anything with these."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record the resolved settings."""
+
+    def log_step(self, step: int, values: Mapping[str, float]) -> None:
+        """Record one step's loss terms."""
+
+    def log_epoch(self, step: int, values: Mapping[str, float]) -> None:
+        """Record one epoch's validation metrics."""
+
+    def log_final(self, model: nn.Module, input_example: np.ndarray,
+                  artifacts: Sequence[Path]) -> None:
+        """Record the best model and the result files."""
+
+
+class MlflowTracker:
+    """Logs to the active MLflow run (params, step and epoch metrics, the model, artifacts)."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log the flattened settings as params (idempotent on a resumed run)."""
+        import mlflow
+
+        run = mlflow.active_run()
+        logged = mlflow.get_run(run.info.run_id).data.params if run else {}
+        fresh = {k: v for k, v in flatten_params(params).items() if k not in logged}
+        if fresh:
+            mlflow.log_params(fresh)
+
+    def log_step(self, step: int, values: Mapping[str, float]) -> None:
+        """Log loss terms as ``train_<name>`` at the global step."""
+        import mlflow
+
+        mlflow.log_metrics({f"train_{k}": float(v) for k, v in values.items()}, step=step)
+
+    def log_epoch(self, step: int, values: Mapping[str, float]) -> None:
+        """Log validation metrics as ``val_<name>`` at the global step."""
+        import mlflow
+
+        finite = {f"val_{k}": float(v) for k, v in values.items() if math.isfinite(v)}
+        mlflow.log_metrics(finite, step=step)
+
+    def log_final(self, model: nn.Module, input_example: np.ndarray,
+                  artifacts: Sequence[Path]) -> None:
+        """Log the model (with signature and input example) and the artifact files."""
+        import mlflow
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).numpy()
+        # "pickle" keeps the nn.Module (any batch size); "pt2" would fix the example's batch.
+        # Explicit requirements: inferring them re-imports the model in a subprocess (slow).
+        # The pickled module needs cesynth importable where it is loaded (cesynth predict).
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                 signature=infer_signature(input_example, output),
+                                 input_example=input_example,
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                   f"numpy=={np.__version__}"])
+        for path in artifacts:
+            if Path(path).exists():
+                mlflow.log_artifact(str(path))
+
+
+def default_tracker() -> TrainingTracker | None:
+    """An :class:`MlflowTracker` when an MLflow run is active in this process, else None."""
+    mlflow = sys.modules.get("mlflow")  # not imported means no run can be active
+    if mlflow is not None and mlflow.active_run() is not None:
+        return MlflowTracker()
+    return None
 
 
 @contextlib.contextmanager

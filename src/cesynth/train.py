@@ -2,26 +2,32 @@
 
 The loop is nnU-Net's: :meth:`Trainer.fit` calls ``on_train_start``, then per epoch
 ``train_step`` for each batch and ``on_epoch_end`` (validation, best model, checkpoint, stage
-switch), then ``on_train_end``. Choices made here (see also the module constants):
+switch), then ``on_train_end``. The run's settings are :class:`cesynth.settings.TrainSettings`;
+checkpoint reading, resume checks and run fingerprints are in :mod:`cesynth.checkpoint`, process
+groups and devices in :mod:`cesynth.distributed`, the MLflow tracker in :mod:`cesynth.tracking`.
+Choices made here:
 
-* **Stages** (paper: 40 epochs at (1, 1, 1) and lr 1e-4, then 10 at (0.1, 0.1, 10) and 1e-5)
-  are consecutive epoch ranges. At a boundary the loss weights are replaced and the learning
-  rate of the *same* Adam optimizer is set to the new value; Adam's moment estimates are kept,
-  as in a step learning-rate schedule (Adam normalises by the second moment, so the new weights'
-  gradient scale is absorbed within a few hundred steps).
+* **Stages** (:class:`cesynth.settings.Stage`) are consecutive epoch ranges. At a boundary the
+  loss weights are replaced and the learning rate of the *same* Adam optimizer is set to the new
+  value; Adam's moment estimates are kept, as in a step learning-rate schedule (Adam normalises
+  by the second moment, so the new weights' gradient scale is absorbed within a few hundred
+  steps).
 * **Data order** is a pure function of ``(seed, epoch, batch index)`` (:mod:`cesynth.data`); the
   epoch index runs on across stages, so stage 2 sees fresh patches. A resumed epoch builds its
   sampler from the first batch not yet done, so nothing is loaded twice.
 * **Randomness inside a step** (dropout, if a model has any) comes from ``torch.manual_seed``
   re-seeded from ``(seed, global step, rank)`` before every step, so it does not depend on what
   ran before; the RNG states are saved as well.
-* **Validation** predicts each validation subject's foreground slices window by window (3
-  slices, stride :attr:`TrainSettings.validation_stride`, default 1, overlapping predictions
-  averaged, the last window aligned to the last slice) and reports brain PSNR
-  (:func:`psnr_in_mask`) averaged over subjects. ``checkpoint_best.pt`` follows the best PSNR.
-* **Checkpoints** (``checkpoint_latest.pt``) are written atomically every
-  ``checkpoint_every_steps`` steps, at every epoch end (hence every stage boundary) and on
-  SIGTERM. A run restarted with the same arguments resumes from it, exactly on CPU.
+* **Validation** predicts each validation subject's foreground slices window by window with
+  :func:`cesynth.inference.predict_volume` (3 slices, stride
+  :attr:`TrainSettings.validation_stride`, default 1, overlapping predictions averaged, the last
+  window aligned to the last slice) and reports brain PSNR
+  (:func:`cesynth.evaluate.psnr_in_mask`) averaged over subjects. ``checkpoint_best.pt``
+  follows the best PSNR.
+* **Checkpoints** (``checkpoint_latest.pt``, contents in :mod:`cesynth.checkpoint`) are written
+  atomically every ``checkpoint_every_steps`` steps, at every epoch end (hence every stage
+  boundary) and on SIGTERM. A run restarted with the same arguments resumes from it, exactly on
+  CPU.
 * **SIGTERM** (SLURM pre-emption, Snakemake cancelling a job): the current step is finished, a
   checkpoint saved, and the process exits with :data:`EXIT_PREEMPTED` = 143 (128 + SIGTERM, what
   a process killed by SIGTERM reports), raised as :class:`TrainingPreempted` (a ``SystemExit``).
@@ -41,19 +47,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
-import logging
 import math
-import os
-import random
 import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,383 +62,39 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from cesynth.cache import PATCH_SLICES, TARGET_MODALITY
+from cesynth.checkpoint import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_LATEST,
+    check_resumable,
+    read_checkpoint,
+    restore_rng_states,
+    rng_states,
+    run_fingerprint,
+    set_aside_stale_checkpoints,
+    write_checkpoint,
+)
 from cesynth.data import (
-    PATCH_SLICES,
-    TARGET_MODALITY,
     Augmentation,
     EpochSampler,
     PatchDataset,
     ValidationVolumes,
     batch_loader,
 )
+from cesynth.distributed import DistContext, distributed_group, resolve_device
 from cesynth.evaluate import psnr_in_mask
+from cesynth.inference import predict_volume
 from cesynth.io import InputError, atomic_path, read_json, write_json
 from cesynth.losses import LossWeights, SynthesisLoss
-from cesynth.models import build_model
+from cesynth.models import model_from_settings
+from cesynth.settings import TrainSettings
+from cesynth.tracking import TrainingTracker, default_tracker
 
-_log = logging.getLogger(__name__)
-
-CHECKPOINT_LATEST = "checkpoint_latest.pt"
-CHECKPOINT_BEST = "checkpoint_best.pt"
 CURVE_PNG = "training_curve.png"
 METRICS_JSON = "train_metrics.json"
-RUN_FINGERPRINT = "run_fingerprint.txt"
-CHECKPOINT_FORMAT = 1
 EXIT_PREEMPTED = 143
 """Exit code after a SIGTERM: 128 + 15, as for a process the signal killed."""
-
-# Settings that may differ between a run and its resumption without changing the result.
-_RESUME_FREE_SETTINGS = frozenset({"device", "workers", "compile", "checkpoint_every_steps"})
-
-
-# ---------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One training stage: a number of epochs with fixed loss weights and learning rate.
-
-    Args:
-        epochs: epochs in this stage.
-        l1: MAE weight.
-        l2: SSIM-loss weight.
-        l3: local (enhancement) loss weight.
-        lr: Adam learning rate.
-    """
-
-    epochs: int
-    l1: float
-    l2: float
-    l3: float
-    lr: float
-
-
-PAPER_STAGES = (Stage(40, 1.0, 1.0, 1.0, 1e-4), Stage(10, 0.1, 0.1, 10.0, 1e-5))
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything that defines a training run (the MLflow params; stored in checkpoints).
-
-    Args:
-        model: :func:`cesynth.models.build_model` name.
-        modalities: input channels, by cached modality name; the first must be the T1.
-        target: ``ceT1w`` or a cached input modality (T1->T2 / T1->ADC models).
-        width_multiplier: model width scale (1 = the paper's 64/128/256).
-        blocks_per_module: ResBlocks per FCN module (4 in the paper).
-        unet_levels: in-plane downsampling levels of the U-Net baselines (4 on the paper grid;
-            the model grid's in-plane size must be divisible by ``2**unet_levels``).
-        stages: consecutive training stages.
-        delta: enhancement-mask threshold of the local loss.
-        batch_size: patches per step and rank (3 in the paper).
-        patches_per_subject: random patches drawn per training subject and epoch.
-        checkpoint_every_steps: steps between ``checkpoint_latest.pt`` writes (0 = epoch ends
-            only).
-        seed: seeds model initialisation, patch sampling and per-step randomness.
-        workers: data-loader worker processes.
-        augment: random left-right flips and input intensity jitter.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        bf16: bfloat16 autocast for the forward pass (CUDA only; ignored on CPU).
-        channels_last: channels-last (NDHWC) memory format for model and inputs.
-        compile: ``torch.compile`` the model.
-        validation_stride: slice stride of the 3-slice validation windows (1 or 3).
-    """
-
-    model: str = "hrfcn3d"
-    modalities: tuple[str, ...] = ("T1w", "T2w", "adc")
-    target: str = TARGET_MODALITY
-    width_multiplier: float = 1.0
-    blocks_per_module: int = 4
-    unet_levels: int = 4
-    stages: tuple[Stage, ...] = PAPER_STAGES
-    delta: float = 0.1
-    batch_size: int = 3
-    patches_per_subject: int = 8
-    checkpoint_every_steps: int = 200
-    seed: int = 0
-    workers: int = 0
-    augment: bool = False
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    validation_stride: int = 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "modalities", tuple(self.modalities))
-        object.__setattr__(self, "stages", tuple(_as_stage(s) for s in self.stages))
-        problems = _setting_problems(self)
-        if problems:
-            raise ValueError("invalid training settings: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainSettings:
-        """Build settings from the workflow's config dict (stages as dicts or 5-lists).
-
-        Args:
-            values: setting name -> value; missing names keep their defaults.
-
-        Returns:
-            The settings.
-
-        Raises:
-            ValueError: an unknown name or an invalid value.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings: {unknown}")
-        return cls(**dict(values))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain (JSON-able) form, the inverse of :meth:`from_dict`."""
-        values = asdict(self)
-        values["modalities"] = list(self.modalities)
-        values["stages"] = [asdict(stage) for stage in self.stages]
-        return values
-
-    @property
-    def total_epochs(self) -> int:
-        """Epochs over all stages."""
-        return sum(stage.epochs for stage in self.stages)
-
-    def stage_of_epoch(self, epoch: int) -> int:
-        """Index of the stage that epoch ``epoch`` (0-based, counted over all stages) is in."""
-        end = 0
-        for index, stage in enumerate(self.stages):
-            end += stage.epochs
-            if epoch < end:
-                return index
-        return len(self.stages) - 1
-
-
-def _as_stage(value: Stage | Mapping[str, Any] | Sequence[float]) -> Stage:
-    if isinstance(value, Stage):
-        return value
-    if isinstance(value, Mapping):
-        return Stage(**value)
-    epochs, l1, l2, l3, lr = value
-    return Stage(int(epochs), float(l1), float(l2), float(l3), float(lr))
-
-
-def model_from_settings(settings: TrainSettings) -> nn.Module:
-    """Build the (freshly initialised, CPU, training-mode) generator that ``settings`` describe.
-
-    Args:
-        settings: the run's settings (model name, inputs, width, depth).
-
-    Returns:
-        The model of :func:`cesynth.models.build_model`; its weights come from the global torch
-        RNG (seed first, or load a checkpoint's ``model`` state dict).
-    """
-    return build_model(settings.model, len(settings.modalities),
-                       width_multiplier=settings.width_multiplier,
-                       blocks_per_module=settings.blocks_per_module,
-                       unet_levels=settings.unet_levels)
-
-
-def _setting_problems(settings: TrainSettings) -> list[str]:
-    checks = {
-        "modalities must not be empty": bool(settings.modalities),
-        "stages must not be empty": bool(settings.stages),
-        "every stage needs epochs >= 1 and lr > 0":
-            all(s.epochs >= 1 and s.lr > 0 for s in settings.stages),
-        "unet_levels must be >= 1": settings.unet_levels >= 1,
-        "batch_size must be >= 1": settings.batch_size >= 1,
-        "patches_per_subject must be >= 1": settings.patches_per_subject >= 1,
-        "checkpoint_every_steps must be >= 0": settings.checkpoint_every_steps >= 0,
-        "workers must be >= 0": settings.workers >= 0,
-        "device must be auto, cpu or cuda": settings.device in ("auto", "cpu", "cuda"),
-        "validation_stride must be 1, 2 or 3": settings.validation_stride in (1, 2, 3),
-        "target must not also be an input": settings.target not in settings.modalities,
-    }
-    return [message for message, ok in checks.items() if not ok]
-
-
-# ---------------------------------------------------------------- metrics and inference
-
-
-def window_starts(n_slices: int, window: int = PATCH_SLICES, stride: int = 1) -> list[int]:
-    """First slices of the windows that cover ``n_slices`` (the last one ends on the last slice).
-
-    Args:
-        n_slices: slices of the volume (>= ``window``).
-        window: slices per window.
-        stride: step between windows.
-
-    Returns:
-        Sorted window starts.
-    """
-    if n_slices < window:
-        raise ValueError(f"{n_slices} slices cannot hold a {window}-slice window")
-    starts = list(range(0, n_slices - window + 1, stride))
-    if starts[-1] != n_slices - window:
-        starts.append(n_slices - window)
-    return starts
-
-
-@torch.no_grad()
-def predict_volume(model: nn.Module, inputs: torch.Tensor, *, stride: int = 1,
-                   batch_size: int = 3, window: int = PATCH_SLICES) -> torch.Tensor:
-    """Predict a whole slice-major volume with a 3-slice model, averaging overlapping windows.
-
-    Args:
-        model: maps ``(N, C, window, Y, X)`` to ``(N, 1, window, Y, X)``; used as it is (call
-            ``model.eval()`` first).
-        inputs: ``(C, Z, Y, X)`` on the model's device.
-        stride: slices between window starts (1: every slice is predicted up to 3 times).
-        batch_size: windows per forward pass.
-        window: slices per window.
-
-    Returns:
-        ``(1, Z, Y, X)`` float32 prediction on the inputs' device.
-    """
-    _, n_slices, height, width = inputs.shape
-    total = torch.zeros((1, n_slices, height, width), dtype=torch.float32, device=inputs.device)
-    counts = torch.zeros((1, n_slices, 1, 1), dtype=torch.float32, device=inputs.device)
-    starts = window_starts(n_slices, window, stride)
-    for first in range(0, len(starts), batch_size):
-        chunk = starts[first:first + batch_size]
-        batch = torch.stack([inputs[:, s:s + window] for s in chunk])
-        output = model(batch).float()
-        for start, predicted in zip(chunk, output, strict=True):
-            total[:, start:start + window] += predicted
-            counts[:, start:start + window] += 1
-    return total / counts
-
-
-# ---------------------------------------------------------------- tracking
-
-
-class TrainingTracker(Protocol):
-    """Where the trainer reports: MLflow (:class:`MlflowTracker`) or anything with these."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Record the resolved settings."""
-
-    def log_step(self, step: int, values: Mapping[str, float]) -> None:
-        """Record one step's loss terms."""
-
-    def log_epoch(self, step: int, values: Mapping[str, float]) -> None:
-        """Record one epoch's validation metrics."""
-
-    def log_final(self, model: nn.Module, input_example: np.ndarray,
-                  artifacts: Sequence[Path]) -> None:
-        """Record the best model and the result files."""
-
-
-class MlflowTracker:
-    """Logs to the active MLflow run (params, step and epoch metrics, the model, artifacts)."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log the flattened settings as params (idempotent on a resumed run)."""
-        import mlflow
-
-        from cesynth.tracking import flatten_params
-
-        run = mlflow.active_run()
-        logged = mlflow.get_run(run.info.run_id).data.params if run else {}
-        fresh = {k: v for k, v in flatten_params(params).items() if k not in logged}
-        if fresh:
-            mlflow.log_params(fresh)
-
-    def log_step(self, step: int, values: Mapping[str, float]) -> None:
-        """Log loss terms as ``train_<name>`` at the global step."""
-        import mlflow
-
-        mlflow.log_metrics({f"train_{k}": float(v) for k, v in values.items()}, step=step)
-
-    def log_epoch(self, step: int, values: Mapping[str, float]) -> None:
-        """Log validation metrics as ``val_<name>`` at the global step."""
-        import mlflow
-
-        finite = {f"val_{k}": float(v) for k, v in values.items() if math.isfinite(v)}
-        mlflow.log_metrics(finite, step=step)
-
-    def log_final(self, model: nn.Module, input_example: np.ndarray,
-                  artifacts: Sequence[Path]) -> None:
-        """Log the model (with signature and input example) and the artifact files."""
-        import mlflow
-        import mlflow.pytorch
-        from mlflow.models import infer_signature
-
-        with torch.no_grad():
-            output = model(torch.from_numpy(input_example)).numpy()
-        # "pickle" keeps the nn.Module (any batch size); "pt2" would fix the example's batch.
-        # Explicit requirements: inferring them re-imports the model in a subprocess (slow).
-        # The pickled module needs cesynth importable where it is loaded (cesynth predict).
-        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                 signature=infer_signature(input_example, output),
-                                 input_example=input_example,
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                                   f"numpy=={np.__version__}"])
-        for path in artifacts:
-            if Path(path).exists():
-                mlflow.log_artifact(str(path))
-
-
-def default_tracker() -> TrainingTracker | None:
-    """An :class:`MlflowTracker` when an MLflow run is active in this process, else None."""
-    mlflow = sys.modules.get("mlflow")  # not imported means no run can be active
-    if mlflow is not None and mlflow.active_run() is not None:
-        return MlflowTracker()
-    return None
-
-
-# ---------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in a (possibly single-process) distributed run.
-
-    Args:
-        rank: global rank.
-        world_size: number of processes.
-        local_rank: rank on this node (selects the GPU).
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        """True when more than one process trains."""
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0, the only rank that writes files and logs."""
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> DistContext:
-        """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as ``torchrun`` sets them."""
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
-
-
-@contextlib.contextmanager
-def distributed_group(context: DistContext, device: torch.device) -> Iterator[None]:
-    """Join the process group for the run (if not joined yet) and leave it afterwards."""
-    created = context.enabled and not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                rank=context.rank, world_size=context.world_size)
-    try:
-        yield
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
-def resolve_device(name: str, context: DistContext) -> torch.device:
-    """The torch device for a ``device`` setting (``cuda`` picks the local rank's GPU)."""
-    use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise InputError("device", "cuda requested but no CUDA device is available")
-    return torch.device("cuda", context.local_rank) if use_cuda else torch.device("cpu")
 
 
 # ---------------------------------------------------------------- data adapters
@@ -744,7 +401,7 @@ class Trainer:
             "best_psnr": self.state.best_psnr,
             "best_epoch": self.state.best_epoch,
             "history": self.state.history,
-            "rng": _rng_states(),
+            "rng": rng_states(),
             "world_size": self.context.world_size,
             "preprocessing": self.preprocessing,
         }
@@ -753,8 +410,7 @@ class Trainer:
         """Write the checkpoint atomically (rank 0 only)."""
         if not self.context.is_main:
             return
-        with atomic_path(path) as tmp:
-            torch.save(self.checkpoint_state(), tmp)
+        write_checkpoint(self.checkpoint_state(), path)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore model, optimizer, loop position, record and RNG states from ``path``.
@@ -762,20 +418,20 @@ class Trainer:
         Raises:
             InputError: the checkpoint is unreadable or was written with other settings.
         """
-        checkpoint = _read_checkpoint(path)
-        _check_resumable(checkpoint, self.settings, self.context, path)
+        checkpoint = read_checkpoint(path)
+        check_resumable(checkpoint, self.settings, self.context, path)
         self.raw_model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.state = TrainState(checkpoint["epoch"], checkpoint["step_in_epoch"],
                                 checkpoint["global_step"], checkpoint["best_psnr"],
                                 checkpoint["best_epoch"], checkpoint["history"])
-        _restore_rng_states(checkpoint["rng"])
+        restore_rng_states(checkpoint["rng"])
 
     def best_model(self) -> nn.Module:
         """A CPU copy of the model with the best checkpoint's weights, in eval mode."""
         model = self._build_model(on_device=False)
         if self.best_path.exists():
-            model.load_state_dict(_read_checkpoint(self.best_path)["model"])
+            model.load_state_dict(read_checkpoint(self.best_path)["model"])
         else:
             model.load_state_dict({k: v.cpu() for k, v in self.raw_model.state_dict().items()})
         return model.float().eval()
@@ -915,47 +571,6 @@ def _step_seed(seed: int, global_step: int, rank: int) -> int:
     return int(np.random.default_rng([seed, global_step, rank]).integers(2**62))
 
 
-def _rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                              "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _restore_rng_states(states: Mapping[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError, ValueError):  # fewer GPUs than when saved
-            torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        # Our own file; it holds numpy and Python RNG states, which weights_only rejects.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for damaged files
-        raise InputError(path, f"unreadable checkpoint ({type(err).__name__}: {err})") from err
-
-
-def _check_resumable(checkpoint: Mapping[str, Any], settings: TrainSettings,
-                     context: DistContext, path: Path) -> None:
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"checkpoint format {checkpoint.get('format')} is not "
-                         f"{CHECKPOINT_FORMAT}")
-    saved, current = checkpoint["settings"], settings.to_dict()
-    differing = sorted(k for k in current
-                       if k not in _RESUME_FREE_SETTINGS and saved.get(k) != current[k])
-    if differing:
-        raise InputError(path, f"written with other settings ({', '.join(differing)}); "
-                         "use a new output folder")
-    if checkpoint.get("world_size", 1) != context.world_size:
-        raise InputError(path, f"written by {checkpoint.get('world_size')} processes, "
-                         f"resumed with {context.world_size}: the data order would change")
-
-
 # ---------------------------------------------------------------- plot and entry points
 
 
@@ -995,7 +610,7 @@ def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
     """Train (or resume training) a synthesis model; torchrun-aware.
 
     Args:
-        train_caches: cache JSONs (:func:`cesynth.data.cache_subject`) of training subjects.
+        train_caches: cache JSONs (:func:`cesynth.cache.cache_subject`) of training subjects.
         val_caches: cache JSONs of validation subjects.
         out_dir: output folder (checkpoints, curve, metrics JSON); rerunning with the same
             folder resumes from ``checkpoint_latest.pt``.
@@ -1025,7 +640,7 @@ def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[st
 
     A workflow reruns training when its settings or its subjects change; only a restart of the
     *same* run (same settings, same caches) may resume. Checkpoints of any other run in
-    ``out_dir`` are set aside first (see :func:`set_aside_stale_checkpoints`).
+    ``out_dir`` are set aside first (see :func:`cesynth.checkpoint.set_aside_stale_checkpoints`).
 
     Args:
         train_caches: training cache JSONs.
@@ -1043,38 +658,6 @@ def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[st
         set_aside_stale_checkpoints(Path(out_dir), run_fingerprint(settings, train_paths,
                                                                    val_paths))
     return train(train_paths, val_paths, Path(out_dir), settings, preprocessing=preprocessing)
-
-
-def run_fingerprint(settings: TrainSettings, train_caches: Sequence[Path],
-                    val_caches: Sequence[Path]) -> str:
-    """A hash of what defines a run: its settings and its caches (paths and modification times)."""
-    caches = [(str(p), p.stat().st_mtime_ns) for p in (*train_caches, *val_caches)]
-    payload = json.dumps({"settings": settings.to_dict(), "caches": caches}, sort_keys=True,
-                         default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def set_aside_stale_checkpoints(out_dir: Path, fingerprint: str) -> bool:
-    """Keep ``out_dir``'s checkpoints only if they belong to the run ``fingerprint`` names.
-
-    Checkpoints of another run are renamed ``*.superseded.pt`` (never deleted) and logged.
-
-    Returns:
-        True when a checkpoint of another run was set aside.
-    """
-    marker = out_dir / RUN_FINGERPRINT
-    latest = out_dir / CHECKPOINT_LATEST
-    stale = latest.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint)
-    if stale:
-        for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST):
-            if (out_dir / name).exists():
-                (out_dir / name).replace(out_dir / name.replace(".pt", ".superseded.pt"))
-        _log.warning("%s: checkpoints of an earlier run (other settings or subjects) set aside "
-                     "as *.superseded.pt; training starts afresh", out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(marker) as tmp:
-        tmp.write_text(fingerprint + "\n")
-    return stale
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1102,6 +685,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CHECKPOINT_BEST", "CHECKPOINT_LATEST", "EXIT_PREEMPTED", "MlflowTracker",
-           "PAPER_STAGES", "Stage", "TrainSettings", "Trainer", "TrainingPreempted",
-           "model_from_settings", "predict_volume", "psnr_in_mask", "train", "train_from_files"]
+__all__ = ["CURVE_PNG", "EXIT_PREEMPTED", "METRICS_JSON", "ChannelSelection", "TrainState",
+           "Trainer", "TrainingPreempted", "main", "plot_training_curve", "train",
+           "train_from_files", "usable_caches"]

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from cesynth.data import ValidationVolumes
-from cesynth.train import TrainSettings, model_from_settings, predict_volume
+from cesynth.inference import predict_volume
+from cesynth.models import model_from_settings
+from cesynth.settings import TrainSettings
 
 
 def stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) -> None:

@@ -1,0 +1,108 @@
+"""Sweeps declared in config expand into named experiments that share their first stages."""
+
+from __future__ import annotations
+
+import pytest
+
+from cesynth import experiments
+
+STAGES = [{"epochs": 2, "l1": 1.0, "l2": 1.0, "l3": 1.0, "lr": 1e-3},
+          {"epochs": 1, "l1": 0.1, "l2": 0.1, "l3": 10.0, "lr": 1e-4}]
+TRAIN = {"model": "hrfcn3d", "modalities": ["T1w", "T2w", "adc"], "stages": STAGES,
+         "delta": 0.1, "seed": 0, "device": "auto", "workers": 0, "gpus": 0}
+
+
+def expand(sweeps, declared=None):
+    return experiments.expand(TRAIN, declared or {"default": {}}, sweeps, "default")
+
+
+def test_each_grid_point_is_a_named_experiment():
+    found = expand({"delta": {"delta": [0.01, 0.05]}, "models": {"model": ["unet2d"]}})
+    assert list(found) == ["default", "delta-0p01", "delta-0p05", "models-unet2d"]
+    assert found["delta-0p05"].settings["delta"] == 0.05
+    assert found["models-unet2d"].settings["model"] == "unet2d"
+    assert found["delta-0p01"].sweeps == (("delta", {"delta": 0.01}),)
+    assert "gpus" not in found["default"].settings
+
+
+def test_a_point_equal_to_the_base_is_the_base_itself():
+    found = expand({"lossweights": {"stage2": [[1, 10], [0.1, 10]]}})
+    assert list(found) == ["default", "lossweights-1x10"]
+    assert found["default"].sweeps == (("lossweights", {"stage2": [0.1, 10]}),)
+    last = found["lossweights-1x10"].settings["stages"][-1]
+    assert (last["l1"], last["l2"], last["l3"]) == (1.0, 1.0, 10.0)
+
+
+def test_points_that_differ_only_in_the_last_stage_share_a_trunk():
+    found = expand({"lossweights": {"stage2": [[1, 1], [1, 30]]}, "delta": {"delta": [0.3]}})
+    trunks = {name: experiments.trunk_id(e.settings) for name, e in found.items()}
+    assert trunks["default"] == trunks["lossweights-1x1"] == trunks["lossweights-1x30"]
+    assert trunks["delta-0p3"] != trunks["default"]  # delta shapes stage 1's local loss too
+
+
+def test_execution_settings_change_no_identity_and_no_trunk():
+    base = experiments.resolve_settings(TRAIN, {})
+    moved = experiments.resolve_settings(TRAIN, {"device": "cuda", "workers": 8, "gpus": 4})
+    assert experiments.identity(base) == experiments.identity(moved)
+    assert experiments.trunk_id(base) == experiments.trunk_id(moved)
+    assert experiments.identity(base) != experiments.identity({**base, "seed": 1})
+
+
+def test_one_stage_runs_have_no_trunk():
+    assert experiments.trunk_id({**TRAIN, "stages": STAGES[:1]}) is None
+
+
+def test_multi_key_grids_are_products_with_readable_names():
+    found = expand({"grid": {"delta": [0.01], "seed": [1, 2]}})
+    assert ["grid-delta0p01-seed1", "grid-delta0p01-seed2"] == list(found)[1:]
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (0.05, "0p05"), (1e-5, "1em05"), (["T1w", "T2w"], "T1wT2w"), ([0.1, 10], "0p1x10"),
+    ("model_a", "modela"), (True, "on"), (3, "3")])
+def test_values_format_as_letters_and_digits(value, text):
+    assert experiments.format_value(value) == text
+
+
+def test_an_empty_grid_or_unknown_base_is_refused():
+    with pytest.raises(ValueError, match="empty grid"):
+        expand({"delta": {"delta": []}})
+    with pytest.raises(ValueError, match="not declared"):
+        experiments.expand(TRAIN, {"default": {}}, {}, "final")
+
+
+def test_a_point_whose_name_is_taken_by_another_experiment_is_refused():
+    with pytest.raises(ValueError, match="already uses"):
+        expand({"delta": {"delta": [0.3]}}, {"default": {}, "delta-0p3": {"seed": 5}})
+
+
+def test_cascade_models_take_the_t1_alone_with_no_local_loss():
+    models = experiments.cascade_experiments(TRAIN, {})
+    assert set(models) == {"cascade-T2w", "cascade-adc"}
+    settings = models["cascade-adc"].settings
+    assert settings["modalities"] == ["T1w"] and settings["target"] == "adc"
+    assert all(stage["l3"] == 0.0 for stage in settings["stages"])
+
+
+@pytest.mark.parametrize(("condition", "parsed"), [
+    ("zero-T2w", ("zero", ("T2w",))), ("zero-T2w-adc", ("zero", ("T2w", "adc"))),
+    ("cascade-T2w-adc", ("cascade", ("T2w", "adc")))])
+def test_input_conditions_parse(condition, parsed):
+    assert experiments.condition_inputs(condition) == parsed
+
+
+@pytest.mark.parametrize("condition", ["zero-", "cascade-T1w", "drop-T2w", "zero-FLAIR"])
+def test_bad_input_conditions_are_refused(condition):
+    with pytest.raises(ValueError, match="unknown input condition"):
+        experiments.condition_inputs(condition)
+
+
+def test_catalog_rows_describe_the_settings_the_tables_select_on():
+    found = expand({"inputs": {"modalities": [["T1w"]]}})
+    row = experiments.catalog_row("inputs-T1w", found["inputs-T1w"], "full", "default")
+    assert row["modalities"] == "T1w" and row["reference"] is False
+    assert (row["l1"], row["l3"], row["delta"]) == (0.1, 10.0, 0.1)
+    reference = experiments.catalog_row("default", found["default"], "full", "default")
+    assert reference["reference"] is True
+    floor = experiments.catalog_row("floor-t1", None, "full", "default")
+    assert floor["architecture"] == "floor-t1"
