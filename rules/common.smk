@@ -551,6 +551,7 @@ def get_final_targets():
 
 onstart:
     tracking.init_store(TRACKING_URI, config["mlflow"]["experiment"])
+    tracking.sweep_parent_runs(TRACKING_URI, config["mlflow"]["experiment"], list(config["sweeps"]))
 
 
 onsuccess:

@@ -215,7 +215,7 @@ def test_flip_is_applied_to_inputs_target_and_mask_together(cached):
     for index in range(len(plain)):
         a, b = plain[index], flipped[index]
         assert a["start"] == b["start"]
-        for key in ("inputs", "target", "mask"):
+        for key in ("inputs", "target", "mask", "t1"):
             assert torch.equal(b[key], torch.flip(a[key], dims=[-1]))
 
 
@@ -230,6 +230,20 @@ def test_jitter_scales_inputs_per_channel_only(cached):
         factor = ratio[present]
         assert torch.allclose(factor, factor[0], rtol=1e-5)
         assert 0.9 <= float(factor[0]) <= 1.1 and float(factor[0]) != 1.0
+
+
+def test_the_local_loss_reference_t1_is_never_jittered(cached):
+    """The enhancement mask Y - X_T1 > delta must not change with each augmentation draw."""
+    plain = _dataset(cached, seed=3)
+    for seed in (3, 4):
+        jittered = _dataset(cached, seed=seed,
+                            augmentation=Augmentation(flip_prob=0.0, jitter=0.1))
+        for index in range(len(plain)):
+            a, b = plain[index], jittered[index]
+            if a["start"] != b["start"]:
+                continue
+            assert torch.equal(b["t1"], a["inputs"][:1])
+            assert not torch.equal(b["inputs"][:1], a["inputs"][:1])
 
 
 def test_sharding_gives_disjoint_equal_shares():

@@ -18,6 +18,7 @@ from helpers.checkpoints import stretch_output
 from scipy import ndimage
 
 from cesynth.cache import cache_subject
+from cesynth.checkpoint import read_checkpoint
 from cesynth.data import ValidationVolumes
 from cesynth.inference import (
     Generator,
@@ -27,6 +28,7 @@ from cesynth.inference import (
     synthesize_subject,
 )
 from cesynth.io import InputError, is_synthetic, save_nifti, write_json
+from cesynth.models import model_from_settings
 from cesynth.normalise import to_slice_major
 from cesynth.settings import TrainSettings
 from cesynth.train import Trainer, train
@@ -108,7 +110,9 @@ def _data(path: Path) -> np.ndarray:
 def test_loaded_generator_predicts_as_the_trainers_model(trained, generator):
     trainer = Trainer(trained["caches"][:1], trained["caches"][1:], trained["out"],
                       trained["settings"])
-    reference = trainer.best_model()
+    reference = model_from_settings(trained["settings"])
+    reference.load_state_dict(read_checkpoint(trainer.best_path)["model"])
+    reference.eval()
     volumes = ValidationVolumes(trained["caches"][1:])[0]
     inputs = torch.from_numpy(volumes.inputs)
     expected = predict_volume(reference, inputs)
@@ -282,6 +286,23 @@ def test_missing_t2_equals_zero_t2_and_is_recorded(tmp_path, trained, generator)
     assert sidecar["MissingModalities"] == ["T2w"] and missing["missing_modalities"] == ["T2w"]
     assert sidecar["InputModalities"] == ["T1w", "adc"]
     assert "zero_T2w.nii.gz" not in sidecar["Sources"]
+
+
+@pytest.mark.parametrize("zeroed", [("T2w",), ("T1w",), ("T2w", "adc")])
+def test_zeroed_inputs_equal_zero_images_and_are_recorded(tmp_path, trained, generator, zeroed):
+    """The paper's Fig. 10: an input that exists is replaced by zeros at test time."""
+    subject = trained["subject"]
+    zero = save_nifti(np.zeros(GRID_XYZ), AFFINE, tmp_path / "zero.nii.gz")
+    explicit = _run(generator, subject, tmp_path / "zero",
+                    {**_inputs(subject), **dict.fromkeys(zeroed, zero)})
+    summary = synthesize_subject(generator, _inputs(subject), subject["mask"],
+                                 subject["sidecar"], tmp_path / "z.nii.gz", tmp_path / "z.json",
+                                 zeroed=zeroed)
+    np.testing.assert_array_equal(_data(summary["output"]), _data(explicit["output"]))
+    sidecar = json.loads(summary["sidecar"].read_text())
+    assert sidecar["ZeroedInputs"] == list(zeroed)
+    assert sidecar["MissingModalities"] == list(zeroed)
+    assert not any(f"_{m}" in " ".join(sidecar["Sources"]) for m in zeroed)
 
 
 def test_missing_t1_is_an_input_error(tmp_path, trained, generator):

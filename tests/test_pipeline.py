@@ -23,6 +23,12 @@ from cesynth.io import is_synthetic, read_json, read_tsv
 
 SMALL = REPO / "config" / "profiles" / "demo-small.yaml"
 SUBJECTS = ("01", "02", "03")
+# A two-point sweep (one point is the reference itself), the cascade and its condition, a floor.
+EXPERIMENTS = {
+    "sweeps": {"lossweights": {"stage2": [[0.1, 10.0], [1.0, 1.0]]}},
+    "cascade": {"enabled": True},
+    "evaluation": {"conditions": ["zero-adc", "cascade-T2w-adc"], "floors": ["t1", "regression"]},
+}
 
 
 def preproc(results: Path, subject: str, datatype: str, name: str) -> Path:
@@ -42,13 +48,16 @@ def spec_outputs(results: Path, subject: str) -> list[Path]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    planned = dry_run_jobs(workdir, "--configfile", str(SMALL))
-    result = snakemake(workdir, "--cores", "2", "--configfile", str(SMALL))
-    return workdir, planned, result
+    experiments = workdir / "experiments.yaml"
+    experiments.write_text(yaml.safe_dump(EXPERIMENTS))
+    args = ("--configfile", str(SMALL), str(experiments))
+    planned = dry_run_jobs(workdir, *args)
+    result = snakemake(workdir, "--cores", "2", *args)
+    return workdir, planned, result, args
 
 
 def test_every_spec_output_exists_for_every_subject(demo_run):
-    workdir, _, _ = demo_run
+    workdir, *_ = demo_run
     results = workdir / "results-small"
     for subject in SUBJECTS:
         for path in spec_outputs(results, subject):
@@ -59,7 +68,7 @@ def test_every_spec_output_exists_for_every_subject(demo_run):
 
 
 def test_outputs_hold_what_spec_says(demo_run):
-    workdir, _, _ = demo_run
+    workdir, *_ = demo_run
     results = workdir / "results-small"
     adc = nib.load(preproc(results, "01", "dwi", "adc.nii.gz"))
     assert adc.get_data_dtype() == np.float32
@@ -82,7 +91,7 @@ def test_outputs_hold_what_spec_says(demo_run):
 
 
 def test_sets_and_ingest_tables(demo_run):
-    workdir, _, _ = demo_run
+    workdir, *_ = demo_run
     results = workdir / "results-small"
     sets = read_tsv(results / "ingest" / "sets.tsv").set_index("scan_id")
     assert sets.loc["03", "set"] == "B" and sets.loc["03", "split"] == "test"
@@ -92,7 +101,7 @@ def test_sets_and_ingest_tables(demo_run):
 
 
 def test_one_mlflow_run_per_job_in_one_invocation(demo_run):
-    workdir, planned, _ = demo_run
+    workdir, planned, *_ = demo_run
     store = workdir / "results-small" / "mlflow.db"
     mlflow.set_tracking_uri(f"sqlite:///{store}")
     runs = mlflow.search_runs(experiment_names=["cesynth"], output_format="list")
@@ -101,21 +110,30 @@ def test_one_mlflow_run_per_job_in_one_invocation(demo_run):
         assert run.info.status == "FINISHED"
         per_rule[run.data.tags["cesynth.rule"]] = per_rule.get(run.data.tags["cesynth.rule"], 0) + 1
     expected = {rule: n for rule, n in planned.items() if rule != "all"}
-    assert per_rule == expected
+    assert per_rule == {**expected, "sweep": 1}  # the sweep's parent run
     assert len({run.data.tags["cesynth.invocation_id"] for run in runs}) == 1
+    (parent,) = [r for r in runs if r.data.tags["cesynth.rule"] == "sweep"]
+    points = [r for r in runs if r.data.tags.get("cesynth.sweeps") == "lossweights"]
+    assert {r.data.tags["cesynth.wildcard.experiment"] for r in points} == {
+        "default", "lossweights-1x1"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in points)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+    assert "paper_tables.md" in artifacts
     adc_runs = [r for r in runs if r.data.tags["cesynth.rule"] == "fit_adc"]
     assert {r.data.tags["cesynth.wildcard.subject"] for r in adc_runs} == set(SUBJECTS)
     assert all("median_in_mask" in r.data.metrics for r in adc_runs)
 
 
 def test_the_model_is_trained_and_logged(demo_run):
-    workdir, _, _ = demo_run
+    workdir, *_ = demo_run
     out = workdir / "results-small" / "train" / "default"
-    for name in ("checkpoint_best.pt", "checkpoint_latest.pt", "training_curve.png"):
+    for name in ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt",
+                 "training_curve.png"):
         assert (out / name).is_file(), name
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'results-small' / 'mlflow.db'}")
     (run,) = mlflow.search_runs(experiment_names=["cesynth"], output_format="list",
-                                filter_string="tags.`cesynth.rule` = 'train_model'")
+                                filter_string="tags.`cesynth.rule` = 'train_model' and "
+                                              "tags.`cesynth.wildcard.experiment` = 'default'")
     assert run.data.params["model"] == "hrfcn3d"
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert len(history) >= 6 and history[-1].value < history[0].value
@@ -125,13 +143,13 @@ def test_the_model_is_trained_and_logged(demo_run):
 
     patch = torch.zeros(1, 3, 3, shape[1], shape[0])
     assert tuple(model(patch).shape) == (1, 1, 3, shape[1], shape[0])
-    checkpoint = torch.load(out / "checkpoint_best.pt", weights_only=False)
+    checkpoint = torch.load(out / "checkpoint_final.pt", weights_only=False)
     assert checkpoint["preprocessing"] == {"model_grid": shape, "normalise": "histeq",
                                            "brainmask": "auto"}
 
 
 def test_held_out_subjects_are_synthesized_and_scored(demo_run):
-    workdir, _, _ = demo_run
+    workdir, *_ = demo_run
     results = workdir / "results-small"
     folder = results / "eval" / "default" / "sub-03"
     synthetic = nib.load(folder / "sub-03_space-model_desc-synthetic_ceT1w.nii.gz")
@@ -148,12 +166,50 @@ def test_held_out_subjects_are_synthesized_and_scored(demo_run):
     assert record["brain"] == again["brain"] and record["tumor"] == again["tumor"]
     assert record["tumor"]["voxels"] > 0  # the expert tumor mask, moved to the model grid
     metrics = read_tsv(results / "eval" / "metrics.tsv")
-    assert metrics[["subject", "set", "model"]].values.tolist() == [["03", "B", "default"]]
+    assert set(metrics["subject"]) == {"03"}  # sub-01 and sub-02 train; never reported
+    assert set(metrics["model"]) == {
+        "default", "lossweights-1x1", "default--zero-adc", "default--cascade-T2w-adc",
+        "floor-t1", "floor-regression", "cascade-T2w", "cascade-adc"}
     assert "## Set B: brain and tumor" in (results / "eval" / "tables.md").read_text()
 
 
+def test_input_conditions_cascade_and_floors_are_synthesized_as_declared(demo_run):
+    workdir, *_ = demo_run
+    evaluation = workdir / "results-small" / "eval"
+
+    def sidecar(model, modality="ceT1w"):
+        return read_json(evaluation / model / "sub-03" /
+                         f"sub-03_space-model_desc-synthetic_{modality}.json")
+
+    assert sidecar("default--zero-adc")["ZeroedInputs"] == ["adc"]
+    cascade = sidecar("default--cascade-T2w-adc")
+    assert {"sub-03_space-model_desc-synthetic_T2w.nii.gz",
+            "sub-03_space-model_desc-synthetic_adc.nii.gz"} <= set(cascade["Sources"])
+    assert sidecar("cascade-T2w", "T2w")["Modality"] == "T2w"
+    assert sidecar("floor-regression")["Floor"] == "regression"
+    t1_floor = nib.load(evaluation / "floor-t1" / "sub-03" /
+                        "sub-03_space-model_desc-synthetic_ceT1w.nii.gz")
+    assert is_synthetic(t1_floor)
+    tables = (evaluation / "paper" / "paper_tables.md").read_text()
+    assert "floor" in tables.lower()
+    assert (evaluation / "paper" / "fig10_missing_inputs.png").is_file()
+    assert (evaluation / "paper" / "fig4_synthesis.png").is_file()
+
+
+def test_execution_settings_schedule_nothing_and_results_settings_rerun(demo_run, tmp_path):
+    workdir, _, _, args = demo_run
+    moved = tmp_path / "gpu.yaml"
+    moved.write_text(yaml.safe_dump({"train": {"device": "cpu", "workers": 2, "compile": True,
+                                               "checkpoint_every_steps": 7, "gpus": 1}}))
+    assert dry_run_jobs(workdir, *args, str(moved)) == {}
+    changed = tmp_path / "delta.yaml"
+    changed.write_text(yaml.safe_dump({"train": {"delta": 0.2}}))
+    jobs = dry_run_jobs(workdir, *args, str(changed))
+    assert jobs["train_model"] >= 2 and jobs["train_trunk"] >= 1
+
+
 def test_the_model_is_registered_and_predicts_a_new_patient_in_one_command(demo_run, tmp_path):
-    workdir, _, _ = demo_run
+    workdir, *_ = demo_run
     results = workdir / "results-small"
     record = read_json(results / "release" / "default.json")
     assert record["model_uri"] == "models:/cesynth-default/1"
@@ -177,39 +233,50 @@ def test_the_model_is_registered_and_predicts_a_new_patient_in_one_command(demo_
 
 
 def test_a_rerun_has_nothing_to_do(demo_run):
-    workdir, _, _ = demo_run
-    result = snakemake(workdir, "--dry-run", "--configfile", str(SMALL))
+    workdir, _, _, args = demo_run
+    result = snakemake(workdir, "--dry-run", *args)
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_new_subject_reruns_only_its_own_jobs(demo_run, tmp_path):
-    workdir, _, _ = demo_run
+def test_new_subjects_rerun_only_what_depends_on_them(demo_run, tmp_path):
+    workdir, _, _, args = demo_run
     bids = workdir / "demo-small" / "bids"
     config = tmp_path / "as_dataset.yaml"
     config.write_text(yaml.safe_dump({"demo": {"enabled": False}}))
-    as_dataset = ["--configfile", str(SMALL), str(config)]
+    as_dataset = [*args, str(config)]
     assert dry_run_jobs(workdir, *as_dataset) == {}
 
     extra = tmp_path / "extra"
     built = subprocess.run([CESYNTH, "phantom", "--out",
-                            str(extra), "--subjects", "4", "--set-b", "0", "--voxel-mm", "4"],
+                            str(extra), "--subjects", "5", "--set-b", "0", "--voxel-mm", "4"],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
-    shutil.copytree(extra / "sub-04", bids / "sub-04")
-    shutil.copytree(extra / "derivatives/phantom/sub-04", bids / "derivatives/phantom/sub-04")
-    with open(bids / "participants.tsv", "a") as participants:
-        participants.write("sub-04\tA\n")
+
+    def add(subject):
+        shutil.copytree(extra / f"sub-{subject}", bids / f"sub-{subject}")
+        shutil.copytree(extra / f"derivatives/phantom/sub-{subject}",
+                        bids / f"derivatives/phantom/sub-{subject}")
+        with open(bids / "participants.tsv", "a") as participants:
+            participants.write(f"sub-{subject}\tA\n")
+
+    add("04")  # by its ID hash a Set A *test* subject: reported, never trained on
     jobs = dry_run_jobs(workdir, *as_dataset)
-    per_subject = {"validate_subject": 1, "fit_adc": 1, "mask_brain": 1,
-                   "register_anat_to_cet1w": 2, "register_dwi_to_cet1w": 1,
-                   "resample_mask_to_model_grid": 1, "normalise_to_model_grid": 4,
-                   "plot_qc_montage": 1, "cache_training_subject": 1}
-    # sub-04 is a new Set A training subject: the model is retrained on the larger Set A, and
-    # the held-out subject (sub-03, Set B) is synthesized and scored again with the new model.
-    gathering = {"assign_sets": 1, "tabulate_qc": 4, "train_model": 1, "all": 1,
-                 "synthesize_evaluation_subject": 1, "score_evaluation_subject": 1,
-                 "tabulate_evaluation": 1, "register_model": 1}
-    assert jobs == {**per_subject, **gathering}
+    preprocessing = {"validate_subject": 1, "fit_adc": 1, "mask_brain": 1,
+                     "register_anat_to_cet1w": 2, "register_dwi_to_cet1w": 1,
+                     "resample_mask_to_model_grid": 1, "normalise_to_model_grid": 4,
+                     "plot_qc_montage": 1}
+    # every model synthesizes the new reported subject; nothing is retrained
+    evaluation = {"synthesize_evaluation_subject": 4, "synthesize_input_condition": 2,
+                  "synthesize_floor": 2, "score_evaluation_subject": 8,
+                  "tabulate_evaluation": 1, "tabulate_paper": 1, "plot_synthesis_panel": 1,
+                  "release_model": 1}
+    gathering = {"assign_sets": 1, "tabulate_qc": 4, "all": 1}
+    assert jobs == {**preprocessing, **evaluation, **gathering}
+
+    add("05")  # a Set A *training* subject: its cache, and every model is retrained
+    jobs = dry_run_jobs(workdir, *as_dataset)
+    assert jobs["cache_training_subject"] == 1 and jobs["fit_voxel_regression"] == 1
+    assert jobs["train_model"] == 4 and jobs["train_trunk"] == 3  # 2 loss-weight points share
 
 
 def test_a_bad_subject_stops_alone_with_one_line(tmp_path):

@@ -35,7 +35,7 @@ from cesynth.predict import (
     sidecar_path,
     to_native_grid,
 )
-from cesynth.release import CHECKPOINT_ARTIFACT, register_release, resolve_model
+from cesynth.release import register_release, resolve_model
 from cesynth.settings import TrainSettings
 from cesynth.tracking import init_store
 from cesynth.train import train
@@ -253,7 +253,7 @@ def test_cli_with_an_adc_map_prints_a_json_summary(cli_adc_run):
     img, t1 = nib.load(summary["output"]), nib.load(str(cli_adc_run["files"]["t1"]))
     assert is_synthetic(img) and img.shape == t1.shape
     assert (out_dir / "work" / "adc_space-T1w.nii.gz").is_file()
-    assert (out_dir / "work" / "model" / CHECKPOINT_ARTIFACT).is_file()
+    assert (out_dir / "work" / "model" / "checkpoint_best.pt").is_file()  # as released
     sidecar = sidecar_of(Path(summary["output"]))
     assert sidecar["Sources"] == [cli_adc_run["files"][k].name for k in ("t1", "t2", "adc")]
     assert sidecar["ModelSource"] == "models:/cesynth-tiny@champion"
@@ -389,7 +389,7 @@ def test_resolve_model_downloads_the_runs_checkpoint(reference, mlflow_store, ch
                                                      tmp_path):
     uri = reference.format(**mlflow_store)
     path = resolve_model(uri, tmp_path / "download", tracking_uri=mlflow_store["uri"])
-    assert path.name == CHECKPOINT_ARTIFACT and path.parent == tmp_path / "download"
+    assert path.name == "checkpoint_best.pt" and path.parent == tmp_path / "download"
     assert path.read_bytes() == checkpoint.read_bytes()
     assert load_generator(path).preprocessing == PREPROCESSING
 
@@ -398,7 +398,7 @@ def test_resolve_model_downloads_the_runs_checkpoint(reference, mlflow_store, ch
     ("no-such-checkpoint.pt", "not a checkpoint file or an MLflow runs:/ or models:/ URI"),
     ("models:/cesynth-tiny/99", "no such registered model version"),
     ("models:/cesynth-tiny", "expected models:/<name>/<version or alias>"),
-    ("runs:/0123456789abcdef/model", "cannot fetch checkpoint_best.pt"),
+    ("runs:/0123456789abcdef/model", "cannot fetch checkpoint_final.pt or checkpoint_best.pt"),
 ])
 def test_resolve_model_refuses_what_it_cannot_find(reference, problem, mlflow_store, tmp_path):
     with pytest.raises(InputError) as caught:
@@ -409,7 +409,7 @@ def test_resolve_model_refuses_what_it_cannot_find(reference, problem, mlflow_st
 
 def test_a_checkpoint_without_preprocessing_cannot_be_released(old_checkpoint, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with tracking.stage_run("register_model", {"experiment": "old"}, uri=uri), \
+    with tracking.stage_run("release_model", {"experiment": "old"}, uri=uri), \
             pytest.raises(InputError, match="no preprocessing record") as caught:
         register_release(old_checkpoint, "cesynth-old")
     assert caught.value.who == str(old_checkpoint)

@@ -372,3 +372,65 @@ def test_fingerprint_follows_settings_and_caches(tmp_path):
     other = tmp_path / "sub-02_cache.json"
     other.write_text("{}")
     assert first != run_fingerprint(base, [cache, other], [])
+    assert first == run_fingerprint(TrainSettings(workers=4, device="cuda", compile=True,
+                                                  checkpoint_every_steps=9), [cache], [])
+
+
+def test_channels_last_trains_a_2d_model(caches, tmp_path):
+    """channels_last_3d on a 2D model's 4-D weights raised before; channels_last is used now."""
+    settings = {**SETTINGS, "model": "hrfcn2d", "stages": [[1, 1.0, 1.0, 1.0, 3e-3]]}
+    default = train(caches["train"], [], tmp_path / "a", TrainSettings.from_dict(settings))
+    last = train(caches["train"], [], tmp_path / "b",
+                 TrainSettings.from_dict({**settings, "channels_last": True}))
+    assert _step_losses(last) == pytest.approx(_step_losses(default), rel=2e-3)
+
+
+def test_last_stage_from_a_shared_trunk_equals_one_whole_run(run_a, caches, tmp_path):
+    settings = TrainSettings.from_dict(SETTINGS)
+    trunk = train(caches["train"], caches["val"], tmp_path / "trunk",
+                  TrainSettings.from_dict({**SETTINGS, "stages": SETTINGS["stages"][:1]}))
+    resumed = train(caches["train"], caches["val"], tmp_path / "last", settings,
+                    start_from=trunk["checkpoint_final"])
+    final_a = _weights(run_a["summary"]["checkpoint_final"])
+    for name, tensor in _weights(resumed["checkpoint_final"]).items():
+        assert torch.equal(tensor, final_a[name]), name
+    assert _step_losses(resumed) == _step_losses(run_a["summary"])
+
+
+def test_a_trunk_of_other_settings_is_refused(caches, tmp_path):
+    trunk = train(caches["train"], [], tmp_path / "trunk",
+                  TrainSettings.from_dict({**SETTINGS, "stages": [[1, 1.0, 1.0, 1.0, 3e-3]]}))
+    with pytest.raises(InputError, match="other settings"):
+        train(caches["train"], [], tmp_path / "last", TrainSettings.from_dict(SETTINGS),
+              start_from=trunk["checkpoint_final"])
+
+
+def test_best_checkpoint_is_chosen_within_the_last_stage(run_a):
+    summary = run_a["summary"]
+    last_stage_start = SETTINGS["stages"][0][0]
+    assert summary["best_epoch"] >= last_stage_start
+    epochs = json.loads(summary["metrics"].read_text())["history"]["epochs"]
+    in_last = [e["psnr"] for e in epochs if e["epoch"] >= last_stage_start]
+    assert summary["best_psnr"] == max(in_last)
+    final = torch.load(summary["checkpoint_final"], map_location="cpu", weights_only=False)
+    assert final["epoch"] == 4 and final["global_step"] == TOTAL_STEPS
+
+
+def test_validation_scores_as_evaluation_does(run_a, caches):
+    """Validation's brain PSNR equals evaluate_volumes on inference's clipped, masked output."""
+    from cesynth.data import ValidationVolumes
+    from cesynth.evaluate import evaluate_volumes
+    from cesynth.inference import finish_prediction
+    from cesynth.normalise import from_slice_major
+
+    epochs = json.loads(run_a["summary"]["metrics"].read_text())["history"]["epochs"]
+    model = build_model("hrfcn3d", 3, width_multiplier=1 / 16, blocks_per_module=1)
+    model.load_state_dict(_weights(run_a["summary"]["checkpoint_final"]))
+    subject = ValidationVolumes(caches["val"])[0]
+    prediction = predict_volume(model.eval(), torch.from_numpy(subject.inputs))[0].numpy()
+    brain = from_slice_major(subject.mask[0] != 0)
+    scores = evaluate_volumes(finish_prediction(from_slice_major(prediction), brain),
+                              from_slice_major(subject.target[0]), brain)["brain"]
+    assert epochs[-1]["psnr"] == pytest.approx(scores["psnr"], abs=1e-4)
+    assert epochs[-1]["ssim"] == pytest.approx(scores["ssim"], abs=1e-5)
+    assert epochs[-1]["mae"] == pytest.approx(scores["mae"], abs=1e-6)

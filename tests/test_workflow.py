@@ -232,3 +232,17 @@ def test_a_declared_sweep_fans_out_and_stage_two_points_share_stage_one(tmp_path
             "models-unet2d", "default--zero-adc", "default--cascade-T2w-adc", "floor-t1",
             "cascade-T2w", "cascade-adc"} == names
 
+
+
+def test_the_paper_profile_declares_the_papers_grids(tmp_path):
+    """Tables I, III, V and Figs. 7, 9, 10 as declared in config/profiles/paper.yaml."""
+    cohort = tmp_path / "cohort.yaml"
+    cohort.write_text(yaml.safe_dump({"demo": {"enabled": True, "subjects": 12,
+                                               "set_b_subjects": 3},
+                                      "bids_dir": str(tmp_path / "bids")}))
+    jobs = dry_run_jobs(tmp_path, "--configfile", str(REPO / "config/profiles/paper.yaml"),
+                        str(cohort))
+    # reference + 7 models + 2 inputs + 4 loss-weight pairs + 7 deltas + 2 cascade models
+    assert jobs["train_model"] == 1 + 7 + 2 + 4 + 7 + 2
+    # the four extra loss-weight points fine-tune from the reference's stage 1
+    assert jobs["train_trunk"] == jobs["train_model"] - 4

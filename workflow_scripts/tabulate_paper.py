@@ -8,13 +8,16 @@ import pandas as pd
 
 from cesynth import paper
 from cesynth.io import read_tsv
-from cesynth.jobs import JobOutcome, run_job
+from cesynth import tracking
+from cesynth.jobs import JobOutcome, run_job, tracking_settings
 
 
 def work():
     written = paper.write_paper_outputs(read_tsv(snakemake.input.metrics),
                                         pd.DataFrame(snakemake.params.catalog),
                                         Path(snakemake.output.tables).parent)
+    tracking.log_to_sweeps(*tracking_settings(), list(snakemake.params.sweeps),
+                           list(written.values()))
     return JobOutcome(metrics={"outputs": len(written)}, artifacts=list(written.values()))
 
 

@@ -1,4 +1,4 @@
-"""Rule train_model: glue only, the work is cesynth.train.train_from_files."""
+"""Rules train_trunk, train_model: glue only, the work is cesynth.train.train_from_files."""
 import sys
 from pathlib import Path
 
@@ -6,9 +6,13 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import train
 from cesynth.jobs import JobOutcome, run_job
+from cesynth.settings import EXECUTION_SETTINGS
 
-settings = snakemake.params.settings
-out_dir = Path(snakemake.output.best).parent
+# Execution settings (device, workers, compile, checkpoint cadence) come from the config at run
+# time, not from params, so changing them never reruns a finished training.
+execution = {k: v for k, v in snakemake.config["train"].items() if k in EXECUTION_SETTINGS}
+settings = {**snakemake.params.settings, **execution}
+out_dir = Path(snakemake.output[0]).parent
 
 
 def caches(folders):
@@ -18,9 +22,10 @@ def caches(folders):
 def work():
     summary = train.train_from_files(caches(snakemake.input.train),
                                      caches(snakemake.input.validation), out_dir, settings,
-                                     preprocessing=snakemake.params.preprocessing)
+                                     preprocessing=snakemake.params.preprocessing,
+                                     start_from=snakemake.input.get("trunk"))
     metrics = {key: value for key, value in summary.items() if isinstance(value, int | float)}
     return JobOutcome(metrics=metrics)
 
 
-run_job(snakemake, work, params=settings)
+run_job(snakemake, work, params=settings, sweeps=snakemake.params.get("sweeps") or [])

@@ -13,14 +13,10 @@
 Both predictions follow :func:`cesynth.inference.synthesize`: a missing input is filled with
 zeros (the paper's rule), the T1 is required, the result is clipped to [0, 1] and 0 outside the
 brain mask. :func:`write_floor_prediction` writes either one as inference writes the network's
-output (:func:`cesynth.inference._write_outputs`): a float32 NIfTI on the mask's grid marked
+output (:func:`cesynth.io.write_synthetic`): a float32 NIfTI on the mask's grid marked
 synthetic in its header, and a JSON sidecar (``"Synthetic": true``) naming files by base name
-only. Everything is computed before anything is written.
-
-Only :func:`write_floor_prediction` imports :mod:`cesynth.inference` (and so torch), for its
-private writers ``_check_output_paths`` and ``_write_outputs``; the rest runs in the base
-environment. Input loading mirrors ``cesynth.inference._load_input`` on the torch-free readers
-of :mod:`cesynth.cache`.
+only. Everything is computed before anything is written. Nothing here imports torch, so the
+floors run in the base environment.
 """
 
 from __future__ import annotations
@@ -35,8 +31,19 @@ import nibabel as nib
 import numpy as np
 
 from cesynth import __version__
-from cesynth.cache import INPUT_MODALITIES, TARGET_MODALITY, load_model_grid_image
-from cesynth.io import InputError, read_json, write_json
+from cesynth.cache import (
+    INPUT_MODALITIES,
+    TARGET_MODALITY,
+    load_model_grid_image,
+    load_on_mask_grid,
+)
+from cesynth.io import (
+    InputError,
+    check_synthetic_paths,
+    read_json,
+    write_json,
+    write_synthetic,
+)
 
 PathLike = str | Path
 
@@ -50,7 +57,6 @@ REGRESSION_FORMAT = "cesynth-voxel-regression/1"
 """The ``format`` field of a voxel-regression JSON."""
 
 _T1 = INPUT_MODALITIES[0]
-_AFFINE_ATOL_MM = 1e-2  # float32 header round-off, as in cesynth.inference and cesynth.normalise
 
 
 # ---------------------------------------------------------------- arrays
@@ -311,7 +317,7 @@ def _subject_samples(subject: Mapping[str, PathLike | None], modalities: Sequenc
     if brain.size > limit:
         brain = np.sort(np.random.default_rng(seed).choice(brain, size=limit, replace=False))
     volumes = _load_inputs(subject, modalities, mask_img)
-    target = _load_checked(subject[TARGET_MODALITY], mask_img).ravel()[brain]
+    target = load_on_mask_grid(subject[TARGET_MODALITY], mask_img).ravel()[brain]
     zeros = np.zeros(brain.size)
     voxels = [volumes[m].ravel()[brain] if m in volumes else zeros for m in modalities]
     return np.stack(voxels, axis=1).astype(np.float64), target.astype(np.float64)
@@ -363,11 +369,8 @@ def write_floor_prediction(
             unreadable file, an image off the mask's grid (shape, orientation or affine) or not
             finite, or a bad output name. Nothing is written then.
     """
-    # Imported here so that fitting and applying need no torch; see the module docstring.
-    from cesynth.inference import _check_output_paths, _write_outputs
-
     model = _floor_model(kind, model_json)
-    _check_output_paths(out_path, sidecar_path)
+    check_synthetic_paths(out_path, sidecar_path)
     modalities = [_T1] if model is None else model["modalities"]
     mask_img = load_model_grid_image(mask_path)
     brain = np.asarray(mask_img.dataobj) > 0
@@ -381,7 +384,7 @@ def write_floor_prediction(
         sidecar.update(RegressionModel=Path(model_json).name, RegressionDegree=model["degree"],
                        RegressionModelSHA256=hashlib.sha256(Path(model_json).read_bytes())
                        .hexdigest())
-    _write_outputs(prediction, mask_img.affine, sidecar, Path(out_path), Path(sidecar_path))
+    write_synthetic(prediction, mask_img.affine, sidecar, out_path, sidecar_path)
     return sidecar
 
 
@@ -401,21 +404,8 @@ def _load_inputs(paths: Mapping[str, PathLike | None], modalities: Sequence[str]
     """The given ``modalities`` as ``(x, y, z)`` float32 arrays; the first one is required."""
     if paths.get(modalities[0]) is None:
         raise InputError(modalities[0], "required input image is missing")
-    return {m: _load_checked(p, mask_img) for m in modalities if (p := paths.get(m)) is not None}
-
-
-def _load_checked(path: PathLike, mask_img: nib.Nifti1Image) -> np.ndarray:
-    """A model-grid image as ``(x, y, z)`` float32, on the mask's grid, finite values only."""
-    img = load_model_grid_image(path)
-    grid = tuple(mask_img.shape[:3])
-    if img.shape[:3] != grid:
-        raise InputError(path, f"grid {img.shape[:3]} differs from the brain mask's {grid}")
-    if not np.allclose(img.affine, mask_img.affine, atol=_AFFINE_ATOL_MM):
-        raise InputError(path, "affine differs from the brain mask's: not on the same model grid")
-    volume = img.get_fdata(dtype=np.float32)  # cached by the full read of load_model_grid_image
-    if not np.isfinite(volume).all():
-        raise InputError(path, "holds non-finite values (NaN or infinity)")
-    return volume
+    return {m: load_on_mask_grid(p, mask_img) for m in modalities
+            if (p := paths.get(m)) is not None}
 
 
 def _floor_sidecar(kind: str, modalities: Sequence[str], used: Sequence[str],

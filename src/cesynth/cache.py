@@ -36,6 +36,8 @@ TARGET_MODALITY = "ceT1w"
 PATCH_SLICES = 3
 CACHE_SUFFIX = "_cache.json"
 ARRAY_NAMES = ("inputs", "target", "mask")
+AFFINE_ATOL_MM = 1e-2
+"""Largest affine difference of images on one model grid (float32 header round-off)."""
 
 
 def cache_subject(
@@ -136,6 +138,32 @@ def load_model_grid_volume(path: str | Path, grid: tuple[int, ...]) -> np.ndarra
     return np.ascontiguousarray(to_slice_major(img.get_fdata(dtype=np.float32)))
 
 
+def load_on_mask_grid(path: str | Path, mask_img: nib.Nifti1Image) -> np.ndarray:
+    """A model-grid image as ``(x, y, z)`` float32, checked to lie on the brain mask's grid.
+
+    Args:
+        path: a 3D RAS-canonical model-grid NIfTI.
+        mask_img: the model-grid brain mask (:func:`load_model_grid_image`).
+
+    Returns:
+        The voxels, finite.
+
+    Raises:
+        InputError: the file is missing or unreadable, its grid, orientation or affine differ
+            from the mask's, or it holds non-finite values.
+    """
+    img = load_model_grid_image(path)
+    grid = tuple(mask_img.shape[:3])
+    if img.shape[:3] != grid:
+        raise InputError(path, f"grid {img.shape[:3]} differs from the brain mask's {grid}")
+    if not np.allclose(img.affine, mask_img.affine, atol=AFFINE_ATOL_MM):
+        raise InputError(path, "affine differs from the brain mask's: not on the same model grid")
+    volume = img.get_fdata(dtype=np.float32)  # cached by the full read of load_model_grid_image
+    if not np.isfinite(volume).all():
+        raise InputError(path, "holds non-finite values (NaN or infinity)")
+    return volume
+
+
 def read_foreground_slices(sidecar_path: str | Path, n_slices: int) -> tuple[int, int]:
     """Read the foreground slice range that the normalise stage wrote into the mask sidecar.
 
@@ -165,6 +193,7 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
-__all__ = ["ARRAY_NAMES", "CACHE_SUFFIX", "INPUT_MODALITIES", "PATCH_SLICES", "TARGET_MODALITY",
+__all__ = ["AFFINE_ATOL_MM", "ARRAY_NAMES", "CACHE_SUFFIX", "INPUT_MODALITIES", "PATCH_SLICES",
+           "TARGET_MODALITY", "load_on_mask_grid",
            "cache_subject", "find_caches", "load_model_grid_image", "load_model_grid_volume",
            "read_foreground_slices"]

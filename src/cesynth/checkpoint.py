@@ -32,6 +32,7 @@ import json
 import logging
 import random
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +47,7 @@ _log = logging.getLogger(__name__)
 
 CHECKPOINT_LATEST = "checkpoint_latest.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
+CHECKPOINT_FINAL = "checkpoint_final.pt"
 RUN_FINGERPRINT = "run_fingerprint.txt"
 CHECKPOINT_FORMAT = 1
 
@@ -172,6 +174,23 @@ def check_resumable(checkpoint: Mapping[str, Any], settings: TrainSettings,
                          f"resumed with {context.world_size}: the data order would change")
 
 
+def check_trunk(checkpoint: Mapping[str, Any], settings: TrainSettings,
+                context: DistContext, path: Path) -> None:
+    """Fail unless ``checkpoint`` ends every stage of ``settings`` but the last.
+
+    A run whose earlier stages another run trained (a sweep's shared stage 1) starts its last
+    stage from that run's final checkpoint, exactly as if it had trained them itself.
+
+    Raises:
+        InputError: as :func:`check_resumable` for the first stages, or an unfinished trunk.
+    """
+    trunk = replace(settings, stages=settings.stages[:-1])
+    check_resumable(checkpoint, trunk, context, path)
+    if checkpoint["epoch"] != trunk.total_epochs or checkpoint["step_in_epoch"] != 0:
+        raise InputError(path, f"trunk stopped at epoch {checkpoint['epoch']} of "
+                               f"{trunk.total_epochs}: not finished")
+
+
 def rng_states() -> dict[str, Any]:
     """This process's torch, numpy, Python (and initialised CUDA) generator states."""
     states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -195,11 +214,14 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
 
 
 def run_fingerprint(settings: TrainSettings, train_caches: Sequence[Path],
-                    val_caches: Sequence[Path]) -> str:
-    """A hash of what defines a run: its settings and its caches (paths and modification times)."""
-    caches = [(str(p), p.stat().st_mtime_ns) for p in (*train_caches, *val_caches)]
-    payload = json.dumps({"settings": settings.to_dict(), "caches": caches}, sort_keys=True,
-                         default=str)
+                    val_caches: Sequence[Path], start_from: Path | None = None) -> str:
+    """A hash of what defines a run: the settings that shape its result (execution settings
+    left out, so a run resumes on other hardware), its caches and the trunk it starts from
+    (paths and modification times)."""
+    files = [*train_caches, *val_caches, *([start_from] if start_from else [])]
+    stamps = [(str(p), p.stat().st_mtime_ns) for p in files]
+    shaping = {k: v for k, v in settings.to_dict().items() if k not in EXECUTION_SETTINGS}
+    payload = json.dumps({"settings": shaping, "caches": stamps}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -215,7 +237,7 @@ def set_aside_stale_checkpoints(out_dir: Path, fingerprint: str) -> bool:
     latest = out_dir / CHECKPOINT_LATEST
     stale = latest.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint)
     if stale:
-        for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST):
+        for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST, CHECKPOINT_FINAL):
             if (out_dir / name).exists():
                 (out_dir / name).replace(out_dir / name.replace(".pt", ".superseded.pt"))
         _log.warning("%s: checkpoints of an earlier run (other settings or subjects) set aside "
@@ -226,6 +248,7 @@ def set_aside_stale_checkpoints(out_dir: Path, fingerprint: str) -> bool:
     return stale
 
 
-__all__ = ["CHECKPOINT_BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_LATEST", "RUN_FINGERPRINT",
-           "check_resumable", "read_checkpoint", "read_checkpoint_bytes", "restore_rng_states",
-           "rng_states", "run_fingerprint", "set_aside_stale_checkpoints", "write_checkpoint"]
+__all__ = ["CHECKPOINT_BEST", "CHECKPOINT_FINAL", "CHECKPOINT_FORMAT", "CHECKPOINT_LATEST",
+           "RUN_FINGERPRINT", "check_resumable", "check_trunk", "read_checkpoint",
+           "read_checkpoint_bytes", "restore_rng_states", "rng_states", "run_fingerprint",
+           "set_aside_stale_checkpoints", "write_checkpoint"]

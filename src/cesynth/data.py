@@ -19,8 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cesynth.cache import ARRAY_NAMES, PATCH_SLICES
+from cesynth.cache import ARRAY_NAMES, INPUT_MODALITIES, PATCH_SLICES
 from cesynth.io import InputError, read_json
+
+T1_CHANNEL = INPUT_MODALITIES.index("T1w")
+"""Cache input channel of the T1 (caches hold :data:`INPUT_MODALITIES` in order)."""
+PATCH_KEYS = (*ARRAY_NAMES, "t1")
+"""Arrays of a patch: the cached ones, and the T1 as cached (flipped, never jittered) for the
+local loss's enhancement mask, which must not change with the intensity augmentation."""
 
 # ---------------------------------------------------------------- cached subjects
 
@@ -159,7 +165,8 @@ class PatchDataset(Dataset):
 
         Returns:
             ``inputs`` float32 ``(C, 3, Y, X)``, ``target`` float32 ``(1, 3, Y, X)``, ``mask``
-            uint8 ``(1, 3, Y, X)``, and the ints ``index``, ``subject`` (position in
+            uint8 ``(1, 3, Y, X)``, ``t1`` float32 ``(1, 3, Y, X)`` (the T1 without intensity
+            jitter), and the ints ``index``, ``subject`` (position in
             ``cache_paths``) and ``start`` (first slice).
         """
         patch = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.patch_shapes.items()}
@@ -173,7 +180,7 @@ class PatchDataset(Dataset):
 
         Args:
             index: patch index.
-            out: ``inputs``, ``target`` and ``mask`` arrays of :attr:`patch_shapes`.
+            out: ``inputs``, ``target``, ``mask`` and ``t1`` arrays of :attr:`patch_shapes`.
 
         Returns:
             The subject number and the first slice of the patch.
@@ -190,6 +197,8 @@ class PatchDataset(Dataset):
                 np.multiply(source, scale, out=out[key])  # read, flip and jitter in one pass
             else:
                 np.copyto(out[key], source)
+            if key == "inputs":
+                np.copyto(out["t1"], source[T1_CHANNEL:T1_CHANNEL + 1])
         return subject_id, start
 
     def _common_patch_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -199,6 +208,7 @@ class PatchDataset(Dataset):
             arrays = self._arrays(subject_id)
             found = {key: ((array.shape[0], self.patch_slices, *array.shape[2:]), array.dtype)
                      for key, array in arrays.items()}
+            found["t1"] = ((1, *found["inputs"][0][1:]), found["inputs"][1])
             if shapes and found != shapes:
                 raise InputError(subject.json_path, f"cached grid or channels differ from "
                                  f"{self.subjects[0].name}: {found} against {shapes}")
@@ -357,11 +367,11 @@ def collate_patches(patches: Sequence[Mapping[str, Any]]) -> dict[str, torch.Ten
         patches: items of :class:`PatchDataset`.
 
     Returns:
-        ``inputs``, ``target``, ``mask`` with a leading batch axis, and 1D int64 tensors
+        ``inputs``, ``target``, ``mask``, ``t1`` with a leading batch axis, and 1D int64 tensors
         ``index``, ``subject`` and ``start``.
     """
     batch: dict[str, torch.Tensor] = {}
-    for key in ARRAY_NAMES:
+    for key in PATCH_KEYS:
         first = patches[0][key]
         stacked = torch.empty((len(patches), *first.shape), dtype=first.dtype)
         np.stack([p[key].numpy() for p in patches], out=stacked.numpy())

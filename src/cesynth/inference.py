@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from torch import nn
@@ -42,12 +41,12 @@ from cesynth import __version__
 from cesynth.cache import (
     PATCH_SLICES,
     load_model_grid_image,
-    load_model_grid_volume,
+    load_on_mask_grid,
     read_foreground_slices,
 )
 from cesynth.checkpoint import read_checkpoint_bytes
 from cesynth.distributed import DistContext, resolve_device
-from cesynth.io import InputError, save_nifti, write_json
+from cesynth.io import InputError, check_synthetic_paths, write_synthetic
 from cesynth.models import model_from_settings
 from cesynth.normalise import from_slice_major, to_slice_major
 from cesynth.settings import TrainSettings
@@ -57,7 +56,6 @@ _log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 """Accepted ``device`` names of :func:`load_generator`."""
 
-_AFFINE_ATOL_MM = 1e-2  # float32 header round-off, as in cesynth.normalise
 _MESSAGE_CHARS = 300  # longest third-party error text quoted in a one-line InputError
 _TARGET_NAMES = {"ceT1w": "contrast-enhanced (gadolinium) T1-weighted", "T2w": "T2-weighted",
                  "adc": "apparent diffusion coefficient (ADC)"}
@@ -209,7 +207,8 @@ def predict_volume(model: nn.Module, inputs: torch.Tensor, *, stride: int = 1,
 
 
 def synthesize(generator: Generator, inputs: Mapping[str, np.ndarray | None],
-               brain_mask: np.ndarray, first: int, last: int) -> np.ndarray:
+               brain_mask: np.ndarray, first: int, last: int,
+               zeroed: Sequence[str] = ()) -> np.ndarray:
     """Predict the target of one subject from model-grid arrays.
 
     Args:
@@ -220,6 +219,7 @@ def synthesize(generator: Generator, inputs: Mapping[str, np.ndarray | None],
         brain_mask: ``(x, y, z)`` brain mask (nonzero = brain).
         first: first foreground slice (z index, inclusive).
         last: last foreground slice (inclusive).
+        zeroed: inputs zeroed on purpose; only then may the T1 be absent.
 
     Returns:
         float32 ``(x, y, z)`` prediction in [0, 1]; 0 outside the brain mask and outside
@@ -232,7 +232,7 @@ def synthesize(generator: Generator, inputs: Mapping[str, np.ndarray | None],
     brain = np.asarray(brain_mask) > 0
     if brain.ndim != 3:
         raise InputError("brain mask", f"expected a 3D (x, y, z) array, got shape {brain.shape}")
-    stacked = _input_stack(generator.settings.modalities, inputs, brain.shape)
+    stacked = _input_stack(generator.settings.modalities, inputs, brain.shape, zeroed)
     n_slices = brain.shape[2]
     _check_slice_range(first, last, n_slices)
     _check_inplane(generator, brain.shape)
@@ -240,10 +240,23 @@ def synthesize(generator: Generator, inputs: Mapping[str, np.ndarray | None],
     predicted = _predict(generator, stacked[:, start:stop + 1])
     out = np.zeros(stacked.shape[1:], dtype=np.float32)
     out[first:last + 1] = predicted[first - start:last - start + 1]
-    out *= to_slice_major(brain)
+    return finish_prediction(np.ascontiguousarray(from_slice_major(out)), brain)
+
+
+def finish_prediction(prediction: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
+    """A raw prediction as evaluation and validation score it: in [0, 1], zero outside the brain.
+
+    Args:
+        prediction: the network's output, any shape.
+        brain_mask: the brain, same shape (nonzero = brain).
+
+    Returns:
+        A float32 copy, clipped to [0, 1] and 0 outside the brain.
+    """
+    out = np.asarray(prediction, dtype=np.float32) * (np.asarray(brain_mask) != 0)
     np.clip(out, 0.0, 1.0, out=out)
     out += 0.0  # negative zeros (negative predictions times 0) become +0
-    return np.ascontiguousarray(from_slice_major(out))
+    return out
 
 
 def missing_modalities(generator: Generator, present: Sequence[str]) -> list[str]:
@@ -252,9 +265,9 @@ def missing_modalities(generator: Generator, present: Sequence[str]) -> list[str
 
 
 def _input_stack(modalities: Sequence[str], inputs: Mapping[str, np.ndarray | None],
-                 shape: tuple[int, ...]) -> np.ndarray:
+                 shape: tuple[int, ...], zeroed: Sequence[str] = ()) -> np.ndarray:
     """The model's input channels as a contiguous float32 slice-major ``(C, z, y, x)`` array."""
-    if inputs.get(modalities[0]) is None:
+    if inputs.get(modalities[0]) is None and modalities[0] not in zeroed:
         raise InputError(modalities[0], "required input is missing (the model's first input)")
     stacked = np.zeros((len(modalities), *shape[::-1]), dtype=np.float32)
     for channel, modality in enumerate(modalities):
@@ -311,6 +324,7 @@ def synthesize_subject(
     mask_sidecar_path: str | Path,
     out_path: str | Path,
     sidecar_out_path: str | Path,
+    zeroed: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Synthesize one subject from its model-grid files and write the NIfTI and its sidecar.
 
@@ -324,6 +338,9 @@ def synthesize_subject(
         mask_sidecar_path: the mask's JSON sidecar with ``foreground_slices``.
         out_path: output NIfTI (``.nii`` or ``.nii.gz``), float32, marked synthetic.
         sidecar_out_path: output JSON sidecar (see :func:`provenance_sidecar`).
+        zeroed: inputs replaced by zeros on purpose although they may exist (the paper's
+            missing-input experiments, Fig. 10); the T1 may be one of them. The sidecar names
+            them under ``ZeroedInputs``.
 
     Returns:
         ``input_modalities``, ``missing_modalities``, ``foreground_slices`` ``[first, last]``,
@@ -335,9 +352,10 @@ def synthesize_subject(
             Nothing is written then.
     """
     started = time.perf_counter()
-    _check_output_paths(out_path, sidecar_out_path)
+    check_synthetic_paths(out_path, sidecar_out_path)
     modalities = generator.settings.modalities
-    if image_paths.get(modalities[0]) is None:
+    image_paths = {m: p for m, p in image_paths.items() if m not in zeroed}
+    if image_paths.get(modalities[0]) is None and modalities[0] not in zeroed:
         raise InputError(modalities[0], "required input image is missing")
     mask_img = load_model_grid_image(mask_path)
     grid = tuple(mask_img.shape[:3])
@@ -345,11 +363,13 @@ def synthesize_subject(
     first, last = read_foreground_slices(mask_sidecar_path, n_slices=grid[2])
     used = {m: Path(p) for m in modalities if (p := image_paths.get(m)) is not None}
     _log_ignored(image_paths, modalities)
-    volumes = {m: _load_input(p, grid, mask_img.affine) for m, p in used.items()}
-    prediction = synthesize(generator, volumes, brain, first, last)
+    volumes = {m: load_on_mask_grid(p, mask_img) for m, p in used.items()}
+    prediction = synthesize(generator, volumes, brain, first, last, zeroed=zeroed)
     sources = [*used.values(), Path(mask_path), Path(mask_sidecar_path)]
     sidecar = provenance_sidecar(generator, list(used), sources, (first, last))
-    _write_outputs(prediction, mask_img.affine, sidecar, Path(out_path), Path(sidecar_out_path))
+    if zeroed:
+        sidecar["ZeroedInputs"] = [m for m in modalities if m in zeroed]
+    write_synthetic(prediction, mask_img.affine, sidecar, out_path, sidecar_out_path)
     return {"input_modalities": list(used), "missing_modalities": sidecar["MissingModalities"],
             "foreground_slices": [first, last], "slices_predicted": last - first + 1,
             "seconds": time.perf_counter() - started, "output": Path(out_path),
@@ -396,38 +416,12 @@ def provenance_sidecar(generator: Generator, used: Sequence[str], sources: Seque
     }
 
 
-def _check_output_paths(out_path: str | Path, sidecar_out_path: str | Path) -> None:
-    if not str(out_path).endswith((".nii", ".nii.gz")):
-        raise InputError(out_path, "output image must end in .nii or .nii.gz")
-    if Path(out_path) == Path(sidecar_out_path):
-        raise InputError(sidecar_out_path, "sidecar path is the output image's path")
-
-
 def _log_ignored(image_paths: Mapping[str, Any], modalities: Sequence[str]) -> None:
     ignored = sorted(m for m, p in image_paths.items() if p is not None and m not in modalities)
     if ignored:
         _log.info("inputs %s are not used by the model (inputs %s)", ignored, list(modalities))
 
 
-def _load_input(path: Path, grid: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    """A model-grid input as an ``(x, y, z)`` float32 array, checked against the mask's grid."""
-    volume = load_model_grid_volume(path, grid)
-    own = nib.load(str(path)).affine  # header only: the data were read above
-    if not np.allclose(own, affine, atol=_AFFINE_ATOL_MM):
-        raise InputError(path, "affine differs from the brain mask's: not on the same model grid")
-    return from_slice_major(volume)
-
-
-def _write_outputs(prediction: np.ndarray, affine: np.ndarray, sidecar: Mapping[str, Any],
-                   out_path: Path, sidecar_out_path: Path) -> None:
-    """Write image and sidecar (each atomically); remove the image if the sidecar fails."""
-    save_nifti(prediction, affine, out_path, dtype=np.float32, synthetic=True)
-    try:
-        write_json(dict(sidecar), sidecar_out_path)
-    except BaseException:
-        out_path.unlink(missing_ok=True)
-        raise
-
-
-__all__ = ["DEVICES", "Generator", "load_generator", "missing_modalities", "predict_volume",
+__all__ = ["DEVICES", "Generator", "finish_prediction", "load_generator", "missing_modalities",
+           "predict_volume",
            "provenance_sidecar", "synthesize", "synthesize_subject", "window_starts"]

@@ -169,3 +169,28 @@ def bids_path(root: str | os.PathLike, subject: str, datatype: str, suffix: str,
                                   if key in values]
     name = "_".join(parts + [suffix]) + ext
     return str(Path(root) / f"sub-{subject}" / datatype / name)
+
+
+def check_synthetic_paths(out_path: str | os.PathLike, sidecar_path: str | os.PathLike) -> None:
+    """Fail before any work when a synthetic image's output names cannot be written.
+
+    Raises:
+        InputError: the image name is not ``.nii``/``.nii.gz``, or the sidecar is the image.
+    """
+    if not str(out_path).endswith((".nii", ".nii.gz")):
+        raise InputError(out_path, "output image must end in .nii or .nii.gz")
+    if Path(out_path) == Path(sidecar_path):
+        raise InputError(sidecar_path, "sidecar path is the output image's path")
+
+
+def write_synthetic(image: np.ndarray, affine: np.ndarray, sidecar: dict[str, Any],
+                    out_path: str | os.PathLike, sidecar_path: str | os.PathLike) -> None:
+    """Write a synthetic image (float32, marked synthetic) and its JSON sidecar, each
+    atomically; the image is removed again if the sidecar cannot be written."""
+    save_nifti(image, affine, out_path, dtype=np.float32, synthetic=True)
+    try:
+        write_json(dict(sidecar), sidecar_path)
+    except BaseException:
+        Path(out_path).unlink(missing_ok=True)
+        raise
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,13 +66,14 @@ def tracking_settings() -> tuple[str, str]:
 
 
 def run_job(smk: Any, work: Callable[[], JobOutcome | Mapping[str, Any] | None],
-            params: Mapping[str, Any] | None = None) -> None:
+            params: Mapping[str, Any] | None = None, sweeps: Sequence[str] = ()) -> None:
     """Run ``work`` as the job described by ``smk``, recorded as one MLflow run.
 
     Args:
         smk: the ``snakemake`` object of a script job.
         work: does the job; returns a :class:`JobOutcome` or a dict of metrics.
         params: parameters to log to MLflow.
+        sweeps: sweeps the job's experiment is a point of (its run goes under their parent).
     """
     configure_logging(smk.log[0] if len(smk.log) else None)
     limit_threads(smk.threads)
@@ -80,7 +81,7 @@ def run_job(smk: Any, work: Callable[[], JobOutcome | Mapping[str, Any] | None],
     uri, experiment = tracking_settings()
     try:
         with tracking.stage_run(smk.rule, wildcards, uri=uri, experiment=experiment,
-                                params=params):
+                                params=params, sweeps=list(sweeps or ())):
             outcome = _as_outcome(work())
             _log_outcome(outcome)
     except InputError as err:

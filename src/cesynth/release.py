@@ -2,11 +2,13 @@
 
 ``cesynth predict --model`` takes any of:
 
-* a path to a checkpoint file (``checkpoint_best.pt`` written by :mod:`cesynth.train`);
-* ``runs:/<run_id>[/...]``: the training run; its ``checkpoint_best.pt`` artifact is used;
+* a path to a checkpoint file (``checkpoint_final.pt`` or ``checkpoint_best.pt`` written by
+  :mod:`cesynth.train`);
+* ``runs:/<run_id>[/...]``: a training or release run; its checkpoint artifact is used
+  (:data:`CHECKPOINT_ARTIFACTS`);
 * ``models:/<name>/<version>``, ``models:/<name>/<alias>``, ``models:/<name>@<alias>`` or
   ``models:/<name>/latest``: a version of a model in the MLflow Model Registry; the checkpoint is
-  the ``checkpoint_best.pt`` artifact of the run that logged that version.
+  the checkpoint artifact of the run that logged that version.
 
 The training run logs the checkpoint as a run artifact and the network under ``model``
 (:class:`cesynth.tracking.MlflowTracker`); registering ``runs:/<run_id>/model`` makes a version
@@ -29,7 +31,9 @@ import numpy as np
 from cesynth.cache import PATCH_SLICES
 from cesynth.io import InputError
 
-CHECKPOINT_ARTIFACT = "checkpoint_best.pt"
+CHECKPOINT_ARTIFACTS = ("checkpoint_final.pt", "checkpoint_best.pt")
+"""Checkpoint artifacts a run may hold, in the order :func:`resolve_model` takes them: a
+release run holds the one evaluation used; a training run both (the final one is taken)."""
 """The run artifact that holds the model's weights, settings and preprocessing."""
 
 RUNS_SCHEME = "runs:/"
@@ -85,7 +89,7 @@ def _run_id_of_model_uri(uri: str, tracking_uri: str | None) -> str:
     version = _model_version(client, uri, match["name"], match["ref"] or match["alias"])
     if not version.run_id:
         raise InputError(uri, f"model version {version.version} was not logged by an MLflow run "
-                              f"(no {CHECKPOINT_ARTIFACT} to fetch)")
+                              "(no checkpoint to fetch)")
     return str(version.run_id)
 
 
@@ -116,16 +120,20 @@ def _download_checkpoint(uri: str, run_id: str, dst_dir: str | os.PathLike | Non
 
     target = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="cesynth-"))
     target.mkdir(parents=True, exist_ok=True)
+    wanted = " or ".join(CHECKPOINT_ARTIFACTS)
     try:
+        logged = {a.path for a in _client(tracking_uri).list_artifacts(run_id)}
+        name = next((n for n in CHECKPOINT_ARTIFACTS if n in logged), None)
+        if name is None:
+            raise InputError(uri, f"cannot fetch {wanted} of run {run_id} (not logged)")
         local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(target),
-            tracking_uri=tracking_uri)
+            run_id=run_id, artifact_path=name, dst_path=str(target), tracking_uri=tracking_uri)
     except (MlflowException, OSError) as err:
-        raise InputError(uri, f"cannot fetch {CHECKPOINT_ARTIFACT} of run {run_id} "
+        raise InputError(uri, f"cannot fetch {wanted} of run {run_id} "
                               f"({_one_line(err)})") from err
     path = Path(local)
     if not path.is_file():
-        raise InputError(uri, f"{CHECKPOINT_ARTIFACT} of run {run_id} is not a file")
+        raise InputError(uri, f"{name} of run {run_id} is not a file")
     return path
 
 
@@ -135,7 +143,8 @@ def register_release(checkpoint_path: str | os.PathLike, registered_name: str, *
     """Log a trained model to the active MLflow run and register it as a new model version.
 
     The run gets the network (``model``, with signature and input example on the model grid),
-    the checkpoint (``checkpoint_best.pt``, which :func:`resolve_model` follows) and the
+    the checkpoint (one of :data:`CHECKPOINT_ARTIFACTS`, which :func:`resolve_model` follows) and
+    the
     evaluation ``scores`` as metrics; the version is tagged with the scores and ``tags``.
 
     Args:
@@ -196,4 +205,4 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
 
 
-__all__ = ["CHECKPOINT_ARTIFACT", "register_release", "resolve_model"]
+__all__ = ["CHECKPOINT_ARTIFACTS", "register_release", "resolve_model"]

@@ -156,6 +156,7 @@ def stage_run(
     uri: str,
     experiment: str = DEFAULT_EXPERIMENT,
     params: Mapping[str, Any] | None = None,
+    sweeps: Sequence[str] = (),
 ) -> Iterator[Any]:
     """Record one MLflow run around a job; the run ends FAILED if the block raises.
 
@@ -165,6 +166,8 @@ def stage_run(
         uri: tracking URI.
         experiment: experiment name.
         params: parameters to log at the start.
+        sweeps: the sweeps the job's experiment is a point of; the run becomes a child of the
+            first one's parent run (:func:`sweep_parent_runs`) and is tagged with all.
 
     Yields:
         The active ``mlflow.ActiveRun``; log with ``mlflow.log_metrics`` etc. inside the block.
@@ -174,14 +177,66 @@ def stage_run(
     wildcards = dict(wildcards or {})
     experiment_id = init_store(uri, experiment)
     mlflow.set_tracking_uri(uri)
+    tags = run_tags(rule, wildcards)
+    if sweeps:
+        parents = sweep_parent_runs(uri, experiment, sweeps)
+        tags |= {f"{TAG_PREFIX}sweeps": ",".join(sweeps), PARENT_RUN_TAG: parents[sweeps[0]]}
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name(rule, wildcards),
-        tags=run_tags(rule, wildcards),
+        tags=tags,
     ) as active:
         if params:
             mlflow.log_params(flatten_params(params))
         yield active
+
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+SWEEP_TAG = f"{TAG_PREFIX}sweep_parent"
+
+
+def sweep_parent_runs(uri: str, experiment: str, sweeps: Sequence[str]) -> dict[str, str]:
+    """The parent run of each sweep (one per sweep name and store), created on first use.
+
+    The workflow creates them once before any job starts (so parallel jobs never race to create
+    two); a job finds its sweep's parent by the tag.
+
+    Args:
+        uri: tracking URI.
+        experiment: experiment name.
+        sweeps: sweep names.
+
+    Returns:
+        Sweep name -> run ID of its parent run.
+    """
+    import mlflow
+
+    experiment_id = init_store(uri, experiment)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parents = {}
+    with _store_lock(sqlite_path(uri)):
+        for sweep in sweeps:
+            found = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep}'",
+                                       max_results=1)
+            if found:
+                parents[sweep] = found[0].info.run_id
+                continue
+            run = client.create_run(experiment_id, run_name=f"sweep[{sweep}]",
+                                    tags={**run_tags("sweep", {"sweep": sweep}), SWEEP_TAG: sweep})
+            client.set_terminated(run.info.run_id, "FINISHED")
+            parents[sweep] = run.info.run_id
+    return parents
+
+
+def log_to_sweeps(uri: str, experiment: str, sweeps: Sequence[str],
+                  artifacts: Sequence[str | os.PathLike]) -> None:
+    """Attach result files (the paper's tables and figures) to each sweep's parent run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for run_id in sweep_parent_runs(uri, experiment, sweeps).values():
+        for artifact in artifacts:
+            client.log_artifact(run_id, str(artifact))
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -21,9 +21,17 @@ Choices made here:
 * **Validation** predicts each validation subject's foreground slices window by window with
   :func:`cesynth.inference.predict_volume` (3 slices, stride
   :attr:`TrainSettings.validation_stride`, default 1, overlapping predictions averaged, the last
-  window aligned to the last slice) and reports brain PSNR
-  (:func:`cesynth.evaluate.psnr_in_mask`) averaged over subjects. ``checkpoint_best.pt``
-  follows the best PSNR.
+  window aligned to the last slice) and scores them exactly as evaluation scores a test subject
+  (clipped to [0, 1], zero outside the brain, :func:`cesynth.evaluate.evaluate_volumes`): brain
+  PSNR, MAE and SSIM averaged over subjects. ``checkpoint_best.pt`` follows the best PSNR
+  *within the last stage* (earlier stages optimise other loss weights, and brain PSNR favours
+  them); ``checkpoint_final.pt`` is the model at the end. Validation subjects only select:
+  they are never the reported test subjects.
+* **Shared trunks**: a run can start its last stage from another run's final checkpoint of
+  every earlier stage (:meth:`Trainer.load_trunk`); data order, optimizer and RNG states carry
+  on, so the result is the same as training all stages in one run.
+* **Augmentation** jitters input intensities, but the local loss's enhancement mask
+  ``Y - X_T1 > delta`` is built from the un-jittered T1 (the batch's ``t1``).
 * **Checkpoints** (``checkpoint_latest.pt``, contents in :mod:`cesynth.checkpoint`) are written
   atomically every ``checkpoint_every_steps`` steps, at every epoch end (hence every stage
   boundary) and on SIGTERM. A run restarted with the same arguments resumes from it, exactly on
@@ -65,9 +73,11 @@ from tqdm import tqdm
 from cesynth.cache import PATCH_SLICES, TARGET_MODALITY
 from cesynth.checkpoint import (
     CHECKPOINT_BEST,
+    CHECKPOINT_FINAL,
     CHECKPOINT_FORMAT,
     CHECKPOINT_LATEST,
     check_resumable,
+    check_trunk,
     read_checkpoint,
     restore_rng_states,
     rng_states,
@@ -83,11 +93,12 @@ from cesynth.data import (
     batch_loader,
 )
 from cesynth.distributed import DistContext, distributed_group, resolve_device
-from cesynth.evaluate import psnr_in_mask
-from cesynth.inference import predict_volume
+from cesynth.evaluate import evaluate_volumes
+from cesynth.inference import finish_prediction, predict_volume
 from cesynth.io import InputError, atomic_path, read_json, write_json
 from cesynth.losses import LossWeights, SynthesisLoss
-from cesynth.models import model_from_settings
+from cesynth.models import channels_last_format, model_from_settings
+from cesynth.normalise import from_slice_major
 from cesynth.settings import TrainSettings
 from cesynth.tracking import TrainingTracker, default_tracker
 
@@ -195,8 +206,10 @@ class Trainer:
     def __init__(self, train_caches: Sequence[Path], val_caches: Sequence[Path], out_dir: Path,
                  settings: TrainSettings, *, tracker: TrainingTracker | None = None,
                  context: DistContext | None = None,
-                 preprocessing: Mapping[str, Any] | None = None):
+                 preprocessing: Mapping[str, Any] | None = None,
+                 start_from: Path | None = None):
         self.settings = settings
+        self.start_from = Path(start_from) if start_from else None
         self.preprocessing = dict(preprocessing or {})
         self.out_dir = Path(out_dir)
         self.context = context or DistContext.from_env()
@@ -218,8 +231,13 @@ class Trainer:
 
     @property
     def best_path(self) -> Path:
-        """``checkpoint_best.pt`` in the output folder."""
+        """``checkpoint_best.pt``: the best validation brain PSNR within the last stage."""
         return self.out_dir / CHECKPOINT_BEST
+
+    @property
+    def final_path(self) -> Path:
+        """``checkpoint_final.pt``: the model at the end of the last stage."""
+        return self.out_dir / CHECKPOINT_FINAL
 
     # -- the loop
 
@@ -257,6 +275,8 @@ class Trainer:
         _check_grid_fits(self.raw_model, self.dataset, self.settings)
         if self.latest_path.exists():
             self.load_checkpoint(self.latest_path)
+        elif self.start_from is not None:
+            self.load_trunk(self.start_from)
         self._apply_stage()
         if self.tracker and self.context.is_main:
             self.tracker.log_params(self.settings.to_dict())
@@ -296,7 +316,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             prediction = self.model(inputs)
-        total, terms = self.loss_fn(prediction.float(), target, inputs[:, :1].float())
+        # The local loss's mask comes from the T1 before intensity augmentation (as cached).
+        reference_t1 = batch["t1"].to(self.device, non_blocking=True)
+        total, terms = self.loss_fn(prediction.float(), target, reference_t1)
         total.backward()
         self.optimizer.step()
         values = {"loss": float(total.detach()), **terms}
@@ -321,7 +343,10 @@ class Trainer:
             subject: a :class:`cesynth.data.SubjectVolumes`.
 
         Returns:
-            ``psnr`` (brain, dB) and ``mae`` (brain) of the subject.
+            The subject's brain ``psnr`` (dB), ``mae`` and ``ssim``, computed as evaluation
+            computes them: the prediction clipped to [0, 1] and zero outside the brain
+            (:func:`cesynth.inference.finish_prediction`), scored by
+            :func:`cesynth.evaluate.evaluate_volumes`.
         """
         inputs, target = self.channels.split(torch.from_numpy(subject.inputs),
                                              torch.from_numpy(subject.target), channel_axis=0)
@@ -330,9 +355,11 @@ class Trainer:
             prediction = predict_volume(self.raw_model, inputs.to(self.device),
                                         stride=self.settings.validation_stride,
                                         batch_size=self.settings.batch_size).cpu()
-        brain = subject.mask != 0
-        error = np.abs(prediction.numpy() - target.numpy())[brain]
-        return {"psnr": psnr_in_mask(prediction, target, subject.mask), "mae": float(error.mean())}
+        brain = from_slice_major(subject.mask[0] != 0)
+        finished = finish_prediction(from_slice_major(prediction[0].numpy()), brain)
+        scores = evaluate_volumes(finished, from_slice_major(target[0].numpy()), brain)["brain"]
+        psnr = math.inf if scores["psnr"] is None else scores["psnr"]
+        return {"psnr": psnr, "mae": scores["mae"], "ssim": scores["ssim"]}
 
     def on_epoch_end(self) -> None:
         """Validate, keep the best model, advance the epoch (and stage), save the checkpoint."""
@@ -344,8 +371,10 @@ class Trainer:
         state.history["epochs"].append(record)
         if self.tracker and self.context.is_main and metrics:
             self.tracker.log_epoch(state.global_step, metrics)
-        # Without validation subjects "best" is simply the latest epoch.
-        improved = not metrics or metrics["psnr"] > state.best_psnr
+        # "Best" is chosen within the last stage only (earlier stages train with other loss
+        # weights); without validation subjects it is simply the latest epoch.
+        in_last_stage = self.settings.stage_of_epoch(state.epoch) == len(self.settings.stages) - 1
+        improved = in_last_stage and (not metrics or metrics["psnr"] > state.best_psnr)
         if improved:
             state.best_psnr, state.best_epoch = metrics.get("psnr", -math.inf), state.epoch
         state.epoch += 1
@@ -373,15 +402,18 @@ class Trainer:
             else math.nan,
             "global_step": state.global_step, "epochs": state.epoch,
             "checkpoint_best": self.best_path, "checkpoint_latest": self.latest_path,
+            "checkpoint_final": self.final_path,
             "curve": self.out_dir / CURVE_PNG, "metrics": self.out_dir / METRICS_JSON,
         }
+        self.save_checkpoint(self.final_path)
         if self.context.is_main:
             plot_training_curve(state.history, summary["curve"])
             write_json({k: v for k, v in summary.items() if not isinstance(v, Path)} |
                        {"history": state.history}, summary["metrics"])
             if self.tracker:
-                self.tracker.log_final(self.best_model(), self.input_example(),
-                                       [self.best_path, summary["curve"], summary["metrics"]])
+                self.tracker.log_final(self.final_model(), self.input_example(),
+                                       [self.final_path, self.best_path, summary["curve"],
+                                        summary["metrics"]])
         self._barrier()
         return summary
 
@@ -427,13 +459,28 @@ class Trainer:
                                 checkpoint["best_epoch"], checkpoint["history"])
         restore_rng_states(checkpoint["rng"])
 
-    def best_model(self) -> nn.Module:
-        """A CPU copy of the model with the best checkpoint's weights, in eval mode."""
+    def load_trunk(self, path: Path) -> None:
+        """Start the last stage from a run that trained every earlier stage (a shared trunk).
+
+        The model, optimizer, loop position, record and RNG states continue from the trunk's
+        final checkpoint, so the result equals training all stages in one run; the best
+        checkpoint is then chosen within this last stage.
+
+        Raises:
+            InputError: the trunk is unreadable, unfinished or trained with other settings.
+        """
+        checkpoint = read_checkpoint(path)
+        check_trunk(checkpoint, self.settings, self.context, path)
+        self.raw_model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.state = TrainState(checkpoint["epoch"], 0, checkpoint["global_step"],
+                                history=checkpoint["history"])
+        restore_rng_states(checkpoint["rng"])
+
+    def final_model(self) -> nn.Module:
+        """A CPU copy of the model as trained (the final weights), in eval mode."""
         model = self._build_model(on_device=False)
-        if self.best_path.exists():
-            model.load_state_dict(read_checkpoint(self.best_path)["model"])
-        else:
-            model.load_state_dict({k: v.cpu() for k, v in self.raw_model.state_dict().items()})
+        model.load_state_dict({k: v.cpu() for k, v in self.raw_model.state_dict().items()})
         return model.float().eval()
 
     def input_example(self) -> np.ndarray:
@@ -457,8 +504,8 @@ class Trainer:
         if not on_device:
             return model
         model = model.to(self.device)
-        if settings.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
+        if settings.channels_last:  # a 2D model's weights are 4-D: channels_last, not _3d
+            model = model.to(memory_format=channels_last_format(model))
         return model
 
     def _wrap_model(self, model: nn.Module) -> nn.Module:
@@ -512,14 +559,15 @@ class Trainer:
         volumes = ValidationVolumes(self.val_caches)
         mine = range(self.context.rank, len(volumes), self.context.world_size)
         scores = [self.validation_step(volumes[i]) for i in mine]
-        sums = torch.tensor([sum(s["psnr"] for s in scores), sum(s["mae"] for s in scores),
-                             len(scores)], dtype=torch.float64)
+        names = ("psnr", "mae", "ssim")
+        sums = torch.tensor([*(sum(s[n] for s in scores) for n in names), len(scores)],
+                            dtype=torch.float64)
         if self.context.enabled:
             dist.all_reduce(sums)
-        psnr_sum, mae_sum, count = sums.tolist()
+        *totals, count = sums.tolist()
         if count == 0:
             return {}
-        return {"psnr": psnr_sum / count, "mae": mae_sum / count}
+        return {name: total / count for name, total in zip(names, totals, strict=True)}
 
     def _sync_buffers(self) -> None:
         """BatchNorm statistics differ per rank after local forwards: take rank 0's."""
@@ -606,7 +654,8 @@ def plot_training_curve(history: Mapping[str, Sequence[Mapping[str, float]]],
 
 def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
           settings: TrainSettings, *, tracker: TrainingTracker | None = None,
-          preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          preprocessing: Mapping[str, Any] | None = None,
+          start_from: Path | None = None) -> dict[str, Any]:
     """Train (or resume training) a synthesis model; torchrun-aware.
 
     Args:
@@ -617,6 +666,8 @@ def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
         settings: the run's settings.
         tracker: where to log; default MLflow when a run is active, else nothing.
         preprocessing: stored in the checkpoints (see :class:`Trainer`).
+        start_from: the final checkpoint of a run of every stage but the last (a trunk), to
+            train only the last stage (see :meth:`Trainer.load_trunk`).
 
     Returns:
         Final metrics and paths, see :meth:`Trainer.on_train_end`.
@@ -629,13 +680,14 @@ def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
     device = resolve_device(settings.device, context)
     with distributed_group(context, device):
         trainer = Trainer(train_caches, val_caches, out_dir, settings, tracker=tracker,
-                          context=context, preprocessing=preprocessing)
+                          context=context, preprocessing=preprocessing, start_from=start_from)
         return trainer.fit()
 
 
 def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[str | Path],
                      out_dir: str | Path, config: Mapping[str, Any],
-                     preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     preprocessing: Mapping[str, Any] | None = None,
+                     start_from: str | Path | None = None) -> dict[str, Any]:
     """Workflow glue: :func:`train` with settings from the config's ``train`` mapping.
 
     A workflow reruns training when its settings or its subjects change; only a restart of the
@@ -648,16 +700,19 @@ def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[st
         out_dir: output folder.
         config: setting name -> value (:meth:`TrainSettings.from_dict`).
         preprocessing: stored in the checkpoints (see :class:`Trainer`).
+        start_from: a trunk's final checkpoint (see :func:`train`).
 
     Returns:
         As :func:`train`.
     """
     train_paths, val_paths = [Path(p) for p in train_caches], [Path(p) for p in val_caches]
+    trunk = Path(start_from) if start_from else None
     settings = TrainSettings.from_dict(config)
     if DistContext.from_env().is_main:
-        set_aside_stale_checkpoints(Path(out_dir), run_fingerprint(settings, train_paths,
-                                                                   val_paths))
-    return train(train_paths, val_paths, Path(out_dir), settings, preprocessing=preprocessing)
+        fingerprint = run_fingerprint(settings, train_paths, val_paths, trunk)
+        set_aside_stale_checkpoints(Path(out_dir), fingerprint)
+    return train(train_paths, val_paths, Path(out_dir), settings, preprocessing=preprocessing,
+                 start_from=trunk)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -672,9 +727,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val-cache", type=Path, nargs="*", default=[])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--settings", type=Path, help="JSON file of TrainSettings values")
+    parser.add_argument("--start-from", type=Path,
+                        help="a trunk's checkpoint_final.pt: train only the last stage")
     args = parser.parse_args(argv)
     values = read_json(args.settings) if args.settings else {}
-    summary = train_from_files(args.train_cache, args.val_cache, args.out, values)
+    summary = train_from_files(args.train_cache, args.val_cache, args.out, values,
+                               start_from=args.start_from)
     if DistContext.from_env().is_main:
         print(f"best PSNR {summary['best_psnr']:.2f} dB at epoch {summary['best_epoch'] + 1}",
               file=sys.stderr)

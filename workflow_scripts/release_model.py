@@ -1,4 +1,4 @@
-"""Rule register_model: glue only, the work is cesynth.release.register_release."""
+"""Rule release_model: glue only, the work is cesynth.release.register_release."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
@@ -14,7 +14,9 @@ def work():
     summary = snakemake.input.get("summary")
     scores = evaluate.experiment_scores(summary, experiment) if summary else {}
     record = release.register_release(snakemake.input.checkpoint, snakemake.params.name,
-                                      scores=scores, tags={"experiment": experiment})
+                                      scores=scores,
+                                      tags={"experiment": experiment,
+                                            "checkpoint": snakemake.params.checkpoint})
     write_json(record | {"scores": scores}, snakemake.output.release)
     return JobOutcome(metrics={"registered_version": record["version"]})
 
