@@ -520,10 +520,19 @@ def get_study_targets():
 
 
 def get_release_inputs(wildcards):
-    """The experiment's evaluated checkpoint, and the evaluation summary when it is evaluated."""
+    """The experiment's evaluated checkpoint, and the evaluation summary when it is evaluated;
+    the cascade models' evaluated checkpoints (cascade_T2w, cascade_adc) for the inputs it takes,
+    when the cascade is trained."""
     inputs = {"checkpoint": get_evaluated_checkpoint(wildcards)}
     if get_evaluation_scans() and wildcards.experiment in EVALUATED:
         inputs["summary"] = f"{EVAL}/summary.tsv"
+    released = EXPERIMENTS.get(wildcards.experiment)
+    takes = released.settings.get("modalities", ()) if released is not None else ()
+    for cascade in get_cascade_models():
+        target = EXPERIMENTS[cascade].target
+        if target in takes:
+            which = config["evaluation"]["checkpoint"]
+            inputs[f"cascade_{target}"] = f"{RESULTS}/train/{cascade}/checkpoint_{which}.pt"
     return inputs
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -30,12 +31,13 @@ from cesynth.inference import load_generator
 from cesynth.io import InputError, is_synthetic, save_nifti, write_json
 from cesynth.normalise import ModelGrid, normalise
 from cesynth.predict import (
+    check_cascade_files,
     predict_patient,
     resolve_preprocessing,
     sidecar_path,
     to_native_grid,
 )
-from cesynth.release import register_release, resolve_model
+from cesynth.release import register_release, resolve_cascade, resolve_model
 from cesynth.settings import TrainSettings
 from cesynth.tracking import init_store
 from cesynth.train import train
@@ -48,6 +50,7 @@ SETTINGS = {
     "checkpoint_every_steps": 0, "seed": 5, "device": "cpu",
 }
 MODALITIES = ("T1w", "T2w", "adc")
+CASCADE_SETTINGS = {**SETTINGS, "modalities": ["T1w"], "stages": [[1, 1.0, 1.0, 0.0, 3e-3]]}
 
 
 # ---------------------------------------------------------------- helpers
@@ -81,6 +84,10 @@ def data(path: Path) -> np.ndarray:
 
 def sidecar_of(path: Path) -> dict:
     return json.loads(sidecar_path(path).read_text())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------- fixtures
@@ -189,6 +196,62 @@ def t1_only_run(cohort, checkpoint, tmp_path_factory) -> dict:
     return {"summary": summary, "out": out, "temp_root": temp_root}
 
 
+@pytest.fixture(scope="module")
+def cascade_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny T1 -> T2 and T1 -> ADC models with the CE-T1 model's grid and normalisation."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cascade_training")
+    cache = _training_subject(root, np.random.default_rng(1))
+    found = {}
+    for target in ("T2w", "adc"):
+        settings = TrainSettings.from_dict({**CASCADE_SETTINGS, "target": target})
+        summary = train([cache], [], root / target, settings, preprocessing=PREPROCESSING)
+        stretch_output(summary["checkpoint_best"], settings, cache)
+        found[target] = Path(summary["checkpoint_best"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def workflow_layout(checkpoint, cascade_checkpoints, tmp_path_factory) -> Path:
+    """The workflow's layout: train/default/ beside train/cascade-T2w/ and train/cascade-adc/."""
+    train_dir = tmp_path_factory.mktemp("results") / "train"
+    model = train_dir / "default" / checkpoint.name
+    model.parent.mkdir(parents=True)
+    shutil.copyfile(checkpoint, model)
+    for target, path in cascade_checkpoints.items():
+        (train_dir / f"cascade-{target}").mkdir()
+        shutil.copyfile(path, train_dir / f"cascade-{target}" / checkpoint.name)
+    return model
+
+
+@pytest.fixture(scope="module")
+def other_grid_cascade(cascade_checkpoints, tmp_path_factory) -> Path:
+    """The T1 -> T2 model as if trained on another model grid."""
+    state = torch.load(cascade_checkpoints["T2w"], map_location="cpu", weights_only=False)
+    state["preprocessing"] = {**state["preprocessing"], "model_grid": [48, 48, 32]}
+    path = tmp_path_factory.mktemp("other_grid") / "checkpoint_best.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cascade_run(cohort, workflow_layout, tmp_path_factory) -> dict:
+    """sub-02 from the T1 alone, with the cascade checkpoints beside the CE-T1 checkpoint."""
+    out_dir = tmp_path_factory.mktemp("cascade_out")
+    summary = predict_patient(scans(cohort, "sub-02")["t1"], model=workflow_layout,
+                              out=out_dir / "sub-02_synthetic.nii.gz", work_dir=out_dir / "work")
+    return {"summary": summary, "out": out_dir / "sub-02_synthetic.nii.gz", "out_dir": out_dir}
+
+
+@pytest.fixture(scope="module")
+def cascade_release(checkpoint, cascade_checkpoints, tmp_path_factory) -> dict:
+    """A real SQLite store holding a release of the CE-T1 model with both cascade models."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow_cascade') / 'mlflow.db'}"
+    with tracking.stage_run("release_model", {"experiment": "default"}, uri=uri):
+        record = register_release(checkpoint, "cesynth-cascade", cascade=cascade_checkpoints)
+    return {"uri": uri, "record": record}
+
+
 # ---------------------------------------------------------------- end to end
 
 
@@ -227,6 +290,7 @@ def test_dwi_prediction_sidecar_names_base_names_only(dwi_run, checkpoint, tmp_p
     assert sidecar["Sources"] == [dwi_run["files"][k].name
                                   for k in ("t1", "t2", "dwi", "bval", "bvec")]
     assert sidecar["Preprocessing"]["ModelGrid"] == list(GRID)
+    assert sidecar["FilledInputs"] == {} and sidecar["CascadeModels"] == {}
     assert str(tmp_path_factory.getbasetemp()) not in text
 
 
@@ -274,6 +338,8 @@ def test_missing_t2_and_adc_are_zero_filled_and_recorded(t1_only_run):
     assert sidecar["InputModalities"] == ["T1w"]
     assert sidecar["MissingModalities"] == ["T2w", "adc"]
     assert sidecar["MissingModalityFill"] == "zeros"
+    assert sidecar["FilledInputs"] == {"T2w": "zeros", "adc": "zeros"}
+    assert summary["filled_inputs"] == {"T2w": "zeros", "adc": "zeros"}
     assert is_synthetic(nib.load(str(t1_only_run["out"])))
     assert not list(t1_only_run["temp_root"].glob("cesynth-predict-*"))
 
@@ -415,3 +481,131 @@ def test_a_checkpoint_without_preprocessing_cannot_be_released(old_checkpoint, t
     assert caught.value.who == str(old_checkpoint)
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     assert client.search_registered_models() == []  # nothing half-released
+
+
+# ---------------------------------------------------------------- cascade for missing inputs
+
+
+def test_missing_inputs_come_from_the_cascade_beside_the_model(cascade_run, t1_only_run,
+                                                               cascade_checkpoints):
+    summary = cascade_run["summary"]
+    assert summary["filled_inputs"] == {"T2w": "cascade", "adc": "cascade"}
+    assert summary["missing_modalities"] == ["T2w", "adc"] and summary["input_modalities"] == [
+        "T1w"]
+    assert {"load_cascade", "cascade_T2w", "cascade_adc"} <= set(summary["seconds"])
+    sidecar = sidecar_of(cascade_run["out"])
+    assert sidecar["InputModalities"] == ["T1w"]
+    assert sidecar["MissingModalities"] == ["T2w", "adc"]  # not acquired
+    assert sidecar["FilledInputs"] == {"T2w": "cascade", "adc": "cascade"}
+    assert sidecar["MissingModalityFill"] == "cascade"
+    assert "T2w synthesized from the T1 by a cascade model" in sidecar["Description"]
+    for target, path in cascade_checkpoints.items():
+        assert sidecar["CascadeModels"][target] == {
+            "Checkpoint": "checkpoint_best.pt", "CheckpointSHA256": sha256(path),
+            "Model": "hrfcn3d"}
+    work = cascade_run["out_dir"] / "work"
+    brain = data(work / "space-model_desc-brain_mask.nii.gz") > 0
+    for target in ("T2w", "adc"):
+        synthetic_input = nib.load(str(work / f"{target}_space-model_desc-cascade.nii.gz"))
+        assert is_synthetic(synthetic_input)
+        assert np.count_nonzero(synthetic_input.get_fdata()[brain]) > 0.2 * brain.sum()
+    with_cascade, zero_filled = data(cascade_run["out"]), data(t1_only_run["out"])
+    assert with_cascade.shape == zero_filled.shape
+    assert np.abs(with_cascade - zero_filled).max() > 0.05
+
+
+def test_no_cascade_fills_zeros(cohort, workflow_layout, t1_only_run, tmp_path):
+    out = tmp_path / "sub-02_synthetic.nii.gz"
+    result = cesynth("predict", "--t1", scans(cohort, "sub-02")["t1"], "--model",
+                     workflow_layout, "--out", out, "--no-cascade")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["filled_inputs"] == {"T2w": "zeros", "adc": "zeros"}
+    assert summary["cascade_models"] == {}
+    sidecar = sidecar_of(out)
+    assert sidecar["FilledInputs"] == {"T2w": "zeros", "adc": "zeros"}
+    assert sidecar["MissingModalityFill"] == "zeros" and sidecar["CascadeModels"] == {}
+    np.testing.assert_allclose(data(out), data(t1_only_run["out"]), atol=1e-5)
+
+
+def test_a_cascade_given_by_hand_fills_its_input_and_zeros_the_other(cohort, checkpoint,
+                                                                     cascade_checkpoints,
+                                                                     tmp_path):
+    assert resolve_cascade(checkpoint) == {}  # nothing beside the module's checkpoint
+    out = tmp_path / "sub-02_synthetic.nii.gz"
+    summary = predict_patient(scans(cohort, "sub-02")["t1"], model=checkpoint, out=out,
+                              cascade={"T2w": cascade_checkpoints["T2w"], "adc": None})
+    assert summary["filled_inputs"] == {"T2w": "cascade", "adc": "zeros"}
+    sidecar = sidecar_of(out)
+    assert sidecar["MissingModalityFill"] == "cascade, zeros"
+    assert set(sidecar["CascadeModels"]) == {"T2w"}
+
+
+def test_a_cascade_on_another_model_grid_is_refused_in_one_line(capsys, cohort, workflow_layout,
+                                                                 other_grid_cascade, tmp_path):
+    out = tmp_path / "synthetic.nii.gz"
+    code = cli.main(["predict", "--t1", str(scans(cohort, "sub-02")["t1"]), "--model",
+                     str(workflow_layout), "--cascade-t2", str(other_grid_cascade),
+                     "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith(f"error: {other_grid_cascade}: cascade model for T2w was trained "
+                               "on model grid [48, 48, 32]")
+    assert "--no-cascade" in lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_cascade_checkpoints_given_with_no_cascade_are_refused(cascade_checkpoints, tmp_path):
+    with pytest.raises(InputError, match="choose one"):
+        check_cascade_files({"T2w": cascade_checkpoints["T2w"]}, use_cascade=False)
+    with pytest.raises(InputError, match="file not found"):
+        check_cascade_files({"adc": tmp_path / "missing.pt"})
+
+
+def test_resolve_cascade_finds_the_workflows_sibling_folders(workflow_layout):
+    train_dir = workflow_layout.parent.parent
+    assert resolve_cascade(workflow_layout) == {
+        "T2w": train_dir / "cascade-T2w" / "checkpoint_best.pt",
+        "adc": train_dir / "cascade-adc" / "checkpoint_best.pt"}
+
+
+def test_register_release_logs_the_cascade_models(cascade_release, cascade_checkpoints,
+                                                  tmp_path):
+    uri, record = cascade_release["uri"], cascade_release["record"]
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    logged = sorted(a.path for a in client.list_artifacts(record["run_id"], "cascade"))
+    assert logged == ["cascade/T2w.pt", "cascade/adc.pt"]
+    version = client.get_model_version("cesynth-cascade", str(record["version"]))
+    assert version.tags["cascade"] == "T2w,adc"
+    assert version.tags["cascade_T2w_sha256"] == sha256(cascade_checkpoints["T2w"])
+    assert record["cascade"] == {t: sha256(p) for t, p in cascade_checkpoints.items()}
+    found = resolve_cascade(f"runs:/{record['run_id']}/model", tmp_path, tracking_uri=uri)
+    assert found["T2w"] == tmp_path / "cascade" / "T2w.pt"
+    assert found["T2w"].read_bytes() == cascade_checkpoints["T2w"].read_bytes()
+
+
+def test_a_cascade_on_another_grid_is_not_released(checkpoint, other_grid_cascade, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.stage_run("release_model", {"experiment": "bad"}, uri=uri), \
+            pytest.raises(InputError, match="cascade model for T2w was trained on model grid"):
+        register_release(checkpoint, "cesynth-bad", cascade={"T2w": other_grid_cascade})
+    assert mlflow.MlflowClient(uri, registry_uri=uri).search_registered_models() == []
+
+
+def test_prediction_from_a_registered_release_uses_its_cascade(cohort, cascade_release,
+                                                               cascade_run,
+                                                               cascade_checkpoints, tmp_path):
+    out = tmp_path / "sub-02_synthetic.nii.gz"
+    model = f"models:/cesynth-cascade/{cascade_release['record']['version']}"
+    result = cesynth("predict", "--t1", scans(cohort, "sub-02")["t1"], "--model", model,
+                     "--out", out, "--keep-work", tmp_path / "work",
+                     env={"MLFLOW_TRACKING_URI": cascade_release["uri"]})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "work" / "model" / "cascade" / "adc.pt").is_file()
+    sidecar = sidecar_of(out)
+    assert sidecar["FilledInputs"] == {"T2w": "cascade", "adc": "cascade"}
+    assert sidecar["ModelSource"] == model
+    for target, path in cascade_checkpoints.items():
+        assert sidecar["CascadeModels"][target]["Checkpoint"] == f"{target}.pt"
+        assert sidecar["CascadeModels"][target]["CheckpointSHA256"] == sha256(path)
+    np.testing.assert_allclose(data(out), data(cascade_run["out"]), atol=1e-5)

@@ -180,11 +180,14 @@ def run_metrics(args: argparse.Namespace) -> dict:
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t1", required=True, type=Path, help="pre-contrast T1 (reference space)")
-    parser.add_argument("--t2", type=Path, help="T2 (missing: zero-filled)")
+    parser.add_argument("--t2", type=Path,
+                        help="T2 (missing: synthesized by the model's T1->T2 cascade if it has "
+                             "one, else zero-filled)")
     diffusion = parser.add_mutually_exclusive_group()
     diffusion.add_argument("--adc", type=Path, help="ADC map in mm2/s (any grid)")
     diffusion.add_argument("--dwi", type=Path, help="4D DWI at b = 0, 500, 1000 (needs --bval, "
-                                                    "--bvec); without --adc or --dwi: zero-filled")
+                                                    "--bvec); without --adc or --dwi: the "
+                                                    "T1->ADC cascade, else zero-filled")
     parser.add_argument("--bval", type=Path, help="FSL .bval of --dwi")
     parser.add_argument("--bvec", type=Path, help="FSL .bvec of --dwi")
     parser.add_argument("--model", required=True, metavar="URI_OR_PATH",
@@ -203,6 +206,12 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
                         help="default: the checkpoint's (needed for checkpoints without it)")
     parser.add_argument("--keep-work", type=Path, metavar="DIR",
                         help="keep the intermediate files in DIR (default: a removed temp folder)")
+    parser.add_argument("--cascade-t2", type=Path, metavar="F",
+                        help="T1->T2 cascade checkpoint for a missing T2 (default: the model's)")
+    parser.add_argument("--cascade-adc", type=Path, metavar="F",
+                        help="T1->ADC cascade checkpoint for a missing ADC (default: the model's)")
+    parser.add_argument("--no-cascade", action="store_true",
+                        help="fill missing inputs with zeros even if cascade models exist")
 
 
 def run_predict(args: argparse.Namespace) -> dict:
@@ -217,7 +226,8 @@ def run_predict(args: argparse.Namespace) -> dict:
         out=args.out, out_model_grid=args.out_model_grid, brainmask_method=args.brainmask_method,
         model_grid=tuple(args.model_grid) if args.model_grid else None,
         normalise=args.normalise, threads=args.threads, device=args.device, seed=args.seed,
-        work_dir=args.keep_work)
+        work_dir=args.keep_work, cascade={"T2w": args.cascade_t2, "adc": args.cascade_adc},
+        use_cascade=not args.no_cascade)
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:

@@ -10,8 +10,12 @@ the CE-T1, which shares the T1's 3D geometry, so the T1 plays the CE-T1's part h
 4. Model grid and normalisation as the checkpoint's ``preprocessing`` record says
    (:func:`cesynth.normalise.prepare_subject`); a checkpoint without it is refused unless the
    caller names the grid and the method.
-5. Synthesis on the model grid (:func:`cesynth.inference.synthesize_subject`); a modality the
-   model takes but the patient lacks is filled with zeros and recorded (the paper's rule).
+5. Synthesis on the model grid (:func:`cesynth.inference.synthesize_subject`). A modality the
+   model takes but the patient lacks (T2 or ADC) is synthesized from the normalised T1 by the
+   release's cascade model (T1 -> T2, T1 -> ADC; :func:`cesynth.release.resolve_cascade`) with
+   the same brain mask and foreground slices, or else filled with zeros (the paper's rule); the
+   sidecar records which (``FilledInputs``). A cascade model trained with another model grid or
+   normalisation is refused.
 6. Back to the native T1 grid: linear interpolation weighted by the model-grid brain mask (so
    the brain's edge is not darkened by the zeros outside it), 0 outside the T1 brain mask.
 
@@ -39,10 +43,23 @@ from nibabel.processing import resample_from_to
 
 from cesynth import adc as adc_fit
 from cesynth import brainmask, registration
-from cesynth.inference import Generator, load_generator, synthesize_subject
+from cesynth.cache import load_model_grid_image, load_on_mask_grid, read_foreground_slices
+from cesynth.inference import (
+    Generator,
+    load_generator,
+    provenance_sidecar,
+    synthesize,
+    synthesize_subject,
+)
 from cesynth.io import InputError, load_nifti, read_json, save_nifti, write_json
 from cesynth.normalise import NORMALISERS, ModelGrid, prepare_subject
-from cesynth.release import resolve_model
+from cesynth.release import (
+    CASCADE_DIR,
+    CASCADE_TARGETS,
+    check_cascade,
+    resolve_cascade,
+    resolve_model,
+)
 
 PathLike = str | os.PathLike
 
@@ -111,12 +128,15 @@ def predict_patient(
     device: str = "cpu",
     seed: int = 0,
     work_dir: PathLike | None = None,
+    cascade: Mapping[str, PathLike | None] | None = None,
+    use_cascade: bool = True,
 ) -> dict[str, Any]:
     """Synthesize the CE-T1 of a new patient from raw scans and write it on the T1's grid.
 
     Args:
         t1: the pre-contrast T1 NIfTI (the reference space).
-        t2: the T2 NIfTI; None: missing (zero-filled if the model takes it).
+        t2: the T2 NIfTI; None: missing (synthesized by a cascade model if there is one,
+            else zero-filled, if the model takes it).
         adc: an ADC map NIfTI (mm2/s), any grid; exclusive with ``dwi``.
         dwi: a 4D DWI NIfTI with b = 0, 500, 1000; its ADC is fitted. Needs ``bval``, ``bvec``.
         bval: the DWI's FSL ``.bval``.
@@ -133,21 +153,28 @@ def predict_patient(
         seed: the registrations' random seed.
         work_dir: keep the intermediate files in this folder; default a temporary folder,
             removed at the end.
+        cascade: cascade checkpoints by target (``T2w``, ``adc``), overriding those the model
+            holds (:func:`cesynth.release.resolve_cascade`).
+        use_cascade: False: fill every missing input with zeros, cascade models or not.
 
     Returns:
         A summary: ``output``, ``sidecar`` (and ``output_model_grid``,
-        ``sidecar_model_grid``), ``input_modalities``, ``missing_modalities``,
+        ``sidecar_model_grid``), ``input_modalities`` (acquired), ``missing_modalities`` (not
+        acquired), ``filled_inputs`` (missing input -> ``cascade`` or ``zeros``),
+        ``cascade_models`` (input -> cascade checkpoint base name),
         ``unused_inputs``, ``adc_source``, ``preprocessing``, ``brainmask``,
         ``registration`` (mutual information before and after, per modality),
         ``foreground_slices``, ``work_dir`` (None when removed) and ``seconds`` per step.
 
     Raises:
         InputError: a missing or unreadable input, an invalid combination of inputs, an
-            unusable model or checkpoint without preprocessing record, or a failing step.
-            Nothing is written at the output paths then.
+            unusable model or checkpoint without preprocessing record, a cascade model trained
+            with another model grid or normalisation, or a failing step. Nothing is written at
+            the output paths then.
     """
     timer = _StepTimer()
     scans = check_scans(t1, t2, adc, dwi, bval, bvec)
+    explicit = check_cascade_files(cascade, use_cascade=use_cascade)
     targets = _output_paths(out, out_model_grid, scans)
     t1_img = load_nifti(scans.t1)
     with _work_folder(work_dir) as work:
@@ -156,19 +183,26 @@ def predict_patient(
         prep = resolve_preprocessing(generator, str(model), model_grid=model_grid,
                                      normalise=normalise, brainmask_method=brainmask_method)
         _check_brainmask_method(prep.brainmask, from_checkpoint=brainmask_method is None)
+        lacking = _lacking_inputs(scans, generator.settings.modalities)
+        with timer("load_cascade"):
+            cascades = _load_cascades(model, lacking if use_cascade else [], explicit, prep,
+                                      work / "model", device)
         native, registered = _register_inputs(scans, generator.settings.modalities, work, timer,
                                               threads=threads, seed=seed)
         result = _synthesize_on_t1_grid(generator, prep, native, t1_img, work, timer,
-                                        threads=threads)
+                                        threads=threads, cascades=cascades)
+        filled = _fill_record(generator, lacking, cascades)
         record = _provenance(read_json(result["synthesis"]["sidecar"]), scans, model, prep,
-                             result["mask_info"], registered=list(registered))
+                             result["mask_info"], registered=list(registered), filled=filled)
         with timer("write"):
             _write_outputs(targets, result["prediction"], t1_img.affine, record,
                            result["model_grid_image"] if out_model_grid is not None else None)
     return {
         **{key: str(path) for key, path in targets.items()},
-        "input_modalities": result["synthesis"]["input_modalities"],
-        "missing_modalities": result["synthesis"]["missing_modalities"],
+        "input_modalities": filled["InputModalities"],
+        "missing_modalities": filled["MissingModalities"],
+        "filled_inputs": filled["FilledInputs"],
+        "cascade_models": {m: g.source for m, g in cascades.items()},
         "unused_inputs": _unused_inputs(scans, generator.settings.modalities),
         "adc_source": _adc_source(scans),
         "preprocessing": {"model_grid": list(prep.model_grid), "normalise": prep.normalise,
@@ -217,6 +251,34 @@ def check_scans(t1: PathLike | None, t2: PathLike | None = None, adc: PathLike |
         if not path.is_file():
             raise InputError(path, "file not found")
     return scans
+
+
+def check_cascade_files(cascade: Mapping[str, PathLike | None] | None, *,
+                        use_cascade: bool = True) -> dict[str, Path]:
+    """Check the cascade checkpoints given by hand (``--cascade-t2``, ``--cascade-adc``).
+
+    Args:
+        cascade: cascade target (``T2w``, ``adc``) -> checkpoint file, or None (not given).
+        use_cascade: False when cascade models are turned off (``--no-cascade``).
+
+    Returns:
+        The given checkpoints by target, as paths.
+
+    Raises:
+        InputError: an unknown target, a file that does not exist, or checkpoints given with
+            the cascade turned off.
+    """
+    given = {target: Path(p) for target, p in (cascade or {}).items() if p is not None}
+    for target, path in given.items():
+        if target not in CASCADE_TARGETS:
+            raise InputError(f"cascade {target}", "unknown cascade target; expected one of "
+                                                  f"{', '.join(CASCADE_TARGETS)}")
+        if not path.is_file():
+            raise InputError(path, "file not found")
+    if given and not use_cascade:
+        raise InputError("--no-cascade", "given with a cascade checkpoint (--cascade-t2 or "
+                                         "--cascade-adc); choose one")
+    return given
 
 
 def resolve_preprocessing(generator: Generator, who: str, *,
@@ -319,6 +381,59 @@ def _load_model(model: PathLike, download_dir: Path, device: str) -> Generator:
         raise InputError(os.fspath(model), err.problem) from err
 
 
+def _lacking_inputs(scans: Scans, wanted: Sequence[str]) -> list[str]:
+    """The model's inputs the patient lacks (not acquired), in model order."""
+    acquired = {"T1w", *(["T2w"] if scans.t2 is not None else []),
+                *(["adc"] if _adc_source(scans) is not None else [])}
+    return [m for m in wanted if m not in acquired]
+
+
+def _load_cascades(model: PathLike, lacking: Sequence[str], explicit: Mapping[str, Path],
+                   prep: Preprocessing, download_dir: Path, device: str
+                   ) -> dict[str, Generator]:
+    """The cascade models for the inputs the patient lacks: given by hand, else the model's.
+
+    Args:
+        model: the CE-T1 model reference (:func:`cesynth.release.resolve_cascade` looks there).
+        lacking: the model inputs the patient lacks; empty: no cascade is looked up.
+        explicit: cascade checkpoints given by hand, by target (they win).
+        prep: the CE-T1 model's preprocessing, which each cascade model must share.
+        download_dir: where MLflow artifacts are downloaded.
+        device: where the models run.
+
+    Returns:
+        Target -> loaded cascade model, for the lacking inputs that have one.
+
+    Raises:
+        InputError: naming the cascade checkpoint: unusable, not a T1 -> target model, or
+            trained with another model grid or normalisation.
+    """
+    if not lacking:
+        return {}
+    found = dict(explicit)
+    if any(m not in found for m in lacking):
+        found = {**resolve_cascade(model, download_dir), **explicit}
+    cascades = {}
+    for target in (m for m in lacking if m in found):
+        who = (f"{os.fspath(model)} {CASCADE_DIR}/{target}.pt"
+               if target not in explicit and _is_mlflow_uri(model) else str(found[target]))
+        cascades[target] = _load_cascade(found[target], target, who, prep, device)
+    return cascades
+
+
+def _load_cascade(path: Path, target: str, who: str, prep: Preprocessing,
+                  device: str) -> Generator:
+    """Load one cascade model and check it against the CE-T1 model's preprocessing."""
+    try:
+        cascade = load_generator(path, device)
+    except InputError as err:
+        if err.who != str(path):
+            raise
+        raise InputError(who, err.problem) from err
+    check_cascade(cascade, target, who, model_grid=prep.model_grid, normalise=prep.normalise)
+    return cascade
+
+
 def _register_inputs(scans: Scans, wanted: Sequence[str], work: Path, timer: _StepTimer, *,
                      threads: int, seed: int) -> tuple[dict[str, Path], dict[str, Any]]:
     """The model's inputs on the T1 grid: the T1 itself, the T2 and the ADC registered to it.
@@ -376,8 +491,20 @@ def _mi(result: registration.RegistrationResult) -> dict[str, float]:
 
 def _synthesize_on_t1_grid(generator: Generator, prep: Preprocessing,
                            native: Mapping[str, Path], t1_img: nib.Nifti1Image, work: Path,
-                           timer: _StepTimer, *, threads: int) -> dict[str, Any]:
+                           timer: _StepTimer, *, threads: int,
+                           cascades: Mapping[str, Generator] | None = None) -> dict[str, Any]:
     """Brain mask, model grid, synthesis and the way back to the T1 grid (nothing written out).
+
+    Args:
+        generator: the CE-T1 model.
+        prep: its preprocessing.
+        native: the acquired inputs on the T1 grid, by modality.
+        t1_img: the T1 (the reference grid).
+        work: the work folder.
+        timer: records each step's time.
+        threads: CPU threads for brain masking.
+        cascades: cascade models for lacking inputs, by target; their outputs are the CE-T1
+            model's inputs there.
 
     Returns:
         ``prediction`` (the T1-grid array), ``model_grid_image``, ``synthesis`` (the summary of
@@ -389,8 +516,10 @@ def _synthesize_on_t1_grid(generator: Generator, prep: Preprocessing,
                                               threads=threads)
     with timer("model_grid"):
         grid_files = _to_model_grid(native, work, prep)
+    images = {**grid_files["images"],
+              **_cascade_inputs(cascades or {}, grid_files, work, timer)}
     with timer("synthesize"):
-        synthesis = synthesize_subject(generator, grid_files["images"], grid_files["mask"],
+        synthesis = synthesize_subject(generator, images, grid_files["mask"],
                                        grid_files["sidecar"], work / "synthetic_space-model.nii.gz",
                                        work / "synthetic_space-model.json")
     with timer("to_native"):
@@ -410,6 +539,38 @@ def _to_model_grid(native: Mapping[str, Path], work: Path, prep: Preprocessing
     prepare_subject(dict(native), work / "T1w_desc-brain_mask.nii.gz", images, mask,
                     prep.model_grid, prep.normalise, sidecar_path=sidecar)
     return {"images": images, "mask": mask, "sidecar": sidecar}
+
+
+def _cascade_inputs(cascades: Mapping[str, Generator], grid_files: Mapping[str, Any],
+                    work: Path, timer: _StepTimer) -> dict[str, Path]:
+    """Synthesize each lacking input from the normalised model-grid T1 with its cascade model.
+
+    The same brain mask and foreground slices as the CE-T1 synthesis are used, and the output
+    is finished as a cascade model's output is in evaluation (in [0, 1], 0 outside the brain).
+
+    Args:
+        cascades: cascade models by target.
+        grid_files: :func:`_to_model_grid`'s files (images, mask and its sidecar).
+        work: where the synthetic inputs are written (marked synthetic).
+        timer: records ``cascade_<target>``.
+
+    Returns:
+        Target -> the synthetic model-grid input.
+    """
+    if not cascades:
+        return {}
+    mask_img = load_model_grid_image(grid_files["mask"])
+    brain = np.asarray(mask_img.dataobj) > 0
+    first, last = read_foreground_slices(grid_files["sidecar"], n_slices=mask_img.shape[2])
+    t1 = load_on_mask_grid(grid_files["images"]["T1w"], mask_img)
+    made = {}
+    for target, cascade in cascades.items():
+        with timer(f"cascade_{target}"):
+            volume = synthesize(cascade, {"T1w": t1}, brain, first, last)
+            made[target] = save_nifti(volume, mask_img.affine,
+                                      work / f"{target}_space-model_desc-cascade.nii.gz",
+                                      synthetic=True)
+    return made
 
 
 def to_native_grid(prediction: nib.Nifti1Image, model_mask: nib.Nifti1Image,
@@ -449,12 +610,47 @@ def _resample_linear(img: nib.Nifti1Image, target: tuple[tuple[int, ...], np.nda
 # ---------------------------------------------------------------- outputs
 
 
+def _fill_record(generator: Generator, lacking: Sequence[str],
+                 cascades: Mapping[str, Generator]) -> dict[str, Any]:
+    """The sidecar's record of the inputs: acquired, not acquired, and how each was filled.
+
+    Args:
+        generator: the CE-T1 model.
+        lacking: its inputs the patient lacks, in model order.
+        cascades: the cascade models used, by target (the other lacking inputs are zeros).
+
+    Returns:
+        ``Description``, ``InputModalities`` (acquired), ``MissingModalities`` (not
+        acquired), ``MissingModalityFill`` (``zeros``, ``cascade`` or ``cascade, zeros``),
+        ``FilledInputs`` (input -> ``cascade`` or ``zeros``) and ``CascadeModels`` (input ->
+        ``Checkpoint`` base name, ``CheckpointSHA256``, ``Model``).
+    """
+    fills = {m: "cascade" if m in cascades else "zeros" for m in lacking}
+    acquired = [m for m in generator.settings.modalities if m not in fills]
+    notes = [f"{m} synthesized from the T1 by a cascade model" if how == "cascade"
+             else f"{m} filled with zeros" for m, how in fills.items()]
+    description = provenance_sidecar(generator, acquired, [], (0, 0))["Description"]
+    if notes:
+        description += f" Inputs not acquired: {'; '.join(notes)}."
+    return {
+        "Description": description,
+        "InputModalities": acquired,
+        "MissingModalities": list(fills),
+        "MissingModalityFill": ", ".join(sorted(set(fills.values()))) or "zeros",
+        "FilledInputs": fills,
+        "CascadeModels": {m: {"Checkpoint": g.source, "CheckpointSHA256": g.checkpoint_sha256,
+                              "Model": g.settings.model} for m, g in cascades.items()},
+    }
+
+
 def _provenance(inference_sidecar: Mapping[str, Any], scans: Scans, model: PathLike,
                 prep: Preprocessing, mask_info: Mapping[str, Any], *,
-                registered: Sequence[str]) -> dict[str, Any]:
-    """The native-space sidecar: the inference provenance with the raw inputs as sources."""
+                registered: Sequence[str], filled: Mapping[str, Any]) -> dict[str, Any]:
+    """The native-space sidecar: the inference provenance with the raw inputs as sources and
+    the inputs the patient lacks recorded as not acquired, with how each was filled."""
     record = {key: value for key, value in inference_sidecar.items()
               if key != "ForegroundSlices"}
+    record.update(filled)
     record.update({
         "Space": SPACE,
         "Sources": [p.name for p in scans.files()],
@@ -477,7 +673,11 @@ def _provenance(inference_sidecar: Mapping[str, Any], scans: Scans, model: PathL
 
 def _model_label(model: PathLike) -> str:
     text = os.fspath(model)
-    return text if text.startswith(("runs:/", "models:/")) else Path(text).name
+    return text if _is_mlflow_uri(text) else Path(text).name
+
+
+def _is_mlflow_uri(model: PathLike) -> bool:
+    return os.fspath(model).startswith(("runs:/", "models:/"))
 
 
 def _adc_label(scans: Scans) -> str | None:
@@ -544,5 +744,6 @@ class _StepTimer:
         return {**self._steps, "total": round(time.perf_counter() - self._started, 3)}
 
 
-__all__ = ["Preprocessing", "SPACE", "Scans", "check_scans", "predict_patient",
+__all__ = ["Preprocessing", "SPACE", "Scans", "check_cascade_files", "check_scans",
+           "predict_patient",
            "resolve_preprocessing", "sidecar_path", "to_native_grid"]

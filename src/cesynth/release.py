@@ -14,6 +14,11 @@ The training run logs the checkpoint as a run artifact and the network under ``m
 (:class:`cesynth.tracking.MlflowTracker`); registering ``runs:/<run_id>/model`` makes a version
 whose run this module follows back to the checkpoint. The tracking store is the one MLflow
 uses by default (``MLFLOW_TRACKING_URI``) unless a URI is given.
+
+A release may carry the cascade models (T1 -> T2, T1 -> ADC; :data:`CASCADE_TARGETS`) that fill
+an input a patient lacks: :func:`register_release` logs them beside the checkpoint as
+``cascade/<target>.pt`` and :func:`resolve_cascade` finds them again (for a checkpoint file: the
+workflow's sibling folders ``../cascade-<target>/<same file name>``).
 """
 
 from __future__ import annotations
@@ -21,20 +26,23 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cesynth.cache import PATCH_SLICES
+from cesynth.experiments import CASCADE_PREFIX, CASCADE_TARGETS
 from cesynth.io import InputError
 
 CHECKPOINT_ARTIFACTS = ("checkpoint_final.pt", "checkpoint_best.pt")
 """Checkpoint artifacts a run may hold, in the order :func:`resolve_model` takes them: a
 release run holds the one evaluation used; a training run both (the final one is taken)."""
-"""The run artifact that holds the model's weights, settings and preprocessing."""
+CASCADE_DIR = "cascade"
+"""The release run's folder of cascade checkpoints, one ``<target>.pt`` per cascade target."""
 
 RUNS_SCHEME = "runs:/"
 MODELS_SCHEME = "models:/"
@@ -61,15 +69,103 @@ def resolve_model(uri_or_path: str | os.PathLike, dst_dir: str | os.PathLike | N
             unknown run, model or version, or a run without the checkpoint artifact.
     """
     text = os.fspath(uri_or_path)
-    if text.startswith(RUNS_SCHEME):
-        run_id = _run_id_of_run_uri(text)
-    elif text.startswith(MODELS_SCHEME):
-        run_id = _run_id_of_model_uri(text, tracking_uri)
-    elif Path(text).is_file():
-        return Path(text)
-    else:
-        raise InputError(text, _NOT_A_MODEL)
+    run_id = _mlflow_run_id(text, tracking_uri)
+    if run_id is None:
+        return _checkpoint_file(text)
     return _download_checkpoint(text, run_id, dst_dir, tracking_uri)
+
+
+def resolve_cascade(uri_or_path: str | os.PathLike, dst_dir: str | os.PathLike | None = None,
+                    *, tracking_uri: str | None = None) -> dict[str, Path]:
+    """The cascade checkpoints (T1 -> T2, T1 -> ADC) that go with a released model.
+
+    For an MLflow ``runs:/`` or ``models:/`` URI: the run's ``cascade/<target>.pt`` artifacts,
+    downloaded to ``dst_dir/cascade/``. For a checkpoint file: the checkpoint of the same name in
+    the sibling folders ``cascade-T2w`` and ``cascade-adc`` (the workflow's layout
+    ``results/train/<experiment>/checkpoint_final.pt``), where they exist.
+
+    Args:
+        uri_or_path: the model reference :func:`resolve_model` takes.
+        dst_dir: folder to download into; default a new temporary folder. Unused for a file.
+        tracking_uri: the MLflow tracking store; default MLflow's (``MLFLOW_TRACKING_URI``).
+
+    Returns:
+        Cascade target (``T2w``, ``adc``) -> local checkpoint path; empty when there is none.
+
+    Raises:
+        InputError: naming ``uri_or_path``: not a model reference, or a failing download.
+    """
+    text = os.fspath(uri_or_path)
+    run_id = _mlflow_run_id(text, tracking_uri)
+    if run_id is None:
+        return _sibling_cascades(_checkpoint_file(text))
+    return _download_cascades(text, run_id, dst_dir, tracking_uri)
+
+
+def check_cascade(cascade: Any, target: str, who: str, *, model_grid: Sequence[int],
+                  normalise: str) -> None:
+    """Check that a cascade model fills ``target`` for a CE-T1 model with this preprocessing.
+
+    A cascade model's output is fed to the CE-T1 model on its model grid, so it must have been
+    trained on the same grid and with the same normalisation.
+
+    Args:
+        cascade: the loaded cascade model (:class:`cesynth.inference.Generator`).
+        target: the input it is to fill (``T2w`` or ``adc``).
+        who: names the cascade checkpoint in errors.
+        model_grid: the CE-T1 model's model grid.
+        normalise: the CE-T1 model's normalisation method.
+
+    Raises:
+        InputError: naming ``who``: it synthesizes another modality, takes more than the T1,
+            or was trained with another model grid or normalisation (or has no record of them).
+    """
+    settings = cascade.settings
+    if settings.target != target or tuple(settings.modalities) != ("T1w",):
+        raise InputError(who, f"not a T1 -> {target} cascade model (it takes "
+                              f"{','.join(settings.modalities)} to {settings.target})")
+    stored = cascade.preprocessing
+    if not stored.get("model_grid") or not stored.get("normalise"):
+        raise InputError(who, f"cascade model for {target} has no model grid or normalisation "
+                              "in its preprocessing record; retrain it with the workflow, or "
+                              "use --no-cascade")
+    theirs = (_grid_list(stored.get("model_grid")), stored.get("normalise"))
+    ours = (_grid_list(model_grid), normalise)
+    if theirs != ours:
+        raise InputError(who, f"cascade model for {target} was trained on model grid "
+                              f"{theirs[0]} with {theirs[1]} normalisation, the CE-T1 model on "
+                              f"{ours[0]} with {ours[1]}; use a cascade trained like the CE-T1 "
+                              "model, or --no-cascade")
+
+
+def _grid_list(grid: Sequence[int] | None) -> list[int] | None:
+    return [int(n) for n in grid] if grid else None
+
+
+def _mlflow_run_id(text: str, tracking_uri: str | None) -> str | None:
+    """The run a ``runs:/`` or ``models:/`` URI leads to; None for anything else."""
+    if text.startswith(RUNS_SCHEME):
+        return _run_id_of_run_uri(text)
+    if text.startswith(MODELS_SCHEME):
+        return _run_id_of_model_uri(text, tracking_uri)
+    return None
+
+
+def _checkpoint_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise InputError(text, _NOT_A_MODEL)
+    return Path(text)
+
+
+def _sibling_cascades(checkpoint: Path) -> dict[str, Path]:
+    """``../cascade-<target>/<checkpoint's name>`` for each target, where it is a file."""
+    train_dir = checkpoint.absolute().parent.parent
+    found = {}
+    for target in CASCADE_TARGETS:
+        candidate = train_dir / f"{CASCADE_PREFIX}{target}" / checkpoint.name
+        if candidate.is_file() and candidate.resolve() != checkpoint.resolve():
+            found[target] = candidate
+    return found
 
 
 def _run_id_of_run_uri(uri: str) -> str:
@@ -118,8 +214,7 @@ def _download_checkpoint(uri: str, run_id: str, dst_dir: str | os.PathLike | Non
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    target = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="cesynth-"))
-    target.mkdir(parents=True, exist_ok=True)
+    target = _download_dir(dst_dir)
     wanted = " or ".join(CHECKPOINT_ARTIFACTS)
     try:
         logged = {a.path for a in _client(tracking_uri).list_artifacts(run_id)}
@@ -137,15 +232,43 @@ def _download_checkpoint(uri: str, run_id: str, dst_dir: str | os.PathLike | Non
     return path
 
 
+def _download_cascades(uri: str, run_id: str, dst_dir: str | os.PathLike | None,
+                       tracking_uri: str | None) -> dict[str, Path]:
+    """Download the run's ``cascade/<target>.pt`` artifacts (none: an empty mapping)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = {a.path for a in _client(tracking_uri).list_artifacts(run_id, CASCADE_DIR)}
+        names = {t: f"{CASCADE_DIR}/{t}.pt" for t in CASCADE_TARGETS
+                 if f"{CASCADE_DIR}/{t}.pt" in logged}
+        target = _download_dir(Path(_download_dir(dst_dir), CASCADE_DIR)) if names else None
+        return {t: Path(mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=name, dst_path=str(target),
+                    tracking_uri=tracking_uri))
+                for t, name in names.items()}
+    except (MlflowException, OSError) as err:
+        raise InputError(uri, f"cannot fetch the cascade models of run {run_id} "
+                              f"({_one_line(err)})") from err
+
+
+def _download_dir(dst_dir: str | os.PathLike | None) -> Path:
+    target = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="cesynth-"))
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 def register_release(checkpoint_path: str | os.PathLike, registered_name: str, *,
                      scores: Mapping[str, float] | None = None,
-                     tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+                     tags: Mapping[str, str] | None = None,
+                     cascade: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Any]:
     """Log a trained model to the active MLflow run and register it as a new model version.
 
     The run gets the network (``model``, with signature and input example on the model grid),
-    the checkpoint (one of :data:`CHECKPOINT_ARTIFACTS`, which :func:`resolve_model` follows) and
-    the
-    evaluation ``scores`` as metrics; the version is tagged with the scores and ``tags``.
+    the checkpoint (one of :data:`CHECKPOINT_ARTIFACTS`, which :func:`resolve_model` follows),
+    the cascade checkpoints as ``cascade/<target>.pt`` (:func:`resolve_cascade`) and the
+    evaluation ``scores`` as metrics; the version is tagged with the scores, ``tags``,
+    ``cascade`` (e.g. ``T2w,adc``) and each cascade checkpoint's SHA-256.
 
     Args:
         checkpoint_path: a checkpoint of :mod:`cesynth.train` with its preprocessing record.
@@ -153,13 +276,16 @@ def register_release(checkpoint_path: str | os.PathLike, registered_name: str, *
         scores: evaluation figures, e.g. ``{"setA_brain_psnr_mean": 28.2}``; non-finite ones
             are left out.
         tags: more version tags (experiment, config hash...).
+        cascade: cascade target (``T2w``, ``adc``) -> its T1 -> target checkpoint, trained on
+            the same model grid and normalisation as ``checkpoint_path``.
 
     Returns:
-        ``name``, ``version``, ``model_uri`` (``models:/<name>/<version>``), ``run_id`` and
-        ``checkpoint_sha256``.
+        ``name``, ``version``, ``model_uri`` (``models:/<name>/<version>``), ``run_id``,
+        ``checkpoint_sha256`` and ``cascade`` (target -> checkpoint SHA-256).
 
     Raises:
-        InputError: an unusable checkpoint, or one without a preprocessing record.
+        InputError: an unusable checkpoint, one without a preprocessing record, or an unusable
+            cascade checkpoint; nothing is logged then.
     """
     import mlflow
 
@@ -168,19 +294,63 @@ def register_release(checkpoint_path: str | os.PathLike, registered_name: str, *
 
     checkpoint_path = Path(checkpoint_path)
     generator = load_generator(checkpoint_path)
+    example = _input_example(generator, checkpoint_path)
+    cascades = _release_cascades(generator, cascade or {})
     run_id = mlflow.active_run().info.run_id
-    MlflowTracker().log_final(generator.model, _input_example(generator, checkpoint_path),
-                              [checkpoint_path])
+    MlflowTracker().log_final(generator.model, example, [checkpoint_path])
+    _log_cascades(cascade or {})
     finite = {key: float(value) for key, value in (scores or {}).items()
               if math.isfinite(float(value))}
     mlflow.log_metrics(finite)
     version_tags = {**{key: f"{value:.6g}" for key, value in finite.items()}, **(tags or {}),
+                    **_cascade_tags(cascades),
                     "checkpoint_sha256": generator.checkpoint_sha256,
                     "output": "synthetic images, not for diagnosis without review"}
     version = mlflow.register_model(f"runs:/{run_id}/model", registered_name, tags=version_tags)
     return {"name": registered_name, "version": int(version.version),
             "model_uri": f"{MODELS_SCHEME}{registered_name}/{version.version}", "run_id": run_id,
-            "checkpoint_sha256": generator.checkpoint_sha256}
+            "checkpoint_sha256": generator.checkpoint_sha256, "cascade": cascades}
+
+
+def _release_cascades(generator: Any, cascade: Mapping[str, str | os.PathLike]
+                      ) -> dict[str, str]:
+    """Check each cascade checkpoint against the released model's preprocessing.
+
+    Returns:
+        Target -> the cascade checkpoint's SHA-256, in :data:`CASCADE_TARGETS` order.
+    """
+    from cesynth.inference import load_generator
+
+    unknown = sorted(set(cascade) - set(CASCADE_TARGETS))
+    if unknown:
+        raise InputError(f"cascade {unknown[0]}", f"unknown cascade target; expected one of "
+                                                  f"{', '.join(CASCADE_TARGETS)}")
+    hashes = {}
+    for target in (t for t in CASCADE_TARGETS if t in cascade):
+        model = load_generator(cascade[target])
+        check_cascade(model, target, os.fspath(cascade[target]),
+                      model_grid=generator.preprocessing["model_grid"],
+                      normalise=generator.preprocessing.get("normalise"))
+        hashes[target] = model.checkpoint_sha256
+    return hashes
+
+
+def _log_cascades(cascade: Mapping[str, str | os.PathLike]) -> None:
+    """Log each cascade checkpoint to the active run as ``cascade/<target>.pt``."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="cesynth-cascade-") as tmp:
+        for target in (t for t in CASCADE_TARGETS if t in cascade):
+            copy = Path(tmp) / f"{target}.pt"
+            shutil.copyfile(cascade[target], copy)
+            mlflow.log_artifact(str(copy), artifact_path=CASCADE_DIR)
+
+
+def _cascade_tags(hashes: Mapping[str, str]) -> dict[str, str]:
+    if not hashes:
+        return {}
+    return {"cascade": ",".join(hashes),
+            **{f"cascade_{target}_sha256": sha for target, sha in hashes.items()}}
 
 
 def _input_example(generator: Any, checkpoint_path: Path) -> np.ndarray:
@@ -205,4 +375,5 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
 
 
-__all__ = ["CHECKPOINT_ARTIFACTS", "register_release", "resolve_model"]
+__all__ = ["CASCADE_DIR", "CASCADE_TARGETS", "CHECKPOINT_ARTIFACTS", "check_cascade",
+           "register_release", "resolve_cascade", "resolve_model"]

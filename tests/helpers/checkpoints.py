@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cesynth.cache import INPUT_MODALITIES
 from cesynth.data import ValidationVolumes
 from cesynth.inference import predict_volume
 from cesynth.models import model_from_settings
@@ -23,7 +24,8 @@ def stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) 
     model = model_from_settings(settings)
     model.load_state_dict(checkpoint["model"])
     volumes = ValidationVolumes([cache])[0]
-    raw = predict_volume(model.eval(), torch.from_numpy(volumes.inputs))[0].numpy()
+    channels = [INPUT_MODALITIES.index(m) for m in settings.modalities]  # e.g. the T1 alone
+    raw = predict_volume(model.eval(), torch.from_numpy(volumes.inputs[channels]))[0].numpy()
     low, high = np.percentile(raw[volumes.mask[0] > 0], [15, 85])
     scale = 1.0 / (high - low)  # output = (raw - low) * scale, the 1x1 output conv rescaled
     state = checkpoint["model"]
