@@ -2,7 +2,8 @@
 
 Draws one axial slice of each raw modality for a demo subject without a tumor and one with,
 each modality on its own grid, cut at the same world height (through the tumor when there is one),
-and the held-out subjects' model-grid inputs, real CE-T1 and synthetic CE-T1.
+and copies the QC montage. The synthesis panels are made by the pipeline itself
+(`results/eval/paper/fig4_synthesis.png`, rule `plot_synthesis_panel`).
 """
 
 from __future__ import annotations
@@ -76,48 +77,12 @@ def subject_rows(bids: Path, subjects: list[str], out_png: Path) -> None:
     image_grid(rows, [label for label, _, _ in PANELS], out_png)
 
 
-SYNTHESIS_PANELS = (
-    ("T1w", "preproc/{s}/anat/{s}_space-model_desc-norm_T1w.nii.gz"),
-    ("T2w", "preproc/{s}/anat/{s}_space-model_desc-norm_T2w.nii.gz"),
-    ("ADC", "preproc/{s}/anat/{s}_space-model_desc-norm_adc.nii.gz"),
-    ("real CE-T1", "preproc/{s}/anat/{s}_space-model_desc-norm_ceT1w.nii.gz"),
-    ("synthetic CE-T1", "eval/default/{s}/{s}_space-model_desc-synthetic_ceT1w.nii.gz"),
-)
-
-
-def model_grid_slice(results: Path, subject: str) -> int:
-    """The model-grid slice through the tumor mask's centre, else through the brain's centre."""
-    anat = results / "preproc" / subject / "anat"
-    for name in (f"{subject}_space-model_desc-tumor_mask.nii.gz",
-                 f"{subject}_space-model_desc-brain_mask.nii.gz"):
-        if (anat / name).exists():
-            voxels = np.argwhere(np.asanyarray(nib.load(anat / name).dataobj) > 0)
-            if len(voxels):
-                return int(round(voxels[:, 2].mean()))
-    raise ValueError(f"{subject}: no model-grid mask")
-
-
-def synthesis_rows(results: Path, out_png: Path) -> None:
-    rows = {}
-    for subject in sorted(p.name for p in (results / "eval" / "default").glob("sub-*")):
-        k = model_grid_slice(results, subject)
-        rows[subject] = [
-            np.rot90(np.asanyarray(nib.load(results / pattern.format(s=subject)).dataobj)[:, :, k])
-            for _, pattern in SYNTHESIS_PANELS]
-    image_grid(rows, [label for label, _ in SYNTHESIS_PANELS], out_png, vmax=1.0)
-
-
 def main(bids: Path, results: Path) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     subject_rows(bids, ["sub-01", "sub-02"], OUT / "demo_subjects.png")
     montage = results / "qc" / "sub-02" / "sub-02_desc-montage.png"
     if montage.exists():
         shutil.copyfile(montage, OUT / "qc_montage_sub-02.png")
-    curve = results / "train" / "default" / "training_curve.png"
-    if curve.exists():
-        shutil.copyfile(curve, OUT / "demo_training_curve.png")
-    if (results / "eval" / "default").is_dir():
-        synthesis_rows(results, OUT / "demo_synthesis.png")
 
 
 if __name__ == "__main__":

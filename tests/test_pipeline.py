@@ -135,8 +135,15 @@ def test_the_model_is_trained_and_logged(demo_run):
                                 filter_string="tags.`cesynth.rule` = 'train_model' and "
                                               "tags.`cesynth.wildcard.experiment` = 'default'")
     assert run.data.params["model"] == "hrfcn3d"
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
-    assert len(history) >= 6 and history[-1].value < history[0].value
+    # stage 1 in the shared trunk's run (4 steps), the last stage in the experiment's (2 steps)
+    (trunk,) = mlflow.search_runs(experiment_names=["cesynth"], output_format="list",
+                                  filter_string="tags.`cesynth.rule` = 'train_trunk' and "
+                                                "params.target = 'ceT1w'")
+    client = mlflow.MlflowClient()
+    stage1 = client.get_metric_history(trunk.info.run_id, "train_loss")
+    assert len(stage1) == 4 and stage1[-1].value < stage1[0].value
+    stage2 = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in stage2) == [5, 6]
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     shape = yaml.safe_load(SMALL.read_text())["model_grid"]["shape"]
     import torch
