@@ -24,11 +24,20 @@ include: "rules/evaluate.smk"
 include: "rules/release.smk"
 
 
+# Seconds-long bookkeeping runs beside the scheduler, not as a cluster job of its own.
+localrules:
+    make_demo_dataset_files,
+    assign_sets,
+    tabulate_qc,
+    tabulate_evaluation,
+    tabulate_paper,
+
+
 rule all:
     """Every output of the stages that exist, for every subject that exists."""
+    default_target: True
     input:
         get_final_targets(),
-    default_target: True
 
 
 rule study:

@@ -6,7 +6,7 @@ rule fit_adc:
     input:
         unpack(get_dwi_inputs),
         unpack(get_adc_truth),
-        report=get_validated_report,
+        report=rules.validate_subject.output.report,
     output:
         adc=preproc("dwi", "adc"),
         qc=f"{QC}/adc/sub-{{subject}}.tsv",

@@ -1,4 +1,5 @@
 # Shared by every stage: config validation, the subject table, wildcard constraints, input functions.
+import glob
 import os
 import sys
 from pathlib import Path
@@ -8,10 +9,17 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cesynth import experiments, ingest, phantom, tracking  # noqa: E402
+from cesynth import (  # noqa: E402
+    experiments,
+    ingest,
+    ingest_report,
+    phantom,
+    preprocessing,
+    splits,
+    tracking,
+)
 from cesynth.io import bids_path  # noqa: E402
 from cesynth.jobs import ENV_EXPERIMENT, ENV_RESULTS_DIR, ENV_TRACKING_URI  # noqa: E402
-
 
 validate(config, schema="../config/config.schema.yaml")
 
@@ -22,7 +30,7 @@ BENCH = f"{RESULTS}/benchmarks"
 PREPROC = f"{RESULTS}/preproc"
 QC = f"{RESULTS}/qc"
 EVAL = f"{RESULTS}/eval"
-SPLIT_FRACTIONS = ingest.SplitFractions.from_config(config["sets"])
+SPLIT_FRACTIONS = splits.SplitFractions.from_config(config["sets"])
 TRACKING_URI = tracking.default_tracking_uri(RESULTS, config["mlflow"]["tracking_uri"])
 
 os.environ[ENV_TRACKING_URI] = TRACKING_URI
@@ -130,17 +138,33 @@ def get_demo_subject_regex(set_name):
     return _any_of(scan_id for scan_id, scan in SCANS.items() if scan.set == set_name)
 
 
+# The phantom's ground truth as the rules name it -> its key in phantom.truth_files.
+PHANTOM_TRUTH_KEYS = {
+    "true_adc": "true_adc",
+    "true_mask": "brain_mask",
+    "true_enhancing": "enhancing_mask",
+    "true_transforms": "transforms",
+}
+
+
+def get_phantom_truth_paths(subject, *names):
+    """Paths of a subject's phantom ground truth (names from phantom.truth_files), by rule key."""
+    truth = phantom.truth_files(f"sub-{subject}")
+    return {name: f"{BIDS}/{truth[PHANTOM_TRUTH_KEYS[name]]}" for name in names}
+
+
+def get_demo_tumor_mask_output():
+    """A Set B demo subject's tumor mask (the phantom's name for it), as a path pattern."""
+    return str(Path(f"{BIDS}/{phantom.truth_files('sub-{subject}')['tumor_mask']}"))
+
+
 def get_demo_subject_outputs():
     """Every file of one demo subject: raw BIDS images with sidecars, and the ground truth."""
-    truth = f"{BIDS}/derivatives/phantom/sub-{{subject}}/sub-{{subject}}"
     outputs = {
         "t1w": bids_path(BIDS, "{subject}", "anat", "T1w"),
         "cet1w": bids_path(BIDS, "{subject}", "anat", "T1w", ce="gadolinium"),
         "t2w": bids_path(BIDS, "{subject}", "anat", "T2w"),
-        "true_adc": f"{truth}_desc-trueadc_adc.nii.gz",
-        "true_mask": f"{truth}_space-ceT1w_desc-brain_mask.nii.gz",
-        "true_enhancing": f"{truth}_space-ceT1w_desc-enhancing_mask.nii.gz",
-        "true_transforms": f"{truth}_desc-transforms.json",
+        **get_phantom_truth_paths("{subject}", *PHANTOM_TRUTH_KEYS),
     }
     for ext in (".nii.gz", ".bval", ".bvec"):
         outputs[f"dwi{ext.replace('.', '_')}"] = bids_path(BIDS, "{subject}", "dwi", "dwi", ext=ext)
@@ -164,12 +188,39 @@ def preproc(datatype, suffix, **entities):
     return bids_path(PREPROC, "{subject}", datatype, suffix, **entities)
 
 
-def get_validated_report(wildcards):
-    return f"{QC}/ingest/sub-{wildcards.subject}.json"
+# Paths of another rule's files come from its declared output (rules.<rule>.output.<name>), so a
+# change there reaches every consumer. rules.<rule> exists once that rule is parsed, so input
+# functions (run after parsing) may name any rule, and a function called while parsing (a rule's
+# output or params, the targets in the Snakefile) only the rules parsed before it.
+def paths_of(pattern, **wildcards):
+    """A rule's output pattern filled with every combination of the wildcard values, in order."""
+    return [str(path) for path in expand(pattern, **wildcards)]
+
+
+def path_of(pattern, **wildcards):
+    """A rule's output pattern filled with one value per wildcard."""
+    (path,) = paths_of(pattern, **wildcards)
+    return path
+
+
+def get_modalities(scan):
+    """The images of a scan on the model grid: T1w and CE-T1, then T2w and ADC (from the DWI)
+    where the scan has them."""
+    return ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else []) + (["adc"] if scan.dwi else [])
 
 
 def get_cet1w(wildcards):
     return get_raw_inputs(wildcards)["cet1w"]
+
+
+def get_brainmask_image(wildcards):
+    """The image the brain mask is computed from (brainmask.reference): the CE-T1, or the T1
+    registered to the CE-T1 grid (the image predict, which has no CE-T1, can reproduce)."""
+    if config["brainmask"]["reference"] == "ceT1w":
+        return get_cet1w(wildcards)
+    return path_of(
+        rules.register_anat_to_cet1w.output.image, subject=wildcards.subject, modality="T1w"
+    )
 
 
 def get_dwi_inputs(wildcards):
@@ -191,16 +242,9 @@ def get_anat_image(wildcards):
 
 def get_phantom_truth(wildcards, *names):
     """Phantom ground truth of a subject (QC against the known answer); nothing for real data."""
-    if not (is_demo() or Path(BIDS, "derivatives", "phantom").is_dir()):
+    if not (is_demo() or Path(BIDS, phantom.TRUTH_DIR).is_dir()):
         return {}
-    subject = wildcards.subject
-    folder = f"{BIDS}/derivatives/phantom/sub-{subject}"
-    files = {
-        "true_adc": f"sub-{subject}_desc-trueadc_adc.nii.gz",
-        "true_mask": f"sub-{subject}_space-ceT1w_desc-brain_mask.nii.gz",
-        "true_transforms": f"sub-{subject}_desc-transforms.json",
-    }
-    return {name: f"{folder}/{files[name]}" for name in names}
+    return get_phantom_truth_paths(wildcards.subject, *names)
 
 
 def get_adc_truth(wildcards):
@@ -217,13 +261,16 @@ def get_registration_truth(wildcards):
 
 def get_registered_images(wildcards):
     """The subject's images on the native CE-T1 grid, by modality (missing ones left out)."""
-    scan = get_scan(wildcards)
-    images = {"ceT1w": get_cet1w(wildcards), "T1w": preproc("anat", "T1w", space="ceT1w")}
-    if scan.t2w is not None:
-        images["T2w"] = preproc("anat", "T2w", space="ceT1w")
-    if scan.dwi is not None:
-        images["adc"] = preproc("anat", "adc", space="ceT1w")
-    return {key: path.format(subject=wildcards.subject) for key, path in images.items()}
+    subject = wildcards.subject
+    images = {"ceT1w": get_cet1w(wildcards)}
+    for modality in get_modalities(get_scan(wildcards)):
+        if modality == "adc":
+            images[modality] = path_of(rules.register_dwi_to_cet1w.output.image, subject=subject)
+        elif modality != "ceT1w":
+            images[modality] = path_of(
+                rules.register_anat_to_cet1w.output.image, subject=subject, modality=modality
+            )
+    return images
 
 
 def get_image_to_normalise(wildcards):
@@ -235,14 +282,14 @@ def get_image_to_normalise(wildcards):
 
 def get_subject_targets(scan_id):
     """Every per-subject output of the preprocessing stages for one scan."""
-    scan = SCANS[scan_id]
-    modalities = ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else []) + (["adc"] if scan.dwi else [])
-    norm = [preproc("anat", m, space="model", desc="norm") for m in modalities]
-    targets = norm + [
-        preproc("anat", "mask", space="model", desc="brain"),
-        f"{QC}/sub-{{subject}}/sub-{{subject}}_desc-montage.png",
+    modalities = get_modalities(SCANS[scan_id])
+    norm = paths_of(
+        rules.normalise_to_model_grid.output.image, subject=scan_id, modality=modalities
+    )
+    return norm + [
+        path_of(rules.resample_mask_to_model_grid.output.mask, subject=scan_id),
+        path_of(rules.plot_qc_montage.output.png, subject=scan_id),
     ]
-    return [target.format(subject=scan_id) for target in targets]
 
 
 QC_STAGES = ("adc", "registration", "brainmask", "normalise")
@@ -252,24 +299,27 @@ def get_qc_rows(wildcards):
     """The per-job QC rows of one stage, for the subjects (and images) that stage runs on."""
     rows = []
     for scan_id, scan in SCANS.items():
-        registered = ["T1w"] + (["T2w"] if scan.t2w else [])
-        normalised = ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else [])
-        if scan.dwi:
-            registered.append("dwi")
-            normalised.append("adc")
+        modalities = get_modalities(scan)
+        anat = [m for m in modalities if m in ("T1w", "T2w")]
+        dwi = "adc" in modalities
         per_job = {
-            "adc": [""] if scan.dwi else [],
-            "brainmask": [""],
-            "registration": [f"_{m}" for m in registered],
-            "normalise": [f"_{m}" for m in normalised],
+            "adc": [(rules.fit_adc.output.qc, {})] if dwi else [],
+            "brainmask": [(rules.mask_brain.output.qc, {})],
+            "registration": [
+                (rules.register_anat_to_cet1w.output.qc, {"modality": m}) for m in anat
+            ]
+            + ([(rules.register_dwi_to_cet1w.output.qc, {})] if dwi else []),
+            "normalise": [
+                (rules.normalise_to_model_grid.output.qc, {"modality": m}) for m in modalities
+            ],
         }[wildcards.stage]
-        rows += [f"{QC}/{wildcards.stage}/sub-{scan_id}{job}.tsv" for job in per_job]
+        rows += [path_of(qc, subject=scan_id, **job) for qc, job in per_job]
     return rows
 
 
 def get_split(scan_id):
     scan = SCANS[scan_id]
-    return ingest.scan_split(scan.set, scan.participant, SPLIT_FRACTIONS)
+    return splits.scan_split(scan.set, scan.participant, SPLIT_FRACTIONS)
 
 
 def get_training_caches(split):
@@ -277,16 +327,19 @@ def get_training_caches(split):
 
     def caches(wildcards):
         scan_ids = [scan_id for scan_id in SCANS if get_split(scan_id) == split]
-        return [f"{RESULTS}/train/cache/sub-{scan_id}" for scan_id in scan_ids]
+        return paths_of(rules.cache_training_subject.output.cache, subject=scan_ids)
 
     return caches
 
 
 def get_model_grid_images(wildcards):
     """The subject's normalised model-grid images, by modality (missing ones left out)."""
-    modalities = get_registered_images(wildcards)
-    pattern = {m: preproc("anat", m, space="model", desc="norm") for m in modalities}
-    return {m: path.format(subject=wildcards.subject) for m, path in pattern.items()}
+    return {
+        m: path_of(
+            rules.normalise_to_model_grid.output.image, subject=wildcards.subject, modality=m
+        )
+        for m in get_registered_images(wildcards)
+    }
 
 
 def get_train_settings(wildcards):
@@ -318,16 +371,22 @@ TRUNKS = get_trunks()
 def get_trunk_checkpoint(wildcards):
     """The shared checkpoint the experiment's last stage starts from (none for one stage)."""
     trunk = experiments.trunk_id(EXPERIMENTS[wildcards.experiment].settings)
-    return {} if trunk is None else {"trunk": f"{RESULTS}/train/trunks/{trunk}/checkpoint_final.pt"}
+    if trunk is None:
+        return {}
+    return {"trunk": path_of(rules.train_trunk.output.checkpoint, trunk=trunk)}
 
 
 def get_preprocessing_record():
-    """How the training images were made, stored in every checkpoint."""
-    return {
-        "model_grid": config["model_grid"]["shape"],
-        "normalise": config["normalise"]["method"],
-        "brainmask": config["brainmask"]["method"],
-    }
+    """The settings that made the training images; the training job resolves them (with the
+    masks' sidecars) into the record every checkpoint stores."""
+    return preprocessing.requested_settings(config)
+
+
+def get_training_mask_sidecars(wildcards):
+    """The brain-mask sidecars of the scans a training run reads (train and validation): they
+    say which method ran (``auto`` resolved) and on which image."""
+    scan_ids = [s for s in SCANS if get_split(s) in ("train", "validation")]
+    return paths_of(rules.mask_brain.output.sidecar, subject=scan_ids)
 
 
 def get_sweep_tags(wildcards):
@@ -341,15 +400,12 @@ EVALUATION_SPLITS = ("test",)  # the reported sets: Set A test and Set B; valida
 def get_evaluation_scans(target="ceT1w"):
     """The reported scans (Set A test, Set B) that have ``target`` to score against."""
     scans = [scan_id for scan_id in SCANS if get_split(scan_id) in EVALUATION_SPLITS]
-    needs = {"T2w": "t2w", "adc": "dwi"}.get(target)
-    return [s for s in scans if needs is None or getattr(SCANS[s], needs) is not None]
+    return [s for s in scans if target in get_modalities(SCANS[s])]
 
 
 def get_evaluated_models():
     """Evaluated name -> (experiment or None for a floor, input condition or "full")."""
-    models = {
-        name: (name, "full") for name, e in EXPERIMENTS.items() if e.target == "ceT1w"
-    }
+    models = {name: (name, "full") for name, e in EXPERIMENTS.items() if e.target == "ceT1w"}
     reference = config["evaluation"]["reference"]
     for condition in config["evaluation"]["conditions"]:
         models[experiments.variant_name(reference, condition)] = (reference, condition)
@@ -388,9 +444,13 @@ def get_conditions():
 
 def get_evaluated_checkpoint(wildcards):
     """The checkpoint evaluation uses (``evaluation.checkpoint``: final or best)."""
-    experiment = getattr(wildcards, "experiment", None) or wildcards.model
+    return get_evaluated_checkpoint_path(getattr(wildcards, "experiment", None) or wildcards.model)
+
+
+def get_evaluated_checkpoint_path(experiment):
+    """The experiment's checkpoint that evaluation uses and release registers (final or best)."""
     which = config["evaluation"]["checkpoint"]
-    return f"{RESULTS}/train/{experiment}/checkpoint_{which}.pt"
+    return path_of(getattr(rules.train_model.output, which), experiment=experiment)
 
 
 def get_synthesis_inputs(wildcards):
@@ -419,7 +479,9 @@ def get_zeroed_inputs(wildcards):
 
 
 def get_synthetic_path(model, subject, modality="ceT1w"):
-    return f"{EVAL}/{model}/sub-{subject}/sub-{subject}_space-model_desc-synthetic_{modality}.nii.gz"
+    return (
+        f"{EVAL}/{model}/sub-{subject}/sub-{subject}_space-model_desc-synthetic_{modality}.nii.gz"
+    )
 
 
 def get_model_target(model):
@@ -432,8 +494,8 @@ def get_scored_image(wildcards):
     target = get_model_target(wildcards.model)
     return {
         "image": get_synthetic_path(wildcards.model, wildcards.subject, target),
-        "target": preproc("anat", target, space="model", desc="norm").format(
-            subject=wildcards.subject
+        "target": path_of(
+            rules.normalise_to_model_grid.output.image, subject=wildcards.subject, modality=target
         ),
     }
 
@@ -449,8 +511,11 @@ def get_evaluation_tumor_mask(wildcards):
     """The model-grid tumor mask of a Set B subject that has one; nothing otherwise."""
     if get_scan(wildcards).tumor_mask is None:
         return {}
-    return {"tumor_mask": preproc("anat", "mask", space="model", desc="tumor").format(
-        subject=wildcards.subject)}
+    return {
+        "tumor_mask": path_of(
+            rules.resample_tumor_mask_to_model_grid.output.mask, subject=wildcards.subject
+        )
+    }
 
 
 def get_evaluation_metrics(wildcards):
@@ -458,7 +523,8 @@ def get_evaluation_metrics(wildcards):
     pairs = [(model, s) for model in EVALUATED for s in get_evaluation_scans()]
     for model in get_cascade_models():
         pairs += [(model, s) for s in get_evaluation_scans(EXPERIMENTS[model].target)]
-    return [f"{EVAL}/{model}/sub-{s}/sub-{s}_metrics.json" for model, s in pairs]
+    metrics = rules.score_evaluation_subject.output.metrics
+    return [path_of(metrics, model=model, subject=s) for model, s in pairs]
 
 
 def get_catalog():
@@ -477,9 +543,7 @@ def get_regression_subjects(wildcards=None):
         if get_split(scan_id) != "train":
             continue
         images = get_model_grid_images(SimpleNamespace(subject=scan_id))
-        images["mask"] = preproc("anat", "mask", space="model", desc="brain").format(
-            subject=scan_id
-        )
+        images["mask"] = path_of(rules.resample_mask_to_model_grid.output.mask, subject=scan_id)
         subjects.append(images)
     return subjects
 
@@ -502,10 +566,11 @@ def get_panel_layout():
         panels = {m: images[m] for m in ("T1w", "T2w", "adc") if m in images}
         panels["truth"] = images["ceT1w"]
         panels.update({model: get_synthetic_path(model, scan_id) for model in models})
-        mask = "tumor" if SCANS[scan_id].tumor_mask is not None else "brain"
-        panels["slice_mask"] = preproc("anat", "mask", space="model", desc=mask).format(
-            subject=scan_id
-        )
+        if SCANS[scan_id].tumor_mask is not None:
+            mask = rules.resample_tumor_mask_to_model_grid.output.mask
+        else:
+            mask = rules.resample_mask_to_model_grid.output.mask
+        panels["slice_mask"] = path_of(mask, subject=scan_id)
         layout[scan_id] = panels
     return layout
 
@@ -516,7 +581,11 @@ def get_panel_images(wildcards):
 
 def get_study_targets():
     """The phantom study's outputs: the evaluation tables, the paper's tables and figures."""
-    return [f"{EVAL}/tables.md", f"{EVAL}/paper/paper_tables.md", f"{EVAL}/paper/fig4_synthesis.png"]
+    return [
+        path_of(rules.tabulate_evaluation.output.tables),
+        path_of(rules.tabulate_paper.output.tables),
+        path_of(rules.plot_synthesis_panel.output.panel),
+    ]
 
 
 def get_release_inputs(wildcards):
@@ -525,14 +594,13 @@ def get_release_inputs(wildcards):
     when the cascade is trained."""
     inputs = {"checkpoint": get_evaluated_checkpoint(wildcards)}
     if get_evaluation_scans() and wildcards.experiment in EVALUATED:
-        inputs["summary"] = f"{EVAL}/summary.tsv"
+        inputs["summary"] = path_of(rules.tabulate_evaluation.output.summary)
     released = EXPERIMENTS.get(wildcards.experiment)
     takes = released.settings.get("modalities", ()) if released is not None else ()
     for cascade in get_cascade_models():
         target = EXPERIMENTS[cascade].target
         if target in takes:
-            which = config["evaluation"]["checkpoint"]
-            inputs[f"cascade_{target}"] = f"{RESULTS}/train/{cascade}/checkpoint_{which}.pt"
+            inputs[f"cascade_{target}"] = get_evaluated_checkpoint_path(cascade)
     return inputs
 
 
@@ -541,37 +609,47 @@ def get_registered_name(wildcards):
 
 
 def get_ingest_reports(wildcards=None):
-    return [f"{QC}/ingest/sub-{scan_id}.json" for scan_id in SCANS]
+    return paths_of(rules.validate_subject.output.report, subject=list(SCANS))
+
+
+def get_written_ingest_reports():
+    """Every ingest report on disk, of subjects in the run or not (the ingest table's rows)."""
+    pattern = path_of(rules.validate_subject.output.report, subject="*")
+    return sorted(Path(path) for path in glob.glob(pattern))
 
 
 def get_final_targets():
-    targets = [f"{RESULTS}/ingest/sets.tsv"]
+    targets = [path_of(rules.assign_sets.output.sets)]
     if is_demo():
-        targets.append(f"{BIDS}/participants.tsv")
-    targets += [f"{QC}/{stage}.tsv" for stage in QC_STAGES]
+        targets.append(path_of(rules.make_demo_dataset_files.output.participants))
+    targets += paths_of(rules.tabulate_qc.output.table, stage=list(QC_STAGES))
     for scan_id in SCANS:
         targets += get_subject_targets(scan_id)
-    targets += [f"{RESULTS}/train/{name}/checkpoint_final.pt" for name in EXPERIMENTS]
+    targets += paths_of(rules.train_model.output.final, experiment=list(EXPERIMENTS))
     if get_evaluation_scans() and EVALUATED:
         targets += get_study_targets()
-    targets += [f"{RESULTS}/release/{name}.json" for name in config["experiments"]]
+    targets += paths_of(rules.release_model.output.release, experiment=list(config["experiments"]))
     return targets
 
 
 onstart:
     tracking.init_store(TRACKING_URI, config["mlflow"]["experiment"])
-    tracking.sweep_parent_runs(TRACKING_URI, config["mlflow"]["experiment"], list(config["sweeps"]))
+    tracking.sweep_parent_runs(
+        TRACKING_URI, config["mlflow"]["experiment"], list(config["sweeps"])
+    )
 
 
 onsuccess:
-    ingest.tabulate_reports(
-        sorted(Path(QC, "ingest").glob("sub-*.json")), f"{QC}/ingest.tsv",
+    ingest_report.tabulate_reports(
+        get_written_ingest_reports(),
+        f"{QC}/ingest.tsv",
         SPLIT_FRACTIONS,
     )
 
 
 onerror:
-    ingest.tabulate_reports(
-        sorted(Path(QC, "ingest").glob("sub-*.json")), f"{QC}/ingest.tsv",
+    ingest_report.tabulate_reports(
+        get_written_ingest_reports(),
+        f"{QC}/ingest.tsv",
         SPLIT_FRACTIONS,
     )

@@ -3,8 +3,6 @@
 
 checkpoint convert_dicom:
     """One subject's DICOM series converted with dcm2niix into the BIDS layout, anonymised."""
-    wildcard_constraints:
-        subject=get_dicom_subject_regex(),
     input:
         dicom=get_dicom_subject_dir,
     output:
@@ -13,6 +11,8 @@ checkpoint convert_dicom:
         f"{LOGS}/convert_dicom/sub-{{subject}}.log",
     benchmark:
         f"{BENCH}/convert_dicom/sub-{{subject}}.tsv"
+    wildcard_constraints:
+        subject=get_dicom_subject_regex(),
     params:
         bids_dir=BIDS,
         patterns=config["ingest"]["dicom_series_patterns"],

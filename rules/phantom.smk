@@ -24,8 +24,6 @@ rule make_demo_dataset_files:
 
 rule make_demo_subject:
     """One synthetic patient: T1w, CE-T1, T2w, DWI with sidecars, plus the ground truth."""
-    wildcard_constraints:
-        subject=get_demo_subject_regex("A"),
     input:
         # ancient: a change of cohort size rewrites the description but must not remake subjects
         description=ancient(rules.make_demo_dataset_files.output.description),
@@ -35,6 +33,8 @@ rule make_demo_subject:
         f"{LOGS}/make_demo_subject/sub-{{subject}}.log",
     benchmark:
         f"{BENCH}/make_demo_subject/sub-{{subject}}.tsv"
+    wildcard_constraints:
+        subject=get_demo_subject_regex("A"),
     params:
         plan=get_demo_plan_row,
         voxel_mm=config["demo"]["voxel_mm"],
@@ -51,12 +51,10 @@ rule make_demo_subject:
 use rule make_demo_subject as make_demo_subject_set_b with:
     output:
         **get_demo_subject_outputs(),
-        tumor_mask=bids_path(
-            f"{BIDS}/derivatives/tumor_masks", "{subject}", "anat", "mask", desc="tumor"
-        ),
-    wildcard_constraints:
-        subject=get_demo_subject_regex("B"),
+        tumor_mask=get_demo_tumor_mask_output(),
     log:
         f"{LOGS}/make_demo_subject/sub-{{subject}}.log",
     benchmark:
         f"{BENCH}/make_demo_subject/sub-{{subject}}.tsv"
+    wildcard_constraints:
+        subject=get_demo_subject_regex("B"),

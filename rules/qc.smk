@@ -28,12 +28,12 @@ rule tabulate_qc:
         rows=get_qc_rows,
     output:
         table=f"{QC}/{{stage}}.tsv",
-    wildcard_constraints:
-        stage="|".join(QC_STAGES),
     log:
         f"{LOGS}/tabulate_qc/{{stage}}.log",
     benchmark:
         f"{BENCH}/tabulate_qc/{{stage}}.tsv"
+    wildcard_constraints:
+        stage="|".join(QC_STAGES),
     threads: 1
     resources:
         mem_mb=1000,

@@ -7,17 +7,17 @@ rule register_anat_to_cet1w:
         unpack(get_registration_truth),
         fixed=get_cet1w,
         moving=get_anat_image,
-        report=get_validated_report,
+        report=rules.validate_subject.output.report,
     output:
         image=preproc("anat", "{modality}", space="ceT1w"),
         xfm=preproc("anat", "xfm", ext=".mat", from_="{modality}", to="ceT1w"),
         qc=f"{QC}/registration/sub-{{subject}}_{{modality}}.tsv",
-    wildcard_constraints:
-        modality="T1w|T2w",
     log:
         f"{LOGS}/register_anat_to_cet1w/sub-{{subject}}_{{modality}}.log",
     benchmark:
         f"{BENCH}/register_anat_to_cet1w/sub-{{subject}}_{{modality}}.tsv"
+    wildcard_constraints:
+        modality="T1w|T2w",
     params:
         seed=config["registration"]["seed"],
     threads: config["registration"]["threads"]

@@ -1,14 +1,18 @@
 # Release: each declared experiment's evaluated model (evaluation.checkpoint: final or best) becomes
-# a new version in the MLflow model registry, tagged with its scores on the reported sets;
-# `cesynth predict --model models:/<name>/<version>` then uses it.
+# a new version in the MLflow model registry, tagged with its scores on the reported sets and the
+# release gate's decision; the alias `champion` moves to it only when the gate passes
+# (release.gates). `cesynth predict --model models:/<name>@champion` then uses the champion.
 
 
 rule release_model:
-    """One experiment's evaluated model as a new registered model version, with its scores."""
+    """One experiment's evaluated model as a new registered model version, with its scores,
+    the release gate's decision and its model card."""
     input:
         unpack(get_release_inputs),
+        sets=rules.assign_sets.output.sets,
     output:
         release=f"{RESULTS}/release/{{experiment}}.json",
+        card=f"{RESULTS}/release/{{experiment}}_model_card.md",
     log:
         f"{LOGS}/release_model/{{experiment}}.log",
     benchmark:
@@ -16,6 +20,7 @@ rule release_model:
     params:
         name=get_registered_name,
         checkpoint=config["evaluation"]["checkpoint"],
+        gates=config["release"]["gates"],
     threads: 1
     resources:
         mem_mb=4000,

@@ -30,6 +30,7 @@ rule train_trunk:
     input:
         train=get_training_caches("train"),
         validation=get_training_caches("validation"),
+        masks=get_training_mask_sidecars,
     output:
         checkpoint=f"{RESULTS}/train/trunks/{{trunk}}/checkpoint_final.pt",
     log:
@@ -56,6 +57,7 @@ rule train_model:
         unpack(get_trunk_checkpoint),
         train=get_training_caches("train"),
         validation=get_training_caches("validation"),
+        masks=get_training_mask_sidecars,
     output:
         final=f"{RESULTS}/train/{{experiment}}/checkpoint_final.pt",
         best=f"{RESULTS}/train/{{experiment}}/checkpoint_best.pt",

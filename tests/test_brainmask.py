@@ -1,7 +1,9 @@
-"""Brain masks from the CE-T1 against the phantom's ground truth (real images, real methods)."""
+"""Brain masks from the CE-T1 (or the T1) against the phantom's ground truth (real images, real
+methods)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +12,7 @@ import pytest
 from nibabel.processing import resample_from_to, resample_to_output
 from scipy import ndimage
 
+import cesynth
 from cesynth import brainmask as bm
 from cesynth.io import InputError, load_nifti
 
@@ -142,6 +145,28 @@ def test_mask_file_is_native_grid_one_component_without_holes(
     assert info["volume_ml"] == pytest.approx(bm.mask_volume_ml(mask, image.affine))
     assert isinstance(info["seconds"], float)
     assert [p.name for p in tmp_path.iterdir()] == ["mask.nii.gz"]  # no temporary left
+
+
+@needs_deepbet
+def test_a_mask_of_the_t1_records_method_and_reference_in_its_sidecar(
+        cohort: Path, tumor_subject: str, tmp_path: Path) -> None:
+    t1 = cohort / tumor_subject / "anat" / f"{tumor_subject}_T1w.nii.gz"
+    sidecar = tmp_path / "mask.json"
+    info = bm.brain_mask_file(t1, tmp_path / "mask.nii.gz", "auto", threads=2,
+                              reference="T1w", sidecar_path=sidecar)
+    written = json.loads(sidecar.read_text())
+    assert written == {"Method": bm.resolve_method("auto"), "RequestedMethod": "auto",
+                       "Reference": "T1w", "ReferenceImage": t1.name,
+                       "IsotropicVoxelMM": info["voxel_mm"], "VolumeMl": info["volume_ml"],
+                       "CesynthVersion": cesynth.__version__}
+    # the T1 holds the same brain as the CE-T1: the volumes agree within a few per cent
+    ce_info = bm.brain_mask_file(_ce_t1_path(cohort, tumor_subject), tmp_path / "ce.nii.gz",
+                                 "auto", threads=2)
+    assert info["volume_ml"] == pytest.approx(ce_info["volume_ml"], rel=0.05)
+    with pytest.raises(ValueError, match="unknown brain-mask reference"):
+        bm.brain_mask_file(t1, tmp_path / "x.nii.gz", reference="T2w")
+    with pytest.raises(ValueError, match="needs the reference"):
+        bm.brain_mask_file(t1, tmp_path / "x.nii.gz", sidecar_path=tmp_path / "x.json")
 
 
 def test_unreadable_input_leaves_no_output(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from helpers.dicom_writer import FAKE_IDENTIFIERS, write_series_from_volume
 from pydicom.uid import generate_uid
 
 from cesynth.dicom import convert_dicom_subject, find_dcm2niix, scrub_sidecar
-from cesynth.ingest import discover_bids, validate_scan
+from cesynth.ingest import discover_bids
 from cesynth.io import InputError
+from cesynth.validation import validate_scan
 
 
 def _dcm2niix_available() -> bool:

@@ -19,10 +19,12 @@ from cesynth.evaluate import (
     evaluate_subject,
     evaluate_volumes,
     flatten_metrics,
-    format_mean_sd,
-    paired_ttest,
     region_metrics,
     ssim_map,
+)
+from cesynth.evaluation_tables import (
+    format_mean_sd,
+    paired_ttest,
     summarise,
     tabulate_evaluation,
 )
@@ -236,7 +238,7 @@ def test_evaluate_files_names_the_file_on_another_grid(tmp_path):
     shifted[0, 3] = 0.5
     tumor = write(tmp_path / "tumor.nii.gz", np.ones(target.shape), shifted)
     brain = write(tmp_path / "brain.nii.gz", np.ones(target.shape))
-    with pytest.raises(InputError, match="affine differs") as err:
+    with pytest.raises(InputError, match="affine off by 0.5 mm") as err:
         evaluate_files(pred, ce, brain, tumor)
     assert err.value.who == tumor
     with pytest.raises(InputError, match="file not found"):
@@ -286,6 +288,7 @@ def test_paired_ttest_matches_scipy_and_pairs_by_subject():
     assert result["t"] == pytest.approx(expected.statistic)
     assert result["p"] == pytest.approx(expected.pvalue)
     assert result["mean_difference"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert result["sd_difference"] == pytest.approx(np.std(np.subtract(a, b), ddof=1))
     shuffled = table.sample(frac=1.0, random_state=4)
     assert paired_ttest(shuffled, "brain_psnr", "ours", "unet") == pytest.approx(result)
     unpaired = stats.ttest_rel(a, list(reversed(b)))
@@ -293,6 +296,17 @@ def test_paired_ttest_matches_scipy_and_pairs_by_subject():
     dropped = paired_ttest(table.drop(index=0), "brain_psnr", "ours", "unet")
     assert dropped["n"] == 4
     assert dropped["t"] == pytest.approx(stats.ttest_rel(a[1:], b[1:]).statistic)
+
+
+def test_paired_ttest_leaves_out_subjects_with_an_infinite_metric():
+    table = per_subject_table()
+    perfect = (table["model"] == "ours") & (table["subject"] == table["subject"].iloc[0])
+    table.loc[perfect, "brain_psnr"] = math.inf
+    result = paired_ttest(table, "brain_psnr", "ours", "unet")
+    a, b = [28.5, 28.5, 26.0, 29.0], [27.0, 28.0, 25.5, 27.5]
+    assert result["n"] == 4
+    assert math.isfinite(result["t"]) and math.isfinite(result["sd_difference"])
+    assert result["t"] == pytest.approx(stats.ttest_rel(a, b).statistic)
 
 
 def test_paired_ttest_needs_two_pairs():

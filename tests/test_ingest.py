@@ -23,23 +23,23 @@ from helpers.bids_builder import (
 
 from cesynth.ingest import (
     ScanFiles,
-    SplitFractions,
-    assign_splits,
     discover_bids,
-    exclusion_report,
     expected_scan,
     list_dicom_subjects,
-    participant_split,
     rescan,
-    rescan_files,
+    scan_from_rule_inputs,
+)
+from cesynth.ingest_report import (
+    exclusion_report,
     tabulate_reports,
     validate_and_report,
     validate_dataset,
-    validate_scan,
     write_scan_report,
     write_sets_table,
 )
 from cesynth.io import InputError, read_json, read_tsv
+from cesynth.splits import SplitFractions, assign_splits, participant_split
+from cesynth.validation import validate_scan
 
 
 def _one_scan(root: Path) -> ScanFiles:
@@ -207,7 +207,7 @@ def test_tumor_mask_with_shifted_affine_is_reported(tmp_path):
         save(_mask_data(paths), paths["tumor_mask"], shifted)
 
     message = _validation_error(tmp_path, shift, tumor_mask=True)
-    assert message.endswith("not on the CE-T1 grid: affine differs from the CE-T1's")
+    assert message.endswith("not on the CE-T1 grid: affine off by 0.5 mm (tolerance 0.01 mm)")
 
 
 def test_non_binary_tumor_mask_is_reported(tmp_path):
@@ -449,17 +449,17 @@ def test_rescan_sees_only_files_that_exist(tmp_path):
     assert found.bval is None and found.set == "A"
 
 
-def test_rescan_files_rebuilds_the_scan_from_rule_inputs(tmp_path):
+def test_scan_from_rule_inputs_rebuilds_the_scan(tmp_path):
     root = make_dataset(tmp_path / "bids")
     paths = add_subject(root, "05", session="2", modalities=("T1w", "ceT1w", "dwi"))
     (root / "participants.tsv").write_text("participant_id\tset\nsub-05\tB\n")
     inputs = {"t1w": str(paths["T1w"]), "cet1w": str(paths["ceT1w"]),
               "dwi": str(paths["dwi"]), "bval": str(paths["bval"]), "bvec": str(paths["bvec"])}
-    scan = rescan_files("05ses2", inputs)
+    scan = scan_from_rule_inputs("05ses2", inputs)
     assert scan == _one_scan(root)
     assert (scan.participant, scan.session, scan.set) == ("05", "2", "B")
     with pytest.raises(InputError, match="belongs to another scan"):
-        rescan_files("06", inputs)
+        scan_from_rule_inputs("06", inputs)
 
 
 def test_list_dicom_subjects(tmp_path):

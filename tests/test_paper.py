@@ -1,4 +1,5 @@
-"""The paper's tables and figures (cesynth.paper) from small hand-built evaluation results."""
+"""The paper's tables, figures and report (cesynth.paper, cesynth.paper_figures,
+cesynth.paper_report) from small hand-built evaluation results."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cesynth import paper
+from cesynth import paper, paper_figures, paper_report
 from cesynth.evaluate import METRIC_COLUMNS
 from cesynth.io import InputError, read_tsv, write_tsv
 
@@ -273,7 +274,7 @@ def test_every_paper_value_has_a_column_and_every_mapped_row_exists():
 
 
 def test_write_paper_outputs_writes_every_table_and_figure(tmp_path):
-    written = paper.write_paper_outputs(make_per_subject(), make_catalog(), tmp_path)
+    written = paper_report.write_paper_outputs(make_per_subject(), make_catalog(), tmp_path)
     assert set(written) == {"table1", "table2", "table3", "table5", "floors", "paper_tables",
                             "fig7_loss_weights", "fig9_delta", "fig10_missing_inputs"}
     table3 = pd.read_csv(written["table3"], sep="\t")
@@ -295,7 +296,7 @@ def test_p_values_in_the_markdown_are_the_tables():
     p = tables["table1"].loc[0, "A_brain_psnr_p"]
     assert tables["table1"]["A_brain_psnr_n_pairs"].tolist()[0] == len(SET_A)
     cell = f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
-    line = next(li for li in paper.paper_markdown(tables, "final").splitlines()
+    line = next(li for li in paper_report.paper_markdown(tables, "final").splitlines()
                 if li.startswith("| unet2d |"))
     assert f"{cell} ({len(SET_A)})" in line
 
@@ -312,7 +313,7 @@ def test_outputs_from_the_rules_inputs_equal_those_from_frames(tmp_path):
                                   spec("floors"))
     direct = paper.build_table(per_subject, make_catalog(models), spec("floors"))
     pd.testing.assert_frame_equal(from_rule, direct)
-    written = paper.write_paper_outputs(read_tsv(tmp_path / "metrics.tsv"),
+    written = paper_report.write_paper_outputs(read_tsv(tmp_path / "metrics.tsv"),
                                         pd.DataFrame(records), tmp_path / "out")
     assert set(written) == {"table1", "table2", "floors", "paper_tables"}
 
@@ -327,7 +328,8 @@ def test_tables_without_rows_are_skipped_and_named(tmp_path):
     (tmp_path / "table3.tsv").write_text("stale\n")
     (tmp_path / "fig7_loss_weights.png").write_bytes(b"stale")
     models = ("final", "unet2d")
-    written = paper.write_paper_outputs(make_per_subject(models), make_catalog(models), tmp_path)
+    written = paper_report.write_paper_outputs(make_per_subject(models), make_catalog(models),
+                                               tmp_path)
     assert set(written) == {"table1", "table2", "paper_tables"}
     assert not (tmp_path / "table3.tsv").exists()
     assert not (tmp_path / "fig7_loss_weights.png").exists()
@@ -339,7 +341,7 @@ def test_tables_without_rows_are_skipped_and_named(tmp_path):
 
 
 def test_missing_input_groups_in_the_papers_order():
-    rows = paper._missing_input_rows(paper.check_catalog(make_catalog()))
+    rows = paper_figures._missing_input_rows(paper.check_catalog(make_catalog()))
     assert rows["model"].tolist() == ["final-zero-T2w", "final-cascade-adc", "t1", "t1t2",
                                       "final"]
 
@@ -348,7 +350,8 @@ def test_figures_are_not_drawn_without_scores(tmp_path):
     models = ("final", "lw-1-1")
     per_subject = make_per_subject(models)
     per_subject = per_subject[per_subject["set"] == "A"]  # no tumor PSNR anywhere
-    assert paper.plot_loss_weights(per_subject, make_catalog(models), tmp_path / "f.png") is None
+    assert paper_figures.plot_loss_weights(per_subject, make_catalog(models),
+                                           tmp_path / "f.png") is None
     assert not (tmp_path / "f.png").exists()
 
 
@@ -366,7 +369,7 @@ def test_synthesis_panel_draws_a_row_per_subject(tmp_path):
         "sub-02": {"T1w": volume(), "adc": volume(), "truth": volume(),  # no T2w
                    "U-Net 3D": volume(), "HR-FCN 3D": volume()},
     }
-    out = paper.synthesis_panel(images, {"sub-01": 2, "sub-02": 4}, tmp_path / "panel.png")
+    out = paper_figures.synthesis_panel(images, {"sub-01": 2, "sub-02": 4}, tmp_path / "panel.png")
     # 8 columns (3 inputs, truth, 2 models, 2 error maps) x 2.2 in; 2 rows x 2.4 in + 0.4 in
     assert read_png(out).shape == (520, 1760, 4)
 
@@ -374,9 +377,10 @@ def test_synthesis_panel_draws_a_row_per_subject(tmp_path):
 def test_synthesis_panel_rejects_a_slice_outside_the_volume(tmp_path):
     volume = np.zeros((6, 6, 3), np.float32)
     with pytest.raises(InputError, match="slice 3"):
-        paper.synthesis_panel({"sub-01": {"truth": volume, "m": volume}}, 3, tmp_path / "p.png")
+        paper_figures.synthesis_panel({"sub-01": {"truth": volume, "m": volume}}, 3,
+                                      tmp_path / "p.png")
     with pytest.raises(InputError, match="truth"):
-        paper.synthesis_panel({"sub-01": {"m": volume}}, 1, tmp_path / "p.png")
+        paper_figures.synthesis_panel({"sub-01": {"m": volume}}, 1, tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
 
 
@@ -384,5 +388,5 @@ def test_the_panel_cuts_through_the_largest_part_of_a_region():
     mask = np.zeros((6, 5, 7), dtype=np.uint8)
     mask[1:3, 1:3, 2] = 1
     mask[1:4, 1:4, 5] = 1
-    assert paper.largest_region_slice(mask) == 5
-    assert paper.largest_region_slice(np.zeros((4, 4, 9))) == 4
+    assert paper_figures.largest_region_slice(mask) == 5
+    assert paper_figures.largest_region_slice(np.zeros((4, 4, 9))) == 4

@@ -21,29 +21,31 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers.checkpoints import stretch_output
+from helpers.checkpoints import cached_training_subject, stretch_output
 from helpers.workflow import CESYNTH
 from scipy import ndimage
 
-from cesynth import cli, phantom, tracking
-from cesynth.cache import cache_subject
+from cesynth import __version__, brainmask, cli, phantom, registration, tracking
 from cesynth.inference import load_generator
-from cesynth.io import InputError, is_synthetic, save_nifti, write_json
-from cesynth.normalise import ModelGrid, normalise
-from cesynth.predict import (
-    check_cascade_files,
-    predict_patient,
-    resolve_preprocessing,
-    sidecar_path,
-    to_native_grid,
-)
+from cesynth.io import InputError, is_synthetic, save_nifti
+from cesynth.normalise import ModelGrid
+from cesynth.predict import predict_patient, sidecar_path
+from cesynth.predict_inputs import check_cascade_files, resolve_preprocessing
+from cesynth.predict_synthesis import to_native_grid
+from cesynth.preprocessing import preprocessing_record
 from cesynth.release import register_release, resolve_cascade, resolve_model
 from cesynth.settings import TrainSettings
 from cesynth.tracking import init_store
 from cesynth.train import train
 
 GRID = (32, 40, 32)
-PREPROCESSING = {"model_grid": list(GRID), "normalise": "histeq", "brainmask": "auto"}
+MASK_METHOD = (brainmask.available_methods() or ["deepbet"])[0]
+MAX_ADC = 2.5e-3  # below CSF, not the default 4e-3: the recorded limit must be applied
+PREPROCESSING = preprocessing_record(
+    {"model_grid": list(GRID), "normalise": "histeq", "brainmask": MASK_METHOD,
+     "brainmask_reference": "T1w", "adc": {"max_adc": MAX_ADC}, "registration": {"seed": 0}},
+    modalities=["T1w", "T2w", "adc"])
+LEGACY_PREPROCESSING = {"model_grid": list(GRID), "normalise": "histeq", "brainmask": "auto"}
 SETTINGS = {
     "model": "hrfcn3d", "width_multiplier": 1 / 16, "blocks_per_module": 1,
     "stages": [[1, 1.0, 1.0, 1.0, 3e-3]], "patches_per_subject": 3,
@@ -101,29 +103,12 @@ def cohort(tmp_path_factory) -> Path:
     return out
 
 
-def _training_subject(root: Path, rng: np.random.Generator) -> Path:
-    """One model-grid subject, histogram-equalised in its mask as the pipeline's are, cached."""
-    mask = np.zeros(GRID, dtype=np.uint8)
-    mask[4:28, 5:35, 6:26] = 1
-    volumes = {m: normalise(ndimage.gaussian_filter(rng.random(GRID), 2.0), mask)
-               for m in MODALITIES}
-    volumes["ceT1w"] = np.clip(0.7 * volumes["T1w"] + 0.3 * volumes["T2w"], 0, 1) * mask
-    affine = np.diag([6.0, 6.0, 6.0, 1.0])
-    paths = {m: save_nifti(v, affine, root / f"sub-t_space-model_desc-norm_{m}.nii.gz")
-             for m, v in volumes.items()}
-    mask_path = save_nifti(mask, affine, root / "sub-t_space-model_desc-brain_mask.nii.gz",
-                           dtype=np.uint8)
-    sidecar = write_json({"foreground_slices": [6, 25]},
-                         root / "sub-t_space-model_desc-brain_mask.json")
-    return cache_subject(paths, mask_path, sidecar, root / "cache")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny trained model whose checkpoint records the preprocessing of its training data."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("training")
-    cache = _training_subject(root, np.random.default_rng(0))
+    cache = cached_training_subject(root, np.random.default_rng(0))
     settings = TrainSettings.from_dict(SETTINGS)
     summary = train([cache], [], root / "run", settings, preprocessing=PREPROCESSING)
     stretch_output(summary["checkpoint_best"], settings, cache)
@@ -201,7 +186,7 @@ def cascade_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny T1 -> T2 and T1 -> ADC models with the CE-T1 model's grid and normalisation."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cascade_training")
-    cache = _training_subject(root, np.random.default_rng(1))
+    cache = cached_training_subject(root, np.random.default_rng(1))
     found = {}
     for target in ("T2w", "adc"):
         settings = TrainSettings.from_dict({**CASCADE_SETTINGS, "target": target})
@@ -292,6 +277,95 @@ def test_dwi_prediction_sidecar_names_base_names_only(dwi_run, checkpoint, tmp_p
     assert sidecar["Preprocessing"]["ModelGrid"] == list(GRID)
     assert sidecar["FilledInputs"] == {} and sidecar["CascadeModels"] == {}
     assert str(tmp_path_factory.getbasetemp()) not in text
+
+
+def test_dwi_prediction_applies_the_recorded_preprocessing_exactly(dwi_run):
+    sidecar = sidecar_of(dwi_run["out_dir"] / "sub-01_synthetic.nii.gz")
+    assert sidecar["ModelPreprocessing"] == PREPROCESSING
+    assert sidecar["PreprocessingOverrides"] == {} and sidecar["PreprocessingDifferences"] == {}
+    applied = sidecar["Preprocessing"]
+    assert applied["BrainMaskMethod"] == MASK_METHOD and applied["BrainMaskReference"] == "T1w"
+    assert applied["NormalisationOptions"] == {"nbins": None}
+    assert applied["RegistrationSeed"] == 0
+    assert "b = 0, 500, 1000 s/mm2" in applied["ADC"] and "0.0025] mm2/s" in applied["ADC"]
+    # the ADC fitted here is clipped at the recorded limit, not at the function's default
+    fitted = data(dwi_run["out_dir"] / "work" / "adc.nii.gz")
+    assert fitted.max() == pytest.approx(MAX_ADC) and np.count_nonzero(fitted >= MAX_ADC) > 0
+    assert dwi_run["summary"]["preprocessing"]["adc"]["max_adc"] == MAX_ADC
+
+
+def with_record(checkpoint: Path, folder: Path, **changes) -> Path:
+    """A copy of the checkpoint whose preprocessing record has ``changes``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state["preprocessing"] = {**state["preprocessing"], **changes}
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "checkpoint_best.pt")
+    return folder / "checkpoint_best.pt"
+
+
+def test_a_recorded_mask_method_not_installed_here_is_refused_unless_overridden(
+        capsys, monkeypatch, cohort, checkpoint, tmp_path):
+    monkeypatch.setitem(brainmask._AVAILABILITY, "fsl", lambda: False)  # CI may have FSL
+    fsl_model = with_record(checkpoint, tmp_path / "fsl", brainmask="fsl")
+    t1, out = scans(cohort, "sub-02")["t1"], tmp_path / "out" / "synthetic.nii.gz"
+    code = cli.main(["predict", "--t1", str(t1), "--model", str(fsl_model), "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and lines == [
+        f"error: {fsl_model}: the model was trained on fsl brain masks and fsl is not "
+        "installed here; install it, or pass --brainmask-method METHOD to predict with another "
+        "method (the sidecar records the override)"]
+    assert not out.parent.exists()
+
+    summary = predict_patient(t1, model=fsl_model, out=out, brainmask_method="auto")
+    used = brainmask.resolve_method("auto")
+    override = {"BrainMaskMethod": {"Recorded": "fsl", "Used": used}}
+    sidecar = sidecar_of(out)
+    assert sidecar["PreprocessingOverrides"] == override
+    assert sidecar["Preprocessing"]["BrainMaskMethod"] == used
+    assert summary["preprocessing"]["overrides"] == override and summary["brainmask"][
+        "method"] == used
+
+
+def test_the_recorded_b_values_are_the_ones_fitted(cohort, checkpoint, tmp_path):
+    model = with_record(checkpoint, tmp_path / "b1500",
+                        adc={**PREPROCESSING["adc"], "b_values": [0.0, 500.0, 1500.0]})
+    files = scans(cohort, "sub-01")
+    out = tmp_path / "synthetic.nii.gz"
+    with pytest.raises(InputError, match=r"no b=1500 s/mm2 shell") as caught:
+        predict_patient(files["t1"], dwi=files["dwi"], bval=files["bval"], bvec=files["bvec"],
+                        model=model, out=out)
+    assert caught.value.who == str(files["bval"]) and not out.exists()
+
+
+def test_what_predict_cannot_do_as_recorded_is_named(checkpoint):
+    generator = load_generator(checkpoint)
+
+    def resolve(**record):
+        changed = dataclasses.replace(generator,
+                                      preprocessing={**generator.preprocessing, **record})
+        return resolve_preprocessing(changed, "model.pt")
+
+    # the paper's choice: training masks from the CE-T1, which a new patient does not have
+    assert resolve(brainmask_reference="ceT1w").differences == {"BrainMaskReference": {
+        "Recorded": "ceT1w", "Used": "T1w",
+        "Why": "a new patient has no CE-T1; the brain mask is computed from the T1"}}
+    assert resolve(cesynth_version="0.0.1").differences["CesynthVersion"]["Used"] == __version__
+    other = {**PREPROCESSING["registration"], "metric": "cc"}
+    with pytest.raises(InputError, match="registered with metric = 'cc', this cesynth"):
+        resolve(registration=other)
+    # an old record: what the workflow did then, resolved here and named
+    old = resolve_preprocessing(dataclasses.replace(generator,
+                                                    preprocessing=LEGACY_PREPROCESSING), "old")
+    assert old.brainmask == brainmask.resolve_method("auto")
+    assert set(old.differences) == {"BrainMaskMethod", "BrainMaskReference", "CesynthVersion"}
+    assert old.adc["max_adc"] == 4e-3 and old.registration_seed == 0
+    # explicit choices against the record are overrides
+    chosen = resolve_preprocessing(generator, "model.pt", seed=3, normalise="percentile")
+    assert chosen.overrides == {"RegistrationSeed": {"Recorded": 0, "Used": 3},
+                                "Normalisation": {"Recorded": "histeq", "Used": "percentile"}}
+    assert chosen.normalise_options == {"p_low": 0.5, "p_high": 99.5}
+    assert resolve_preprocessing(generator, "model.pt", seed=0).overrides == {}
+    assert PREPROCESSING["registration"] == {"seed": 0, **registration.method_record()}
 
 
 def test_inputs_are_only_read_and_work_files_are_kept(dwi_run):
@@ -414,7 +488,8 @@ def test_explicit_grid_and_normalisation_stand_in_for_the_record(old_checkpoint)
     assert generator.preprocessing == {}
     prep = resolve_preprocessing(generator, "old", model_grid=GRID, normalise="percentile")
     assert prep.model_grid == GRID and prep.normalise == "percentile"
-    assert prep.brainmask == "auto"
+    assert prep.brainmask == brainmask.resolve_method("auto")  # nothing recorded: resolved here
+    assert prep.differences["BrainMaskMethod"]["Recorded"] == "not recorded"
     partial = dataclasses.replace(generator, preprocessing={"model_grid": list(GRID)})
     with pytest.raises(InputError, match="has no normalise in its preprocessing record"):
         resolve_preprocessing(partial, "partial")

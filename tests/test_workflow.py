@@ -127,6 +127,7 @@ def test_excluded_subjects_are_left_out(tmp_path):
         ({"demo": {"enabled": True, "subjectz": 3}}, "subjectz"),
         ({"demo": {"enabled": True, "voxel_mm": -1}}, "voxel_mm"),
         ({"brainmask": {"method": "magic"}}, "magic"),
+        ({"brainmask": {"reference": "T2w"}}, "T2w"),
         ({"model_grid": {"shape": [64, 64]}}, "shape"),
         ({"train": {"model": "resnet"}}, "resnet"),
         ({"experiments": {"bad": {"lr": 1}}}, "lr"),
@@ -155,6 +156,13 @@ def test_python_code_passes_ruff():
     assert result.returncode == 0, result.stdout
 
 
+def test_rules_pass_snakefmt_in_the_projects_directive_order():
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    result = subprocess.run([str(snakefmt), "--check", "Snakefile", "rules"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def job_inputs(workdir: Path, *args: str) -> dict[str, list[set[str]]]:
     """Rule -> the input files of each of its jobs, from a dry run's job listing."""
     result = snakemake(workdir, "--dry-run", *args)
@@ -171,7 +179,8 @@ def job_inputs(workdir: Path, *args: str) -> dict[str, list[set[str]]]:
 
 
 def test_no_reported_subject_is_seen_by_training_or_selection(tmp_path):
-    from cesynth.ingest import SplitFractions, assign_splits, discover_bids
+    from cesynth.ingest import discover_bids
+    from cesynth.splits import SplitFractions, assign_splits
 
     participants = [f"{i:02d}" for i in range(24)]
     sessions = {p: ["pre", "post"] for p in participants[:8]}
@@ -246,3 +255,20 @@ def test_the_paper_profile_declares_the_papers_grids(tmp_path):
     assert jobs["train_model"] == 1 + 7 + 2 + 4 + 7 + 2
     # the four extra loss-weight points fine-tune from the reference's stage 1
     assert jobs["train_trunk"] == jobs["train_model"] - 4
+
+
+@pytest.mark.parametrize(("reference", "image"), [("T1w", "space-ceT1w_T1w.nii.gz"),
+                                                  ("ceT1w", "ce-gadolinium_T1w.nii.gz")])
+def test_brain_masks_are_made_from_the_configured_reference(tmp_path, reference, image):
+    bids = touch_bids(tmp_path / "bids", {"01": FULL, "02": FULL, "03": FULL, "04": FULL})
+    jobs = job_inputs(tmp_path, *bids_config(bids, brainmask={"reference": reference}))
+    for inputs in jobs["mask_brain"]:
+        (made_from,) = [p for p in inputs if p.endswith(".nii.gz")]
+        assert made_from.endswith(image), made_from
+    assert len(jobs["mask_brain"]) == 4  # the same jobs whichever the reference
+    # training reads the mask sidecars of the subjects it reads (train and validation), to
+    # record the method that ran
+    (trunk,) = jobs["train_trunk"]
+    masked = {Path(p).name.removesuffix("_desc-brain_mask.json") for p in trunk
+              if p.endswith("_desc-brain_mask.json")}
+    assert masked and masked == {Path(p).name for p in trunk if "/train/cache/" in p}

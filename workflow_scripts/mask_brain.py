@@ -6,15 +6,16 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 from cesynth import brainmask, qc  # noqa: E402
 from cesynth.jobs import run_job  # noqa: E402
 
-inputs, output = snakemake.input, snakemake.output
+inputs, output, params = snakemake.input, snakemake.output, snakemake.params
 
 
 def work():
     info = brainmask.brain_mask_file(
-        inputs.image, output.mask, snakemake.params.method, threads=snakemake.threads
+        inputs.image, output.mask, params.method, threads=snakemake.threads,
+        reference=params.reference, sidecar_path=output.sidecar,
     )
-    metrics = {"method": info["method"], "volume_ml": info["volume_ml"],
-               "seconds": info["seconds"]}
+    metrics = {"method": info["method"], "reference": info["reference"],
+               "volume_ml": info["volume_ml"], "seconds": info["seconds"]}
     if "true_mask" in inputs.keys():
         metrics["truth_dice"] = brainmask.dice_files(output.mask, inputs.true_mask)
     flags = qc.plausibility_flags(brain_volume_ml=info["volume_ml"])
@@ -22,4 +23,4 @@ def work():
     return {**metrics, **flags}
 
 
-run_job(snakemake, work, params={"method": snakemake.params.method})
+run_job(snakemake, work, params={"method": params.method, "reference": params.reference})

@@ -1,16 +1,16 @@
-"""Rule tabulate_evaluation: glue only, the work is cesynth.evaluate.tabulate_evaluation."""
+"""Rule tabulate_evaluation: glue only, the work is in cesynth.evaluation_tables."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from cesynth import evaluate
+from cesynth import evaluation_tables
 from cesynth.jobs import JobOutcome, run_job
 
 
 def work():
-    paths = evaluate.tabulate_evaluation(snakemake.input.metrics,
-                                         Path(snakemake.output.metrics).parent)
+    paths = evaluation_tables.tabulate_evaluation(snakemake.input.metrics,
+                                                  Path(snakemake.output.metrics).parent)
     return JobOutcome(metrics={"subject_rows": len(snakemake.input.metrics)},
                       artifacts=list(paths.values()))
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from cesynth import train
+from cesynth import preprocessing, train
 from cesynth.jobs import JobOutcome, run_job
-from cesynth.settings import EXECUTION_SETTINGS
+from cesynth.settings import EXECUTION_SETTINGS, TrainSettings
 
 # Execution settings (device, workers, compile, checkpoint cadence) come from the config at run
 # time, not from params, so changing them never reruns a finished training.
@@ -20,9 +20,13 @@ def caches(folders):
 
 
 def work():
+    model = TrainSettings.from_dict(settings)
+    record = preprocessing.preprocessing_record(
+        snakemake.params.preprocessing, modalities=model.modalities, target=model.target,
+        mask_sidecars=snakemake.input.masks)
     summary = train.train_from_files(caches(snakemake.input.train),
                                      caches(snakemake.input.validation), out_dir, settings,
-                                     preprocessing=snakemake.params.preprocessing,
+                                     preprocessing=record,
                                      start_from=snakemake.input.get("trunk"))
     metrics = {key: value for key, value in summary.items() if isinstance(value, int | float)}
     return JobOutcome(metrics=metrics)

@@ -43,7 +43,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cesynth.io import InputError, load_nifti, save_nifti
+from cesynth.io import InputError, check_same_grid, load_nifti, save_nifti
 
 PathLike = str | os.PathLike
 
@@ -52,7 +52,6 @@ SIGNAL_FLOOR = 1e-6
 #: Automatic noise threshold: this fraction of the 99th percentile of the b=0 signal.
 AUTO_THRESHOLD_FRACTION = 0.05
 _PERCENTILE_SAMPLE = 1_000_003  # at most this many voxels feed the automatic threshold
-_AFFINE_ATOL = 1e-3  # mm
 
 
 @dataclass(frozen=True)
@@ -499,13 +498,10 @@ def _select_shells(
 
 def _load_mask(mask_path: PathLike, dwi_img) -> np.ndarray:
     mask_img = load_nifti(mask_path)
-    if mask_img.shape[:3] != dwi_img.shape[:3] or len(mask_img.shape) > 3 and any(
-        n != 1 for n in mask_img.shape[3:]
-    ):
+    if any(n != 1 for n in mask_img.shape[3:]):
         raise InputError(mask_path, f"mask shape {mask_img.shape} is not the DWI grid "
                                     f"{dwi_img.shape[:3]}")
-    if not np.allclose(mask_img.affine, dwi_img.affine, atol=_AFFINE_ATOL):
-        raise InputError(mask_path, "mask affine differs from the DWI's (not on the DWI grid)")
+    check_same_grid(mask_img, dwi_img, mask_path, "the DWI")
     data = np.asanyarray(mask_img.dataobj).reshape(dwi_img.shape[:3])
     return data != 0
 

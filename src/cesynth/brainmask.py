@@ -1,4 +1,12 @@
-"""Brain mask from the contrast-enhanced T1 (the ``cesynth brainmask`` stage).
+"""Brain mask of a T1-weighted image (the ``cesynth brainmask`` stage).
+
+The workflow computes it on the native CE-T1 grid from one of two images
+(:data:`REFERENCES`, config ``brainmask.reference``): the CE-T1 itself, as in the paper, or the
+pre-contrast T1 registered to the CE-T1, the image ``cesynth predict`` also has (a new patient has
+no CE-T1). :func:`brain_mask_file` can write a JSON sidecar beside the mask that records the
+method that actually ran (``auto`` resolved), the reference image and the cesynth version; the
+training job reads these sidecars into the model's preprocessing record
+(:mod:`cesynth.preprocessing`).
 
 Methods:
 
@@ -24,6 +32,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +41,15 @@ import numpy as np
 from nibabel.processing import resample_from_to, resample_to_output
 from scipy import ndimage
 
-from cesynth.io import InputError, load_nifti, save_nifti
+from cesynth import __version__
+from cesynth.io import InputError, check_same_grid, load_nifti, save_nifti, write_json
 
 METHODS = ("auto", "fsl", "deepbet", "bet-python")
 CONCRETE_METHODS = ("fsl", "deepbet", "bet-python")
+
+REFERENCES = ("ceT1w", "T1w")
+"""The image a training mask is computed from: the CE-T1 (the paper's choice) or the T1
+registered to the CE-T1 grid (what prediction, which has no CE-T1, can reproduce)."""
 
 # Per-method hint printed when a method is asked for but cannot run here.
 INSTALL_HINTS = {
@@ -168,24 +182,35 @@ def brain_mask_file(
     method: str = "auto",
     *,
     threads: int = 1,
+    reference: str | None = None,
+    sidecar_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Read an image, compute its brain mask and write it (uint8, the image's affine) atomically.
 
     Args:
-        image_path: the CE-T1 NIfTI.
+        image_path: the image the mask is computed from (CE-T1 or T1).
         out_path: where the mask goes (``.nii.gz``).
         method: one of :data:`METHODS`.
         threads: CPU threads for the method.
+        reference: which image ``image_path`` is, one of :data:`REFERENCES` (recorded in the
+            sidecar; needed with ``sidecar_path``).
+        sidecar_path: also write :func:`mask_sidecar` here (JSON).
 
     Returns:
-        The info dict of :func:`brain_mask` plus ``image`` and ``out`` paths; ``seconds`` covers
-        reading and writing too.
+        The info dict of :func:`brain_mask` plus ``image`` and ``out`` paths (and ``reference``
+        when given); ``seconds`` covers reading and writing too.
 
     Raises:
         InputError: naming the image file when it is unreadable, not 3D or has no brain;
             naming the method when it is unknown or not installed.
+        ValueError: an unknown reference, or a sidecar asked for without one.
     """
     start = time.perf_counter()
+    if reference is not None and reference not in REFERENCES:
+        raise ValueError(f"unknown brain-mask reference {reference!r}; expected one of "
+                         f"{', '.join(REFERENCES)}")
+    if sidecar_path is not None and reference is None:
+        raise ValueError("a brain-mask sidecar needs the reference image kind")
     resolve_method(method)  # fail on the method before reading anything
     image = load_nifti(image_path)
     try:
@@ -197,7 +222,33 @@ def brain_mask_file(
     save_nifti(mask.astype(np.uint8), image.affine, out_path, dtype=np.uint8)
     info.update(image=str(image_path), out=str(out_path),
                 seconds=round(time.perf_counter() - start, 3))
+    if reference is not None:
+        info["reference"] = reference
+    if sidecar_path is not None:
+        write_json(mask_sidecar(info), sidecar_path)
     return info
+
+
+def mask_sidecar(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON sidecar of a brain mask: how it was made, files by base name only.
+
+    Args:
+        info: the info dict of :func:`brain_mask_file` (with ``reference``).
+
+    Returns:
+        ``Method`` (the method that ran), ``RequestedMethod`` (e.g. ``auto``), ``Reference``
+        (a :data:`REFERENCES` kind), ``ReferenceImage`` (its file's base name),
+        ``IsotropicVoxelMM``, ``VolumeMl`` and ``CesynthVersion``.
+    """
+    return {
+        "Method": info["method"],
+        "RequestedMethod": info.get("requested_method", info["method"]),
+        "Reference": info["reference"],
+        "ReferenceImage": Path(info["image"]).name,
+        "IsotropicVoxelMM": info["voxel_mm"],
+        "VolumeMl": info["volume_ml"],
+        "CesynthVersion": __version__,
+    }
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -334,6 +385,6 @@ def dice_files(mask_path: str | os.PathLike, reference_path: str | os.PathLike) 
         InputError: the masks are on different grids.
     """
     mask, reference = load_nifti(mask_path), load_nifti(reference_path)
-    if mask.shape != reference.shape or not np.allclose(mask.affine, reference.affine, atol=1e-3):
-        raise InputError(mask_path, f"not on the grid of {Path(reference_path).name}")
+    check_same_grid(mask, reference, mask_path, f"the {Path(reference_path).name}",
+                    full_shape=True)
     return dice(np.asarray(mask.dataobj) > 0, np.asarray(reference.dataobj) > 0)

@@ -26,7 +26,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from cesynth.io import InputError, atomic_path, load_nifti, read_json, write_json
+from cesynth.io import (
+    InputError,
+    atomic_path,
+    check_same_grid,
+    load_nifti,
+    read_json,
+    write_json,
+)
 from cesynth.normalise import to_slice_major
 
 INPUT_MODALITIES = ("T1w", "T2w", "adc")
@@ -36,8 +43,6 @@ TARGET_MODALITY = "ceT1w"
 PATCH_SLICES = 3
 CACHE_SUFFIX = "_cache.json"
 ARRAY_NAMES = ("inputs", "target", "mask")
-AFFINE_ATOL_MM = 1e-2
-"""Largest affine difference of images on one model grid (float32 header round-off)."""
 
 
 def cache_subject(
@@ -153,11 +158,7 @@ def load_on_mask_grid(path: str | Path, mask_img: nib.Nifti1Image) -> np.ndarray
             from the mask's, or it holds non-finite values.
     """
     img = load_model_grid_image(path)
-    grid = tuple(mask_img.shape[:3])
-    if img.shape[:3] != grid:
-        raise InputError(path, f"grid {img.shape[:3]} differs from the brain mask's {grid}")
-    if not np.allclose(img.affine, mask_img.affine, atol=AFFINE_ATOL_MM):
-        raise InputError(path, "affine differs from the brain mask's: not on the same model grid")
+    check_same_grid(img, mask_img, path, "the brain mask's model")
     volume = img.get_fdata(dtype=np.float32)  # cached by the full read of load_model_grid_image
     if not np.isfinite(volume).all():
         raise InputError(path, "holds non-finite values (NaN or infinity)")
@@ -193,7 +194,7 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
-__all__ = ["AFFINE_ATOL_MM", "ARRAY_NAMES", "CACHE_SUFFIX", "INPUT_MODALITIES", "PATCH_SLICES",
+__all__ = ["ARRAY_NAMES", "CACHE_SUFFIX", "INPUT_MODALITIES", "PATCH_SLICES",
            "TARGET_MODALITY", "load_on_mask_grid",
            "cache_subject", "find_caches", "load_model_grid_image", "load_model_grid_volume",
            "read_foreground_slices"]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from cesynth.distributed import DistContext
-from cesynth.io import InputError, atomic_path
+from cesynth.io import InputError, atomic_path, one_line_error
 from cesynth.settings import EXECUTION_SETTINGS, TrainSettings
 
 _log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ CHECKPOINT_FINAL = "checkpoint_final.pt"
 RUN_FINGERPRINT = "run_fingerprint.txt"
 CHECKPOINT_FORMAT = 1
 
-_MESSAGE_CHARS = 300  # longest third-party error text quoted in a one-line InputError
 
 
 # ---------------------------------------------------------------- reading and writing
@@ -93,7 +92,7 @@ def read_checkpoint_bytes(path: Path) -> tuple[dict[str, Any], bytes]:
     except FileNotFoundError as err:
         raise InputError(path, "checkpoint not found") from err
     except OSError as err:
-        raise InputError(path, f"unreadable checkpoint ({_one_line(err)})") from err
+        raise InputError(path, f"unreadable checkpoint ({one_line_error(err)})") from err
     return _load(io.BytesIO(data), Path(path)), data
 
 
@@ -116,7 +115,7 @@ def _load(source: Path | IO[bytes], path: Path) -> dict[str, Any]:
     except FileNotFoundError as err:
         raise InputError(path, "checkpoint not found") from err
     except Exception as err:  # torch raises many types for damaged or foreign files
-        raise InputError(path, f"unreadable checkpoint ({_one_line(err)})") from err
+        raise InputError(path, f"unreadable checkpoint ({one_line_error(err)})") from err
     if not isinstance(checkpoint, dict) or not {"settings", "model"} <= checkpoint.keys():
         raise InputError(path, "not a cesynth training checkpoint (no settings and model)")
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -137,10 +136,6 @@ def _numpy_safe_globals() -> Iterator[None]:
     with safe_globals(allowed):
         yield
 
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
 
 
 # ---------------------------------------------------------------- resuming

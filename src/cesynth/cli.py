@@ -81,10 +81,10 @@ def _add_validate(parser: argparse.ArgumentParser) -> None:
 
 def run_validate(args: argparse.Namespace) -> dict:
     """Check every subject of a BIDS dataset as the pipeline's ingest does."""
-    from cesynth import ingest
+    from cesynth import ingest_report, splits
 
-    fractions = ingest.SplitFractions(args.validation_fraction, args.test_fraction)
-    table = ingest.validate_dataset(args.bids, fractions, out_tsv=args.out)
+    fractions = splits.SplitFractions(args.validation_fraction, args.test_fraction)
+    table = ingest_report.validate_dataset(args.bids, fractions, out_tsv=args.out)
     excluded = table[table["status"] == "excluded"]
     for reason in excluded["reason"]:
         print(f"error: {reason}", file=sys.stderr)
@@ -197,9 +197,13 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-model-grid", type=Path, help="also write the model-grid image")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0, help="registration seed")
+    parser.add_argument("--seed", type=int,
+                        help="registration seed (default: the model's; another is recorded in "
+                             "the sidecar as an override)")
     parser.add_argument("--brainmask-method", choices=("auto", "fsl", "deepbet", "bet-python"),
-                        help="default: the method the model was trained with")
+                        help="default: the method the model was trained with (which must be "
+                             "installed here); another is recorded in the sidecar as an "
+                             "override")
     parser.add_argument("--model-grid", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="default: the checkpoint's (needed for checkpoints without it)")
     parser.add_argument("--normalise", choices=("histeq", "percentile"),

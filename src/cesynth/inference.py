@@ -46,7 +46,7 @@ from cesynth.cache import (
 )
 from cesynth.checkpoint import read_checkpoint_bytes
 from cesynth.distributed import DistContext, resolve_device
-from cesynth.io import InputError, check_synthetic_paths, write_synthetic
+from cesynth.io import InputError, check_synthetic_paths, one_line_error, write_synthetic
 from cesynth.models import model_from_settings
 from cesynth.normalise import from_slice_major, to_slice_major
 from cesynth.settings import TrainSettings
@@ -56,7 +56,6 @@ _log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 """Accepted ``device`` names of :func:`load_generator`."""
 
-_MESSAGE_CHARS = 300  # longest third-party error text quoted in a one-line InputError
 _TARGET_NAMES = {"ceT1w": "contrast-enhanced (gadolinium) T1-weighted", "T2w": "T2-weighted",
                  "adc": "apparent diffusion coefficient (ADC)"}
 
@@ -127,7 +126,7 @@ def _checkpoint_settings(checkpoint: Mapping[str, Any], path: Path) -> TrainSett
     try:
         return TrainSettings.from_dict(checkpoint["settings"])
     except (TypeError, ValueError) as err:
-        raise InputError(path, f"invalid settings in checkpoint ({_one_line(err)})") from err
+        raise InputError(path, f"invalid settings in checkpoint ({one_line_error(err)})") from err
 
 
 def _checkpoint_preprocessing(checkpoint: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -143,12 +142,8 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: Pat
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as err:
         raise InputError(path, f"weights do not fit the model of its settings "
-                         f"({_one_line(err)})") from err
+                         f"({one_line_error(err)})") from err
 
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
 
 
 # ---------------------------------------------------------------- window inference

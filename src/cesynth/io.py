@@ -31,6 +31,16 @@ class InputError(Exception):
         super().__init__(f"{self.who}: {problem}")
 
 
+MESSAGE_CHARS = 300
+"""Longest third-party error text quoted inside a one-line :class:`InputError`."""
+
+
+def one_line_error(err: BaseException) -> str:
+    """``Type: message`` of an exception on one line, cut to :data:`MESSAGE_CHARS`."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS - 3] + "..."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
@@ -50,6 +60,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+GRID_ATOL_MM = 1e-2
+"""Largest difference (mm) of any affine entry between images taken to share one voxel grid.
+
+Images resampled onto one grid but written by different tools (nibabel, ANTs, FSL) differ by
+float32 header round-off (sform/qform stored as float32); 1e-2 mm covers that with room to spare
+while any real misregistration or different grid is far larger."""
+
+
+def check_same_grid(img: Any, reference: Any, who: str | os.PathLike,
+                    what: str = "the reference", *, full_shape: bool = False,
+                    hint: str = "") -> None:
+    """Raise unless ``img`` lies on the voxel grid of ``reference``: same shape and affine.
+
+    Shapes are compared on the first three (spatial) dimensions unless ``full_shape``; affines by
+    their largest absolute entry difference, which may be at most :data:`GRID_ATOL_MM` (no
+    relative tolerance).
+
+    Args:
+        img: the image to check (anything with ``shape`` and ``affine``, e.g. a NIfTI image).
+        reference: the image that defines the grid.
+        who: the file or subject that the error names.
+        what: the reference in words, read as ``"not on <what> grid"`` (``"the CE-T1"``).
+        full_shape: compare every dimension, not only the first three.
+        hint: appended to the message after ``"; "`` (e.g. ``"register it first"``).
+
+    Raises:
+        InputError: on ``who``, naming both shapes, or the affine offset in mm.
+    """
+    shape, ref_shape = tuple(int(n) for n in img.shape), tuple(int(n) for n in reference.shape)
+    if not full_shape:
+        shape, ref_shape = shape[:3], ref_shape[:3]
+    if shape != ref_shape:
+        problem = f"not on {what} grid: shape {shape} vs {ref_shape}"
+    else:
+        diff = np.abs(np.asarray(img.affine, dtype=float) - np.asarray(reference.affine,
+                                                                       dtype=float))
+        offset = float(np.max(diff))
+        if offset <= GRID_ATOL_MM:  # False for NaN: a NaN affine is never on the grid
+            return
+        problem = (f"not on {what} grid: affine off by {offset:.3g} mm "
+                   f"(tolerance {GRID_ATOL_MM:g} mm)")
+    raise InputError(who, f"{problem}; {hint}" if hint else problem)
 
 
 def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:

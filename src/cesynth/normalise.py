@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from cesynth.io import InputError, load_nifti, save_nifti, write_json
+from cesynth.io import InputError, check_same_grid, load_nifti, save_nifti, write_json
 
 SLICE_AXIS = 2
 """Array axis of the slices (axial, z) in RAS canonical orientation."""
@@ -42,8 +42,6 @@ MODALITIES = ("T1w", "T2w", "adc", "ceT1w")
 REQUIRED_MODALITIES = ("T1w",)
 
 PERCENTILE_DEFAULTS = (0.5, 99.5)
-
-_GRID_ATOL_MM = 1e-2  # float32 header round-off between images written by different tools
 
 
 @dataclass(frozen=True)
@@ -227,6 +225,36 @@ def _percentile(
 Normaliser = Callable[..., np.ndarray]
 NORMALISERS: dict[str, Normaliser] = {"histeq": _histeq, "percentile": _percentile}
 """Normalisation methods by name: each maps the 1D in-mask intensities to [0, 1]."""
+
+
+NORMALISER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "histeq": {"nbins": None},
+    "percentile": {"p_low": PERCENTILE_DEFAULTS[0], "p_high": PERCENTILE_DEFAULTS[1]},
+}
+"""Every option of each method with its default (``nbins=None``: the exact empirical CDF)."""
+
+
+def normaliser_options(method: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A method's parameters spelled out: its defaults, updated with ``options``.
+
+    Args:
+        method: a key of :data:`NORMALISERS`.
+        options: options given (a subset of the method's).
+
+    Returns:
+        Every option of the method with its value (what a preprocessing record stores).
+
+    Raises:
+        InputError: unknown method or option.
+    """
+    if method not in NORMALISER_DEFAULTS:
+        raise InputError(f"normalisation method {method!r}",
+                         f"unknown; choose one of {sorted(NORMALISERS)}")
+    unknown = sorted(set(options or {}) - set(NORMALISER_DEFAULTS[method]))
+    if unknown:
+        raise InputError(f"normalisation method {method!r}", f"unknown options {unknown}; "
+                         f"expected {sorted(NORMALISER_DEFAULTS[method])}")
+    return {**NORMALISER_DEFAULTS[method], **dict(options or {})}
 
 
 def normalise(
@@ -446,7 +474,8 @@ def _model_mask(mask_path: str | Path, grid: ModelGrid) -> tuple[nib.Nifti1Image
 def _normalised(path: str | Path, native_mask: nib.Nifti1Image, grid: ModelGrid, mask: np.ndarray,
                 method: str, options: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
     native = load_nifti(path)
-    _check_same_grid(native, native_mask, path)
+    check_same_grid(native, native_mask, path, "the CE-T1 brain mask",
+                    hint="register it first")
     data = np.asarray(grid.resample(native).dataobj)
     return normalise(data, mask, method, **options), in_mask_stats(data, mask)
 
@@ -466,13 +495,6 @@ def _check_modalities(
     if without_output:
         raise InputError("prepare_subject", f"no output path for {without_output}")
     return present
-
-
-def _check_same_grid(img: nib.Nifti1Image, reference: nib.Nifti1Image, who: str | Path) -> None:
-    """Raise unless ``img`` lies on the voxel grid of ``reference`` (the native CE-T1 grid)."""
-    same_shape = img.shape[:3] == reference.shape[:3]
-    if not same_shape or not np.allclose(img.affine, reference.affine, atol=_GRID_ATOL_MM):
-        raise InputError(who, "not on the brain mask's (CE-T1) voxel grid; register it first")
 
 
 def _canonical_3d(img: nib.Nifti1Image) -> nib.Nifti1Image:

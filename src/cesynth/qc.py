@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cesynth.io import InputError, atomic_path, load_nifti, read_tsv, write_tsv
+from cesynth.io import InputError, atomic_path, check_same_grid, load_nifti, read_tsv, write_tsv
 
 BRAIN_VOLUME_LIMITS_ML = (800.0, 2000.0)
 """Plausible adult brain volume (ml); outside it the brain mask is flagged."""
@@ -187,14 +187,15 @@ def montage_png(
         InputError: a file is unreadable, not 3D, or not on the CE-T1 grid; or the mask is empty.
     """
     reference = _canonical(load_nifti(reference_path), reference_path)
-    mask = np.asanyarray(_canonical(load_nifti(mask_path), mask_path).dataobj) > 0
-    _require_grid(mask, reference, mask_path)
+    mask_img = _canonical(load_nifti(mask_path), mask_path)
+    check_same_grid(mask_img, reference, mask_path, "the CE-T1", hint="register it first")
+    mask = np.asanyarray(mask_img.dataobj) > 0
     if not mask.any():
         raise InputError(mask_path, "brain mask is empty")
     panels = {"CE-T1": np.asanyarray(reference.dataobj, dtype=np.float32)}
     for label, path in images.items():
         img = _canonical(load_nifti(path), path)
-        _require_grid(img, reference, path)
+        check_same_grid(img, reference, path, "the CE-T1", hint="register it first")
         panels[label] = np.asanyarray(img.dataobj, dtype=np.float32)
 
     figure = _montage_figure(panels, mask, reference.header.get_zooms()[:3], title)
@@ -241,11 +242,3 @@ def _canonical(img: nib.Nifti1Image, who: str | os.PathLike) -> nib.Nifti1Image:
         raise InputError(who, f"expected a 3D image, got shape {img.shape}")
     return nib.as_closest_canonical(img)
 
-
-def _require_grid(
-    image: nib.Nifti1Image | np.ndarray, reference: nib.Nifti1Image, who: str | os.PathLike
-) -> None:
-    """Raise unless ``image`` has the reference's (CE-T1) matrix size."""
-    if tuple(image.shape[:3]) != tuple(reference.shape[:3]):
-        raise InputError(who, f"shape {tuple(image.shape)} is not the CE-T1 grid "
-                              f"{tuple(reference.shape)}; register it first")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ants
 import nibabel as nib
@@ -70,6 +71,28 @@ class RegistrationResult:
     transform_path: Path
     output_path: Path
     seconds: float
+
+
+def method_record() -> dict[str, Any]:
+    """The registration method as this cesynth runs it, for a model's preprocessing record.
+
+    Returns:
+        ``stages``, ``metric``, ``histogram_bins``, ``sampling_rate``, ``iterations``,
+        ``shrink_factors``, ``smoothing_sigmas``, ``initialisation``, ``interpolation`` and
+        ``dwi_moving`` (the DWI volume that is registered); the seed is the caller's.
+    """
+    return {
+        "stages": [stage.lower() for stage in _STAGES],
+        "metric": _METRIC,
+        "histogram_bins": _HISTOGRAM_BINS,
+        "sampling_rate": _SAMPLING_RATE,
+        "iterations": list(_ITERATIONS),
+        "shrink_factors": list(_SHRINK_FACTORS),
+        "smoothing_sigmas": list(_SMOOTHING_SIGMAS),
+        "initialisation": "centres of mass",
+        "interpolation": "linear",
+        "dwi_moving": "mean b=0 volume",
+    }
 
 
 def register_to_reference(

@@ -19,6 +19,13 @@ A release may carry the cascade models (T1 -> T2, T1 -> ADC; :data:`CASCADE_TARG
 an input a patient lacks: :func:`register_release` logs them beside the checkpoint as
 ``cascade/<target>.pt`` and :func:`resolve_cascade` finds them again (for a checkpoint file: the
 workflow's sibling folders ``../cascade-<target>/<same file name>``).
+
+Every release is registered; the registry alias ``champion`` (:data:`CHAMPION_ALIAS`) moves to
+the new version only when its release gate passes (:func:`gate_decision`): its Set A test brain
+PSNR is at least a floor and not worse than the current champion's beyond a tolerance
+(:class:`ReleaseGates`). The version is tagged ``gate: passed`` or ``gate: failed: <reason>``
+either way (:func:`apply_gate`). The gate is a release decision on scores already reported; it
+chooses no hyperparameter and no checkpoint.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import numpy as np
 
 from cesynth.cache import PATCH_SLICES
 from cesynth.experiments import CASCADE_PREFIX, CASCADE_TARGETS
-from cesynth.io import InputError
+from cesynth.io import InputError, one_line_error
 
 CHECKPOINT_ARTIFACTS = ("checkpoint_final.pt", "checkpoint_best.pt")
 """Checkpoint artifacts a run may hold, in the order :func:`resolve_model` takes them: a
@@ -46,7 +53,6 @@ CASCADE_DIR = "cascade"
 
 RUNS_SCHEME = "runs:/"
 MODELS_SCHEME = "models:/"
-_MESSAGE_CHARS = 300
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<ref>[^/]+)|@(?P<alias>[^/]+))/?$")
 _NOT_A_MODEL = "not a checkpoint file or an MLflow runs:/ or models:/ URI"
 
@@ -181,7 +187,7 @@ def _run_id_of_model_uri(uri: str, tracking_uri: str | None) -> str:
     if match is None:
         raise InputError(uri, "expected models:/<name>/<version or alias> or "
                               "models:/<name>@<alias>")
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     version = _model_version(client, uri, match["name"], match["ref"] or match["alias"])
     if not version.run_id:
         raise InputError(uri, f"model version {version.version} was not logged by an MLflow run "
@@ -199,7 +205,7 @@ def _model_version(client: Any, uri: str, name: str, ref: str) -> Any:
             return _latest_version(client, uri, name)
         return client.get_model_version_by_alias(name, ref)
     except MlflowException as err:
-        raise InputError(uri, f"no such registered model version ({_one_line(err)})") from err
+        raise InputError(uri, f"no such registered model version ({one_line_error(err)})") from err
 
 
 def _latest_version(client: Any, uri: str, name: str) -> Any:
@@ -214,18 +220,18 @@ def _download_checkpoint(uri: str, run_id: str, dst_dir: str | os.PathLike | Non
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    target = _download_dir(dst_dir)
     wanted = " or ".join(CHECKPOINT_ARTIFACTS)
     try:
-        logged = {a.path for a in _client(tracking_uri).list_artifacts(run_id)}
+        logged = {a.path for a in registry_client(tracking_uri).list_artifacts(run_id)}
         name = next((n for n in CHECKPOINT_ARTIFACTS if n in logged), None)
         if name is None:
             raise InputError(uri, f"cannot fetch {wanted} of run {run_id} (not logged)")
+        target = _download_dir(dst_dir)
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=name, dst_path=str(target), tracking_uri=tracking_uri)
     except (MlflowException, OSError) as err:
         raise InputError(uri, f"cannot fetch {wanted} of run {run_id} "
-                              f"({_one_line(err)})") from err
+                              f"({one_line_error(err)})") from err
     path = Path(local)
     if not path.is_file():
         raise InputError(uri, f"{name} of run {run_id} is not a file")
@@ -239,7 +245,7 @@ def _download_cascades(uri: str, run_id: str, dst_dir: str | os.PathLike | None,
     from mlflow.exceptions import MlflowException
 
     try:
-        logged = {a.path for a in _client(tracking_uri).list_artifacts(run_id, CASCADE_DIR)}
+        logged = {a.path for a in registry_client(tracking_uri).list_artifacts(run_id, CASCADE_DIR)}
         names = {t: f"{CASCADE_DIR}/{t}.pt" for t in CASCADE_TARGETS
                  if f"{CASCADE_DIR}/{t}.pt" in logged}
         target = _download_dir(Path(_download_dir(dst_dir), CASCADE_DIR)) if names else None
@@ -249,7 +255,7 @@ def _download_cascades(uri: str, run_id: str, dst_dir: str | os.PathLike | None,
                 for t, name in names.items()}
     except (MlflowException, OSError) as err:
         raise InputError(uri, f"cannot fetch the cascade models of run {run_id} "
-                              f"({_one_line(err)})") from err
+                              f"({one_line_error(err)})") from err
 
 
 def _download_dir(dst_dir: str | os.PathLike | None) -> Path:
@@ -296,6 +302,9 @@ def register_release(checkpoint_path: str | os.PathLike, registered_name: str, *
     generator = load_generator(checkpoint_path)
     example = _input_example(generator, checkpoint_path)
     cascades = _release_cascades(generator, cascade or {})
+    if checkpoint_path.name not in CHECKPOINT_ARTIFACTS:
+        raise InputError(checkpoint_path, "a release holds " + " or ".join(CHECKPOINT_ARTIFACTS)
+                         + f", which predict fetches; not {checkpoint_path.name}")
     run_id = mlflow.active_run().info.run_id
     MlflowTracker().log_final(generator.model, example, [checkpoint_path])
     _log_cascades(cascade or {})
@@ -364,16 +373,12 @@ def _input_example(generator: Any, checkpoint_path: Path) -> np.ndarray:
                     dtype=np.float32)
 
 
-def _client(tracking_uri: str | None) -> Any:
+def registry_client(tracking_uri: str | None) -> Any:
+    """An MLflow client of ``tracking_uri`` (None: MLflow's default store)."""
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
-
-
 __all__ = ["CASCADE_DIR", "CASCADE_TARGETS", "CHECKPOINT_ARTIFACTS", "check_cascade",
-           "register_release", "resolve_cascade", "resolve_model"]
+           "register_release", "registry_client", "resolve_cascade", "resolve_model"]

@@ -49,6 +49,12 @@ Choices made here:
 * **Target** is a setting: ``ceT1w`` (the cache's target array) or one of the cached input
   modalities (``T2w``/``adc`` for the T1->T2 and T1->ADC models), which is then taken from the
   cache's input channels; the model inputs are the cache channels named by ``modalities``.
+
+The module is longer than the project's usual 500 lines because the :class:`Trainer` is one
+concern: its hooks share the run's state (model, optimizer, sampler position, history,
+checkpoints), and splitting them across modules would spread that state without making any
+part usable alone. What is not the loop lives elsewhere (settings, checkpoints, devices,
+tracking, loaders).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Test checkpoints whose predictions exercise clipping."""
+"""Test training subjects and checkpoints (e.g. ones whose predictions exercise clipping)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
-from cesynth.cache import INPUT_MODALITIES
+from cesynth.cache import INPUT_MODALITIES, cache_subject
 from cesynth.data import ValidationVolumes
 from cesynth.inference import predict_volume
+from cesynth.io import save_nifti, write_json
 from cesynth.models import model_from_settings
+from cesynth.normalise import normalise
 from cesynth.settings import TrainSettings
+
+TINY_GRID = (32, 40, 32)
+
+
+def cached_training_subject(root: Path, rng: np.random.Generator) -> Path:
+    """One model-grid subject on :data:`TINY_GRID`, histogram-equalised in its mask as the
+    pipeline's are (a CE-T1 made from its T1 and T2), cached for training."""
+    mask = np.zeros(TINY_GRID, dtype=np.uint8)
+    mask[4:28, 5:35, 6:26] = 1
+    volumes = {m: normalise(ndimage.gaussian_filter(rng.random(TINY_GRID), 2.0), mask)
+               for m in ("T1w", "T2w", "adc")}
+    volumes["ceT1w"] = np.clip(0.7 * volumes["T1w"] + 0.3 * volumes["T2w"], 0, 1) * mask
+    affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    paths = {m: save_nifti(v, affine, root / f"sub-t_space-model_desc-norm_{m}.nii.gz")
+             for m, v in volumes.items()}
+    mask_path = save_nifti(mask, affine, root / "sub-t_space-model_desc-brain_mask.nii.gz",
+                           dtype=np.uint8)
+    sidecar = write_json({"foreground_slices": [6, 25]},
+                         root / "sub-t_space-model_desc-brain_mask.json")
+    return cache_subject(paths, mask_path, sidecar, root / "cache")
 
 
 def stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) -> None:

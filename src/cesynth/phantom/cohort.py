@@ -1,0 +1,358 @@
+"""The cohort as a BIDS dataset: subject simulation, cohort plan and the dataset writer.
+
+Each scan is acquired on its own grid with its own rigid head pose: the parameter maps are
+resampled onto the scan's grid and only then put through the signal equation; a smooth bias
+field and Rician noise finish the images. The ground truth (true ADC, masks, transforms) goes to
+``derivatives/phantom`` under the names of :func:`truth_files`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cesynth import __version__
+from cesynth.io import InputError, atomic_path, save_nifti, write_json, write_tsv
+from cesynth.phantom.anatomy import (
+    Anatomy,
+    _stream,
+    build_anatomy,
+    sample_indicators,
+    sample_parameter_maps,
+)
+from cesynth.phantom.grids import (
+    MODALITIES,
+    REFERENCE_MODALITY,
+    Grid,
+    acquisition_grids,
+    head_poses,
+    true_transforms,
+)
+from cesynth.phantom.physics import (
+    B_VALUES,
+    DWI_SE,
+    GADOLINIUM_R1_PER_MM_S,
+    SPGR,
+    T2_SE,
+    WM_SCANNER_SIGNAL,
+    add_rician_noise,
+    bias_field,
+    noise_free_image,
+)
+from cesynth.phantom.settings import PhantomSettings
+
+B_VECTORS = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1))
+# Where the ground truth goes, relative to the dataset root (see truth_files).
+TRUTH_DIR = "derivatives/phantom"
+TUMOR_MASK_DIR = "derivatives/tumor_masks"
+# The default settings (a frozen dataclass, shared safely as an argument default).
+_DEFAULT_SETTINGS = PhantomSettings()
+
+
+@dataclass
+class SubjectScans:
+    """The simulated scans of one subject and their ground truth (all on the scans' grids)."""
+
+    grids: dict[str, Grid]
+    poses: dict[str, np.ndarray]
+    images: dict[str, np.ndarray]
+    true_adc: np.ndarray
+    masks: dict[str, np.ndarray]
+    anatomy: Anatomy
+
+
+def simulate_subject(subject_seed: int, n_tumors: int, settings: PhantomSettings) -> SubjectScans:
+    """Build the anatomy and acquire T1w, CE-T1, T2w and DWI with bias field and Rician noise.
+
+    Args:
+        subject_seed: the subject's seed.
+        n_tumors: number of tumors.
+        settings: phantom settings.
+
+    Returns:
+        The scans (float32) and ground truth; masks are on the CE-T1 grid.
+    """
+    anatomy = build_anatomy(subject_seed, n_tumors, settings)
+    grids = acquisition_grids(settings)
+    poses = head_poses(_stream(subject_seed, "poses"), settings)
+    bias_rng = _stream(subject_seed, "bias")
+    noise_rng = _stream(subject_seed, "noise")
+    sigma = WM_SCANNER_SIGNAL / settings.snr
+    images: dict[str, np.ndarray] = {}
+    true_adc = np.zeros(0)
+    for modality in MODALITIES:
+        names = ("pd", "t1_ms", "t2_ms") + {"ceT1w": ("agent_mM",),
+                                             "dwi": ("adc_mm2_s",)}.get(modality, ())
+        maps = sample_parameter_maps(anatomy, grids[modality], poses[modality], names)
+        clean = noise_free_image(modality, maps)
+        field_ = bias_field(bias_rng, grids[modality].shape, settings.bias_field)
+        if clean.ndim == 4:
+            field_ = field_[..., None]
+        images[modality] = add_rician_noise(clean * field_, sigma, noise_rng)
+        if modality == "dwi":
+            true_adc = maps["adc_mm2_s"].astype(np.float32)
+    masks = sample_indicators(anatomy, grids[REFERENCE_MODALITY], poses[REFERENCE_MODALITY])
+    return SubjectScans(grids, poses, images, true_adc, masks, anatomy)
+
+
+# ----------------------------------------------------------------------------- BIDS dataset
+
+
+def plan_cohort(n_subjects: int, seed: int = 0, n_set_b: int = 0, *,
+                max_tumors: int = PhantomSettings.max_tumors) -> pd.DataFrame:
+    """Subjects of the cohort, cheaply (no images): identifiers, sets, tumor counts, seeds.
+
+    sub-01 has no tumor and sub-02 at least one (unless Set B rules say otherwise: every Set B
+    subject, the last ``n_set_b``, has at least one).
+
+    Args:
+        n_subjects: number of subjects (>= 1).
+        seed: cohort seed.
+        n_set_b: how many of the last subjects form Set B (with tumor masks).
+        max_tumors: most tumors per subject.
+
+    Returns:
+        Columns participant_id, set, n_tumors, subject_seed.
+    """
+    if n_subjects < 1 or not 0 <= n_set_b <= n_subjects:
+        raise ValueError(f"need n_subjects >= 1 and 0 <= n_set_b <= n_subjects, "
+                         f"got {n_subjects}, {n_set_b}")
+    if n_set_b and max_tumors < 1:
+        raise ValueError("Set B subjects need tumors, but max_tumors is 0")
+    width = max(2, len(str(n_subjects)))
+    rows = []
+    for index in range(n_subjects):
+        rng = np.random.default_rng([int(seed), index])
+        subject_seed = int(rng.integers(0, 2**31 - 1))
+        in_set_b = index >= n_subjects - n_set_b
+        fewest = 1 if (in_set_b or index == 1) and max_tumors >= 1 else 0
+        n_tumors = 0 if index == 0 and not in_set_b else int(rng.integers(fewest, max_tumors + 1))
+        rows.append({"participant_id": f"sub-{index + 1:0{width}d}",
+                     "set": "B" if in_set_b else "A", "n_tumors": n_tumors,
+                     "subject_seed": subject_seed})
+    return pd.DataFrame(rows, columns=["participant_id", "set", "n_tumors", "subject_seed"])
+
+
+def guard_demo_target(bids_dir: str | Path) -> None:
+    """Refuse to write the phantom into a folder that holds some other dataset.
+
+    Allowed: a missing or empty folder, or an earlier cesynth phantom dataset (its
+    dataset_description.json names ``cesynth phantom`` in GeneratedBy).
+
+    Args:
+        bids_dir: the target dataset root.
+
+    Raises:
+        InputError: the folder holds a dataset that is not a cesynth phantom.
+    """
+    root = Path(bids_dir)
+    description_path = root / "dataset_description.json"
+    if description_path.is_file():
+        try:
+            description = json.loads(description_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            description = {}
+        generators = description.get("GeneratedBy", []) if isinstance(description, dict) else []
+        names = {g.get("Name") for g in generators if isinstance(g, dict)}
+        if "cesynth phantom" not in names:
+            raise InputError(root, "holds a dataset that is not a cesynth phantom; refusing to "
+                                   "write the demo cohort over it")
+    elif root.is_dir() and any(root.glob("sub-*")):
+        raise InputError(root, "holds subject folders but no cesynth phantom "
+                               "dataset_description.json; refusing to write over them")
+
+
+def _generated_by() -> list[dict[str, str]]:
+    return [{"Name": "cesynth phantom", "Version": __version__,
+             "Description": "physics-based synthetic brain-tumor phantom (not acquired data)"}]
+
+
+def write_dataset_files(bids_dir: str | Path, plan: pd.DataFrame,
+                        settings: PhantomSettings = _DEFAULT_SETTINGS) -> None:
+    """Dataset-level files: descriptions (raw and derivatives), participants table and README.
+
+    Args:
+        bids_dir: dataset root.
+        plan: from :func:`plan_cohort`.
+        settings: phantom settings (recorded in the phantom derivative's description).
+    """
+    root = Path(bids_dir)
+    write_json({"Name": "cesynth synthetic brain-tumor phantom cohort", "BIDSVersion": "1.9.0",
+                "DatasetType": "raw", "License": "CC0", "GeneratedBy": _generated_by()},
+               root / "dataset_description.json")
+    write_tsv(plan[["participant_id", "set"]], root / "participants.tsv")
+    write_json({"participant_id": {"Description": "subject identifier"},
+                "set": {"Description": "evaluation set of the subject",
+                        "Levels": {"A": "brain-region evaluation only",
+                                   "B": "has an expert-style tumor mask "
+                                        "(derivatives/tumor_masks)"}}},
+               root / "participants.json")
+    _write_text(_readme(plan), root / "README")
+    derivative = {"BIDSVersion": "1.9.0", "DatasetType": "derivative",
+                  "GeneratedBy": _generated_by()}
+    write_json({**derivative, "Name": "cesynth phantom ground truth",
+                "PhantomSettings": asdict(settings)},
+               root / TRUTH_DIR / "dataset_description.json")
+    if (plan["set"] == "B").any():
+        write_json({**derivative, "Name": "tumor masks (enhancing rim + necrotic core)"},
+                   root / TUMOR_MASK_DIR / "dataset_description.json")
+
+
+def _readme(plan: pd.DataFrame) -> str:
+    counts = ", ".join(f"{row.participant_id}: {row.n_tumors} tumor(s), set {row.set}"
+                       for row in plan.itertuples())
+    return (
+        "cesynth synthetic phantom cohort\n\n"
+        "SYNTHETIC data, not acquired from any person. Heads built from the MNI ICBM152 2009a "
+        "tissue maps with a random smooth deformation, skull and scalp; tumors with necrotic "
+        "core, enhancing rim and edema; enhancing vessels. Images follow the SPGR (T1w, "
+        "ce-gadolinium T1w), spin-echo (T2w) and diffusion (DWI, b = 0, 500, 1000) signal "
+        "equations, each scan with its own grid, head pose, bias field and Rician noise.\n\n"
+        f"Subjects: {counts}.\n"
+        "Ground truth (true ADC, brain and enhancing masks, transforms) is in "
+        "derivatives/phantom; Set B tumor masks in derivatives/tumor_masks.\n")
+
+
+def _write_text(text: str, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def _sidecar(modality: str, grid: Grid) -> dict[str, Any]:
+    """BIDS sidecar with the acquisition parameters actually used (times in seconds)."""
+    common = {"Modality": "MR", "MagneticFieldStrength": 3, "Manufacturer": "cesynth",
+              "ManufacturersModelName": "cesynth synthetic phantom",
+              "CesynthSyntheticPhantom": True,
+              "SliceThickness": float(grid.voxel_mm[2])}
+    if modality in ("T1w", "ceT1w"):
+        sidecar = {**common, "ScanningSequence": "GR", "SequenceVariant": "SP",
+                   "MRAcquisitionType": "3D", "RepetitionTime": SPGR["tr_ms"] / 1000,
+                   "EchoTime": SPGR["te_ms"] / 1000, "FlipAngle": SPGR["flip_deg"]}
+        if modality == "ceT1w":
+            sidecar.update(ContrastBolusIngredient="GADOLINIUM",
+                           ContrastAgentRelaxivity_per_mM_s=GADOLINIUM_R1_PER_MM_S)
+        return sidecar
+    acquisition = T2_SE if modality == "T2w" else DWI_SE
+    sidecar = {**common, "ScanningSequence": "SE" if modality == "T2w" else "EP",
+               "MRAcquisitionType": "2D", "RepetitionTime": acquisition["tr_ms"] / 1000,
+               "EchoTime": acquisition["te_ms"] / 1000, "FlipAngle": 90}
+    return sidecar
+
+
+def truth_files(participant_id: str) -> dict[str, str]:
+    """The ground-truth files the phantom writes for a subject: the one place they are named.
+
+    :func:`subject_paths` (so the writer) and the workflow's rules (``rules/common.smk``) take
+    the names from here. Only Set B subjects get ``tumor_mask``.
+
+    Args:
+        participant_id: e.g. ``sub-01``; a Snakemake pattern such as ``sub-{subject}`` works too.
+
+    Returns:
+        Key (true_adc, brain_mask, enhancing_mask, transforms, parameters, tumor_mask) -> path
+        relative to the dataset root, with ``/`` separators.
+    """
+    sub = participant_id
+    truth = f"{TRUTH_DIR}/{sub}/{sub}"
+    return {
+        "true_adc": f"{truth}_desc-trueadc_adc.nii.gz",
+        "brain_mask": f"{truth}_space-ceT1w_desc-brain_mask.nii.gz",
+        "enhancing_mask": f"{truth}_space-ceT1w_desc-enhancing_mask.nii.gz",
+        "transforms": f"{truth}_desc-transforms.json",
+        "parameters": f"{truth}_desc-phantom_parameters.json",
+        "tumor_mask": f"{TUMOR_MASK_DIR}/{sub}/anat/{sub}_desc-tumor_mask.nii.gz",
+    }
+
+
+def subject_paths(bids_dir: str | Path, participant_id: str) -> dict[str, Path]:
+    """Every path :func:`write_subject` writes for a subject (Set B tumor mask included).
+
+    Args:
+        bids_dir: dataset root.
+        participant_id: e.g. ``sub-01``.
+
+    Returns:
+        Key -> path.
+    """
+    root = Path(bids_dir)
+    sub = participant_id
+    anat, dwi = root / sub / "anat", root / sub / "dwi"
+    return {
+        "T1w": anat / f"{sub}_T1w.nii.gz", "T1w_json": anat / f"{sub}_T1w.json",
+        "ceT1w": anat / f"{sub}_ce-gadolinium_T1w.nii.gz",
+        "ceT1w_json": anat / f"{sub}_ce-gadolinium_T1w.json",
+        "T2w": anat / f"{sub}_T2w.nii.gz", "T2w_json": anat / f"{sub}_T2w.json",
+        "dwi": dwi / f"{sub}_dwi.nii.gz", "dwi_json": dwi / f"{sub}_dwi.json",
+        "bval": dwi / f"{sub}_dwi.bval", "bvec": dwi / f"{sub}_dwi.bvec",
+        **{key: root / relative for key, relative in truth_files(sub).items()},
+    }
+
+
+def write_subject(bids_dir: str | Path, plan_row: Mapping[str, Any],
+                  settings: PhantomSettings = _DEFAULT_SETTINGS) -> dict[str, Path]:
+    """Simulate one subject and write its images, sidecars and ground truth.
+
+    Args:
+        bids_dir: dataset root.
+        plan_row: one row of :func:`plan_cohort` (participant_id, set, n_tumors, subject_seed).
+        settings: phantom settings.
+
+    Returns:
+        Key -> path of every file written.
+    """
+    sub = str(plan_row["participant_id"])
+    scans = simulate_subject(int(plan_row["subject_seed"]), int(plan_row["n_tumors"]), settings)
+    paths = subject_paths(bids_dir, sub)
+    if plan_row["set"] != "B":
+        del paths["tumor_mask"]
+    for modality in MODALITIES:
+        save_nifti(scans.images[modality], scans.grids[modality].affine, paths[modality],
+                   synthetic=True)
+        write_json(_sidecar(modality, scans.grids[modality]), paths[f"{modality}_json"])
+    _write_text(" ".join(f"{b:g}" for b in B_VALUES) + "\n", paths["bval"])
+    _write_text("".join(" ".join(str(v[axis]) for v in B_VECTORS) + "\n" for axis in range(3)),
+                paths["bvec"])
+    reference = scans.grids[REFERENCE_MODALITY].affine
+    save_nifti(scans.true_adc, scans.grids["dwi"].affine, paths["true_adc"])
+    save_nifti(scans.masks["brain"], reference, paths["brain_mask"], dtype=np.uint8)
+    save_nifti(scans.masks["enhancing"], reference, paths["enhancing_mask"], dtype=np.uint8)
+    if "tumor_mask" in paths:
+        save_nifti(scans.masks["tumor"], reference, paths["tumor_mask"], dtype=np.uint8)
+    write_json(true_transforms(scans.poses), paths["transforms"])
+    write_json({"subject_seed": int(plan_row["subject_seed"]),
+                "n_tumors_requested": int(plan_row["n_tumors"]),
+                "tumors": scans.anatomy.tumors,
+                "tissues": {name: asdict(t) for name, t in scans.anatomy.tissues.items()},
+                "units": {"t1_ms": "ms", "t2_ms": "ms", "adc_mm2_s": "mm2/s", "agent_mM": "mM"},
+                "settings": asdict(settings)}, paths["parameters"])
+    return paths
+
+
+def make_cohort(out_dir: str | Path, n_subjects: int, seed: int = 0, n_set_b: int | None = None,
+                settings: PhantomSettings = _DEFAULT_SETTINGS) -> pd.DataFrame:
+    """Write a whole phantom cohort as a BIDS dataset.
+
+    Args:
+        out_dir: dataset root.
+        n_subjects: number of subjects.
+        seed: cohort seed.
+        n_set_b: Set B size; default max(1, round(0.25 n)) for n >= 2, else 0.
+        settings: phantom settings.
+
+    Returns:
+        The cohort plan (see :func:`plan_cohort`).
+    """
+    if n_set_b is None:
+        n_set_b = max(1, round(0.25 * n_subjects)) if n_subjects >= 2 else 0
+    plan = plan_cohort(n_subjects, seed, n_set_b, max_tumors=settings.max_tumors)
+    write_dataset_files(out_dir, plan, settings)
+    for _, row in plan.iterrows():
+        write_subject(out_dir, row, settings)
+    return plan
