@@ -25,6 +25,7 @@ import yaml
 from helpers.checkpoints import cached_training_subject
 
 from cesynth import tracking
+from cesynth.checkpoint import read_checkpoint
 from cesynth.evaluation_tables import format_mean_sd, summarise
 from cesynth.inference import load_generator
 from cesynth.ingest_report import write_sets_table
@@ -50,6 +51,7 @@ from cesynth.release_gate import (
     apply_gate,
     gate_decision,
     read_champion,
+    validation_brain_psnr,
 )
 from cesynth.settings import TrainSettings
 from cesynth.splits import SplitFractions
@@ -65,8 +67,9 @@ SETTINGS = {
 }
 CASCADE_STAGES = [[1, 1.0, 1.0, 0.0, 3e-3]]
 NAME = "cesynth-rel"
-SCORES = {"setA_brain_psnr_mean": 28.123456789, "setB_brain_psnr_mean": float("nan"),
-          "setB_tumor_mae_mean": float("inf"), "setB_brain_ssim_mean": 0.5}
+SCORES = {GATE_SCORE: 28.123456789, "setA_brain_psnr_mean": 17.5,
+          "setB_brain_psnr_mean": float("nan"), "setB_tumor_mae_mean": float("inf"),
+          "setB_brain_ssim_mean": 0.5}
 TAGS = {"experiment": "default", "checkpoint": "final"}
 
 
@@ -221,7 +224,8 @@ def test_register_release_tags_the_version(releases, store, final, cascades):
     version = client_of(store).get_model_version(NAME, "1")
     assert version.run_id == releases["first"]["run_id"]
     assert version.tags == {
-        "setA_brain_psnr_mean": "28.1235", "setB_brain_ssim_mean": "0.5",  # finite ones only
+        GATE_SCORE: "28.1235", "setA_brain_psnr_mean": "17.5",  # finite ones only
+        "setB_brain_ssim_mean": "0.5",
         "experiment": "default", "checkpoint": "final",
         "cascade": "T2w,adc",
         "cascade_T2w_sha256": sha256(cascades["T2w"]),
@@ -235,7 +239,8 @@ def test_register_release_tags_the_version(releases, store, final, cascades):
 
 def test_register_release_logs_finite_scores_as_run_metrics(releases, store):
     run = client_of(store).get_run(releases["first"]["run_id"])
-    assert run.data.metrics == pytest.approx({"setA_brain_psnr_mean": 28.123456789,
+    assert run.data.metrics == pytest.approx({GATE_SCORE: 28.123456789,
+                                              "setA_brain_psnr_mean": 17.5,
                                               "setB_brain_ssim_mean": 0.5})
     assert client_of(store).get_run(releases["second"]["run_id"]).data.metrics == {}
 
@@ -592,7 +597,7 @@ def test_check_cascade_refuses_another_grid_or_normalisation(grid, normalise, th
 
 # ---------------------------------------------------------------- the release gate
 
-GATES = ReleaseGates(min_brain_psnr_a=15.0, tolerance_db=0.5)
+GATES = ReleaseGates(min_val_brain_psnr=15.0, tolerance_db=0.5)
 
 
 def champion_with(psnr: float | None, version: int = 3) -> Champion:
@@ -602,7 +607,7 @@ def champion_with(psnr: float | None, version: int = 3) -> Champion:
 def test_gate_passes_the_first_version_above_the_floor():
     decision = gate_decision({GATE_SCORE: 17.25, "setB_brain_psnr_mean": 3.0}, None, GATES)
     assert decision.passed and decision.tag == "passed"
-    assert decision.reason == "Set A test brain PSNR 17.25 dB >= floor 15 dB; no champion yet"
+    assert decision.reason == "validation brain PSNR 17.25 dB >= floor 15 dB; no champion yet"
     assert decision.score == 17.25 and decision.champion_version is None
     assert decision.champion_score is None
 
@@ -620,48 +625,49 @@ def test_gate_fails_below_the_floor_whatever_the_champion():
     for champion in (None, champion_with(10.0)):
         decision = gate_decision({GATE_SCORE: 14.99}, champion, GATES)
         assert not decision.passed
-        assert decision.reason == "Set A test brain PSNR 14.99 dB is below the floor 15 dB"
+        assert decision.reason == "validation brain PSNR 14.99 dB is below the floor 15 dB"
         assert decision.tag == f"failed: {decision.reason}"
 
 
 def test_gate_fails_against_a_better_champion():
     decision = gate_decision({GATE_SCORE: 16.4}, champion_with(17.0), GATES)
     assert not decision.passed
-    assert decision.tag == ("failed: Set A test brain PSNR 16.40 dB is 0.60 dB below champion "
+    assert decision.tag == ("failed: validation brain PSNR 16.40 dB is 0.60 dB below champion "
                             "v3 (17.00 dB), more than the tolerance 0.5 dB")
-    strict = ReleaseGates(min_brain_psnr_a=15.0, tolerance_db=0.0)
+    strict = ReleaseGates(min_val_brain_psnr=15.0, tolerance_db=0.0)
     assert not gate_decision({GATE_SCORE: 16.99}, champion_with(17.0), strict).passed
     assert gate_decision({GATE_SCORE: 17.0}, champion_with(17.0), strict).passed
 
 
-def test_gate_without_a_set_a_test_score():
-    for scores in ({}, {"setB_brain_psnr_mean": 20.0}, {GATE_SCORE: float("nan")}):
+def test_gate_without_a_validation_score_never_falls_back_on_a_reported_score():
+    reported = {"setA_brain_psnr_mean": 30.0, "setB_brain_psnr_mean": 20.0}
+    for scores in ({}, reported, {GATE_SCORE: float("nan")}):
         decision = gate_decision(scores, None, GATES)
         assert not decision.passed and decision.score is None
-        assert decision.tag == ("failed: no Set A test brain PSNR (no Set A test subject was "
-                                "evaluated)")
-    waived = ReleaseGates(min_brain_psnr_a=15.0, tolerance_db=0.5, require_score=False)
+        assert decision.tag == ("failed: no validation brain PSNR (trained without validation "
+                                "subjects)")
+    waived = ReleaseGates(min_val_brain_psnr=15.0, tolerance_db=0.5, require_score=False)
     decision = gate_decision({}, None, waived)
     assert decision.passed
-    assert decision.reason == ("no Set A test brain PSNR; the floor is waived "
+    assert decision.reason == ("no validation brain PSNR; the floor is waived "
                                "(release.gates.require_score: false); no champion yet")
     assert gate_decision({}, champion_with(None), waived).passed
     decision = gate_decision({}, champion_with(17.0), waived)  # nothing to compare with
-    assert decision.tag == "failed: no Set A test brain PSNR to compare with champion v3 (17.00 dB)"
+    assert decision.tag == "failed: no validation brain PSNR to compare with champion v3 (17.00 dB)"
 
 
 def test_gate_passes_against_a_champion_without_a_score():
     decision = gate_decision({GATE_SCORE: 15.5}, champion_with(None, version=1), GATES)
     assert decision.passed
-    assert decision.reason == ("Set A test brain PSNR 15.50 dB >= floor 15 dB; champion v1 has "
-                               "no Set A test brain PSNR to compare with")
+    assert decision.reason == ("validation brain PSNR 15.50 dB >= floor 15 dB; champion v1 has "
+                               "no validation brain PSNR to compare with")
 
 
 def test_gate_decision_as_a_mapping():
     decision = gate_decision({GATE_SCORE: 16.0}, champion_with(17.0), GATES)
     assert decision.to_dict() == {
         "passed": False, "reason": decision.reason, "tag": decision.tag, "score": 16.0,
-        "champion_version": 3, "champion_score": 17.0, "min_brain_psnr_a": 15.0,
+        "champion_version": 3, "champion_score": 17.0, "min_val_brain_psnr": 15.0,
         "tolerance_db": 0.5, "require_score": True}
 
 
@@ -671,14 +677,31 @@ def test_release_gates_come_from_the_config_and_its_schema():
     root = Path(__file__).parent.parent / "config"
     config = yaml.safe_load((root / "config.yaml").read_text())
     gates = ReleaseGates.from_config(config["release"]["gates"])
-    assert gates == ReleaseGates(min_brain_psnr_a=10.0, tolerance_db=0.5, require_score=True)
+    assert gates == ReleaseGates(min_val_brain_psnr=10.0, tolerance_db=0.5, require_score=True)
     bare = {"bids_dir": "bids", "release": {}}
     validate(bare, str(root / "config.schema.yaml"))  # the schema's defaults are the config's
     assert ReleaseGates.from_config(bare["release"]["gates"]) == gates
-    for wrong in ({"min_brain_psnr_a": "high"}, {"tolerance_db": -1}, {"floor": 3}):
+    for wrong in ({"min_val_brain_psnr": "high"}, {"tolerance_db": -1}, {"floor": 3}):
         with pytest.raises(Exception, match="(?i)valid"):
             validate({"bids_dir": "bids", "release": {"gates": wrong}},
                      str(root / "config.schema.yaml"))
+
+
+def test_the_gate_score_is_the_validation_psnr_of_the_checkpoint_weights(tmp_path, final):
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    train_cache = cached_training_subject(tmp_path / "a", rng)
+    val_cache = cached_training_subject(tmp_path / "b", rng)
+    settings = TrainSettings.from_dict(SETTINGS | {"stages": [[3, 1.0, 1.0, 1.0, 3e-3]]})
+    summary = train([train_cache], [val_cache], tmp_path / "run", settings,
+                    preprocessing=PREPROCESSING)
+    epochs = json.loads(Path(summary["metrics"]).read_text())["history"]["epochs"]
+    assert len(epochs) == 3 and all(np.isfinite(e["psnr"]) for e in epochs)
+    best = validation_brain_psnr(read_checkpoint(Path(summary["checkpoint_best"])))
+    assert best == summary["best_psnr"] == max(e["psnr"] for e in epochs)
+    last = validation_brain_psnr(read_checkpoint(Path(summary["checkpoint_final"])))
+    assert last == summary["final_psnr"] == epochs[-1]["psnr"]
+    assert validation_brain_psnr(read_checkpoint(final)) is None  # trained without validation
 
 
 def release_with_gate(store: str, name: str, checkpoint: Path, psnr: float,
@@ -708,7 +731,7 @@ def test_a_worse_version_does_not_take_the_champion_and_a_better_one_does(store,
     assert second["version"] == 2 and not decision.passed
     assert decision.champion_version == 1 and decision.champion_score == 16.0
     tags = client.get_model_version(name, "2").tags
-    assert tags[GATE_TAG] == ("failed: Set A test brain PSNR 15.20 dB is 0.80 dB below "
+    assert tags[GATE_TAG] == ("failed: validation brain PSNR 15.20 dB is 0.80 dB below "
                               "champion v1 (16.00 dB), more than the tolerance 0.5 dB")
     assert tags[GATE_REASON_TAG] == decision.reason
     assert client.get_registered_model(name).aliases == {CHAMPION_ALIAS: 1}  # unchanged
@@ -731,11 +754,12 @@ def test_a_worse_version_does_not_take_the_champion_and_a_better_one_does(store,
 
 
 def test_read_champion_takes_the_full_precision_score_of_the_run(releases, store):
-    # NAME's champion (v1) was registered with setA_brain_psnr_mean 28.123456789: the version
+    # NAME's champion (v1) was registered with validation_brain_psnr 28.123456789: the version
     # tag holds 6 digits, the run's metric all of them
     champion = read_champion(NAME, tracking_uri=store)
     assert champion.version == 1
-    assert champion.scores == {GATE_SCORE: 28.123456789, "setB_brain_ssim_mean": 0.5}
+    assert champion.scores == {GATE_SCORE: 28.123456789, "setA_brain_psnr_mean": 17.5,
+                               "setB_brain_ssim_mean": 0.5}
 
 
 # ---------------------------------------------------------------- the model card
@@ -826,7 +850,9 @@ def test_model_card_holds_every_section(card_inputs, final, tmp_path):
     # the gate, intended use, limitations
     assert "| outcome | **failed** |" in text and decision.reason in text
     assert "| champion before this release | version 3 |" in text
-    assert "not model selection" in text
+    assert "the gate reads the validation split only" in text
+    assert "| validation brain PSNR of the released weights | 16.00 dB |" in text
+    assert "| champion's validation brain PSNR | 17.00 dB |" in text
     assert "Small lesions" in text and "Trained on the given cohort only (" in text
     assert "(32 x 40 x 32 voxels)" in text
 

@@ -6,6 +6,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import evaluation_tables, model_card, release, release_gate
+from cesynth.checkpoint import read_checkpoint
 from cesynth.io import write_json
 from cesynth.jobs import JobOutcome, run_job
 
@@ -15,6 +16,9 @@ experiment = snakemake.wildcards.experiment
 def work():
     summary = snakemake.input.get("summary")
     scores = evaluation_tables.experiment_scores(summary, experiment) if summary else {}
+    validation = release_gate.validation_brain_psnr(read_checkpoint(snakemake.input.checkpoint))
+    if validation is not None:
+        scores[release_gate.GATE_SCORE] = validation
     cascade = {target: path for target in release.CASCADE_TARGETS
                if (path := snakemake.input.get(f"cascade_{target}"))}
     name = snakemake.params.name

@@ -31,8 +31,8 @@ MODEL_CARD_ARTIFACT = "model_card.md"
 
 _ROLES = {
     ("A", "train"): "training",
-    ("A", "validation"): "checkpoint selection only, never reported",
-    ("A", "test"): "reported (Set A test); read by the release gate",
+    ("A", "validation"): "checkpoint selection and the release gate only, never reported",
+    ("A", "test"): "reported (Set A test)",
     ("B", "test"): "reported (Set B, expert tumor masks)",
 }
 _METRIC_HEADERS = {"mae": "MAE", "psnr": "PSNR (dB)", "ssim": "SSIM"}
@@ -226,15 +226,21 @@ def _gate_section(gate: Mapping[str, Any]) -> str:
     rows = [
         ("outcome", f"**{outcome}**"),
         ("reason", _cell(gate.get("reason", ""))),
-        ("floor (Set A test brain PSNR)", f"{gate.get('min_brain_psnr_a')} dB"),
+        ("validation brain PSNR of the released weights", _decibels(gate.get("score"))),
+        ("floor", f"{gate.get('min_val_brain_psnr')} dB"),
+        ("champion's validation brain PSNR", _decibels(gate.get("champion_score"))),
         ("tolerance against the champion", f"{gate.get('tolerance_db')} dB"),
         ("champion before this release", f"version {before}" if before is not None else "none"),
     ]
     return ("## Release gate\n\nThe registry alias `champion` moves to a new version only when "
-            "its Set A test brain PSNR reaches the floor and is not worse than the current "
-            "champion's beyond the tolerance (`release.gates`). This is a release decision on "
-            "scores already reported, not model selection: it chooses no hyperparameter and no "
-            "checkpoint.\n\n" + _table(("item", "value"), rows))
+            "the validation brain PSNR of its weights reaches the floor and is not worse than "
+            "the current champion's beyond the tolerance (`release.gates`). Promoting a version "
+            "is a selection, so the gate reads the validation split only; the reported scores "
+            "above play no part in it.\n\n" + _table(("item", "value"), rows))
+
+
+def _decibels(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.2f} dB"
 
 
 def _limitations(sets: pd.DataFrame, settings: Mapping[str, Any],

@@ -21,11 +21,11 @@ an input a patient lacks: :func:`register_release` logs them beside the checkpoi
 workflow's sibling folders ``../cascade-<target>/<same file name>``).
 
 Every release is registered; the registry alias ``champion`` (:data:`CHAMPION_ALIAS`) moves to
-the new version only when its release gate passes (:func:`gate_decision`): its Set A test brain
-PSNR is at least a floor and not worse than the current champion's beyond a tolerance
-(:class:`ReleaseGates`). The version is tagged ``gate: passed`` or ``gate: failed: <reason>``
-either way (:func:`apply_gate`). The gate is a release decision on scores already reported; it
-chooses no hyperparameter and no checkpoint.
+the new version only when its release gate passes (:mod:`cesynth.release_gate`): the validation
+brain PSNR of the released weights is at least a floor and not worse than the current
+champion's beyond a tolerance. The version is tagged ``gate: passed`` or
+``gate: failed: <reason>`` either way. The gate reads the validation split only, never the
+reported test scores.
 """
 
 from __future__ import annotations
