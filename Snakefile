@@ -11,8 +11,12 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/phantom.smk"
+include: "rules/import.smk"
 include: "rules/ingest.smk"
 include: "rules/adc.smk"
 include: "rules/brainmask.smk"

@@ -11,14 +11,17 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cesynth import (  # noqa: E402
     experiments,
+    importing,
     ingest,
     ingest_report,
     phantom,
     preprocessing,
     splits,
+    status,
     tracking,
 )
-from cesynth.io import bids_path  # noqa: E402
+from cesynth.adc import adc_sidecar_path  # noqa: E402
+from cesynth.io import bids_path, one_line_error  # noqa: E402
 from cesynth.jobs import ENV_EXPERIMENT, ENV_RESULTS_DIR, ENV_TRACKING_URI  # noqa: E402
 
 validate(config, schema="../config/config.schema.yaml")
@@ -47,6 +50,39 @@ def is_dicom():
     return bool(config["dicom_dir"])
 
 
+def is_import():
+    return bool(config["import_dir"])
+
+
+def grows_with_attempt(base):
+    """A resource (mem_mb, runtime) that grows with each try: ``base`` on the first, twice that
+    on the second (the profile's ``retries``), so a job killed for memory or time asks for more."""
+    return lambda wildcards, attempt: base * attempt
+
+
+def get_training_gpus():
+    """GPUs a training job asks the scheduler for: ``train.gpus``, or one when ``train.device``
+    is cuda and ``train.gpus`` is 0 (so a cluster gives the job the GPU it will look for)."""
+    gpus = config["train"]["gpus"]
+    return gpus if gpus or config["train"]["device"] != "cuda" else 1
+
+
+def get_synthesis_gpus():
+    """One GPU for a synthesis job when ``train.device`` is cuda (synthesis runs on that device)."""
+    return 1 if config["train"]["device"] == "cuda" else 0
+
+
+def get_import_scans():
+    """The scans a published cohort's import will write, from its file names (no image read);
+    the set as the import assigns it (auto: Set B with a tumor segmentation)."""
+    settings = config["import"]
+    if is_demo() or is_dicom():
+        raise ValueError("import_dir is set: set demo.enabled: false and dicom_dir: null")
+    return importing.planned_scans(
+        config["import_dir"], BIDS, settings["layout"], settings["patterns"], settings["set"]
+    )
+
+
 def get_demo_plan():
     demo = config["demo"]
     return phantom.plan_cohort(demo["subjects"], demo["seed"], demo["set_b_subjects"])
@@ -60,8 +96,11 @@ def get_demo_plan_row(wildcards):
 
 
 def get_scans():
-    """The scans to process, by scan ID, known before any job runs (demo plan or BIDS listing)."""
-    if is_demo():
+    """The scans to process, by scan ID, known before any job runs (demo plan, DICOM or import
+    listing, or BIDS listing)."""
+    if is_import():
+        scans = get_import_scans()
+    elif is_demo():
         scans = [
             ingest.expected_scan(BIDS, row.participant_id.removeprefix("sub-"), row.set)
             for row in get_demo_plan().itertuples()
@@ -113,12 +152,21 @@ def get_scan_set(wildcards):
     return get_scan(wildcards).set
 
 
-def get_raw_inputs(wildcards):
-    """The raw files of one scan that exist (or that the demo / DICOM rules will make)."""
+def get_converted_scan(wildcards):
+    """One scan as its files are once the DICOM conversion or the import (checkpoints) ran."""
     scan = get_scan(wildcards)
     if is_dicom():
         checkpoints.convert_dicom.get(subject=wildcards.subject)
         scan = ingest.rescan(scan)
+    elif is_import():
+        checkpoints.import_dataset.get()
+        scan = ingest.rescan(scan)
+    return scan
+
+
+def get_raw_inputs(wildcards):
+    """The raw files of one scan that exist (or that the demo / DICOM rules will make)."""
+    scan = get_converted_scan(wildcards)
     files = {
         "t1w": scan.t1w,
         "cet1w": scan.cet1w,
@@ -127,6 +175,10 @@ def get_raw_inputs(wildcards):
         "bval": scan.bval,
         "bvec": scan.bvec,
         "tumor_mask": scan.tumor_mask,
+        # a given ADC map only where it is used (no raw DWI); the dataset's brain mask is
+        # not a raw input (validation must not rerun when ingest.skull_stripped changes):
+        # mask_brain reads and checks it
+        "adc": scan.adc if scan.adc_source == "map" else None,
     }
     return {key: str(path) for key, path in files.items() if path is not None}
 
@@ -175,6 +227,11 @@ def get_dicom_subject_regex():
     return _any_of(SCANS) if is_dicom() else "(?!)"
 
 
+def get_import_source(wildcards):
+    """The published cohort's folder (only read), when import_dir is set."""
+    return config["import_dir"] if is_import() else []
+
+
 def get_dicom_subject_dir(wildcards):
     return f"{config['dicom_dir']}/{wildcards.subject}"
 
@@ -204,9 +261,10 @@ def path_of(pattern, **wildcards):
 
 
 def get_modalities(scan):
-    """The images of a scan on the model grid: T1w and CE-T1, then T2w and ADC (from the DWI)
-    where the scan has them."""
-    return ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else []) + (["adc"] if scan.dwi else [])
+    """The images of a scan on the model grid: T1w and CE-T1, then T2w and ADC (fitted from the
+    DWI, or the given ADC map) where the scan has them."""
+    adc = ["adc"] if scan.adc_source is not None else []
+    return ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else []) + adc
 
 
 def get_cet1w(wildcards):
@@ -228,12 +286,56 @@ def get_dwi_inputs(wildcards):
     return {key: raw[key] for key in ("dwi", "bval", "bvec")}
 
 
-def get_dwi(wildcards):
-    return get_raw_inputs(wildcards)["dwi"]
+def get_adc_subject_regex(source):
+    """The scans whose ADC comes from ``source``: ``dwi`` (fit_adc) or ``map`` (a given ADC
+    map, convert_adc_map); the two rules make the same file, so each is held to its scans."""
+    return _any_of(s for s, scan in SCANS.items() if scan.adc_source == source)
 
 
-def get_bval(wildcards):
-    return get_raw_inputs(wildcards)["bval"]
+def get_adc_map_inputs(wildcards):
+    """The given ADC map and, when the dataset has it, its JSON sidecar (MD or ADC)."""
+    raw = get_raw_inputs(wildcards)
+    inputs = {"adc_map": raw["adc"]}
+    sidecar = adc_sidecar_path(raw["adc"])
+    if sidecar.is_file():
+        inputs["adc_sidecar"] = str(sidecar)
+    return inputs
+
+
+def get_adc_registration_inputs(wildcards):
+    """What carries the ADC to the CE-T1: the DWI's b0 (DWI and bval), or nothing but the
+    ADC map itself for a scan with a given map."""
+    if get_scan(wildcards).adc_source != "dwi":
+        return {}
+    raw = get_raw_inputs(wildcards)
+    return {"dwi": raw["dwi"], "bval": raw["bval"]}
+
+
+def get_registration_subject_regex(declared):
+    """ANTs registration (``declared`` False) or the checked identity (True) runs on every
+    scan as ingest.coregistered says, never both (they make the same files)."""
+    if config["ingest"]["coregistered"] == declared:
+        return "[a-zA-Z0-9]+"
+    return "(?!)"
+
+
+def get_brainmask_method(wildcards):
+    """The mask method of one scan (a param: only a changed declaration reruns the mask):
+    brainmask.method, or for a dataset declared skull-stripped the dataset's own mask
+    (``provided``) where it has one, else the image's nonzero region (``nonzero``)."""
+    if not config["ingest"]["skull_stripped"]:
+        return config["brainmask"]["method"]
+    return "provided" if get_provided_brain_mask(wildcards) else "nonzero"
+
+
+def get_provided_brain_mask(wildcards):
+    """The dataset's own brain mask, used when ingest.skull_stripped (nothing otherwise)."""
+    if not config["ingest"]["skull_stripped"]:
+        return {}
+    scan = get_converted_scan(wildcards)
+    if scan.brain_mask is None:
+        return {}
+    return {"provided_mask": str(scan.brain_mask)}
 
 
 def get_anat_image(wildcards):
@@ -334,11 +436,14 @@ def get_training_caches(split):
 
 def get_model_grid_images(wildcards):
     """The subject's normalised model-grid images, by modality (missing ones left out)."""
+    # the modalities of get_registered_images, without resolving raw paths (this is called
+    # while parsing, before a DICOM conversion or an import has written them)
+    modalities = get_modalities(get_scan(wildcards))
     return {
         m: path_of(
             rules.normalise_to_model_grid.output.image, subject=wildcards.subject, modality=m
         )
-        for m in get_registered_images(wildcards)
+        for m in ["ceT1w"] + [m for m in modalities if m != "ceT1w"]
     }
 
 
@@ -632,6 +737,31 @@ def get_final_targets():
     return targets
 
 
+def get_status_scans():
+    """The run's scans as the status table knows them before any of their jobs ran."""
+    return [
+        status.ScanInfo(
+            scan_id,
+            participant=scan.participant,
+            session=scan.session,
+            set=scan.set,
+            split=get_split(scan_id),
+            modalities=scan.available_modalities(),
+            tumor_mask=scan.tumor_mask is not None,
+        )
+        for scan_id, scan in SCANS.items()
+    ]
+
+
+def refresh_status():
+    """qc/status.tsv, every scan x stage, refreshed at the end of every run (a side file: it
+    describes the run, so no job makes it). It must never mask the run's own outcome."""
+    try:
+        status.write_status(RESULTS, get_status_scans(), list(EVALUATED) + get_cascade_models())
+    except Exception as err:
+        print(f"warning: {QC}/status.tsv not refreshed: {one_line_error(err)}", file=sys.stderr)
+
+
 onstart:
     tracking.init_store(TRACKING_URI, config["mlflow"]["experiment"])
     tracking.sweep_parent_runs(
@@ -645,6 +775,7 @@ onsuccess:
         f"{QC}/ingest.tsv",
         SPLIT_FRACTIONS,
     )
+    refresh_status()
 
 
 onerror:
@@ -653,3 +784,4 @@ onerror:
         f"{QC}/ingest.tsv",
         SPLIT_FRACTIONS,
     )
+    refresh_status()

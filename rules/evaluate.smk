@@ -17,8 +17,8 @@ rule resample_tumor_mask_to_model_grid:
         shape=config["model_grid"]["shape"],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=5,
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(5),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -46,8 +46,9 @@ rule synthesize_evaluation_subject:
         zeroed=[],
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(30),
+        gpu=get_synthesis_gpus(),
     conda:
         "../envs/torch.yaml"
     script:
@@ -77,8 +78,9 @@ rule synthesize_input_condition:
         zeroed=get_zeroed_inputs,
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(30),
+        gpu=get_synthesis_gpus(),
     conda:
         "../envs/torch.yaml"
     script:
@@ -99,8 +101,8 @@ rule fit_voxel_regression:
         subjects=get_regression_subjects,
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(30),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -123,8 +125,8 @@ rule synthesize_floor:
         floor="t1|regression",
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(10),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -147,8 +149,8 @@ rule score_evaluation_subject:
         set_name=get_scan_set,
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(10),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -161,17 +163,19 @@ rule tabulate_evaluation:
         metrics=get_evaluation_metrics,
     output:
         metrics=f"{EVAL}/metrics.tsv",
-        summary=f"{EVAL}/summary.tsv",
-        ttests=f"{EVAL}/ttests.tsv",
-        tables=f"{EVAL}/tables.md",
+        summary=report(f"{EVAL}/summary.tsv", category="Evaluation", labels={"table": "means"}),
+        ttests=report(
+            f"{EVAL}/ttests.tsv", category="Evaluation", labels={"table": "paired t-tests"}
+        ),
+        tables=report(f"{EVAL}/tables.md", category="Evaluation", labels={"table": "Tables"}),
     log:
         f"{LOGS}/tabulate_evaluation/tabulate_evaluation.log",
     benchmark:
         f"{BENCH}/tabulate_evaluation/tabulate_evaluation.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=grows_with_attempt(1000),
+        runtime=grows_with_attempt(5),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -183,7 +187,11 @@ rule tabulate_paper:
     input:
         metrics=rules.tabulate_evaluation.output.metrics,
     output:
-        tables=f"{EVAL}/paper/paper_tables.md",
+        tables=report(
+            f"{EVAL}/paper/paper_tables.md",
+            category="Evaluation",
+            labels={"table": "the paper's tables"},
+        ),
     log:
         f"{LOGS}/tabulate_paper/tabulate_paper.log",
     benchmark:
@@ -193,8 +201,8 @@ rule tabulate_paper:
         sweeps=experiments.sweep_members(EXPERIMENTS),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(10),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -206,7 +214,11 @@ rule plot_synthesis_panel:
     input:
         images=get_panel_images,
     output:
-        panel=f"{EVAL}/paper/fig4_synthesis.png",
+        panel=report(
+            f"{EVAL}/paper/fig4_synthesis.png",
+            category="Evaluation",
+            labels={"table": "Fig. 4 panel"},
+        ),
     log:
         f"{LOGS}/plot_synthesis_panel/plot_synthesis_panel.log",
     benchmark:
@@ -215,8 +227,8 @@ rule plot_synthesis_panel:
         panels=get_panel_layout(),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(10),
     conda:
         "../envs/cesynth.yaml"
     script:

@@ -18,8 +18,8 @@ checkpoint convert_dicom:
         patterns=config["ingest"]["dicom_series_patterns"],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -42,8 +42,8 @@ rule validate_subject:
         b_tolerance=config["ingest"]["b_tolerance"],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=5,
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(5),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -64,8 +64,8 @@ rule assign_sets:
         sets=config["sets"],
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=grows_with_attempt(1000),
+        runtime=grows_with_attempt(5),
     conda:
         "../envs/cesynth.yaml"
     script:

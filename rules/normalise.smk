@@ -16,8 +16,8 @@ rule resample_mask_to_model_grid:
         shape=config["model_grid"]["shape"],
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(10),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -41,8 +41,8 @@ rule normalise_to_model_grid:
         method=config["normalise"]["method"],
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(10),
     conda:
         "../envs/cesynth.yaml"
     script:

@@ -14,8 +14,8 @@ rule make_demo_dataset_files:
         demo=config["demo"],
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=grows_with_attempt(1000),
+        runtime=grows_with_attempt(5),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -40,8 +40,8 @@ rule make_demo_subject:
         voxel_mm=config["demo"]["voxel_mm"],
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(10),
     conda:
         "../envs/cesynth.yaml"
     script:

@@ -7,15 +7,20 @@ rule plot_qc_montage:
         unpack(get_registered_images),
         mask=rules.mask_brain.output.mask,
     output:
-        png=f"{QC}/sub-{{subject}}/sub-{{subject}}_desc-montage.png",
+        png=report(
+            f"{QC}/sub-{{subject}}/sub-{{subject}}_desc-montage.png",
+            category="Quality control",
+            subcategory="Montages",
+            labels={"subject": "{subject}"},
+        ),
     log:
         f"{LOGS}/plot_qc_montage/sub-{{subject}}.log",
     benchmark:
         f"{BENCH}/plot_qc_montage/sub-{{subject}}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=5,
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(5),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -27,7 +32,12 @@ rule tabulate_qc:
     input:
         rows=get_qc_rows,
     output:
-        table=f"{QC}/{{stage}}.tsv",
+        table=report(
+            f"{QC}/{{stage}}.tsv",
+            category="Quality control",
+            subcategory="Tables",
+            labels={"stage": "{stage}"},
+        ),
     log:
         f"{LOGS}/tabulate_qc/{{stage}}.log",
     benchmark:
@@ -36,8 +46,8 @@ rule tabulate_qc:
         stage="|".join(QC_STAGES),
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=grows_with_attempt(1000),
+        runtime=grows_with_attempt(5),
     conda:
         "../envs/cesynth.yaml"
     script:

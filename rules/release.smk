@@ -12,7 +12,11 @@ rule release_model:
         sets=rules.assign_sets.output.sets,
     output:
         release=f"{RESULTS}/release/{{experiment}}.json",
-        card=f"{RESULTS}/release/{{experiment}}_model_card.md",
+        card=report(
+            f"{RESULTS}/release/{{experiment}}_model_card.md",
+            category="Release",
+            labels={"experiment": "{experiment}"},
+        ),
     log:
         f"{LOGS}/release_model/{{experiment}}.log",
     benchmark:
@@ -23,8 +27,8 @@ rule release_model:
         gates=config["release"]["gates"],
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=15,
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(15),
     conda:
         "../envs/torch.yaml"
     script:

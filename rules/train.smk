@@ -17,8 +17,8 @@ rule cache_training_subject:
         modalities=config["train"]["modalities"],
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(10),
     conda:
         "../envs/cesynth.yaml"
     script:
@@ -42,9 +42,9 @@ rule train_trunk:
         preprocessing=get_preprocessing_record(),
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=24 * 60,
-        gpu=config["train"]["gpus"],
+        mem_mb=grows_with_attempt(16000),
+        runtime=grows_with_attempt(24 * 60),
+        gpu=get_training_gpus(),
     conda:
         "../envs/torch.yaml"
     script:
@@ -61,7 +61,11 @@ rule train_model:
     output:
         final=f"{RESULTS}/train/{{experiment}}/checkpoint_final.pt",
         best=f"{RESULTS}/train/{{experiment}}/checkpoint_best.pt",
-        curve=f"{RESULTS}/train/{{experiment}}/training_curve.png",
+        curve=report(
+            f"{RESULTS}/train/{{experiment}}/training_curve.png",
+            category="Training",
+            labels={"experiment": "{experiment}"},
+        ),
     log:
         f"{LOGS}/train_model/{{experiment}}.log",
     benchmark:
@@ -72,9 +76,9 @@ rule train_model:
         sweeps=get_sweep_tags,
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=24 * 60,
-        gpu=config["train"]["gpus"],
+        mem_mb=grows_with_attempt(16000),
+        runtime=grows_with_attempt(24 * 60),
+        gpu=get_training_gpus(),
     conda:
         "../envs/torch.yaml"
     script:

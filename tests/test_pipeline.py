@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -359,6 +360,21 @@ def test_a_rerun_has_nothing_to_do(demo_run):
     workdir, _, _, args = demo_run
     result = snakemake(workdir, "--dry-run", *args)
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_the_snakemake_report_gathers_qc_training_evaluation_and_release(demo_run, tmp_path):
+    workdir, _, _, args = demo_run
+    report = tmp_path / "report.zip"
+    snakemake(workdir, *args, "--report", str(report))
+    with zipfile.ZipFile(report) as archive:
+        names = {Path(name).name for name in archive.namelist()}
+        index = next(n for n in archive.namelist() if n.endswith("report.html"))
+        html = archive.read(index).decode()
+    montages = {f"sub-{subject}_desc-montage.png" for subject in SUBJECTS}
+    assert montages | {"training_curve.png", "default_model_card.md", "summary.tsv",
+                       "ttests.tsv", "fig4_synthesis.png", "registration.tsv"} <= names
+    for category in ("Quality control", "Training", "Evaluation", "Release"):
+        assert category in html, category
 
 
 def test_new_subjects_rerun_only_what_depends_on_them(demo_run, tmp_path):

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers.checkpoints import cached_training_subject, stretch_output
+from helpers.checkpoints import cached_training_subject, stretch_output, trained_checkpoint
 from helpers.workflow import CESYNTH
 from scipy import ndimage
 
@@ -106,13 +106,7 @@ def cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny trained model whose checkpoint records the preprocessing of its training data."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("training")
-    cache = cached_training_subject(root, np.random.default_rng(0))
-    settings = TrainSettings.from_dict(SETTINGS)
-    summary = train([cache], [], root / "run", settings, preprocessing=PREPROCESSING)
-    stretch_output(summary["checkpoint_best"], settings, cache)
-    return Path(summary["checkpoint_best"])
+    return trained_checkpoint(tmp_path_factory.mktemp("training"), SETTINGS, PREPROCESSING)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 from helpers.checkpoints import cached_training_subject
+from scipy import stats
 
 from cesynth import tracking
 from cesynth.checkpoint import read_checkpoint
@@ -842,6 +843,9 @@ def test_model_card_holds_every_section(card_inputs, final, tmp_path):
     n_a = int((splits[sets.set_index("scan_id")["set"] == "A"] == "test").sum())
     assert int(a["n"]) == n_a
     expected = format_mean_sd(a["brain_psnr_mean"], a["brain_psnr_sd"], 2)
+    assert n_a >= 2  # the 95% interval of the mean, by hand: mean ± t(0.975, n-1) sd / sqrt(n)
+    half = stats.t.ppf(0.975, n_a - 1) * a["brain_psnr_sd"] / np.sqrt(n_a)
+    expected += f" [{a['brain_psnr_mean'] - half:.2f}, {a['brain_psnr_mean'] + half:.2f}]"
     assert re.search(rf"^\| A \(test\) \| brain \| {n_a} \| [^|]+ \| {re.escape(expected)} \|",
                      text, re.M)
     assert "| B | tumor | 1 | 0.300 | 9.50 | 0.400 |" in text  # n = 1: no sd

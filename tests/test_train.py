@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from scipy import ndimage
 from cesynth.cache import cache_subject
 from cesynth.checkpoint import (
     CHECKPOINT_BEST,
+    CHECKPOINT_FINAL,
     CHECKPOINT_LATEST,
     run_fingerprint,
     set_aside_stale_checkpoints,
@@ -218,6 +220,21 @@ def test_resume_after_sigkill_ends_with_the_same_weights(run_a, caches, tmp_path
     assert summary["global_step"] == TOTAL_STEPS
     _assert_same_weights(run_a["model"], _weights(out / CHECKPOINT_LATEST))
     assert summary["best_psnr"] == pytest.approx(run_a["summary"]["best_psnr"], abs=1e-4)
+
+
+def test_a_best_checkpoint_deleted_after_its_epoch_is_restored_on_resume(run_a, caches,
+                                                                         tmp_path):
+    """Snakemake deletes a killed job's declared outputs before rerunning it; a run resumed past
+    its best epoch cannot write the best checkpoint again, so it comes back from its kept link."""
+    out = tmp_path / "rerun"
+    shutil.copytree(run_a["out"], out)
+    best = (out / CHECKPOINT_BEST).read_bytes()
+    (out / CHECKPOINT_BEST).unlink()
+    (out / CHECKPOINT_FINAL).unlink()
+    summary = train(caches["train"], caches["val"], out, TrainSettings.from_dict(SETTINGS))
+    assert summary["global_step"] == TOTAL_STEPS  # nothing left to train
+    assert (out / CHECKPOINT_BEST).read_bytes() == best
+    assert (out / CHECKPOINT_FINAL).exists()
 
 
 def test_sigterm_saves_exits_143_and_resume_continues(run_a, caches, tmp_path):

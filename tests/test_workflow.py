@@ -16,7 +16,8 @@ from helpers.workflow import REPO, dry_run_jobs, snakemake
 def touch_bids(root: Path, subjects: dict[str, set[str]],
                sessions: dict[str, list[str]] | None = None,
                participants_set: dict[str, str] | None = None, tumor_masks: tuple[str, ...] = ()):
-    """A BIDS tree of zero-byte files: modalities per subject from {T1w, ce, T2w, dwi}."""
+    """A BIDS tree of zero-byte files: modalities per subject from {T1w, ce, T2w, dwi, adc,
+    brainmask}."""
     root.mkdir(parents=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9"}))
     if participants_set:
@@ -32,6 +33,10 @@ def touch_bids(root: Path, subjects: dict[str, set[str]],
                 if modality == "dwi":
                     for ext in (".nii.gz", ".bval", ".bvec"):
                         _touch(folder / "dwi" / f"{prefix}_dwi{ext}")
+                elif modality == "adc":  # a given ADC map (published cohorts), no raw DWI
+                    _touch(folder / "dwi" / f"{prefix}_adc.nii.gz")
+                elif modality == "brainmask":  # the dataset's own brain mask
+                    _touch(folder / "anat" / f"{prefix}_desc-brain_mask.nii.gz")
                 else:
                     _touch(folder / names[modality].format(p=prefix))
     for subject in tumor_masks:
@@ -104,6 +109,46 @@ def test_dry_run_on_a_bids_tree_with_missing_modalities(tmp_path):
     assert jobs["register_dwi_to_cet1w"] == 2
     assert jobs["register_anat_to_cet1w"] == 3 + 2  # T1w for all, T2w where present
     assert jobs["normalise_to_model_grid"] == 4 + 3 + 3
+
+
+ADC_MAP_ONLY = FULL - {"dwi"} | {"adc"}
+
+
+def test_a_scan_with_only_an_adc_map_converts_it_and_fits_nothing(tmp_path):
+    bids = touch_bids(tmp_path / "bids", {"01": FULL, "02": ADC_MAP_ONLY,
+                                          "03": FULL | {"adc"}})  # the DWI wins over a map
+    jobs = dry_run_jobs(tmp_path, *bids_config(bids))
+    assert jobs["fit_adc"] == 2  # sub-01 and sub-03
+    assert jobs["convert_adc_map"] == 1  # sub-02
+    assert jobs["register_dwi_to_cet1w"] == 3  # b0 for 01 and 03, the map itself for 02
+    assert jobs["normalise_to_model_grid"] == 4 * 3
+    listed = job_inputs(tmp_path, *bids_config(bids))
+    (convert,) = listed["convert_adc_map"]
+    assert any(p.endswith("sub-02_adc.nii.gz") for p in convert)
+    (map_job,) = [job for job in listed["register_dwi_to_cet1w"]
+                  if any("sub-02_adc.nii.gz" in p for p in job)]
+    assert not any("_dwi." in p for p in map_job)  # the map itself is registered
+
+
+def test_declared_coregistered_schedules_no_ants_registration(tmp_path):
+    bids = touch_bids(tmp_path / "bids", {"01": FULL, "02": ADC_MAP_ONLY, "03": FULL - {"T2w"}})
+    jobs = dry_run_jobs(tmp_path, *bids_config(bids, ingest={"coregistered": True}))
+    assert "register_anat_to_cet1w" not in jobs and "register_dwi_to_cet1w" not in jobs
+    assert jobs["coregistered_anat_to_cet1w"] == 3 + 2
+    assert jobs["coregistered_adc_to_cet1w"] == 3
+    assert jobs["fit_adc"] == 2 and jobs["convert_adc_map"] == 1
+    assert jobs["normalise_to_model_grid"] == 4 + 4 + 3
+
+
+def test_declared_skull_stripped_masks_take_the_datasets_own_mask(tmp_path):
+    bids = touch_bids(tmp_path / "bids", {"01": FULL | {"brainmask"}, "02": FULL})
+    listed = job_inputs(tmp_path, *bids_config(bids, ingest={"skull_stripped": True}))
+    assert sum(any(p.endswith("sub-01_desc-brain_mask.nii.gz") for p in job)
+               for job in listed["mask_brain"]) == 1
+    # not declared: the dataset's mask is not an input of anything
+    listed = job_inputs(tmp_path, *bids_config(bids))
+    assert not any(p.endswith("_desc-brain_mask.nii.gz") and "/bids/" in p
+                   for jobs in listed.values() for job in jobs for p in job)
 
 
 def test_dry_run_with_sessions_makes_one_scan_per_session(tmp_path):
@@ -272,3 +317,31 @@ def test_brain_masks_are_made_from_the_configured_reference(tmp_path, reference,
     masked = {Path(p).name.removesuffix("_desc-brain_mask.json") for p in trunk
               if p.endswith("_desc-brain_mask.json")}
     assert masked and masked == {Path(p).name for p in trunk if "/train/cache/" in p}
+
+
+def _resources_by_rule(workdir: Path, *args: str) -> dict[str, dict[str, str]]:
+    """The resources line of the first job of each rule in a dry run."""
+    result = snakemake(workdir, "--dry-run", *args)
+    resources, rule = {}, None
+    for line in result.stdout.splitlines():
+        line = line.strip()
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.startswith("resources:") and rule and rule not in resources:
+            pairs = (item.split("=", 1) for item in line.removeprefix("resources:").split(", "))
+            resources[rule] = {key.strip(): value for key, value in pairs}
+    return resources
+
+
+def test_a_retry_asks_for_more_memory_and_time_and_cuda_asks_for_gpus(tmp_path):
+    small = ["--configfile", str(REPO / "config/profiles/demo-small.yaml")]
+    first = _resources_by_rule(tmp_path, *small)
+    second = _resources_by_rule(tmp_path, *small, "--attempt", "2")
+    for rule in ("fit_adc", "register_anat_to_cet1w", "train_model", "score_evaluation_subject"):
+        for resource in ("mem_mb", "runtime"):
+            assert int(second[rule][resource]) == 2 * int(first[rule][resource]), rule
+    assert first["train_model"]["gpu"] == first["synthesize_evaluation_subject"]["gpu"] == "0"
+    cuda = _resources_by_rule(tmp_path, *small, "--config", "train={'device': 'cuda'}")
+    assert cuda["train_trunk"]["gpu"] == cuda["train_model"]["gpu"] == "1"
+    assert cuda["synthesize_evaluation_subject"]["gpu"] == "1"
+    assert "gpu" not in cuda["fit_adc"]

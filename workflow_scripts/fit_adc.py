@@ -15,7 +15,8 @@ def work():
         required_b=params.b_values, b_tolerance=params.b_tolerance,
         min_adc=params.min_adc, max_adc=params.max_adc,
     )
-    metrics = stats.to_dict()
+    metrics = {"source": "fitted from DWI", "unit_conversion": "none (fitted in mm2/s)",
+               **stats.to_dict()}
     if "true_adc" in inputs.keys():
         errors = adc.adc_error_vs_truth(snakemake.output.adc, inputs.true_adc)
         metrics.update({f"truth_{key}": value for key, value in errors.items()})

@@ -17,6 +17,7 @@ def work():
     return registration.write_qc_row(
         result, snakemake.wildcards.subject, snakemake.wildcards.modality, output.qc,
         truth_json=inputs.get("true_transforms"), truth_mask=inputs.get("true_mask"),
+        method="ANTs rigid+affine",
     )
 
 

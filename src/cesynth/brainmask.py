@@ -14,6 +14,14 @@ Methods:
 - ``deepbet``: a CNN whose weights ship in its wheel; runs offline on CPU. Default without FSL.
 - ``bet-python``: the ``brainextractor`` package, a pure-Python port of BET; the light fallback.
 - ``auto``: the first available of fsl, deepbet, bet-python.
+- ``nonzero``: no extraction; the nonzero region of an image that is already skull-stripped,
+  cleaned like the others (closing, largest component, holes filled). Refused when the nonzero
+  region fills most of the field of view (the image is not skull-stripped).
+
+Datasets declared skull-stripped (config ``ingest.skull_stripped``) are masked by
+:func:`declared_brain_mask_file`: the dataset's own mask
+(``anat/sub-<id>_desc-brain_mask.nii.gz``, method ``provided``) when it has one, else
+``nonzero``; the requested method is then recorded as :data:`SKULL_STRIPPED`.
 
 Every method sees the image resampled to an isotropic grid (BET and its port assume isotropic
 voxels; deepbet was trained on about 1 mm scans), so thick-slice clinical scans (5 mm) work too.
@@ -44,8 +52,18 @@ from scipy import ndimage
 from cesynth import __version__
 from cesynth.io import InputError, check_same_grid, load_nifti, save_nifti, write_json
 
-METHODS = ("auto", "fsl", "deepbet", "bet-python")
+METHODS = ("auto", "fsl", "deepbet", "bet-python", "nonzero")
 CONCRETE_METHODS = ("fsl", "deepbet", "bet-python")
+"""The brain extractors (``auto`` picks among them)."""
+
+DECLARED_METHODS = ("nonzero", "provided")
+"""Masks of images declared skull-stripped: the nonzero region, or the dataset's own mask."""
+
+SKULL_STRIPPED = "skull-stripped"
+"""The requested method recorded for masks of a dataset declared skull-stripped."""
+
+NONZERO_MAX_FRACTION = 0.8
+"""``nonzero`` refuses an image whose nonzero voxels fill more than this share of the grid."""
 
 REFERENCES = ("ceT1w", "T1w")
 """The image a training mask is computed from: the CE-T1 (the paper's choice) or the T1
@@ -94,6 +112,7 @@ _AVAILABILITY = {
     "fsl": _fsl_available,
     "deepbet": _deepbet_available,
     "bet-python": _bet_python_available,
+    "nonzero": lambda: True,
 }
 
 
@@ -113,7 +132,7 @@ def resolve_method(method: str) -> str:
         method: one of :data:`METHODS`.
 
     Returns:
-        ``"fsl"``, ``"deepbet"`` or ``"bet-python"``.
+        ``"fsl"``, ``"deepbet"``, ``"bet-python"`` or ``"nonzero"``.
 
     Raises:
         MethodError: (an :class:`InputError` and a :class:`ValueError`) for an unknown method, or
@@ -158,6 +177,11 @@ def brain_mask(
     start = time.perf_counter()
     concrete = resolve_method(method)
     native = _as_3d_float(image)
+    if concrete == "nonzero":
+        mask = nonzero_mask(np.asarray(native.dataobj))
+        return mask, {"method": concrete, "requested_method": method, "voxel_mm": None,
+                      "volume_ml": mask_volume_ml(mask, native.affine),
+                      "seconds": round(time.perf_counter() - start, 3)}
     voxel_mm = _isotropic_voxel_mm(native, concrete)
     iso = resample_to_output(native, voxel_sizes=(voxel_mm,) * 3, order=1)
     soft_iso = _RUNNERS[concrete](iso, threads)
@@ -236,11 +260,13 @@ def mask_sidecar(info: Mapping[str, Any]) -> dict[str, Any]:
         info: the info dict of :func:`brain_mask_file` (with ``reference``).
 
     Returns:
-        ``Method`` (the method that ran), ``RequestedMethod`` (e.g. ``auto``), ``Reference``
-        (a :data:`REFERENCES` kind), ``ReferenceImage`` (its file's base name),
-        ``IsotropicVoxelMM``, ``VolumeMl`` and ``CesynthVersion``.
+        ``Method`` (the method that ran), ``RequestedMethod`` (e.g. ``auto``, or
+        :data:`SKULL_STRIPPED`), ``Reference`` (a :data:`REFERENCES` kind), ``ReferenceImage``
+        (its file's base name), ``IsotropicVoxelMM`` (None when nothing was extracted),
+        ``VolumeMl``, ``CesynthVersion``, and ``Source`` (in words) for the masks of a dataset
+        declared skull-stripped.
     """
-    return {
+    sidecar = {
         "Method": info["method"],
         "RequestedMethod": info.get("requested_method", info["method"]),
         "Reference": info["reference"],
@@ -249,6 +275,90 @@ def mask_sidecar(info: Mapping[str, Any]) -> dict[str, Any]:
         "VolumeMl": info["volume_ml"],
         "CesynthVersion": __version__,
     }
+    if "source" in info:
+        sidecar["Source"] = info["source"]
+    return sidecar
+
+
+def nonzero_mask(data: np.ndarray) -> np.ndarray:
+    """The brain of a skull-stripped image: its nonzero region, closed, one component, filled.
+
+    Args:
+        data: the 3D image (NaN counts as zero).
+
+    Returns:
+        The boolean mask.
+
+    Raises:
+        InputError: (on ``image``) no nonzero voxel, or a nonzero region of more than
+            :data:`NONZERO_MAX_FRACTION` of the grid (not a skull-stripped image).
+    """
+    data = np.nan_to_num(np.asarray(data, dtype=np.float32))
+    raw = data != 0
+    if not raw.any():
+        raise InputError("image", "no nonzero voxel (an empty skull-stripped image)")
+    fraction = float(np.count_nonzero(raw)) / raw.size
+    if fraction > NONZERO_MAX_FRACTION:
+        raise InputError("image", f"{fraction:.0%} of the grid is nonzero: not a skull-stripped "
+                                  "image (is the dataset really skull-stripped?)")
+    return clean_mask(raw, closing_iterations=2)
+
+
+def declared_brain_mask_file(
+    image_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    provided_path: str | os.PathLike | None = None,
+    reference: str = "ceT1w",
+    sidecar_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The brain mask of an image declared skull-stripped (``ingest.skull_stripped``).
+
+    The dataset's own mask when given (method ``provided``: checked to be binary and to lie on
+    the image's grid, otherwise as given), else the image's nonzero region (``nonzero``). No
+    brain extraction runs. The requested method is recorded as :data:`SKULL_STRIPPED`.
+
+    Args:
+        image_path: the reference image (the CE-T1, or the T1 on its grid).
+        out_path: where the mask goes (uint8, the image's affine).
+        provided_path: the dataset's mask (``anat/sub-<id>_desc-brain_mask.nii.gz``), or None.
+        reference: which image ``image_path`` is (:data:`REFERENCES`).
+        sidecar_path: also write :func:`mask_sidecar` here.
+
+    Returns:
+        The info dict of :func:`brain_mask_file`, with ``source`` in words.
+
+    Raises:
+        InputError: naming the file: the provided mask is on another grid or empty; the image
+            has no nonzero voxel or is not skull-stripped.
+    """
+    start = time.perf_counter()
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown brain-mask reference {reference!r}")
+    if provided_path is None:
+        info = brain_mask_file(image_path, out_path, "nonzero", reference=reference)
+        info["source"] = (f"nonzero region of {Path(image_path).name} (declared skull-stripped)")
+    else:
+        image = load_nifti(image_path)
+        provided = load_nifti(provided_path)
+        check_same_grid(provided, image, provided_path, "the CE-T1")
+        values = np.asarray(provided.dataobj, dtype=np.float32).reshape(image.shape[:3])
+        binary = (np.abs(values) < 1e-3) | (np.abs(values - 1) < 1e-3)
+        if not np.all(binary):
+            raise InputError(provided_path, "not a binary mask (values other than 0 and 1)")
+        mask = values > 0.5
+        if not mask.any():
+            raise InputError(provided_path, "empty brain mask (no voxel is 1)")
+        save_nifti(mask.astype(np.uint8), image.affine, out_path, dtype=np.uint8)
+        info = {"method": "provided", "voxel_mm": None,
+                "volume_ml": mask_volume_ml(mask, image.affine), "image": str(image_path),
+                "out": str(out_path), "reference": reference,
+                "source": f"the dataset's mask {Path(provided_path).name} "
+                          "(declared skull-stripped)"}
+    info.update(requested_method=SKULL_STRIPPED, seconds=round(time.perf_counter() - start, 3))
+    if sidecar_path is not None:
+        write_json(mask_sidecar(info), sidecar_path)
+    return info
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -30,7 +30,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +51,10 @@ CHECKPOINT_LATEST = "checkpoint_latest.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_FINAL = "checkpoint_final.pt"
 RUN_FINGERPRINT = "run_fingerprint.txt"
+BEST_KEPT = "checkpoint_best.kept.pt"
+"""A second link to ``checkpoint_best.pt``, which no rule declares: Snakemake deletes a killed
+job's declared outputs before it reruns it (``--rerun-incomplete``), and a resumed run whose best
+epoch is behind it could not write the best checkpoint again (:func:`keep_best`)."""
 CHECKPOINT_FORMAT = 1
 
 
@@ -220,6 +226,37 @@ def run_fingerprint(settings: TrainSettings, train_caches: Sequence[Path],
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def keep_best(best: Path) -> None:
+    """Link (or copy) the best checkpoint to :data:`BEST_KEPT` beside it, atomically."""
+    kept = best.with_name(BEST_KEPT)
+    with atomic_path(kept) as tmp:
+        tmp.unlink()
+        try:
+            os.link(best, tmp)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(best, tmp)
+
+
+def restore_best(best: Path) -> bool:
+    """Put back a best checkpoint deleted after it was written (its kept link survives).
+
+    Returns:
+        True when ``best`` was restored.
+    """
+    kept = best.with_name(BEST_KEPT)
+    if best.exists() or not kept.exists():
+        return False
+    with atomic_path(best) as tmp:
+        tmp.unlink()
+        try:
+            os.link(kept, tmp)
+        except OSError:
+            shutil.copyfile(kept, tmp)
+    _log.warning("%s: restored from %s (deleted after it was written; the run resumes past its "
+                 "best epoch)", best, kept.name)
+    return True
+
+
 def set_aside_stale_checkpoints(out_dir: Path, fingerprint: str) -> bool:
     """Keep ``out_dir``'s checkpoints only if they belong to the run ``fingerprint`` names.
 
@@ -232,7 +269,7 @@ def set_aside_stale_checkpoints(out_dir: Path, fingerprint: str) -> bool:
     latest = out_dir / CHECKPOINT_LATEST
     stale = latest.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint)
     if stale:
-        for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST, CHECKPOINT_FINAL):
+        for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST, CHECKPOINT_FINAL, BEST_KEPT):
             if (out_dir / name).exists():
                 (out_dir / name).replace(out_dir / name.replace(".pt", ".superseded.pt"))
         _log.warning("%s: checkpoints of an earlier run (other settings or subjects) set aside "
@@ -243,7 +280,7 @@ def set_aside_stale_checkpoints(out_dir: Path, fingerprint: str) -> bool:
     return stale
 
 
-__all__ = ["CHECKPOINT_BEST", "CHECKPOINT_FINAL", "CHECKPOINT_FORMAT", "CHECKPOINT_LATEST",
-           "RUN_FINGERPRINT", "check_resumable", "check_trunk", "read_checkpoint",
-           "read_checkpoint_bytes", "restore_rng_states", "rng_states", "run_fingerprint",
-           "set_aside_stale_checkpoints", "write_checkpoint"]
+__all__ = ["BEST_KEPT", "CHECKPOINT_BEST", "CHECKPOINT_FINAL", "CHECKPOINT_FORMAT",
+           "CHECKPOINT_LATEST", "RUN_FINGERPRINT", "check_resumable", "check_trunk", "keep_best",
+           "read_checkpoint", "read_checkpoint_bytes", "restore_best", "restore_rng_states",
+           "rng_states", "run_fingerprint", "set_aside_stale_checkpoints", "write_checkpoint"]

@@ -55,6 +55,10 @@ def _add_phantom(parser: argparse.ArgumentParser) -> None:
                         help="subjects in Set B (with tumor masks); default a quarter")
     parser.add_argument("--voxel-mm", type=float, default=2.0,
                         help="voxel size of the anatomy and CE-T1 grids (1.0: full resolution)")
+    parser.add_argument("--layout", choices=("bids", "ucsf-pdgm", "brats"), default="bids",
+                        help="bids (default): the demo cohort; ucsf-pdgm or brats: the cohort "
+                             "in that published layout (co-registered, skull-stripped, ADC "
+                             "map, tumor label map), the input of `cesynth import`")
 
 
 def run_phantom(args: argparse.Namespace) -> dict:
@@ -63,6 +67,14 @@ def run_phantom(args: argparse.Namespace) -> dict:
 
     if args.subjects < 1:
         raise InputError(args.out, "--subjects must be at least 1")
+    if args.layout != "bids":
+        from cesynth.phantom import layouts
+
+        folders = layouts.write_layout_cohort(
+            args.out, args.layout, args.subjects, seed=args.seed,
+            settings=phantom.PhantomSettings(voxel_mm=args.voxel_mm))
+        return {"layout": args.layout, "dir": str(args.out),
+                "cases": [folder.name for folder in folders]}
     phantom.guard_demo_target(args.out)
     plan = phantom.make_cohort(args.out, args.subjects, seed=args.seed, n_set_b=args.set_b,
                                settings=phantom.PhantomSettings(voxel_mm=args.voxel_mm))
@@ -111,6 +123,50 @@ def run_dicom2bids(args: argparse.Namespace) -> dict:
     return converted
 
 
+def _add_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layout", required=True, choices=("ucsf-pdgm", "brats"),
+                        help="the published cohort's folder layout")
+    parser.add_argument("dir", type=Path, metavar="DIR",
+                        help="the cohort's folder (one sub-folder per case); only read")
+    parser.add_argument("--out", required=True, type=Path, help="BIDS dataset to write")
+    parser.add_argument("--tumor-labels", default="enhancing", metavar="LABELS",
+                        help="segmentation labels of the binary tumor mask: enhancing "
+                             "(default), core (enhancing + necrotic), whole (+ edema), or "
+                             "label numbers such as 1,4")
+    parser.add_argument("--set", default="auto", choices=("auto", "A", "B"), dest="set_mode",
+                        help="auto (default): Set B when the case has a tumor mask")
+    parser.add_argument("--pattern", action="append", default=[], metavar="KEY=GLOB",
+                        help="override a file-name pattern (keys T1w, ceT1w, T2w, adc, md, "
+                             "seg; glob without extension, e.g. T1w='*_T1_bias')")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="report a bad case and import the others (exit 1 at the end)")
+
+
+def run_import(args: argparse.Namespace) -> dict:
+    """Import a published cohort's layout (UCSF-PDGM, BraTS) into the BIDS layout."""
+    from cesynth import importing
+
+    patterns = {}
+    for item in args.pattern:
+        key, sep, glob = item.partition("=")
+        if not sep or not glob:
+            raise InputError("--pattern", f"{item!r}: expected KEY=GLOB")
+        patterns[key] = glob
+
+    def report(err: InputError) -> None:
+        print(f"error: {err.who}: {err.problem}", file=sys.stderr)
+
+    result = importing.import_layout(
+        args.dir, args.out, args.layout, patterns=patterns, tumor_labels=args.tumor_labels,
+        set_mode=args.set_mode, keep_going=args.keep_going, on_error=report)
+    summary = importing.import_report(result)
+    if result["skipped"]:
+        print(json.dumps(summary, indent=2, default=str))
+        n_cases = len(result["skipped"]) + len(result["imported"])
+        raise InputError(args.dir, f"{len(result['skipped'])} of {n_cases} cases skipped")
+    return summary
+
+
 def _add_adc(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dwi", required=True, type=Path)
     parser.add_argument("--bval", required=True, type=Path)
@@ -133,7 +189,8 @@ def _add_brainmask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, type=Path, help="CE-T1 (or any T1w) image")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--method", default="auto",
-                        choices=("auto", "fsl", "deepbet", "bet-python"))
+                        choices=("auto", "fsl", "deepbet", "bet-python", "nonzero"),
+                        help="nonzero: the nonzero region of an already skull-stripped image")
     parser.add_argument("--threads", type=int, default=1)
 
 
@@ -179,12 +236,16 @@ def run_metrics(args: argparse.Namespace) -> dict:
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--t1", required=True, type=Path, help="pre-contrast T1 (reference space)")
+    parser.add_argument("--t1", required=True, type=Path,
+                        help="pre-contrast T1 (reference space); each image input is a NIfTI "
+                             "file or a folder holding one DICOM series")
     parser.add_argument("--t2", type=Path,
                         help="T2 (missing: synthesized by the model's T1->T2 cascade if it has "
                              "one, else zero-filled)")
     diffusion = parser.add_mutually_exclusive_group()
-    diffusion.add_argument("--adc", type=Path, help="ADC map in mm2/s (any grid)")
+    diffusion.add_argument("--adc", type=Path,
+                           help="ADC (or MD) map, any grid; unit detected from its median: "
+                                "mm2/s, 1e-3 mm2/s, 1e-6 mm2/s (scanner) or m2/s")
     diffusion.add_argument("--dwi", type=Path, help="4D DWI at b = 0, 500, 1000 (needs --bval, "
                                                     "--bvec); without --adc or --dwi: the "
                                                     "T1->ADC cascade, else zero-filled")
@@ -195,15 +256,24 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path,
                         help="synthetic CE-T1 on the T1 grid (.nii.gz); sidecar <stem>.json")
     parser.add_argument("--out-model-grid", type=Path, help="also write the model-grid image")
+    parser.add_argument("--out-dicom", type=Path, metavar="DIR",
+                        help="also write the synthetic image as a DICOM series into DIR (absent "
+                             "or empty), marked synthetic, without patient identity")
+    parser.add_argument("--dicom-study-from-t1", action="store_true",
+                        help="file the --out-dicom series with the T1 series' study: copy the "
+                             "patient and study attributes a PACS needs (DICOM files only)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int,
                         help="registration seed (default: the model's; another is recorded in "
                              "the sidecar as an override)")
-    parser.add_argument("--brainmask-method", choices=("auto", "fsl", "deepbet", "bet-python"),
+    parser.add_argument("--brainmask-method",
+                        choices=("auto", "fsl", "deepbet", "bet-python", "nonzero"),
                         help="default: the method the model was trained with (which must be "
                              "installed here); another is recorded in the sidecar as an "
-                             "override")
+                             "override; nonzero: the scans are skull-stripped, their nonzero "
+                             "region is the brain (needed for a model trained on a dataset "
+                             "declared skull-stripped)")
     parser.add_argument("--model-grid", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="default: the checkpoint's (needed for checkpoints without it)")
     parser.add_argument("--normalise", choices=("histeq", "percentile"),
@@ -227,11 +297,37 @@ def run_predict(args: argparse.Namespace) -> dict:
     torch.set_num_threads(max(1, args.threads))
     return predict.predict_patient(
         args.t1, args.t2, args.adc, args.dwi, args.bval, args.bvec, model=args.model,
-        out=args.out, out_model_grid=args.out_model_grid, brainmask_method=args.brainmask_method,
+        out=args.out, out_model_grid=args.out_model_grid, out_dicom=args.out_dicom,
+        dicom_study_from_t1=args.dicom_study_from_t1,
+        brainmask_method=args.brainmask_method,
         model_grid=tuple(args.model_grid) if args.model_grid else None,
         normalise=args.normalise, threads=args.threads, device=args.device, seed=args.seed,
         work_dir=args.keep_work, cascade={"T2w": args.cascade_t2, "adc": args.cascade_adc},
         use_cascade=not args.no_cascade)
+
+
+def _add_status(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="the pipeline's results folder (default: results)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 (with a one-line error) when any stage of any scan failed")
+
+
+def run_status(args: argparse.Namespace) -> None:
+    """Every scan x stage as done, failed (reason, log) or not run; writes qc/status.tsv."""
+    from cesynth import status
+
+    if not args.results.is_dir():
+        raise InputError(args.results, "no such results folder")
+    table = status.status_table(args.results)
+    if table.empty:
+        raise InputError(args.results, "no scans found (no qc/ingest reports, "
+                                       "ingest/sets.tsv or qc/status.tsv)")
+    print(status.format_report(table))
+    print(f"\nwrote {status.write_table(table, args.results)}")
+    failed = int((table["state"] == status.FAILED).sum())
+    if args.check and failed:
+        raise InputError(args.results, f"{failed} of {len(table)} scan stages failed")
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -246,11 +342,13 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "phantom": (_add_phantom, run_phantom),
     "validate": (_add_validate, run_validate),
     "dicom2bids": (_add_dicom2bids, run_dicom2bids),
+    "import": (_add_import, run_import),
     "adc": (_add_adc, run_adc),
     "brainmask": (_add_brainmask, run_brainmask),
     "register": (_add_register, run_register),
     "metrics": (_add_metrics, run_metrics),
     "predict": (_add_predict, run_predict),
+    "status": (_add_status, run_status),
 }
 
 

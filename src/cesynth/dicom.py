@@ -3,8 +3,11 @@
 The subject label is the folder name (a pseudonym chosen by whoever exported the data); the
 DICOM PatientID and PatientName are never used. dcm2niix writes into a temporary folder with
 anonymised sidecars; each series is then matched to a modality by its SeriesDescription, its
-sidecar is scrubbed of the identifying fields dcm2niix keeps, and the files are moved to their
-BIDS names atomically. Nothing is written inside the DICOM folder.
+sidecar is scrubbed of the identifying fields dcm2niix keeps, the NIfTI header's free-text
+fields are blanked (dcm2niix writes the acquisition time into ``descrip`` and the DICOM
+ImageComments into ``aux_file``), and the files are moved to their BIDS names atomically. Nothing
+is written inside the DICOM folder. :func:`convert_series` converts one series folder the same
+way (``cesynth predict`` takes DICOM series folders as inputs).
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ IDENTIFYING_FIELDS = frozenset({
     "PerformingPhysicianName", "OperatorsName", "RequestingPhysician", "StationName",
     "DeviceSerialNumber", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
     "ImageComments", "StudyDescription", "ProcedureStepDescription", "StudyTime", "SeriesTime",
+    "AcquisitionTime", "ContentTime", "AcquisitionDateTime",
 })
+HEADER_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
+"""NIfTI header fields of free text, blanked in every image converted from DICOM."""
 _DATE_FIELD = re.compile(r"(Date|DateTime)$")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
@@ -138,6 +144,45 @@ def convert_dicom_subject(
     return {"modalities": files, "unmatched": unmatched, "duplicates": duplicates}
 
 
+def convert_series(series_dir: str | os.PathLike, out_stem: str | os.PathLike
+                   ) -> dict[str, Path]:
+    """Convert the DICOM series in one folder to ``<out_stem>.nii.gz`` (and ``.bval``/``.bvec``).
+
+    The header's free-text fields are blanked and no sidecar is kept, so nothing identifying
+    leaves the DICOM files; the folder is only read.
+
+    Args:
+        series_dir: a folder holding the files of exactly one series (any depth, any names).
+        out_stem: the output path without extension (its folder is created).
+
+    Returns:
+        ``{"image": path}``, with ``"bval"`` and ``"bvec"`` when dcm2niix found diffusion
+        gradients.
+
+    Raises:
+        InputError: the folder is missing, holds no series or several, or dcm2niix fails.
+    """
+    source, stem = Path(series_dir), Path(out_stem)
+    if not source.is_dir():
+        raise InputError(source, "DICOM series folder not found")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cesynth-dcm2niix-", dir=stem.parent) as tmp:
+        series = _run_dcm2niix(str(source), source, Path(tmp))
+        if len(series) > 1:
+            names = "; ".join(s.description or s.nifti.name for s in series)
+            raise InputError(source, f"holds {len(series)} DICOM series ({names}); give the "
+                                     "folder of one series")
+        item = series[0]
+        files = {"image": stem.with_name(stem.name + ".nii.gz")}
+        _install_image(item.nifti, files["image"])
+        for extension in (".bval", ".bvec"):
+            companion = item.companion(extension)
+            if companion is not None:
+                files[extension[1:]] = stem.with_name(stem.name + extension)
+                _copy_atomic(companion, files[extension[1:]])
+    return files
+
+
 def _run_dcm2niix(who: str, source: Path, out_dir: Path) -> list[ConvertedSeries]:
     # -f %s: name outputs by series number only, so no identifying text reaches a file name
     command = [find_dcm2niix(), "-ba", "y", "-z", "y", "-f", "series%s", "-o", str(out_dir),
@@ -197,7 +242,7 @@ def _install(item: ConvertedSeries, root: Path, subject: str, modality: str) -> 
     """Copy a converted series to its BIDS name (atomically) with a scrubbed sidecar."""
     stem = _bids_stem(root, subject, modality)
     nifti = stem.with_name(stem.name + ".nii.gz")
-    _copy_atomic(item.nifti, nifti)
+    _install_image(item.nifti, nifti)
     write_json(scrub_sidecar(read_json(item.sidecar)), stem.with_name(stem.name + ".json"))
     if modality == "dwi":
         for extension in (".bval", ".bvec"):
@@ -205,6 +250,16 @@ def _install(item: ConvertedSeries, root: Path, subject: str, modality: str) -> 
             if companion is not None:
                 _copy_atomic(companion, stem.with_name(stem.name + extension))
     return nifti
+
+
+def _install_image(source: Path, destination: Path) -> None:
+    """Copy a converted image with its header's free-text fields blanked (atomically)."""
+    image = nib.load(str(source))
+    header = image.header.copy()
+    for field in HEADER_TEXT_FIELDS:
+        header[field] = b""
+    with atomic_path(destination) as tmp:
+        nib.save(type(image)(image.dataobj, image.affine, header), tmp)
 
 
 def _copy_atomic(source: Path, destination: Path) -> None:

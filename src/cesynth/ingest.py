@@ -22,6 +22,9 @@ import pandas as pd
 from cesynth.io import InputError, read_tsv, write_json
 
 MODALITIES = ("T1w", "ceT1w", "T2w", "dwi")
+ADC_MAP = "adc"
+"""A given ADC (or MD) map, ``dwi/sub-<id>_adc.nii.gz``: the diffusion input of a scan without a
+raw DWI (published cohorts); reported as modality ``adc`` in place of ``dwi``."""
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 SETS = ("A", "B")
 TUMOR_MASK_DERIVATIVE = Path("derivatives") / "tumor_masks"
@@ -52,6 +55,14 @@ class ScanFiles:
     tumor_mask: Path | None
     set: str
     bids_dir: Path | None = field(default=None, compare=False, repr=False)
+    adc: Path | None = None
+    brain_mask: Path | None = None
+
+    @property
+    def adc_source(self) -> str | None:
+        """Where the scan's ADC comes from: ``"dwi"`` (fitted; wins when both exist),
+        ``"map"`` (the given ``_adc.nii.gz``) or None (no diffusion input)."""
+        return "dwi" if self.dwi is not None else "map" if self.adc is not None else None
 
     @property
     def entities(self) -> str:
@@ -64,14 +75,19 @@ class ScanFiles:
         """Return the modalities with an image on disk, in :data:`MODALITIES` order.
 
         Returns:
-            A subset of ``("T1w", "ceT1w", "T2w", "dwi")``.
+            A subset of ``("T1w", "ceT1w", "T2w", "dwi")``; ``adc`` in place of ``dwi`` when
+            the scan has a given ADC map and no raw DWI.
         """
-        images = {"T1w": self.t1w, "ceT1w": self.cet1w, "T2w": self.t2w, "dwi": self.dwi}
-        return tuple(name for name in MODALITIES if images[name] is not None)
+        images = {"T1w": self.t1w, "ceT1w": self.cet1w, "T2w": self.t2w, "dwi": self.dwi,
+                  ADC_MAP: self.adc if self.adc_source == "map" else None}
+        return tuple(name for name in (*MODALITIES, ADC_MAP) if images[name] is not None)
 
     def missing_modalities(self) -> tuple[str, ...]:
-        """Return the modalities without an image on disk, in :data:`MODALITIES` order."""
-        present = self.available_modalities()
+        """Return the modalities without an image on disk, in :data:`MODALITIES` order (a given
+        ADC map stands in for the DWI)."""
+        present = set(self.available_modalities())
+        if ADC_MAP in present:
+            present.add("dwi")
         return tuple(name for name in MODALITIES if name not in present)
 
     def expected_name(self, modality: str) -> str:
@@ -80,6 +96,10 @@ class ScanFiles:
             return f"{self.entities}_{_ANAT_SUFFIXES[modality]}.nii.gz"
         if modality == "tumor_mask":
             return f"{self.entities}_desc-tumor_mask.nii.gz"
+        if modality == "brain_mask":
+            return f"{self.entities}_desc-brain_mask.nii.gz"
+        if modality == ADC_MAP:
+            return f"{self.entities}_adc.nii.gz"
         if modality in ("bval", "bvec"):
             return f"{self.entities}_dwi.{modality}"
         return f"{self.entities}_dwi.nii.gz"
@@ -166,7 +186,7 @@ def rescan(scan: ScanFiles) -> ScanFiles:
 def scan_from_rule_inputs(scan_id: str, inputs: Mapping[str, Any],
                           set_name: str | None = None) -> ScanFiles:
     """Build a scan from the named input files of a rule (keys t1w, cet1w, t2w, dwi, bval,
-    bvec, tumor_mask; absent keys are missing files).
+    bvec, tumor_mask, adc, brain_mask; absent keys are missing files).
 
     The participant and session come from the file names; the set from the dataset's
     ``participants.tsv`` when it has one, else from the tumor mask.
@@ -183,11 +203,11 @@ def scan_from_rule_inputs(scan_id: str, inputs: Mapping[str, Any],
     Raises:
         InputError: no anatomical or DWI input, or file names that do not match ``scan_id``.
     """
-    keys = ("t1w", "cet1w", "t2w", "dwi", "bval", "bvec", "tumor_mask")
+    keys = ("t1w", "cet1w", "t2w", "dwi", "bval", "bvec", "tumor_mask", "adc", "brain_mask")
     files = {key: Path(str(inputs[key])) if key in inputs.keys() else None for key in keys}
-    named = [files[key] for key in keys[:4] if files[key] is not None]
+    named = [files[key] for key in (*keys[:4], "adc") if files[key] is not None]
     if not named:
-        raise InputError(f"sub-{scan_id}", "no T1w, CE-T1, T2w or DWI input")
+        raise InputError(f"sub-{scan_id}", "no T1w, CE-T1, T2w, DWI or ADC map input")
     match = _ENTITIES.match(named[0].name)
     if match is None:
         raise InputError(f"sub-{scan_id}", f"{named[0].name}: not a BIDS file name")
@@ -201,7 +221,8 @@ def scan_from_rule_inputs(scan_id: str, inputs: Mapping[str, Any],
     return ScanFiles(scan_id=scan_id, participant=participant, session=session,
                      t1w=files["t1w"], cet1w=files["cet1w"], t2w=files["t2w"],
                      dwi=files["dwi"], bval=files["bval"], bvec=files["bvec"],
-                     tumor_mask=files["tumor_mask"], set=set_name, bids_dir=root)
+                     tumor_mask=files["tumor_mask"], set=set_name, bids_dir=root,
+                     adc=files["adc"], brain_mask=files["brain_mask"])
 
 
 def list_dicom_subjects(dicom_dir: str | os.PathLike) -> list[str]:
@@ -318,6 +339,8 @@ def _scan_files(root: Path, folder: Path, participant: str, session: str | None,
         tumor_mask=tumor_mask,
         set=sets.get(participant, default_set),
         bids_dir=root,
+        adc=_find_image(dwi_dir, f"{entities}_{ADC_MAP}"),
+        brain_mask=_find_image(anat, f"{entities}_desc-brain_mask"),
     )
 
 

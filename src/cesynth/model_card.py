@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats
 
 import cesynth
 from cesynth.evaluate import METRICS, REGIONS
@@ -205,9 +206,10 @@ def _evaluation(summary: pd.DataFrame | None) -> str:
     if summary is None or summary.empty:
         return head + "Not evaluated: the run had no reported subjects (Set A test, Set B).\n"
     text = head + ("Against the acquired CE-T1 on the model grid (`eval/summary.tsv`): mean ± sd "
-                   "over the n reported subjects of each set (the sd is left out for n = 1). "
-                   "Set A is its test split only. The evaluation reports means and standard "
-                   "deviations, no confidence intervals; with small n they are imprecise.\n\n")
+                   "over the n reported subjects of each set, with the 95% confidence interval "
+                   "of the mean in brackets (Student's t with n - 1 degrees of freedom; sd and "
+                   "interval left out for n = 1). Set A is its test split only. With a handful "
+                   "of subjects the intervals are wide: read them before comparing models.\n\n")
     rows = []
     for record in summary.to_dict("records"):
         for region in REGIONS:
@@ -300,7 +302,19 @@ def _mean_sd(record: Mapping[str, Any], region: str, metric: str) -> str:
     sd = math.nan if sd is None else float(sd)
     if math.isinf(mean):
         return "inf"
-    return format_mean_sd(mean, sd, _DIGITS[metric])
+    text = format_mean_sd(mean, sd, _DIGITS[metric])
+    n = int(record.get("n", 0) or 0)
+    if n < 2 or not math.isfinite(sd):
+        return text
+    low, high = mean_confidence_interval(mean, sd, n)
+    return f"{text} [{low:.{_DIGITS[metric]}f}, {high:.{_DIGITS[metric]}f}]"
+
+
+def mean_confidence_interval(mean: float, sd: float, n: int,
+                             level: float = 0.95) -> tuple[float, float]:
+    """The t-based confidence interval of a mean from its sample sd over ``n`` >= 2 values."""
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def _truthy(column: pd.Series) -> pd.Series:

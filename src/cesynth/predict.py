@@ -29,6 +29,11 @@ another cesynth version) in ``PreprocessingDifferences``.
 6. Back to the native T1 grid: linear interpolation weighted by the model-grid brain mask (so
    the brain's edge is not darkened by the zeros outside it), 0 outside the T1 brain mask.
 
+Any input may be a DICOM series folder instead of a NIfTI file: it is converted with dcm2niix
+in the work folder (:func:`cesynth.dicom.convert_series`; no sidecar kept, header text blanked)
+before step 1. Besides the NIfTI output, ``out_dicom`` writes the synthetic image as a DICOM
+series marked synthetic and carrying no patient identity (:mod:`cesynth.synthetic_dicom`).
+
 Intermediate files live in a work folder, temporary unless the caller keeps it; the inputs are
 only read. Everything is computed before anything is written, and the outputs (the image, marked
 synthetic in its header, and its JSON sidecar, which names files by base name only) land
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,6 +57,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from cesynth import dicom, synthetic_dicom
 from cesynth.inference import Generator, provenance_sidecar
 from cesynth.io import InputError, load_nifti, read_json, save_nifti, write_json
 from cesynth.predict_inputs import (
@@ -88,6 +95,8 @@ def predict_patient(
     model: PathLike,
     out: PathLike,
     out_model_grid: PathLike | None = None,
+    out_dicom: PathLike | None = None,
+    dicom_study_from_t1: bool = False,
     brainmask_method: str | None = None,
     model_grid: tuple[int, int, int] | None = None,
     normalise: str | None = None,
@@ -101,17 +110,24 @@ def predict_patient(
     """Synthesize the CE-T1 of a new patient from raw scans and write it on the T1's grid.
 
     Args:
-        t1: the pre-contrast T1 NIfTI (the reference space).
+        t1: the pre-contrast T1 NIfTI (the reference space). Each image input may also be a
+            folder holding one DICOM series.
         t2: the T2 NIfTI; None: missing (synthesized by a cascade model if there is one,
             else zero-filled, if the model takes it).
         adc: an ADC map NIfTI (mm2/s), any grid; exclusive with ``dwi``.
-        dwi: a 4D DWI NIfTI with b = 0, 500, 1000; its ADC is fitted. Needs ``bval``, ``bvec``.
+        dwi: a 4D DWI NIfTI with b = 0, 500, 1000; its ADC is fitted. Needs ``bval``, ``bvec``
+            (for a DICOM series: taken from the series unless given).
         bval: the DWI's FSL ``.bval``.
         bvec: the DWI's FSL ``.bvec``.
         model: a checkpoint file or an MLflow ``runs:/`` or ``models:/`` URI
             (:func:`cesynth.release.resolve_model`).
         out: the synthetic image (``.nii`` or ``.nii.gz``); its sidecar is ``<stem>.json``.
         out_model_grid: also write the model-grid prediction here (with its sidecar).
+        out_dicom: also write the synthetic image as a DICOM series into this folder (absent
+            or empty), marked synthetic, without patient identity.
+        dicom_study_from_t1: file that series with the T1's study (the T1 must be a DICOM
+            series): the patient and study attributes a PACS needs are copied from it into the
+            DICOM files only.
         brainmask_method: overrides the checkpoint's brain-mask method (recorded in the
             sidecar); without it the recorded method must be installed here.
         model_grid: overrides (or, for an old checkpoint, supplies) the model grid.
@@ -143,11 +159,17 @@ def predict_patient(
             the output paths then.
     """
     timer = StepTimer()
-    scans = check_scans(t1, t2, adc, dwi, bval, bvec)
     explicit = check_cascade_files(cascade, use_cascade=use_cascade)
-    targets = _output_paths(out, out_model_grid, scans)
-    t1_img = load_nifti(scans.t1)
+    given = {"t1": t1, "t2": t2, "adc": adc, "dwi": dwi, "bval": bval, "bvec": bvec}
+    series_dirs = [Path(p) for p in given.values() if p is not None and Path(p).is_dir()]
+    if out_dicom is not None:
+        synthetic_dicom.check_output_folder(out_dicom)
+    study = _dicom_study(t1, out_dicom) if dicom_study_from_t1 else None
     with _work_folder(work_dir) as work:
+        with timer("dicom"):
+            scans = check_scans(**_converted_series(given, work / "dicom"))
+        targets = _output_paths(out, out_model_grid, scans, out_dicom, series_dirs)
+        t1_img = load_nifti(scans.t1)
         with timer("load_model"):
             generator = load_model(model, work / "model", device)
         prep = resolve_preprocessing(generator, str(model), model_grid=model_grid,
@@ -164,10 +186,16 @@ def predict_patient(
                                        threads=threads, cascades=cascades)
         filled = _fill_record(generator, lacking, cascades)
         record = _provenance(read_json(result["synthesis"]["sidecar"]), scans, model, prep,
-                             result["mask_info"], registered=list(registered), filled=filled)
+                             result["mask_info"], registered=list(registered), filled=filled,
+                             adc_info=registered.get("adc"))
+        record["DICOMFiledWithT1Study"] = study is not None
+        record["SourceFormat"] = {name: "DICOM series" if Path(path).is_dir() else "NIfTI"
+                                  for name, path in given.items()
+                                  if path is not None and name not in ("bval", "bvec")}
         with timer("write"):
             _write_outputs(targets, result["prediction"], t1_img.affine, record,
-                           result["model_grid_image"] if out_model_grid is not None else None)
+                           result["model_grid_image"] if out_model_grid is not None else None,
+                           study=study)
     return {
         **{key: str(path) for key, path in targets.items()},
         "input_modalities": filled["InputModalities"],
@@ -194,18 +222,47 @@ def predict_patient(
 # ---------------------------------------------------------------- output paths
 
 
-def _output_paths(out: PathLike, out_model_grid: PathLike | None,
-                  scans: Scans) -> dict[str, Path]:
-    """The output files by summary key, checked against each other and against the inputs."""
+def _converted_series(given: Mapping[str, PathLike | None], folder: Path
+                      ) -> dict[str, PathLike | None]:
+    """The inputs with each DICOM series folder replaced by its conversion to NIfTI."""
+    files = dict(given)
+    for name in ("t1", "t2", "adc", "dwi"):
+        if given[name] is None or not Path(given[name]).is_dir():
+            continue
+        converted = dicom.convert_series(given[name], folder / f"{name}_from-dicom")
+        files[name] = converted["image"]
+        if name == "dwi":
+            for gradients in ("bval", "bvec"):
+                files[gradients] = given[gradients] or converted.get(gradients)
+    return files
+
+
+def _dicom_study(t1: PathLike, out_dicom: PathLike | None) -> dict[str, str]:
+    """The T1 series' study attributes for the synthetic series (checked before any work)."""
+    if out_dicom is None:
+        raise InputError("--dicom-study-from-t1", "needs --out-dicom")
+    if not Path(t1).is_dir():
+        raise InputError(t1, "--dicom-study-from-t1 needs the T1 as a DICOM series folder")
+    return synthetic_dicom.study_identity(t1)
+
+
+def _output_paths(out: PathLike, out_model_grid: PathLike | None, scans: Scans,
+                  out_dicom: PathLike | None = None,
+                  series_dirs: Sequence[Path] = ()) -> dict[str, Path]:
+    """The output files by summary key, checked against each other and against the inputs
+    (files, and DICOM series folders: nothing may be written inside one)."""
     targets = {"output": Path(out), "sidecar": sidecar_path(out)}
     if out_model_grid is not None:
         targets.update(output_model_grid=Path(out_model_grid),
                        sidecar_model_grid=sidecar_path(out_model_grid))
+    if out_dicom is not None:
+        targets["output_dicom"] = Path(out_dicom)
     inputs = {_same_file_key(p) for p in scans.files()}
+    sources = [Path(_same_file_key(folder)) for folder in series_dirs]
     seen: set[str] = set()
     for path in targets.values():
         key = _same_file_key(path)
-        if key in inputs:
+        if key in inputs or any(Path(key).is_relative_to(folder) for folder in sources):
             raise InputError(path, "output would overwrite an input")
         if key in seen:
             raise InputError(path, "two outputs share this path")
@@ -268,7 +325,8 @@ def _fill_record(generator: Generator, lacking: Sequence[str],
 
 def _provenance(inference_sidecar: Mapping[str, Any], scans: Scans, model: PathLike,
                 prep: Preprocessing, mask_info: Mapping[str, Any], *,
-                registered: Sequence[str], filled: Mapping[str, Any]) -> dict[str, Any]:
+                registered: Sequence[str], filled: Mapping[str, Any],
+                adc_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The native-space sidecar: the inference provenance with the raw inputs as sources and
     the inputs the patient lacks recorded as not acquired, with how each was filled."""
     record = {key: value for key, value in inference_sidecar.items()
@@ -283,7 +341,7 @@ def _provenance(inference_sidecar: Mapping[str, Any], scans: Scans, model: PathL
             "Registered": list(registered),
             "Registration": "ANTs rigid then affine, Mattes mutual information, seeded",
             "RegistrationSeed": prep.registration_seed,
-            "ADC": _adc_label(scans, prep.adc),
+            "ADC": _adc_label(scans, prep.adc, adc_info),
             "BrainMaskMethod": mask_info["method"],
             "BrainMaskReference": "T1w",
             "ModelGrid": list(prep.model_grid),
@@ -305,22 +363,31 @@ def _model_label(model: PathLike) -> str:
     return text if is_mlflow_uri(text) else Path(text).name
 
 
-def _adc_label(scans: Scans, settings: Mapping[str, Any]) -> str | None:
+def _adc_label(scans: Scans, settings: Mapping[str, Any],
+               info: Mapping[str, Any] | None = None) -> str | None:
     if scans.dwi is not None:
         shells = ", ".join(f"{b:g}" for b in settings["b_values"])
         return (f"fitted from the DWI (b = {shells} s/mm2, tolerance "
                 f"{settings['b_tolerance']:g}), clipped to [{settings['min_adc']:g}, "
                 f"{settings['max_adc']:g}] mm2/s, carried by its b0 registration")
-    return "given map, registered to the T1" if scans.adc is not None else None
+    if scans.adc is None:
+        return None
+    if info is None or "source" not in info:
+        return "given map, registered to the T1"
+    return f"{info['source']} ({info['unit_conversion']}), registered to the T1"
 
 
 def _write_outputs(targets: Mapping[str, Path], prediction: np.ndarray, affine: np.ndarray,
-                   record: Mapping[str, Any], model_grid_img: nib.Nifti1Image | None) -> None:
+                   record: Mapping[str, Any], model_grid_img: nib.Nifti1Image | None, *,
+                   study: Mapping[str, str] | None = None) -> None:
     """Write every output (each atomically); remove those written if a later one fails."""
     writers = [
         (targets["output"], lambda p: save_nifti(prediction, affine, p, synthetic=True)),
         (targets["sidecar"], lambda p: write_json(dict(record), p)),
     ]
+    if "output_dicom" in targets:
+        writers.append((targets["output_dicom"], lambda p: synthetic_dicom.write_synthetic_series(
+            prediction, affine, p, inputs=record["InputModalities"], study=study)))
     if model_grid_img is not None:
         grid_record = {**record, "Space": "model"}
         writers += [
@@ -335,7 +402,10 @@ def _write_outputs(targets: Mapping[str, Path], prediction: np.ndarray, affine: 
             written.append(path)
     except BaseException:
         for path in written:
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         raise
 
 

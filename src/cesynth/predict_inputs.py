@@ -2,8 +2,10 @@
 model's preprocessing, and their registration to the T1 (the reference space).
 
 The T2 is registered to the T1; the ADC is fitted from a DWI at b = 0, 500, 1000
-(:mod:`cesynth.adc`) and carried by the DWI's b0 registration, or a given ADC map is registered
-itself (:mod:`cesynth.registration`, seeded). :class:`StepTimer` times the steps of a prediction.
+(:mod:`cesynth.adc`) and carried by the DWI's b0 registration, or a given ADC (or MD) map is
+brought to mm2/s from whichever unit it is in (:func:`cesynth.adc.convert_adc_map_file`, as the
+workflow does) and registered itself (:mod:`cesynth.registration`, seeded). :class:`StepTimer`
+times the steps of a prediction.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Scans:
     Args:
         t1: the pre-contrast T1.
         t2: the T2, or None.
-        adc: an ADC map (mm2/s), or None.
+        adc: an ADC (or MD) map in mm2/s, 1e-3 or 1e-6 mm2/s or m2/s (detected), or None.
         dwi: a 4D DWI with b = 0, 500, 1000, or None (exclusive with ``adc``).
         bval: the DWI's FSL ``.bval`` (with ``dwi`` only).
         bvec: the DWI's FSL ``.bvec`` (with ``dwi`` only).
@@ -240,6 +242,13 @@ def _brainmask_method(recorded: str | None, requested: str | None, who: str,
         if recorded is not None and used != recorded:
             overrides["BrainMaskMethod"] = {"Recorded": recorded, "Used": used}
         return used
+    if recorded in brainmask.DECLARED_METHODS:
+        what = ("their nonzero region" if recorded == "nonzero"
+                else "the dataset's own brain masks")
+        raise InputError(who, f"the model was trained on images declared skull-stripped (brain "
+                              f"masks: {what}); give skull-stripped scans and pass "
+                              "--brainmask-method nonzero, or pass --brainmask-method METHOD "
+                              "to extract the brain (the sidecar records the override)")
     if recorded in (None, "auto"):  # a format-1 record: the method was resolved in training
         used = _installed("auto")
         differences["BrainMaskMethod"] = {
@@ -334,13 +343,21 @@ def unused_inputs(scans: Scans, wanted: Sequence[str]) -> list[str]:
 
 
 def _register_adc(scans: Scans, out_path: Path, work: Path, timer: StepTimer, *,
-                  threads: int, seed: int, settings: Mapping[str, Any]) -> dict[str, float]:
-    """Bring the ADC to the T1 grid: fitted from the DWI and carried by its b0, or registered."""
+                  threads: int, seed: int, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Bring the ADC to the T1 grid: fitted from the DWI and carried by its b0, or a given map
+    brought to mm2/s (:func:`cesynth.adc.convert_adc_map_file`, the workflow's conversion, with
+    the model's clip limits) and registered itself."""
     if scans.dwi is None:
+        given = work / "adc_mm2s.nii.gz"
+        with timer("convert_adc"):
+            stats = adc_fit.convert_adc_map_file(scans.adc, given, min_adc=settings["min_adc"],
+                                                 max_adc=settings["max_adc"])
         with timer("register_adc"):
-            return _mi(registration.register_to_reference(
-                scans.t1, scans.adc, out_path, work / "from-adc_to-T1w_xfm.mat",
-                threads=threads, seed=seed))
+            return {**_mi(registration.register_adc_map_to_reference(
+                scans.t1, given, out_path, work / "from-adc_to-T1w_xfm.mat",
+                threads=threads, seed=seed)),
+                "source": stats.source, "unit": stats.unit,
+                "unit_conversion": stats.unit_conversion}
     dwi_adc = work / "adc.nii.gz"
     with timer("fit_adc"):
         adc_fit.fit_adc_file(scans.dwi, scans.bval, scans.bvec, dwi_adc,

@@ -13,7 +13,11 @@ training subjects, which say what actually ran (``auto`` resolved to ``fsl``, ``
   spelled out, :func:`cesynth.normalise.normaliser_options`).
 * ``brainmask`` (the method that ran on every training subject), ``brainmask_requested`` (the
   configured one, e.g. ``auto``) and ``brainmask_reference``: the image the masks were computed
-  from, ``ceT1w`` (the paper's choice) or ``T1w`` (the T1 registered to the CE-T1 grid).
+  from, ``ceT1w`` (the paper's choice) or ``T1w`` (the T1 registered to the CE-T1 grid). For a
+  dataset declared skull-stripped (``ingest.skull_stripped``) ``brainmask_requested`` is
+  ``skull-stripped`` and ``brainmask`` is ``nonzero`` (the nonzero region) or ``provided`` (the
+  dataset's own masks): no brain extraction ran, and predict refuses such a model unless told
+  the new scans are skull-stripped too (``--brainmask-method nonzero``).
 * ``adc``: ``b_values``, ``b_tolerance`` (s/mm2), ``min_adc``, ``max_adc`` (mm2/s, the clip
   limits) and ``weighting`` of the fit (:func:`cesynth.adc.fit_adc_file`).
 * ``modalities`` (the model's input order) and ``target``.
@@ -35,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from cesynth import __version__
-from cesynth.brainmask import CONCRETE_METHODS, METHODS, REFERENCES
+from cesynth.brainmask import (
+    CONCRETE_METHODS,
+    DECLARED_METHODS,
+    METHODS,
+    REFERENCES,
+    SKULL_STRIPPED,
+)
 from cesynth.io import InputError, read_json
 from cesynth.normalise import SLICE_AXIS, normaliser_options
 
@@ -64,15 +74,17 @@ def requested_settings(config: Mapping[str, Any]) -> dict[str, Any]:
             ``adc``, ``registration``).
 
     Returns:
-        ``model_grid``, ``normalise``, ``brainmask`` (the configured method),
+        ``model_grid``, ``normalise``, ``brainmask`` (the configured method, or
+        ``skull-stripped`` when ``ingest.skull_stripped`` declares the dataset so),
         ``brainmask_reference``, ``adc`` (b-values, tolerance, clip limits) and
         ``registration`` (its seed): the input of :func:`preprocessing_record`.
     """
     ingest, adc = config["ingest"], config["adc"]
+    skull_stripped = bool(ingest.get("skull_stripped", False))
     return {
         "model_grid": [int(n) for n in config["model_grid"]["shape"]],
         "normalise": config["normalise"]["method"],
-        "brainmask": config["brainmask"]["method"],
+        "brainmask": SKULL_STRIPPED if skull_stripped else config["brainmask"]["method"],
         "brainmask_reference": config["brainmask"]["reference"],
         "adc": {"b_values": [float(b) for b in ingest["b_values"]],
                 "b_tolerance": float(ingest["b_tolerance"]),
@@ -141,7 +153,9 @@ def resolve_training_masks(mask_sidecars: Sequence[PathLike], requested_method: 
     Args:
         mask_sidecars: one sidecar per subject (``Method``, ``Reference``); empty: the requested
             method must then be a concrete one.
-        requested_method: the configured method (a :data:`cesynth.brainmask.METHODS` name).
+        requested_method: the configured method (a :data:`cesynth.brainmask.METHODS` name), or
+            :data:`cesynth.brainmask.SKULL_STRIPPED` (then the sidecars must name one of
+            :data:`cesynth.brainmask.DECLARED_METHODS`).
         reference: the configured reference image (a :data:`cesynth.brainmask.REFERENCES` kind).
 
     Returns:
@@ -150,20 +164,28 @@ def resolve_training_masks(mask_sidecars: Sequence[PathLike], requested_method: 
     Raises:
         InputError: the subjects differ in method or reference, or disagree with the request.
     """
-    if requested_method not in METHODS:
+    declared = requested_method == SKULL_STRIPPED
+    if requested_method not in METHODS and not declared:
         raise InputError("brainmask.method", f"unknown method {requested_method!r}")
     if reference not in REFERENCES:
         raise InputError("brainmask.reference", f"unknown reference {reference!r}; expected one "
                                                 f"of {', '.join(REFERENCES)}")
     if not mask_sidecars:
-        if requested_method not in CONCRETE_METHODS:
+        if requested_method not in CONCRETE_METHODS + ("nonzero",):
             raise InputError("brain masks", f"method {requested_method!r} cannot be resolved "
                                             "without the training subjects' mask sidecars")
         return {"method": requested_method, "reference": reference}
     sidecars = {Path(p).name: read_json(p) for p in mask_sidecars}
     method = _the_one("Method", sidecars, "masked by different methods")
     found_reference = _the_one("Reference", sidecars, "masked from different images")
-    if requested_method != "auto" and method != requested_method:
+    if declared and method not in DECLARED_METHODS:
+        raise InputError("brain masks", f"the training subjects were masked with {method}, "
+                                        "but ingest.skull_stripped declares the dataset "
+                                        "skull-stripped (masks nonzero or provided)")
+    if not declared and method in DECLARED_METHODS:
+        raise InputError("brain masks", f"the training subjects' masks are {method} (declared "
+                                        "skull-stripped), but ingest.skull_stripped is false")
+    if not declared and requested_method != "auto" and method != requested_method:
         raise InputError("brain masks", f"the training subjects were masked with {method}, "
                                         f"not {requested_method} as brainmask.method says")
     if found_reference != reference:

@@ -163,6 +163,48 @@ def register_dwi_to_reference(
                                   xfm_path, threads=threads, seed=seed)
 
 
+ADC_MAP_STAGES: tuple[str, ...] = ("Rigid",)
+ADC_MAP_CAP = 2.0
+"""A given ADC map (no b0 to register) is registered on a copy capped at this many times its
+median: CSF (about 3e-3 mm2/s) would otherwise crush the tissue contrast into a few histogram
+bins. Rigid only: the map's contrast against a T1 is too weak for the affine stage's six more
+degrees of freedom (on the phantom the affine drifted by 20 mm, rigid on the capped copy was
+within 1.1 mm of the truth, as the DWI's b0 route)."""
+
+ADC_MAP_METHOD = "ANTs rigid of the ADC map (capped at 2x its median)"
+"""The registration QC's ``method`` for a given ADC map."""
+
+
+def register_adc_map_to_reference(
+    fixed_path: PathLike,
+    adc_path: PathLike,
+    out_path: PathLike,
+    xfm_path: PathLike,
+    *,
+    threads: int = 1,
+    seed: int = 0,
+) -> RegistrationResult:
+    """Register a given ADC (or MD) map itself to the CE-T1 (or the T1): rigid, on a copy
+    capped at :data:`ADC_MAP_CAP` times its median, then the map itself resampled linearly.
+
+    The workflow (scans with a given map and no DWI) and ``cesynth predict --adc`` both use it.
+
+    Args:
+        fixed_path: the reference NIfTI.
+        adc_path: the ADC map in mm2/s (:func:`cesynth.adc.convert_adc_map_file`), 3D.
+        out_path: the map on the fixed grid, float32.
+        xfm_path: the ANTs ``.mat`` (fixed physical space -> the map's).
+        threads: ITK threads.
+        seed: random seed for the metric sampling.
+
+    Returns:
+        The :class:`RegistrationResult` (MI of the capped copy against the fixed image).
+    """
+    return _register_and_resample(fixed_path, adc_path, None, adc_path, out_path, xfm_path,
+                                  threads=threads, seed=seed, stages=ADC_MAP_STAGES,
+                                  cap_median=ADC_MAP_CAP)
+
+
 def _register_and_resample(
     fixed_path: PathLike,
     moving_path: PathLike,
@@ -173,8 +215,11 @@ def _register_and_resample(
     *,
     threads: int,
     seed: int,
+    stages: Sequence[str] = _STAGES,
+    cap_median: float | None = None,
 ) -> RegistrationResult:
-    """Register ``moving`` to ``fixed``, then resample ``carried`` (default: moving) onto it."""
+    """Register ``moving`` to ``fixed``, then resample ``carried`` (default: moving) onto it;
+    ``cap_median``: the moving image is capped at that many times its positive median first."""
     start = time.perf_counter()
     fixed_nii = load_nifti(fixed_path)
     moving_nii = load_nifti(moving_path)
@@ -182,16 +227,76 @@ def _register_and_resample(
     # Every ANTs object is made inside the settings block: ITK fixes its threads at first use.
     with _ants_settings(threads, seed), tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
         fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
-        moving = _nifti_to_ants(_volume(moving_nii, moving_path, moving_volume), moving_nii.affine)
+        moving_data = _volume(moving_nii, moving_path, moving_volume)
+        if cap_median is not None and np.any(moving_data > 0):
+            cap = cap_median * float(np.median(moving_data[moving_data > 0]))
+            moving_data = np.minimum(moving_data, np.float32(cap))
+        moving = _nifti_to_ants(moving_data, moving_nii.affine)
         _check_contrast(fixed, fixed_path)
         _check_contrast(moving, moving_path)
         carried = moving
         if carried_nii is not None:
             carried = _nifti_to_ants(_volume(carried_nii, carried_path, None), carried_nii.affine)
-        mi_before, mi_after, xfm_tmp = _register(fixed, moving, moving_path, Path(work))
+        mi_before, mi_after, xfm_tmp = _register(fixed, moving, moving_path, Path(work), stages)
         warped = _apply(fixed, carried, xfm_tmp, "linear")
         _write_outputs(warped, fixed_nii.affine, out_path, xfm_tmp, xfm_path)
     return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_path),
+                              time.perf_counter() - start)
+
+
+IDENTITY_METHOD = "identity (declared co-registered)"
+"""The registration QC's ``method`` for images declared co-registered (``ingest.coregistered``)."""
+
+
+def identity_to_reference(
+    fixed_path: PathLike,
+    moving_path: PathLike,
+    out_path: PathLike,
+    xfm_path: PathLike,
+    *,
+    who: str | None = None,
+) -> RegistrationResult:
+    """The registration of an image declared co-registered: checked to be on the fixed grid,
+    copied there (float32) with an identity ANTs transform, so every consumer of the registered
+    image and of the ``.mat`` works as after a real registration.
+
+    Args:
+        fixed_path: the reference NIfTI (native CE-T1).
+        moving_path: the image declared on its grid (3D).
+        out_path: where the image goes, on the fixed grid's affine, float32.
+        xfm_path: where the identity ANTs ``.mat`` goes.
+        who: names the subject in the error (``sub-01``), which then reads
+            ``who: <file>: not on the CE-T1 grid: ...``.
+
+    Returns:
+        The :class:`RegistrationResult`, MI before and after both the MI on the given grid.
+
+    Raises:
+        InputError: the image is not on the fixed grid (same shape and affine within
+            :data:`cesynth.io.GRID_ATOL_MM`), or is not 3D.
+    """
+    from cesynth.io import check_same_grid
+
+    start = time.perf_counter()
+    fixed_nii, moving_nii = load_nifti(fixed_path), load_nifti(moving_path)
+    name = Path(moving_path).name
+    hint = "ingest.coregistered declares every input on it; register it or set it to false"
+    try:
+        check_same_grid(moving_nii, fixed_nii, name, "the CE-T1", hint=hint)
+        data = _volume(moving_nii, name, None)
+    except InputError as err:
+        if who is None:
+            raise
+        raise InputError(who, f"{name}: {err.problem}") from err
+    with _ants_settings(1, 0):
+        fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
+        moving = _nifti_to_ants(data, fixed_nii.affine)
+        mi = _mutual_information(fixed, moving)
+        identity = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+        with atomic_path(xfm_path) as xfm_stage, atomic_path(out_path) as image_stage:
+            ants.write_transform(identity, str(xfm_stage))
+            save_nifti(data, fixed_nii.affine, image_stage, dtype=np.float32)
+    return RegistrationResult(mi, mi, Path(xfm_path), Path(out_path),
                               time.perf_counter() - start)
 
 
@@ -398,12 +503,12 @@ def _ants_settings(threads: int, seed: int) -> Iterator[None]:
 
 
 def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, moving_path: PathLike,
-              work: Path) -> tuple[float, float, Path]:
+              work: Path, stages: Sequence[str] = _STAGES) -> tuple[float, float, Path]:
     """Run rigid then affine; return MI before, MI after and the temporary ``.mat``."""
     mi_before = _mutual_information(fixed, ants.resample_image_to_target(moving, fixed, "linear"))
     initial: list[str] | None = None  # None: ANTs aligns the centres of mass first
     try:
-        for stage in _STAGES:
+        for stage in stages:
             result = ants.registration(
                 fixed, moving, type_of_transform=stage, initial_transform=initial,
                 outprefix=str(work / f"{stage.lower()}_"), aff_metric=_METRIC,
@@ -458,6 +563,7 @@ def write_qc_row(
     *,
     truth_json: PathLike | None = None,
     truth_mask: PathLike | None = None,
+    method: str | None = None,
 ) -> dict[str, float]:
     """Write one registration's QC row; with phantom ground truth, add the displacement error.
 
@@ -468,6 +574,9 @@ def write_qc_row(
         out_tsv: the one-row QC table to write.
         truth_json: the phantom's ``desc-transforms.json`` (``ceT1w_to_<modality>``), if known.
         truth_mask: the true brain mask on the CE-T1 grid, over which the error is averaged.
+        method: how the image was brought to the CE-T1 (a ``method`` column, e.g.
+            :data:`IDENTITY_METHOD`, which also drops the ``mi_not_improved`` flag: nothing was
+            optimised); None for none.
 
     Returns:
         The metrics of the row (for MLflow).
@@ -483,7 +592,8 @@ def write_qc_row(
         error = displacement_error_mm(result.transform_path, true_matrix, truth_mask)
         metrics["truth_mean_displacement_mm"] = error["mean_mm"]
         metrics["truth_max_displacement_mm"] = error["max_mm"]
-    flags = {"mi_not_improved": result.mi_after <= result.mi_before}
-    qc.write_row(qc.qc_row("registration", scan_id, {"modality": modality, **metrics}, flags),
-                 out_tsv)
+    flags = {} if method == IDENTITY_METHOD else {
+        "mi_not_improved": result.mi_after <= result.mi_before}
+    named = {"modality": modality, **({"method": method} if method else {})}
+    qc.write_row(qc.qc_row("registration", scan_id, {**named, **metrics}, flags), out_tsv)
     return {**metrics, **{name: float(flag) for name, flag in flags.items()}}

@@ -84,7 +84,9 @@ from cesynth.checkpoint import (
     CHECKPOINT_LATEST,
     check_resumable,
     check_trunk,
+    keep_best,
     read_checkpoint,
+    restore_best,
     restore_rng_states,
     rng_states,
     run_fingerprint,
@@ -281,6 +283,8 @@ class Trainer:
         _check_grid_fits(self.raw_model, self.dataset, self.settings)
         if self.latest_path.exists():
             self.load_checkpoint(self.latest_path)
+            if self.context.is_main:
+                restore_best(self.best_path)
         elif self.start_from is not None:
             self.load_trunk(self.start_from)
         self._apply_stage()
@@ -389,6 +393,8 @@ class Trainer:
         self.save_checkpoint(self.latest_path)
         if improved:
             self.save_checkpoint(self.best_path)
+            if self.context.is_main:
+                keep_best(self.best_path)
 
     def on_train_end(self) -> dict[str, Any]:
         """Plot the curves, write the metrics JSON, log the best model; return the summary.

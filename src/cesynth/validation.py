@@ -1,6 +1,7 @@
 """Check every input file of one scan (full read) before any work is done on it: presence of
 the required images, finite values, sane affines and voxel sizes, DWI volumes with matching
-b-values and gradient directions, and a binary tumor mask on the CE-T1 grid.
+b-values and gradient directions (or a 3D ADC map in their place), and binary tumor and brain
+masks on the CE-T1 grid.
 
 The first problem raises :class:`~cesynth.io.InputError`; nothing here writes a file (the
 reports are written by :mod:`cesynth.ingest_report`).
@@ -58,9 +59,14 @@ def validate_scan(
     if scan.dwi is not None:
         report.update(_check_dwi(scan, who, b_values, b_tolerance))
         files["dwi"] = report.pop("file")
+    elif scan.adc is not None:
+        files["adc"] = _check_adc_map(who, scan.adc)
     if scan.tumor_mask is not None:
         mask = _check_tumor_mask(who, scan.tumor_mask, grids.get("ceT1w"))
         files["tumor_mask"] = _file_entry(scan.tumor_mask, mask)
+    if scan.brain_mask is not None:
+        mask = _check_mask(who, scan.brain_mask, grids.get("ceT1w"), "brain mask")
+        files["brain_mask"] = _file_entry(scan.brain_mask, mask)
     return {
         "scan_id": scan.scan_id, "participant": scan.participant, "session": scan.session,
         "set": scan.set, "status": "included", "reason": None,
@@ -188,7 +194,19 @@ def _check_b_values(who: str, path: Path, bvals: np.ndarray, required_b: Sequenc
     return shells
 
 
+def _check_adc_map(who: str, path: Path) -> dict[str, Any]:
+    """A given ADC (or MD) map: finite, 3D, sane voxel size, not constant (its unit is decided
+    when it is converted, :func:`cesynth.adc.convert_adc_map_file`)."""
+    img, data = _load_checked(who, path)
+    _check_anatomy(who, path, img, data)
+    return _file_entry(path, img)
+
+
 def _check_tumor_mask(who: str, path: Path, target: Any | None) -> Any:
+    return _check_mask(who, path, target, "tumor mask")
+
+
+def _check_mask(who: str, path: Path, target: Any | None, what: str) -> Any:
     img, data = _load_checked(who, path)
     if not (data.ndim == 3 or (data.ndim == 4 and data.shape[3] == 1)):
         raise _fail(who, path, f"expected a 3D mask, got shape {tuple(data.shape)}")
@@ -198,7 +216,7 @@ def _check_tumor_mask(who: str, path: Path, target: Any | None) -> Any:
         shown = ", ".join(f"{v:g}" for v in values)
         raise _fail(who, path, f"not a binary mask (values other than 0 and 1: {shown})")
     if not np.any(data > 0.5):
-        raise _fail(who, path, "empty tumor mask (no voxel is 1)")
+        raise _fail(who, path, f"empty {what} (no voxel is 1)")
     if target is not None:
         _check_same_grid(who, path, img, target)
     return img

@@ -15,6 +15,7 @@ from cesynth.io import save_nifti, write_json
 from cesynth.models import model_from_settings
 from cesynth.normalise import normalise
 from cesynth.settings import TrainSettings
+from cesynth.train import train
 
 TINY_GRID = (32, 40, 32)
 
@@ -55,3 +56,14 @@ def stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) 
     state["output_conv.weight"] = state["output_conv.weight"] * scale
     state["output_conv.bias"] = (state["output_conv.bias"] - low) * scale
     torch.save(checkpoint, checkpoint_path)
+
+
+def trained_checkpoint(root: Path, settings: dict, preprocessing: dict) -> Path:
+    """A tiny model trained briefly on one cached subject (no validation), its output layer
+    stretched (:func:`stretch_output`), its checkpoint recording ``preprocessing``."""
+    torch.set_num_threads(1)
+    cache = cached_training_subject(root, np.random.default_rng(0))
+    train_settings = TrainSettings.from_dict(settings)
+    summary = train([cache], [], root / "run", train_settings, preprocessing=preprocessing)
+    stretch_output(summary["checkpoint_best"], train_settings, cache)
+    return Path(summary["checkpoint_best"])

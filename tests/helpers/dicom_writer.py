@@ -21,6 +21,12 @@ FAKE_IDENTIFIERS = {
     "SeriesDate": "20230405",
     "AcquisitionDate": "20230405",
     "ContentDate": "20230405",
+    # free text and times that dcm2niix carries into NIfTI headers (aux_file, descrip) and
+    # sidecars unless they are scrubbed
+    "ImageComments": "CommentSecret77",
+    "StudyDescription": "StudyDescSecret88",
+    "AcquisitionTime": "101520",
+    "ContentTime": "101521",
 }
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
