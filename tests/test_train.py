@@ -451,3 +451,12 @@ def test_validation_scores_as_evaluation_does(run_a, caches):
     assert epochs[-1]["psnr"] == pytest.approx(scores["psnr"], abs=1e-4)
     assert epochs[-1]["ssim"] == pytest.approx(scores["ssim"], abs=1e-5)
     assert epochs[-1]["mae"] == pytest.approx(scores["mae"], abs=1e-6)
+
+
+def test_a_run_without_training_subjects_says_why():
+    from cesynth.io import InputError
+    from cesynth.train import check_training_subjects
+
+    with pytest.raises(InputError, match="no Set A training scans: every scan is in Set B"):
+        check_training_subjects([])
+    check_training_subjects(["results/train/cache/sub-01"])

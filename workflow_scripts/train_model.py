@@ -20,6 +20,7 @@ def caches(folders):
 
 
 def work():
+    train.check_training_subjects(snakemake.input.train)
     model = TrainSettings.from_dict(settings)
     record = preprocessing.preprocessing_record(
         snakemake.params.preprocessing, modalities=model.modalities, target=model.target,

@@ -265,7 +265,10 @@ def planned_scans(source_dir: str | os.PathLike, bids_dir: str | os.PathLike, la
         scans.append(replace(
             scan, dwi=None, bval=None, bvec=None,
             t2w=scan.t2w if "T2w" in plan.files else None,
-            tumor_mask=scan.tumor_mask if plan.has_segmentation else None,
+            # the import writes a case's mask whatever its set (Set A test scans are then
+            # scored in the tumor too)
+            tumor_mask=(ingest.expected_scan(bids_dir, plan.label, "B").tumor_mask
+                        if plan.has_segmentation else None),
             adc=sub / "dwi" / f"sub-{plan.label}_adc.nii.gz" if plan.diffusion else None,
             brain_mask=(sub / "anat" / f"sub-{plan.label}_desc-brain_mask.nii.gz"
                         if "brain" in plan.files else None)))

@@ -696,6 +696,19 @@ def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
         return trainer.fit()
 
 
+def check_training_subjects(train_caches: Sequence[str | Path]) -> None:
+    """Refuse a training run without training subjects, naming why there are none.
+
+    Raises:
+        InputError: ``train_caches`` is empty.
+    """
+    if not train_caches:
+        raise InputError("training", "no Set A training scans: every scan is in Set B or in "
+                                     "the validation or test split (Set A participants come "
+                                     "from participants.tsv's set column, or `cesynth import "
+                                     "--set A`)")
+
+
 def train_from_files(train_caches: Sequence[str | Path], val_caches: Sequence[str | Path],
                      out_dir: str | Path, config: Mapping[str, Any],
                      preprocessing: Mapping[str, Any] | None = None,
