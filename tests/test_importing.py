@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers.bids_builder import tree_fingerprint
-from helpers.workflow import CESYNTH, dry_run_jobs
+from helpers.workflow import CESYNTH, REPO, dry_run_jobs, snakemake
 
 from cesynth import importing
 from cesynth.io import InputError, read_tsv
@@ -312,3 +312,35 @@ def test_segmentation_without_the_chosen_labels_gives_no_mask_and_set_a(tmp_path
     whole = importing.import_layout(tmp_path / "src", tmp_path / "whole", "brats",
                                     tumor_labels="whole")
     assert whole["imported"]["BraTSGLI00009000"]["set"] == "B"
+
+
+@pytest.mark.slow
+def test_an_imported_ucsf_pdgm_cohort_runs_to_evaluation_and_release(tmp_path):
+    """The workflow from a phantom in the UCSF-PDGM layout: imported first (Set A, so it
+    trains), declared co-registered and skull-stripped, the scanner's ADC maps used as given."""
+    source = tmp_path / "ucsf"
+    subprocess.run([CESYNTH, "phantom", "--out", str(source), "--subjects", "3", "--set-b", "1",
+                    "--voxel-mm", "4", "--layout", "ucsf-pdgm"], check=True, capture_output=True)
+    small = yaml.safe_load((REPO / "config/profiles/demo-small.yaml").read_text())
+    config = {key: value for key, value in small.items()
+              if key not in ("demo", "bids_dir", "results_dir")}
+    results = tmp_path / "results"
+    config |= {"bids_dir": str(tmp_path / "bids"), "results_dir": str(results),
+               "demo": {"enabled": False}, "import_dir": str(source),
+               "import": {"layout": "ucsf-pdgm", "set": "A"},
+               "ingest": {"coregistered": True, "skull_stripped": True},
+               "release": {"gates": {"require_score": False}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(path))
+    assert set(read_tsv(results / "qc" / "registration.tsv")["method"]) == {
+        "identity (declared co-registered)"}
+    assert set(read_tsv(results / "qc" / "brainmask.tsv")["method"]) == {"provided"}
+    assert set(read_tsv(results / "qc" / "adc.tsv")["source"]) == {"given ADC map"}
+    # sub-UCSFPDGM0001 is the Set A test split: scored in the brain and in its tumor
+    metrics = json.loads((results / "eval" / "default" / "sub-UCSFPDGM0001"
+                          / "sub-UCSFPDGM0001_metrics.json").read_text())
+    assert metrics["brain"]["psnr"] > 0 and "tumor" in metrics
+    assert json.loads((results / "release" / "default.json").read_text())["version"] == 1
+    status = read_tsv(results / "qc" / "status.tsv")
+    assert set(status["state"]) <= {"done", "not needed"}
