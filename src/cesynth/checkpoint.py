@@ -228,13 +228,7 @@ def run_fingerprint(settings: TrainSettings, train_caches: Sequence[Path],
 
 def keep_best(best: Path) -> None:
     """Link (or copy) the best checkpoint to :data:`BEST_KEPT` beside it, atomically."""
-    kept = best.with_name(BEST_KEPT)
-    with atomic_path(kept) as tmp:
-        tmp.unlink()
-        try:
-            os.link(best, tmp)
-        except OSError:  # a filesystem without hard links
-            shutil.copyfile(best, tmp)
+    _link_or_copy(best, best.with_name(BEST_KEPT))
 
 
 def restore_best(best: Path) -> bool:
@@ -246,15 +240,21 @@ def restore_best(best: Path) -> bool:
     kept = best.with_name(BEST_KEPT)
     if best.exists() or not kept.exists():
         return False
-    with atomic_path(best) as tmp:
-        tmp.unlink()
-        try:
-            os.link(kept, tmp)
-        except OSError:
-            shutil.copyfile(kept, tmp)
+    _link_or_copy(kept, best)
     _log.warning("%s: restored from %s (deleted after it was written; the run resumes past its "
                  "best epoch)", best, kept.name)
     return True
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """A second hard link to ``source`` at ``destination`` (a copy on filesystems without hard
+    links), put in place atomically."""
+    with atomic_path(destination) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def set_aside_stale_checkpoints(out_dir: Path, fingerprint: str) -> bool:
