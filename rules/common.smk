@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -19,12 +20,18 @@ from cesynth import (  # noqa: E402
     splits,
     status,
     tracking,
+    workflow_config,
 )
 from cesynth.adc import adc_sidecar_path  # noqa: E402
 from cesynth.io import bids_path, one_line_error  # noqa: E402
 from cesynth.jobs import ENV_EXPERIMENT, ENV_RESULTS_DIR, ENV_TRACKING_URI  # noqa: E402
 
-validate(config, schema="../config/config.schema.yaml")
+# --config nested values arrive as strings: typed by the schema first; a bad value is one line
+workflow_config.coerce_command_line_values(config, f"{workflow.basedir}/config/config.schema.yaml")
+try:
+    validate(config, schema="../config/config.schema.yaml")
+except WorkflowError as err:
+    workflow_config.exit_on_schema_error(err)
 
 BIDS = config["bids_dir"]
 RESULTS = config["results_dir"]
@@ -623,6 +630,50 @@ def get_evaluation_tumor_mask(wildcards):
     }
 
 
+def get_validation_scans():
+    """The Set A validation scans: they choose (checkpoints, the enhancement threshold), never
+    report."""
+    return [scan_id for scan_id in SCANS if get_split(scan_id) == "validation"]
+
+
+def get_threshold_inputs(wildcards):
+    """Per validation scan, aligned lists: the model's synthetic CE-T1, the normalised T1 and
+    CE-T1 and the brain mask (the enhancement threshold is chosen on them only)."""
+    scans = get_validation_scans()
+    norm = rules.normalise_to_model_grid.output.image
+    return {
+        "synthetic": [get_synthetic_path(wildcards.model, s) for s in scans],
+        "t1": [path_of(norm, subject=s, modality="T1w") for s in scans],
+        "cet1": [path_of(norm, subject=s, modality="ceT1w") for s in scans],
+        "masks": paths_of(rules.resample_mask_to_model_grid.output.mask, subject=scans),
+    }
+
+
+def get_enhancement_inputs(wildcards):
+    """What the enhancement endpoints of a CE-T1 model read: the normalised T1, the model's
+    threshold and, for a phantom subject, its lesion truth; nothing for a cascade model."""
+    if wildcards.model not in EVALUATED:
+        return {}
+    inputs = {
+        "t1": path_of(
+            rules.normalise_to_model_grid.output.image, subject=wildcards.subject, modality="T1w"
+        ),
+        "threshold": path_of(
+            rules.choose_enhancement_threshold.output.threshold, model=wildcards.model
+        ),
+    }
+    if get_phantom_truth(wildcards, "true_enhancing"):
+        lesions = rules.resample_enhancing_truth_to_model_grid.output
+        inputs["lesion_labels"] = path_of(lesions.labels, subject=wildcards.subject)
+        inputs["lesion_sidecar"] = path_of(lesions.sidecar, subject=wildcards.subject)
+    return inputs
+
+
+def get_enhancing_truth(wildcards):
+    """The phantom's ground-truth enhancing mask (native CE-T1 grid)."""
+    return get_phantom_truth(wildcards, "true_enhancing")["true_enhancing"]
+
+
 def get_evaluation_metrics(wildcards):
     """Every scored (model, subject): the CE-T1 models, conditions and floors, the cascade."""
     pairs = [(model, s) for model in EVALUATED for s in get_evaluation_scans()]
@@ -690,6 +741,7 @@ def get_study_targets():
         path_of(rules.tabulate_evaluation.output.tables),
         path_of(rules.tabulate_paper.output.tables),
         path_of(rules.plot_synthesis_panel.output.panel),
+        path_of(rules.plot_lesion_sensitivity.output.figure),
     ]
 
 
@@ -748,6 +800,9 @@ def get_status_scans():
             split=get_split(scan_id),
             modalities=scan.available_modalities(),
             tumor_mask=scan.tumor_mask is not None,
+            phantom_truth=bool(
+                get_phantom_truth(SimpleNamespace(subject=scan_id), "true_enhancing")
+            ),
         )
         for scan_id, scan in SCANS.items()
     ]
@@ -760,6 +815,17 @@ def refresh_status():
         status.write_status(RESULTS, get_status_scans(), list(EVALUATED) + get_cascade_models())
     except Exception as err:
         print(f"warning: {QC}/status.tsv not refreshed: {one_line_error(err)}", file=sys.stderr)
+
+
+def end_stale_runs():
+    """This invocation's runs left RUNNING by a job killed outright (SIGKILL) end KILLED; not
+    with --immediate-submit, where the jobs outlive this process. Never masks the run's outcome."""
+    if workflow.remote_execution_settings.immediate_submit:
+        return
+    try:
+        tracking.end_stale_runs(TRACKING_URI, config["mlflow"]["experiment"])
+    except Exception as err:
+        print(f"warning: MLflow runs not ended: {one_line_error(err)}", file=sys.stderr)
 
 
 onstart:
@@ -776,6 +842,7 @@ onsuccess:
         SPLIT_FRACTIONS,
     )
     refresh_status()
+    end_stale_runs()
 
 
 onerror:
@@ -785,3 +852,4 @@ onerror:
         SPLIT_FRACTIONS,
     )
     refresh_status()
+    end_stale_runs()

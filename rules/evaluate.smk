@@ -1,6 +1,7 @@
-# Evaluation: every model synthesizes the reported subjects (Set A test, Set B; never the
-# validation subjects, which only select), scored in the brain and, for Set B, in the tumor.
-# Input conditions (zeroed or cascade-filled inputs) and floors (no deep model) are scored alike.
+# Evaluation: every model synthesizes the reported subjects (Set A test, Set B), scored in the
+# brain and, for Set B, in the tumor. Input conditions (zeroed or cascade-filled inputs) and floors
+# (no deep model) are scored alike. The Set A validation subjects are synthesized too, but only to
+# choose each model's threshold on the synthetic enhancement; they are never scored or reported.
 
 
 rule resample_tumor_mask_to_model_grid:
@@ -23,6 +24,29 @@ rule resample_tumor_mask_to_model_grid:
         "../envs/cesynth.yaml"
     script:
         "../workflow_scripts/resample_tumor_mask_to_model_grid.py"
+
+
+rule resample_enhancing_truth_to_model_grid:
+    """A phantom subject's true enhancing lesions, labelled and moved to the model grid."""
+    input:
+        mask=get_enhancing_truth,
+    output:
+        labels=preproc("anat", "dseg", space="model", desc="enhancing"),
+        sidecar=preproc("anat", "dseg", space="model", desc="enhancing", ext=".json"),
+    log:
+        f"{LOGS}/resample_enhancing_truth_to_model_grid/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/resample_enhancing_truth_to_model_grid/sub-{{subject}}.tsv"
+    params:
+        shape=config["model_grid"]["shape"],
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(5),
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/resample_enhancing_truth_to_model_grid.py"
 
 
 rule synthesize_evaluation_subject:
@@ -133,11 +157,37 @@ rule synthesize_floor:
         "../workflow_scripts/synthesize_floor.py"
 
 
+rule choose_enhancement_threshold:
+    """A model's threshold on its synthetic enhancement (Youden's J), on validation subjects only."""
+    input:
+        unpack(get_threshold_inputs),
+    output:
+        threshold=f"{EVAL}/{{model}}/enhancement_threshold.json",
+    log:
+        f"{LOGS}/choose_enhancement_threshold/{{model}}.log",
+    benchmark:
+        f"{BENCH}/choose_enhancement_threshold/{{model}}.tsv"
+    wildcard_constraints:
+        model=_constraint(EVALUATED),
+    params:
+        delta=config["train"]["delta"],
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(10),
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/choose_enhancement_threshold.py"
+
+
 rule score_evaluation_subject:
-    """MAE, PSNR and SSIM of one synthetic image in the brain (and the tumor for Set B)."""
+    """MAE, PSNR and SSIM of one synthetic image in the brain (and the tumor for Set B), and
+    for a CE-T1 model the enhancement, lesion and BraSyn endpoints."""
     input:
         unpack(get_scored_image),
         unpack(get_evaluation_tumor_mask),
+        unpack(get_enhancement_inputs),
         mask=rules.resample_mask_to_model_grid.output.mask,
     output:
         metrics=f"{EVAL}/{{model}}/sub-{{subject}}/sub-{{subject}}_metrics.json",
@@ -168,6 +218,12 @@ rule tabulate_evaluation:
             f"{EVAL}/ttests.tsv", category="Evaluation", labels={"table": "paired t-tests"}
         ),
         tables=report(f"{EVAL}/tables.md", category="Evaluation", labels={"table": "Tables"}),
+        lesions=f"{EVAL}/lesions.tsv",
+        lesion_sensitivity=report(
+            f"{EVAL}/lesion_sensitivity.tsv",
+            category="Evaluation",
+            labels={"table": "lesion sensitivity by size"},
+        ),
     log:
         f"{LOGS}/tabulate_evaluation/tabulate_evaluation.log",
     benchmark:
@@ -233,3 +289,27 @@ rule plot_synthesis_panel:
         "../envs/cesynth.yaml"
     script:
         "../workflow_scripts/plot_synthesis_panel.py"
+
+
+rule plot_lesion_sensitivity:
+    """Lesion sensitivity against lesion size, one line per model, a panel per set."""
+    input:
+        by_size=rules.tabulate_evaluation.output.lesion_sensitivity,
+    output:
+        figure=report(
+            f"{EVAL}/lesion_sensitivity.png",
+            category="Evaluation",
+            labels={"table": "lesion sensitivity figure"},
+        ),
+    log:
+        f"{LOGS}/plot_lesion_sensitivity/plot_lesion_sensitivity.log",
+    benchmark:
+        f"{BENCH}/plot_lesion_sensitivity/plot_lesion_sensitivity.tsv"
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(5),
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/plot_lesion_sensitivity.py"

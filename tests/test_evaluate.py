@@ -369,3 +369,25 @@ def test_tabulate_evaluation_writes_tables_ttests_and_paper_layout(tmp_path):
     summary = pd.read_csv(paths["summary"], sep="\t")
     ours_a = summary[(summary["set"] == "A") & (summary["model"] == "ours")].iloc[0]
     assert ours_a["brain_mae_mean"] == pytest.approx(0.05, abs=1e-5)
+
+
+def test_tables_carry_the_endpoint_columns_bootstrap_intervals_and_no_endpoint_section_without(
+        tmp_path):
+    from cesynth.enhancement import ENDPOINT_COLUMNS
+    from cesynth.evaluation_tables import BOOTSTRAP_SEED, THRESHOLD_COLUMNS, bootstrap_interval
+
+    jsons = [write_subject_scores(tmp_path, f"{i + 1:02d}", "A", "ours", error)
+             for i, error in enumerate([0.05, 0.06, 0.04])]
+    paths = tabulate_evaluation(jsons, tmp_path / "eval")
+    metrics = pd.read_csv(paths["metrics"], sep="\t")
+    assert list(metrics.columns) == ["subject", "set", "model", *METRIC_COLUMNS,
+                                     *ENDPOINT_COLUMNS, *THRESHOLD_COLUMNS]
+    assert metrics["enh_auc"].isna().all()  # no T1 and threshold given: no endpoints
+    summary = pd.read_csv(paths["summary"], sep="\t")
+    row = summary.iloc[0]
+    low, high = bootstrap_interval(metrics["brain_mae"].to_numpy(float))
+    assert (row["brain_mae_ci_low"], row["brain_mae_ci_high"]) == pytest.approx((low, high))
+    assert row["brain_mae_ci_low"] < row["brain_mae_mean"] < row["brain_mae_ci_high"]
+    assert BOOTSTRAP_SEED == 20240611
+    assert "Enh. AUC" not in paths["tables"].read_text()
+    assert pd.read_csv(paths["lesions"], sep="\t").empty

@@ -314,33 +314,48 @@ def test_segmentation_without_the_chosen_labels_gives_no_mask_and_set_a(tmp_path
     assert whole["imported"]["BraTSGLI00009000"]["set"] == "B"
 
 
+# Per layout: the inputs the model can use, the ADC source and brain mask QC records (BraTS
+# publishes no diffusion and no brain mask: the model learns from T1 and T2, the mask is the
+# nonzero region of the skull-stripped CE-T1).
+END_TO_END = {
+    "ucsf-pdgm": {"modalities": ["T1w", "T2w", "adc"], "adc_sources": {"given ADC map"},
+                  "mask": "provided"},
+    "brats": {"modalities": ["T1w", "T2w"], "adc_sources": set(), "mask": "nonzero"},
+}
+
+
 @pytest.mark.slow
-def test_an_imported_ucsf_pdgm_cohort_runs_to_evaluation_and_release(tmp_path):
-    """The workflow from a phantom in the UCSF-PDGM layout: imported first (Set A, so it
-    trains), declared co-registered and skull-stripped, the scanner's ADC maps used as given."""
-    source = tmp_path / "ucsf"
+@pytest.mark.parametrize("layout", list(END_TO_END))
+def test_an_imported_cohort_runs_to_evaluation_and_release(tmp_path, layout):
+    """The workflow from a phantom in a published layout: imported first (Set A, so it trains),
+    declared co-registered and skull-stripped, the scanner's ADC maps (if any) used as given."""
+    source = tmp_path / layout
     subprocess.run([CESYNTH, "phantom", "--out", str(source), "--subjects", "3", "--set-b", "1",
-                    "--voxel-mm", "4", "--layout", "ucsf-pdgm"], check=True, capture_output=True)
+                    "--voxel-mm", "4", "--layout", layout], check=True, capture_output=True)
     small = yaml.safe_load((REPO / "config/profiles/demo-small.yaml").read_text())
     config = {key: value for key, value in small.items()
               if key not in ("demo", "bids_dir", "results_dir")}
     results = tmp_path / "results"
     config |= {"bids_dir": str(tmp_path / "bids"), "results_dir": str(results),
                "demo": {"enabled": False}, "import_dir": str(source),
-               "import": {"layout": "ucsf-pdgm", "set": "A"},
+               "import": {"layout": layout, "set": "A"},
                "ingest": {"coregistered": True, "skull_stripped": True},
                "release": {"gates": {"require_score": False}}}
+    config["train"] = {**config["train"], "modalities": END_TO_END[layout]["modalities"]}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     snakemake(tmp_path, "--cores", "2", "--configfile", str(path))
     assert set(read_tsv(results / "qc" / "registration.tsv")["method"]) == {
         "identity (declared co-registered)"}
-    assert set(read_tsv(results / "qc" / "brainmask.tsv")["method"]) == {"provided"}
-    assert set(read_tsv(results / "qc" / "adc.tsv")["source"]) == {"given ADC map"}
-    # sub-UCSFPDGM0001 is the Set A test split: scored in the brain and in its tumor
-    metrics = json.loads((results / "eval" / "default" / "sub-UCSFPDGM0001"
-                          / "sub-UCSFPDGM0001_metrics.json").read_text())
-    assert metrics["brain"]["psnr"] > 0 and "tumor" in metrics
+    mask_methods = set(read_tsv(results / "qc" / "brainmask.tsv")["method"])
+    assert mask_methods == {END_TO_END[layout]["mask"]}
+    adc_sources = set(read_tsv(results / "qc" / "adc.tsv").get("source", []))
+    assert adc_sources == END_TO_END[layout]["adc_sources"]
+    # the case the ID hash puts in the Set A test split: scored in the brain and in its tumor
+    scored = sorted((results / "eval" / "default").glob("sub-*/sub-*_metrics.json"))
+    assert scored, "no Set A test subject was scored"
+    metrics = json.loads(scored[0].read_text())
+    assert metrics["set"] == "A" and metrics["brain"]["psnr"] > 0 and "tumor" in metrics
     assert json.loads((results / "release" / "default.json").read_text())["version"] == 1
     status = read_tsv(results / "qc" / "status.tsv")
     assert set(status["state"]) <= {"done", "not needed"}

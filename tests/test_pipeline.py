@@ -195,6 +195,29 @@ def test_held_out_subjects_are_synthesized_and_scored(demo_run):
     assert "## Set B: brain and tumor" in (results / "eval" / "tables.md").read_text()
 
 
+def test_enhancement_endpoints_are_tabulated_at_a_stated_threshold(demo_run):
+    workdir, *_ = demo_run
+    evaluation = workdir / "results-small" / "eval"
+    threshold = read_json(evaluation / "default" / "enhancement_threshold.json")
+    # the 3-subject demo has no validation subject: delta, fixed a priori, and it says so
+    assert threshold["threshold"] == threshold["delta"]
+    assert "no validation subjects" in threshold["note"]
+    record = read_json(evaluation / "default" / "sub-03" / "sub-03_metrics.json")
+    enhancement = record["enhancement"]
+    assert enhancement["lesion_truth"] == "phantom enhancing mask"
+    assert enhancement["lesions"]["scored"] + enhancement["lesions"]["not_scored"] >= 1
+    assert 0.0 <= enhancement["auc"] <= 1.0 and enhancement["false_positives"] >= 0
+    assert set(record["brasyn"]) == {"tumor", "outside"}
+    assert "enhancement" not in read_json(evaluation / "cascade-T2w" / "sub-03" /
+                                          "sub-03_metrics.json")
+    metrics = read_tsv(evaluation / "metrics.tsv").set_index("model")
+    assert metrics.loc["default", "enh_auc"] != "n/a"
+    assert float(metrics.loc["floor-t1", "enh_sensitivity"]) == 0.0  # the T1 enhances nothing
+    tables = (evaluation / "tables.md").read_text()
+    assert "Enh. AUC" in tables and "fallback: delta" in tables
+    assert (evaluation / "lesion_sensitivity.png").is_file()
+
+
 def test_input_conditions_cascade_and_floors_are_synthesized_as_declared(demo_run):
     workdir, *_ = demo_run
     evaluation = workdir / "results-small" / "eval"
@@ -372,7 +395,8 @@ def test_the_snakemake_report_gathers_qc_training_evaluation_and_release(demo_ru
         html = archive.read(index).decode()
     montages = {f"sub-{subject}_desc-montage.png" for subject in SUBJECTS}
     assert montages | {"training_curve.png", "default_model_card.md", "summary.tsv",
-                       "ttests.tsv", "fig4_synthesis.png", "registration.tsv"} <= names
+                       "ttests.tsv", "fig4_synthesis.png", "registration.tsv",
+                       "lesion_sensitivity.png", "lesion_sensitivity.tsv"} <= names
     for category in ("Quality control", "Training", "Evaluation", "Release"):
         assert category in html, category
 
@@ -408,6 +432,7 @@ def test_new_subjects_rerun_only_what_depends_on_them(demo_run, tmp_path):
     evaluation = {"synthesize_evaluation_subject": 4, "synthesize_input_condition": 2,
                   "synthesize_floor": 2, "score_evaluation_subject": 8,
                   "tabulate_evaluation": 1, "tabulate_paper": 1, "plot_synthesis_panel": 1,
+                  "resample_enhancing_truth_to_model_grid": 1, "plot_lesion_sensitivity": 1,
                   "release_model": 1}
     gathering = {"assign_sets": 1, "tabulate_qc": 4, "all": 1}
     assert jobs == {**preprocessing, **evaluation, **gathering}

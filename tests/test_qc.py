@@ -12,6 +12,7 @@ from cesynth.qc import (
     ADC_MEDIAN_LIMITS_MM2_S,
     BRAIN_VOLUME_LIMITS_ML,
     brain_volume_ml,
+    count_flagged,
     gather_tables,
     montage_png,
     plausibility_flags,
@@ -83,11 +84,14 @@ def test_qc_row_and_gather_tables_sorted_by_scan_id(tmp_path):
     assert on_disk["note"].isna().sum() == 2  # union of columns, n/a where absent
     assert float(on_disk.loc[2, "volume_ml"]) == 1200.5
     assert len(table) == 3
+    assert count_flagged(table) == 1
 
 
 def test_gather_tables_empty_and_missing_input(tmp_path):
+    """A stage no scan needs (no diffusion in the cohort) gives a header-only table."""
     empty = gather_tables([], tmp_path / "empty.tsv")
     assert empty.empty and (tmp_path / "empty.tsv").is_file()
+    assert count_flagged(empty) == 0
     with pytest.raises(InputError, match="not found"):
         gather_tables([tmp_path / "nope.tsv"], tmp_path / "out.tsv")
 

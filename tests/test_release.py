@@ -12,17 +12,21 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import mlflow
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 from helpers.checkpoints import cached_training_subject
+from helpers.workflow import CESYNTH
 from scipy import stats
 
 from cesynth import tracking
@@ -417,6 +421,31 @@ def test_resolve_model_uses_mlflows_default_store(releases, store, trained, tmp_
     finally:
         mlflow.set_tracking_uri(before)
     assert path == tmp_path / "checkpoint_best.pt"
+
+
+@pytest.mark.parametrize("reference", ["models:/cesynth-default@champion", "runs:/0123abcd"])
+def test_an_mlflow_uri_without_a_tracking_store_is_refused_and_creates_none(reference, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    err = refused(resolve_model, reference, tmp_path / "download")
+    assert str(err.who) == reference and "set MLFLOW_TRACKING_URI" in err.problem
+    assert list(tmp_path.iterdir()) == []  # no new mlflow.db (or mlruns) in the current folder
+
+
+def test_predict_with_models_uri_and_no_tracking_store_says_so_in_one_line(tmp_path):
+    t1 = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), dtype=np.float32), np.eye(4)), t1)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run([CESYNTH, "predict", "--t1", "t1.nii.gz", "--model",
+                             "models:/cesynth-default@champion", "--out", "out.nii.gz"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: models:/cesynth-default@champion: no MLflow tracking store set: set "
+        "MLFLOW_TRACKING_URI to the store that holds it (sqlite:///<results>/mlflow.db or "
+        "http://<server>)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.nii.gz"]
 
 
 def test_resolve_model_downloads_into_a_new_temporary_folder(releases, store, tmp_path,

@@ -383,7 +383,8 @@ def test_path_templates_and_jobs_match_a_dry_run_of_the_demo(tmp_path):
     for participant, set_name in zip(plan["participant_id"], plan["set"], strict=True):
         label = participant.removeprefix("sub-")
         split = splits.scan_split(set_name, label, FRACTIONS)
-        scans.append(status.ScanInfo(label, label, None, set_name, split, FULL, set_name == "B"))
+        scans.append(status.ScanInfo(label, label, None, set_name, split, FULL, set_name == "B",
+                                     phantom_truth=True))
     models = ["default", "default--zero-T2w", "default--cascade-T2w-adc", "floor-t1",
               "floor-regression", "cascade-T2w", "cascade-adc"]
     assert {s.split for s in scans} >= {"train", "test"}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -130,3 +134,80 @@ def test_run_job_logs_outcome_and_reports_input_errors_in_one_line(tmp_path, mon
     assert runs[0].data.metrics == {"volume_ml": 1234.5, "flag": 1.0}
     artifacts = mlflow.MlflowClient(uri).list_artifacts(runs[0].info.run_id)
     assert [a.path for a in artifacts] == ["qc.txt"]
+
+
+# A job as a workflow script runs it: the job's log, the work, then (argv[2]) how it ends.
+_JOB = """
+import sys, time
+from pathlib import Path
+from cesynth.jobs import run_job
+
+class Job:
+    rule, wildcards, log, threads = "train_model", {"experiment": "default"}, [sys.argv[1]], 1
+
+def work():
+    Path(sys.argv[3]).touch()  # the run is open
+    if sys.argv[2] == "raise":
+        raise RuntimeError("boom")
+    time.sleep(600)
+
+run_job(Job(), work)
+"""
+
+
+def _start_job(tmp_path: Path, ending: str, uri: str, invocation: str) -> subprocess.Popen:
+    """A job process with its MLflow run open once it returns (or the job has already ended)."""
+    from cesynth.jobs import ENV_TRACKING_URI
+
+    ready = tmp_path / "ready"
+    env = {**os.environ, ENV_TRACKING_URI: uri, tracking.ENV_INVOCATION_ID: invocation}
+    job = subprocess.Popen([sys.executable, "-c", _JOB, str(tmp_path / "job.log"), ending,
+                            str(ready)], env=env)
+    while not ready.exists() and job.poll() is None:
+        time.sleep(0.2)
+    return job
+
+
+def _only_run(uri: str) -> mlflow.entities.Run:
+    (run,) = mlflow.MlflowClient(uri).search_runs(
+        [tracking.init_store(uri)], "tags.`cesynth.rule` = 'train_model'")
+    return run
+
+
+@pytest.mark.parametrize(("ending", "exit_code", "status"), [
+    ("SIGTERM", 128 + signal.SIGTERM, "KILLED"),  # SLURM's timeout or scancel
+    ("raise", 1, "FAILED"),
+])
+def test_a_job_that_fails_or_gets_sigterm_never_leaves_its_run_running(tmp_path, ending,
+                                                                        exit_code, status):
+    uri = _uri(tmp_path)
+    tracking.init_store(uri)
+    job = _start_job(tmp_path, ending, uri, "inv-term")
+    if ending == "SIGTERM":
+        job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=300) == exit_code
+    assert _only_run(uri).info.status == status
+
+
+def test_runs_of_jobs_killed_outright_end_killed_when_the_workflow_ends(tmp_path, monkeypatch):
+    uri = _uri(tmp_path)
+    experiment_id = tracking.init_store(uri)
+    job = _start_job(tmp_path, "SIGKILL", uri, "inv-kill")
+    job.kill()  # SIGKILL: the job cannot end its run
+    job.wait(timeout=60)
+    assert _only_run(uri).info.status == "RUNNING"
+    other = mlflow.MlflowClient(uri).create_run(  # a job of another invocation, still running
+        experiment_id, tags={"cesynth.rule": "fit_adc", "cesynth.invocation_id": "inv-other"})
+
+    monkeypatch.setenv(tracking.ENV_INVOCATION_ID, "inv-kill")
+    assert tracking.end_stale_runs(uri) == [_only_run(uri).info.run_id]
+    assert _only_run(uri).info.status == "KILLED"
+    assert mlflow.MlflowClient(uri).get_run(other.info.run_id).info.status == "RUNNING"
+
+
+def test_ctrl_c_ends_the_run_killed(tmp_path):
+    uri = _uri(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.stage_run("train_model", uri=uri):
+            raise KeyboardInterrupt
+    assert _only_run(uri).info.status == "KILLED"

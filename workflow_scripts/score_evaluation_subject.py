@@ -3,7 +3,7 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from cesynth import evaluate
+from cesynth import enhancement, evaluate
 from cesynth.jobs import run_job
 
 
@@ -12,8 +12,11 @@ def work():
         snakemake.input.image, snakemake.input.target, snakemake.input.mask,
         snakemake.output.metrics, subject=snakemake.wildcards.subject,
         set_name=snakemake.params.set_name, model=snakemake.wildcards.model,
-        tumor_mask_path=snakemake.input.get("tumor_mask"))
-    flat = evaluate.flatten_metrics(record)
+        tumor_mask_path=snakemake.input.get("tumor_mask"), t1_path=snakemake.input.get("t1"),
+        threshold_path=snakemake.input.get("threshold"),
+        lesion_labels_path=snakemake.input.get("lesion_labels"),
+        lesion_sidecar_path=snakemake.input.get("lesion_sidecar"))
+    flat = evaluate.flatten_metrics(record) | enhancement.flatten_endpoints(record)
     return {key: value for key, value in flat.items() if value == value}  # NaN: region absent
 
 

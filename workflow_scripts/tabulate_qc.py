@@ -9,8 +9,7 @@ from cesynth.jobs import JobOutcome, run_job  # noqa: E402
 
 def work():
     table = qc.gather_tables(snakemake.input.rows, snakemake.output.table)
-    flagged = int(table["flagged"].astype(str).str.lower().eq("true").sum())
-    return JobOutcome(metrics={"rows": len(table), "flagged": flagged},
+    return JobOutcome(metrics={"rows": len(table), "flagged": qc.count_flagged(table)},
                       artifacts=[snakemake.output.table])
 
 

@@ -44,7 +44,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cesynth.io import InputError, check_same_grid, load_nifti, read_json, save_nifti
+from cesynth.io import (
+    InputError,
+    check_output_file,
+    check_outputs,
+    check_same_grid,
+    check_voxel_sizes,
+    load_nifti,
+    read_json,
+    save_nifti,
+)
 
 PathLike = str | os.PathLike
 
@@ -416,12 +425,18 @@ def fit_adc_file(
         The fit's :class:`AdcStats`.
 
     Raises:
-        InputError: a file is unreadable, the DWI is not 4-D, the gradient files do not match it,
-            a required shell is missing (names the ``.bval`` file) or the mask is on another grid.
+        InputError: the output is an input, a folder, not writable or not ``.nii``/``.nii.gz``
+            (checked first); a file is unreadable, the DWI is not 4-D or has a voxel size that
+            is not positive, the gradient files do not match it, a required shell is missing
+            (names the ``.bval`` file) or the mask is on another grid.
     """
     if weighting not in ("shell", "volume"):
         raise ValueError(f"weighting must be 'shell' or 'volume', not {weighting!r}")
+    inputs = [path for path in (dwi_path, bval_path, bvec_path, mask_path) if path is not None]
+    check_outputs([out_path], inputs)
+    check_output_file(out_path, (".nii", ".nii.gz"))
     img = load_nifti(dwi_path)
+    check_voxel_sizes(img, dwi_path)
     if len(img.shape) != 4 or img.shape[3] < 2:
         raise InputError(dwi_path, f"expected a 4-D DWI with several volumes, shape {img.shape}")
     dwi = img.get_fdata(dtype=np.float32)

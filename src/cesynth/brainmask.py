@@ -50,7 +50,16 @@ from nibabel.processing import resample_from_to, resample_to_output
 from scipy import ndimage
 
 from cesynth import __version__
-from cesynth.io import InputError, check_same_grid, load_nifti, save_nifti, write_json
+from cesynth.io import (
+    InputError,
+    check_output_file,
+    check_outputs,
+    check_same_grid,
+    load_checked_nifti,
+    load_nifti,
+    save_nifti,
+    write_json,
+)
 
 METHODS = ("auto", "fsl", "deepbet", "bet-python", "nonzero")
 CONCRETE_METHODS = ("fsl", "deepbet", "bet-python")
@@ -225,7 +234,9 @@ def brain_mask_file(
         when given); ``seconds`` covers reading and writing too.
 
     Raises:
-        InputError: naming the image file when it is unreadable, not 3D or has no brain;
+        InputError: naming the output when it is the image, a folder, not writable or not
+            ``.nii``/``.nii.gz``; naming the image file when it is unreadable, not 3D, has a
+            voxel size that is not positive or a voxel that is not finite, or has no brain;
             naming the method when it is unknown or not installed.
         ValueError: an unknown reference, or a sidecar asked for without one.
     """
@@ -236,7 +247,10 @@ def brain_mask_file(
     if sidecar_path is not None and reference is None:
         raise ValueError("a brain-mask sidecar needs the reference image kind")
     resolve_method(method)  # fail on the method before reading anything
-    image = load_nifti(image_path)
+    outputs = [out_path] if sidecar_path is None else [out_path, sidecar_path]
+    check_outputs(outputs, [image_path])
+    check_output_file(out_path, (".nii", ".nii.gz"))
+    image = load_checked_nifti(image_path)
     try:
         mask, info = brain_mask(image, method, threads=threads)
     except MethodError:

@@ -1,7 +1,11 @@
 """The ``cesynth`` command line: each pipeline stage runnable alone, as the rules run it.
 
 Every error is one line, ``error: <subject or file>: <what is wrong>``, with a non-zero exit; the
-library functions write atomically, so nothing partial is left at an output path.
+library functions write atomically, so nothing partial is left at an output path. Numbers out of
+range are refused by the parser (exit 2); output paths that cannot be written, or that would
+write over an input, before any work (exit 1). A SIGTERM ends the command with exit 143 after
+the temporary files of unfinished writes are removed; an unexpected failure is one line too
+(``-v`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from cesynth import __version__
-from cesynth.io import InputError
+from cesynth.io import InputError, check_writable_folder, one_line_error
+from cesynth.signals import Terminated, sigterm_raises
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,9 +30,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = args.handler(args)
+        with sigterm_raises(keep_existing=True):
+            result = args.handler(args)
     except InputError as err:
         print(f"error: {err.who}: {err.problem}", file=sys.stderr)
+        return 1
+    except Terminated as err:
+        print(f"error: cesynth {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return int(err.code)
+    except Exception as err:
+        if args.verbose:
+            raise
+        print(f"error: cesynth {args.command}: {one_line_error(err)} (-v shows the traceback)",
+              file=sys.stderr)
         return 1
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
@@ -47,14 +62,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low`` (else a one-line usage error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+
+    return parse
+
+
+def _number_in(low: float, high: float, *, low_open: bool = False,
+               high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number in the range ``low``..``high`` (ends open as asked)."""
+    shown = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if below or above or value != value:
+            raise argparse.ArgumentTypeError(f"{value:g} is outside {shown}")
+        return value
+
+    return parse
+
+
+SEED = _int_at_least(0)
+THREADS = _int_at_least(1)
+
+
 def _add_phantom(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="BIDS dataset folder to create")
-    parser.add_argument("--subjects", required=True, type=int, help="number of subjects")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set-b", type=int, default=None,
+    parser.add_argument("--subjects", required=True, type=_int_at_least(1),
+                        help="number of subjects")
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--set-b", type=_int_at_least(0), default=None,
                         help="subjects in Set B (with tumor masks); default a quarter")
-    parser.add_argument("--voxel-mm", type=float, default=2.0,
-                        help="voxel size of the anatomy and CE-T1 grids (1.0: full resolution)")
+    parser.add_argument("--voxel-mm", type=_number_in(0.4, 6.0, low_open=True), default=2.0,
+                        help="voxel size of the anatomy and CE-T1 grids (1.0: full resolution; "
+                             "above 0.4, at most 6)")
     parser.add_argument("--layout", choices=("bids", "ucsf-pdgm", "brats"), default="bids",
                         help="bids (default): the demo cohort; ucsf-pdgm or brats: the cohort "
                              "in that published layout (co-registered, skull-stripped, ADC "
@@ -65,8 +119,9 @@ def run_phantom(args: argparse.Namespace) -> dict:
     """Write the synthetic demo cohort as a BIDS dataset."""
     from cesynth import phantom
 
-    if args.subjects < 1:
-        raise InputError(args.out, "--subjects must be at least 1")
+    if args.set_b is not None and args.set_b > args.subjects:
+        raise InputError("--set-b", f"{args.set_b} Set B subjects of {args.subjects}")
+    _check_output_folder(args.out)
     if args.layout != "bids":
         from cesynth.phantom import layouts
 
@@ -85,9 +140,10 @@ def run_phantom(args: argparse.Namespace) -> dict:
 def _add_validate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bids", required=True, type=Path, help="BIDS dataset to check")
     parser.add_argument("--out", type=Path, help="write the per-subject table here (TSV)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1,
+    parser.add_argument("--validation-fraction", type=_number_in(0, 1, high_open=True),
+                        default=0.1,
                         help="share of Set A participants for validation (selection)")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
+    parser.add_argument("--test-fraction", type=_number_in(0, 1, high_open=True), default=0.2,
                         help="share of Set A participants reported as test set A")
 
 
@@ -95,7 +151,10 @@ def run_validate(args: argparse.Namespace) -> dict:
     """Check every subject of a BIDS dataset as the pipeline's ingest does."""
     from cesynth import ingest_report, splits
 
-    fractions = splits.SplitFractions(args.validation_fraction, args.test_fraction)
+    try:
+        fractions = splits.SplitFractions(args.validation_fraction, args.test_fraction)
+    except ValueError as err:
+        raise InputError("--validation-fraction/--test-fraction", str(err)) from err
     table = ingest_report.validate_dataset(args.bids, fractions, out_tsv=args.out)
     excluded = table[table["status"] == "excluded"]
     for reason in excluded["reason"]:
@@ -110,17 +169,27 @@ def _add_dicom2bids(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom", required=True, type=Path,
                         help="folder with one sub-folder of DICOM series per subject")
     parser.add_argument("--out", required=True, type=Path, help="BIDS dataset to write")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="report a failing subject and convert the others (exit 1 at the "
+                             "end); without it a failing subject stops the conversion and "
+                             "nothing is written")
 
 
 def run_dicom2bids(args: argparse.Namespace) -> dict:
     """Convert DICOM series (one folder per subject) to the BIDS layout, anonymised."""
-    from cesynth import dicom, ingest
+    from cesynth import dicom
 
-    converted = {}
-    for label in ingest.list_dicom_subjects(args.dicom):
-        converted[label] = dicom.convert_dicom_subject(args.dicom / label, args.out, label)
-    ingest.write_dataset_description(args.out)
-    return converted
+    def report(err: InputError) -> None:
+        print(f"error: {err.who}: {err.problem}", file=sys.stderr)
+
+    result = dicom.convert_dicom_dataset(args.dicom, args.out, keep_going=args.keep_going,
+                                         on_error=report)
+    if result["skipped"]:
+        print(json.dumps(result, indent=2, default=str))
+        n_subjects = len(result["skipped"]) + len(result["converted"])
+        raise InputError(args.dicom, f"{len(result['skipped'])} of {n_subjects} subjects "
+                                     "skipped")
+    return result["converted"]
 
 
 def _add_import(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +225,7 @@ def run_import(args: argparse.Namespace) -> dict:
     def report(err: InputError) -> None:
         print(f"error: {err.who}: {err.problem}", file=sys.stderr)
 
+    _check_output_folder(args.out)
     result = importing.import_layout(
         args.dir, args.out, args.layout, patterns=patterns, tumor_labels=args.tumor_labels,
         set_mode=args.set_mode, keep_going=args.keep_going, on_error=report)
@@ -191,7 +261,7 @@ def _add_brainmask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="auto",
                         choices=("auto", "fsl", "deepbet", "bet-python", "nonzero"),
                         help="nonzero: the nonzero region of an already skull-stripped image")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=THREADS, default=1)
 
 
 def run_brainmask(args: argparse.Namespace) -> dict:
@@ -206,8 +276,8 @@ def _add_register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moving", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="moving image on the fixed grid")
     parser.add_argument("--xfm", required=True, type=Path, help="ANTs transform (.mat)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=THREADS, default=1)
+    parser.add_argument("--seed", type=SEED, default=0)
 
 
 def run_register(args: argparse.Namespace) -> dict:
@@ -263,8 +333,8 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
                         help="file the --out-dicom series with the T1 series' study: copy the "
                              "patient and study attributes a PACS needs (DICOM files only)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int,
+    parser.add_argument("--threads", type=THREADS, default=1)
+    parser.add_argument("--seed", type=SEED,
                         help="registration seed (default: the model's; another is recorded in "
                              "the sidecar as an override)")
     parser.add_argument("--brainmask-method",
@@ -274,7 +344,7 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
                              "override; nonzero: the scans are skull-stripped, their nonzero "
                              "region is the brain (needed for a model trained on a dataset "
                              "declared skull-stripped)")
-    parser.add_argument("--model-grid", type=int, nargs=3, metavar=("X", "Y", "Z"),
+    parser.add_argument("--model-grid", type=_int_at_least(8), nargs=3, metavar=("X", "Y", "Z"),
                         help="default: the checkpoint's (needed for checkpoints without it)")
     parser.add_argument("--normalise", choices=("histeq", "percentile"),
                         help="default: the checkpoint's (needed for checkpoints without it)")
@@ -328,6 +398,13 @@ def run_status(args: argparse.Namespace) -> None:
     failed = int((table["state"] == status.FAILED).sum())
     if args.check and failed:
         raise InputError(args.results, f"{failed} of {len(table)} scan stages failed")
+
+
+def _check_output_folder(path: Path) -> None:
+    """Fail before any work when a folder output is a file or cannot be created or written."""
+    if path.is_file():
+        raise InputError(path, "output is a file; give a folder")
+    check_writable_folder(path / "dataset_description.json")
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:

@@ -5,28 +5,38 @@ DICOM PatientID and PatientName are never used. dcm2niix writes into a temporary
 anonymised sidecars; each series is then matched to a modality by its SeriesDescription, its
 sidecar is scrubbed of the identifying fields dcm2niix keeps, the NIfTI header's free-text
 fields are blanked (dcm2niix writes the acquisition time into ``descrip`` and the DICOM
-ImageComments into ``aux_file``), and the files are moved to their BIDS names atomically. Nothing
-is written inside the DICOM folder. :func:`convert_series` converts one series folder the same
+ImageComments into ``aux_file``), and the files are staged in a hidden folder inside the output
+and moved to their BIDS names only once the subject (for :func:`convert_dicom_dataset`, every
+subject) is converted: a failure leaves no partly converted subject. Nothing is written inside
+the DICOM folder. :func:`convert_series` converts one series folder the same
 way (``cesynth predict`` takes DICOM series folders as inputs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 
-from cesynth.ingest import write_dataset_description
-from cesynth.io import InputError, atomic_path, read_json, write_json
+from cesynth.ingest import list_dicom_subjects, write_dataset_description
+from cesynth.io import (
+    InputError,
+    atomic_path,
+    check_outputs,
+    check_writable_folder,
+    read_json,
+    write_json,
+)
 
 DEFAULT_SERIES_PATTERNS: dict[str, str] = {
     "ceT1w": r"(post|\+c|gad|gd|contrast|ce[-_ ]?t1)",
@@ -108,7 +118,9 @@ def convert_dicom_subject(
     patterns: Mapping[str, str] = DEFAULT_SERIES_PATTERNS,
     work_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Convert a subject's DICOM series into ``bids_dir/sub-<subject>/`` under SPEC names.
+    """Convert a subject's DICOM series into ``bids_dir/sub-<subject>/`` under SPEC names, all
+    or nothing: the files are staged in a hidden folder inside ``bids_dir`` and moved to their
+    names only once every series is converted.
 
     Args:
         subject_dir: folder holding the subject's DICOM files (any depth, any names).
@@ -122,8 +134,79 @@ def convert_dicom_subject(
         "duplicates": {modality: [descriptions of the series not kept]}}``.
 
     Raises:
-        InputError: bad label, no DICOM folder, dcm2niix failure, or no series matched T1w.
+        InputError: bad label, no DICOM folder, dcm2niix failure, or no series matched T1w;
+            nothing of the subject is written then.
     """
+    root = Path(bids_dir)
+    with _staging(root) as stage:
+        result = _convert_subject(subject_dir, stage, subject, patterns, work_dir)
+        _move_into_place(stage, root)
+        write_dataset_description(root)
+    return _rerooted(result, stage, root)
+
+
+def convert_dicom_dataset(
+    dicom_dir: str | os.PathLike,
+    bids_dir: str | os.PathLike,
+    patterns: Mapping[str, str] = DEFAULT_SERIES_PATTERNS,
+    *,
+    keep_going: bool = False,
+    on_error: Callable[[InputError], None] | None = None,
+) -> dict[str, Any]:
+    """Convert every subject folder of ``dicom_dir`` (``cesynth dicom2bids``), all or nothing.
+
+    Every subject is staged in a hidden folder inside ``bids_dir``; the staged files are moved
+    to their names only at the end. Without ``keep_going`` the first subject that fails stops
+    the conversion and nothing is written; with it, a failing subject is reported through
+    ``on_error`` and left out (nothing of it is written), and the others are written.
+
+    Args:
+        dicom_dir: one sub-folder of DICOM series per (pseudonymous) subject; only read.
+        bids_dir: the BIDS dataset to write (not inside ``dicom_dir``).
+        patterns: modality -> regex on SeriesDescription (:data:`DEFAULT_SERIES_PATTERNS`).
+        keep_going: on a failing subject, report it and convert the others.
+        on_error: called with the :class:`InputError` of each subject left out.
+
+    Returns:
+        ``{"converted": {label: result of :func:`convert_dicom_subject`}, "skipped": {label:
+        reason}}``.
+
+    Raises:
+        InputError: no subject folders, an output inside the DICOM folder or not writable, or
+            (without ``keep_going``) the first failing subject.
+    """
+    source, root = Path(dicom_dir), Path(bids_dir)
+    labels = list_dicom_subjects(source)
+    check_outputs([root], sources=[source])
+    if root.is_file():
+        raise InputError(root, "output is a file; give a folder for the BIDS dataset")
+    check_writable_folder(root / "dataset_description.json")
+    converted: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    with _staging(root, tidy=True) as stage:
+        for label in labels:
+            try:
+                converted[label] = _convert_subject(source / label, stage / label, label,
+                                                    patterns)
+            except InputError as err:
+                if not keep_going:
+                    raise
+                skipped[label] = err.problem
+                shutil.rmtree(stage / label, ignore_errors=True)
+                if on_error is not None:
+                    on_error(err)
+        for label in converted:
+            _move_into_place(stage / label, root)
+            converted[label] = _rerooted(converted[label], stage / label, root)
+        if converted:
+            write_dataset_description(root)
+    return {"converted": converted, "skipped": skipped}
+
+
+def _convert_subject(subject_dir: str | os.PathLike, out_root: Path, subject: str,
+                     patterns: Mapping[str, str], work_dir: str | os.PathLike | None = None
+                     ) -> dict[str, Any]:
+    """Convert one subject's series into ``out_root/sub-<subject>/`` (a staging folder)."""
     who = f"sub-{subject}"
     if not _LABEL.match(subject):
         raise InputError(who, "subject label is not alphanumeric")
@@ -137,11 +220,40 @@ def convert_dicom_subject(
             found = "; ".join(s.description for s in series) or "none"
             raise InputError(who, f"no series matched T1w (SeriesDescriptions: {found})")
         kept, duplicates = _keep_largest(matched)
-        root = Path(bids_dir)
-        write_dataset_description(root)
-        files = {modality: _install(item, root, subject, modality)
+        files = {modality: _install(item, out_root, subject, modality)
                  for modality, item in kept.items()}
     return {"modalities": files, "unmatched": unmatched, "duplicates": duplicates}
+
+
+@contextlib.contextmanager
+def _staging(root: Path, *, tidy: bool = False) -> Iterator[Path]:
+    """A hidden staging folder inside ``root``, removed at the end whatever happens (a SIGTERM
+    included, where :func:`cesynth.signals.sigterm_raises` is in force); with ``tidy``, ``root``
+    too if this made it and nothing was moved into it (not for the workflow's per-subject
+    jobs, which share ``root``)."""
+    existed = root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".cesynth-dicom2bids-", dir=root) as tmp:
+            yield Path(tmp)
+    finally:
+        if tidy and not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+
+
+def _move_into_place(stage: Path, root: Path) -> None:
+    """Move every staged file to the same place under ``root`` (one rename each), replacing
+    the files of an earlier conversion and keeping any other file there."""
+    for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+        target = root / path.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
+
+def _rerooted(result: dict[str, Any], stage: Path, root: Path) -> dict[str, Any]:
+    """``result`` with its staged paths named where they were moved to."""
+    modalities = {m: root / Path(p).relative_to(stage) for m, p in result["modalities"].items()}
+    return {**result, "modalities": modalities}
 
 
 def convert_series(series_dir: str | os.PathLike, out_stem: str | os.PathLike

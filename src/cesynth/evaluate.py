@@ -27,8 +27,10 @@ Definitions (paper, "Evaluation Metric"; ``R`` is the region, ``|R|`` its voxel 
 
 One subject and model give one record (:func:`evaluate_subject` writes it as JSON), flattened by
 :func:`flatten_metrics` to the per-subject table's row: :data:`ID_COLUMNS` and
-:data:`METRIC_COLUMNS`, NaN where a region is absent. The statistics over subjects and the
-evaluation stage's tables are in :mod:`cesynth.evaluation_tables`.
+:data:`METRIC_COLUMNS`, NaN where a region is absent. With the T1 and the model's enhancement
+threshold the record also holds the endpoints of :mod:`cesynth.enhancement` (enhancement maps,
+detection, lesions, BraSyn SSIM). The statistics over subjects and the evaluation stage's tables
+are in :mod:`cesynth.evaluation_tables`.
 """
 
 from __future__ import annotations
@@ -325,11 +327,17 @@ def flatten_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 def evaluate_subject(pred_path: str | os.PathLike, target_path: str | os.PathLike,
                      mask_path: str | os.PathLike, out_path: str | os.PathLike, *,
                      subject: str, set_name: str, model: str,
-                     tumor_mask_path: str | os.PathLike | None = None) -> dict[str, Any]:
+                     tumor_mask_path: str | os.PathLike | None = None,
+                     t1_path: str | os.PathLike | None = None,
+                     threshold_path: str | os.PathLike | None = None,
+                     lesion_labels_path: str | os.PathLike | None = None,
+                     lesion_sidecar_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score one synthetic image and write the subject's metrics JSON.
 
     A tumor mask that is empty on the model grid (a lesion smaller than a model voxel) gives no
-    tumor metrics and a note, rather than failing the subject.
+    tumor metrics and a note, rather than failing the subject. With the T1 and the model's
+    enhancement threshold, the record also holds the enhancement endpoints, and with a tumor
+    mask the BraSyn SSIM (:func:`cesynth.enhancement.score_files`).
 
     Args:
         pred_path: the synthetic image on the model grid.
@@ -340,17 +348,29 @@ def evaluate_subject(pred_path: str | os.PathLike, target_path: str | os.PathLik
         set_name: ``A`` or ``B``.
         model: the model (experiment) name.
         tumor_mask_path: the model-grid tumor mask (Set B).
+        t1_path: the normalised model-grid T1 (for the enhancement maps).
+        threshold_path: the model's enhancement threshold JSON (chosen on validation).
+        lesion_labels_path: the phantom's model-grid lesion label map, when it exists.
+        lesion_sidecar_path: its lesion table (JSON).
 
     Returns:
         What was written: ``subject``, ``set``, ``model``, ``brain``, optionally ``tumor``,
-        ``files`` and ``notes``.
+        ``enhancement`` and ``brasyn``, ``files`` and ``notes``.
     """
+    from cesynth.enhancement import score_files
+
     notes = []
     if tumor_mask_path is not None and not np.any(np.asarray(load_nifti(tumor_mask_path).dataobj)):
         notes.append(f"{Path(tumor_mask_path).name} is empty on the model grid: no tumor metrics")
         tumor_mask_path = None
     result = evaluate_files(pred_path, target_path, mask_path, tumor_mask_path)
-    record = {"subject": subject, "set": set_name, "model": model, **result, "notes": notes}
+    endpoints = score_files(pred_path, target_path, mask_path, t1_path=t1_path,
+                            threshold_path=threshold_path, tumor_mask_path=tumor_mask_path,
+                            lesion_labels_path=lesion_labels_path,
+                            lesion_sidecar_path=lesion_sidecar_path)
+    notes += endpoints.pop("notes")
+    record = {"subject": subject, "set": set_name, "model": model, **result, **endpoints,
+              "notes": notes}
     write_json(record, out_path)
     return record
 

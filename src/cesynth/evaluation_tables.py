@@ -3,17 +3,21 @@
 The per-subject table has one tidy row per subject and model (:data:`cesynth.evaluate.ID_COLUMNS`
 and :data:`cesynth.evaluate.METRIC_COLUMNS`, NaN where a region is absent), read from the
 metrics JSONs :func:`cesynth.evaluate.evaluate_subject` writes (:func:`read_subject_metrics`).
-It is summarised as mean and sample standard deviation per model (:func:`summarise`,
-:func:`format_mean_sd`) and compared with paired t-tests (:func:`paired_ttest`,
-:func:`pairwise_ttests`); :func:`tabulate_evaluation` writes the stage's tables, including
-Markdown in the layout of the paper's Tables I and II next to its reported values
-(:func:`paper_tables`).
+The table also carries the enhancement endpoints (:data:`cesynth.enhancement.ENDPOINT_COLUMNS`,
+NaN where not applicable), so :data:`SCORE_COLUMNS` is every scored column. It is summarised as
+mean, sample standard deviation and a seeded 95% bootstrap interval of the mean over subjects
+per model (:func:`summarise`, :func:`bootstrap_interval`, :func:`format_mean_sd`) and compared
+with paired t-tests (:func:`paired_ttest`, :func:`pairwise_ttests`); lesions are pooled per set
+and model by size (:func:`lesion_sensitivity_by_size`). :func:`tabulate_evaluation` writes the
+stage's tables, including Markdown in the layout of the paper's Tables I and II next to its
+reported values (:func:`paper_tables`) and the endpoints' tables (:func:`endpoint_tables`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +25,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cesynth.enhancement import (
+    ENDPOINT_COLUMNS,
+    SMALL_LESION_MM,
+    flatten_endpoints,
+    lesion_rows,
+)
 from cesynth.evaluate import ID_COLUMNS, METRIC_COLUMNS, flatten_metrics
 from cesynth.io import InputError, atomic_path, read_json, write_tsv
 from cesynth.paper_values import final_model_values
@@ -36,39 +46,111 @@ TABLE_COLUMNS = {
           ("tumor_mae", "Tumor MAE", 3)),
 }
 """Columns of the paper-style tables per set: (metric column, heading, decimals)."""
+SCORE_COLUMNS = METRIC_COLUMNS + ENDPOINT_COLUMNS
+"""Every scored column of the per-subject table: the paper's metrics, then the endpoints."""
+TESTED_COLUMNS = tuple(c for c in SCORE_COLUMNS
+                       if c not in ("lesions_scored", "lesions_not_scored"))
+"""Columns compared between models by paired t-tests (lesion counts are the same truth)."""
+THRESHOLD_COLUMNS = ("enh_threshold", "enh_threshold_source")
+"""Per-subject columns naming the ``E'`` threshold and where it came from (not summarised)."""
+ENDPOINT_TABLE = (
+    ("enh_auc", "Enh. AUC", 3), ("enh_sensitivity", "Enh. sens.", 3),
+    ("enh_specificity", "Enh. spec.", 3), ("enh_dice", "Enh. Dice", 3),
+    ("enh_brain_corr", "E corr (brain)", 3), ("enh_brain_mae", "E MAE (brain)", 3),
+    ("enh_tumor_corr", "E corr (tumor)", 3), ("enh_tumor_mae", "E MAE (tumor)", 3),
+    ("lesion_sensitivity", "Lesion sens.", 2),
+    ("lesion_sensitivity_small", f"Lesion sens. <{SMALL_LESION_MM:g} mm", 2),
+    ("lesion_sensitivity_large", f"Lesion sens. >={SMALL_LESION_MM:g} mm", 2),
+    ("false_positives", "FP comp./patient", 2),
+    ("brasyn_tumor_ssim", "BraSyn SSIM tumor", 3),
+    ("brasyn_outside_ssim", "BraSyn SSIM outside", 3),
+)
+"""Columns of the endpoints' table: (column, heading, decimals)."""
+BOOTSTRAP_RESAMPLES = 2000
+"""Resamples of the subjects for a bootstrap interval."""
+BOOTSTRAP_SEED = 20240611
+"""Seed of every bootstrap (each interval starts from it: the same data give the same interval)."""
+LESION_COLUMNS = ("subject", "set", "model", "lesion", "volume_mm3", "diameter_mm", "found")
+"""Columns of the per-lesion table."""
 
 
 # ---------------------------------------------------------------- statistics
 
 
 def summarise(per_subject: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFrame:
-    """Mean and sample standard deviation (``ddof = 1``) of every metric column per group.
+    """Mean, sample standard deviation (``ddof = 1``) and bootstrap interval per group.
 
     Args:
         per_subject: tidy table, one row per subject and model, with the ``by`` columns and
-            any of :data:`METRIC_COLUMNS` (NaN values are skipped).
+            any of :data:`SCORE_COLUMNS` (NaN values are skipped).
         by: grouping columns; groups keep their order of first appearance.
 
     Returns:
         One row per group: the ``by`` columns, ``n`` (rows in the group) and
-        ``<metric>_mean``, ``<metric>_sd`` for each metric column present.
+        ``<metric>_mean``, ``<metric>_sd``, ``<metric>_ci_low`` and ``<metric>_ci_high``
+        (:func:`bootstrap_interval`) for each metric column present.
 
     Raises:
         InputError: a ``by`` column is missing or no metric column is present.
     """
     by = list(by)
     missing = [column for column in by if column not in per_subject.columns]
-    metrics = [column for column in METRIC_COLUMNS if column in per_subject.columns]
+    metrics = [column for column in SCORE_COLUMNS if column in per_subject.columns]
     if missing or not metrics:
         raise InputError("per-subject table", f"missing grouping columns {missing} or metric "
                                               f"columns (have {list(per_subject.columns)})")
-    groups = per_subject.groupby(by, sort=False, dropna=False)
+    numbers = per_subject[by + metrics].copy()  # a table read as text (read_tsv) too
+    numbers[metrics] = numbers[metrics].apply(pd.to_numeric, errors="coerce")
+    groups = numbers.groupby(by, sort=False, dropna=False)
     table = groups.size().rename("n").to_frame()
     for column in metrics:
         values = groups[column]
         table[f"{column}_mean"] = values.mean()
         table[f"{column}_sd"] = values.std(ddof=1)
+        intervals = values.apply(lambda v: bootstrap_interval(v.to_numpy(float)))
+        table[f"{column}_ci_low"] = [low for low, _ in intervals]
+        table[f"{column}_ci_high"] = [high for _, high in intervals]
     return table.reset_index()
+
+
+def bootstrap_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over subjects (seeded, reproducible).
+
+    Args:
+        values: one value per subject; NaN values (not applicable) are left out.
+        level: the coverage.
+
+    Returns:
+        ``(low, high)``; NaN for fewer than 2 values or a non-finite one (an unbounded PSNR).
+    """
+    values = values[~np.isnan(values)]
+    if values.size < 2 or not np.isfinite(values).all():
+        return math.nan, math.nan
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = values[rng.integers(0, values.size, (BOOTSTRAP_RESAMPLES, values.size))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, (tail, 100 - tail))
+    return float(low), float(high)
+
+
+def bootstrap_ratio(found: np.ndarray, total: np.ndarray,
+                    level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval over subjects of a pooled ratio ``sum(found) / sum(total)``.
+
+    Resamples where the drawn subjects hold no lesion are left out. Returns NaN for fewer than
+    2 subjects.
+    """
+    if found.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    drawn = rng.integers(0, found.size, (BOOTSTRAP_RESAMPLES, found.size))
+    totals = total[drawn].sum(axis=1)
+    ratios = found[drawn].sum(axis=1)[totals > 0] / totals[totals > 0]
+    if ratios.size == 0:
+        return math.nan, math.nan
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(ratios, (tail, 100 - tail))
+    return float(low), float(high)
 
 
 def format_mean_sd(mean: float, sd: float, digits: int) -> str:
@@ -137,12 +219,79 @@ def _model_metric(per_subject: pd.DataFrame, metric: str, model: str, who: str) 
 
 
 def read_subject_metrics(json_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """The per-subject table (:data:`ID_COLUMNS` + :data:`METRIC_COLUMNS`) from metrics JSONs."""
+    """The per-subject table from metrics JSONs: :data:`ID_COLUMNS`, :data:`SCORE_COLUMNS` and
+    :data:`THRESHOLD_COLUMNS` (empty for a model without enhancement endpoints)."""
     rows = []
     for path in json_paths:
         record = read_json(path)
-        rows.append({key: record[key] for key in ID_COLUMNS} | flatten_metrics(record))
-    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *METRIC_COLUMNS])
+        enhancement = record.get("enhancement") or {}
+        rows.append({key: record[key] for key in ID_COLUMNS} | flatten_metrics(record)
+                    | flatten_endpoints(record)
+                    | {"enh_threshold": enhancement.get("threshold", math.nan),
+                       "enh_threshold_source": enhancement.get("threshold_source", "")})
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, *SCORE_COLUMNS, *THRESHOLD_COLUMNS])
+
+
+def read_lesions(json_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per scored lesion, subject and model (:data:`LESION_COLUMNS`) from metrics JSONs."""
+    rows = []
+    for path in json_paths:
+        record = read_json(path)
+        ids = {key: record[key] for key in ID_COLUMNS}
+        rows += [ids | row for row in lesion_rows(record)]
+    return pd.DataFrame(rows, columns=list(LESION_COLUMNS))
+
+
+def lesion_size_classes(lesions: pd.DataFrame) -> pd.Series:
+    """Each lesion's size classes: below or from :data:`SMALL_LESION_MM` and its volume tertile.
+
+    Tertile edges come from the distinct lesions (subject, lesion) of the lesion's set, so every
+    model is scored on the same classes.
+
+    Returns:
+        A Series of ``(diameter class, tertile class)`` tuples, aligned with ``lesions``.
+    """
+    classes = pd.Series([("", "")] * len(lesions), index=lesions.index, dtype=object)
+    for _, rows in lesions.groupby("set"):
+        distinct = rows.drop_duplicates(["subject", "lesion"])["volume_mm3"].to_numpy(float)
+        edges = np.quantile(distinct, [1 / 3, 2 / 3])
+        names = [f"tertile 1 (<= {edges[0]:.0f} mm3)",
+                 f"tertile 2 ({edges[0]:.0f}-{edges[1]:.0f} mm3)",
+                 f"tertile 3 (> {edges[1]:.0f} mm3)"]
+        tertile = np.searchsorted(edges, rows["volume_mm3"].to_numpy(float), side="left")
+        small = rows["diameter_mm"].to_numpy(float) < SMALL_LESION_MM
+        diameter = np.where(small, f"< {SMALL_LESION_MM:g} mm", f">= {SMALL_LESION_MM:g} mm")
+        classes.loc[rows.index] = list(zip(diameter, (names[i] for i in tertile), strict=True))
+    return classes
+
+
+def lesion_sensitivity_by_size(lesions: pd.DataFrame) -> pd.DataFrame:
+    """Pooled lesion sensitivity per set, model and size class, with a bootstrap interval.
+
+    Returns:
+        Columns ``set``, ``model``, ``size_class``, ``median_diameter_mm``, ``lesions``,
+        ``found``, ``sensitivity``, ``ci_low`` and ``ci_high`` (bootstrap over subjects,
+        :func:`bootstrap_ratio`).
+    """
+    columns = ["set", "model", "size_class", "median_diameter_mm", "lesions", "found",
+               "sensitivity", "ci_low", "ci_high"]
+    if lesions.empty:
+        return pd.DataFrame(columns=columns)
+    classes = lesion_size_classes(lesions)
+    long = pd.concat([lesions.assign(size_class=classes.str[0]),
+                      lesions.assign(size_class=classes.str[1])], ignore_index=True)
+    rows = []
+    for (set_name, model, size), group in long.groupby(["set", "model", "size_class"],
+                                                       sort=True):
+        per_subject = group.groupby("subject")["found"].agg(["sum", "count"])
+        low, high = bootstrap_ratio(per_subject["sum"].to_numpy(float),
+                                    per_subject["count"].to_numpy(float))
+        rows.append({"set": set_name, "model": model, "size_class": size,
+                     "median_diameter_mm": float(group["diameter_mm"].median()),
+                     "lesions": len(group), "found": int(group["found"].sum()),
+                     "sensitivity": float(group["found"].mean()), "ci_low": low,
+                     "ci_high": high})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def pairwise_ttests(per_subject: pd.DataFrame) -> pd.DataFrame:
@@ -155,11 +304,13 @@ def pairwise_ttests(per_subject: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for set_name, rows_of_set in per_subject.groupby("set", sort=True):
         models = list(dict.fromkeys(rows_of_set["model"]))
-        for metric in METRIC_COLUMNS:
+        for metric in TESTED_COLUMNS:
             for i, model_a in enumerate(models):
                 for model_b in models[i + 1:]:
                     try:
-                        test = paired_ttest(rows_of_set, metric, model_a, model_b)
+                        with warnings.catch_warnings():  # differences without spread: t is nan
+                            warnings.simplefilter("ignore", RuntimeWarning)
+                            test = paired_ttest(rows_of_set, metric, model_a, model_b)
                     except InputError:
                         continue  # fewer than 2 pairs (e.g. no tumor masks in Set A)
                     rows.append({"set": set_name, "metric": metric, "model_a": model_a,
@@ -195,6 +346,73 @@ def paper_tables(summary: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def format_interval(mean: float, sd: float, low: float, high: float, digits: int) -> str:
+    """``mean±sd [low, high]``: :func:`format_mean_sd` with the bootstrap interval, if any."""
+    text = format_mean_sd(mean, sd, digits)
+    if text == "n/a" or math.isnan(low) or math.isnan(high):
+        return text
+    return f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def endpoint_tables(summary: pd.DataFrame, per_subject: pd.DataFrame,
+                    by_size: pd.DataFrame) -> str:
+    """Markdown tables of the enhancement endpoints per set, lesion sensitivity by size and the
+    ``E'`` threshold of each model.
+
+    Args:
+        summary: :func:`summarise` output grouped by ``("set", "model")``.
+        per_subject: the per-subject table (its :data:`THRESHOLD_COLUMNS`).
+        by_size: :func:`lesion_sensitivity_by_size` output.
+
+    Returns:
+        The Markdown text (empty when no model has enhancement endpoints).
+    """
+    columns = [c for c in ENDPOINT_TABLE if f"{c[0]}_mean" in summary.columns]
+    rows = summary[summary[[f"{c}_mean" for c, _, _ in columns]].notna().any(axis=1)]
+    if rows.empty:
+        return ""
+    parts = ["## Enhancement, lesions and BraSyn SSIM (mean±sd [95% bootstrap interval over "
+             "subjects])\n"]
+    for set_name, rows_of_set in rows.groupby("set", sort=True):
+        kept = [c for c in columns if rows_of_set[f"{c[0]}_mean"].notna().any()]
+        parts.append(f"### Set {set_name}\n")
+        parts.append("| model | n | " + " | ".join(c[1] for c in kept) + " |")
+        parts.append("|---|---|" + "---|" * len(kept))
+        for row in rows_of_set.to_dict("records"):
+            cells = [format_interval(row[f"{c}_mean"], row[f"{c}_sd"], row[f"{c}_ci_low"],
+                                     row[f"{c}_ci_high"], d) for c, _, d in kept]
+            parts.append(f"| {row['model']} | {row['n']} | " + " | ".join(cells) + " |")
+        parts.append("")
+    parts.append(_size_table(by_size))
+    parts.append(_threshold_table(per_subject))
+    return "\n".join(parts)
+
+
+def _size_table(by_size: pd.DataFrame) -> str:
+    if by_size.empty:
+        return "No scored enhancing lesions.\n"
+    lines = ["## Lesion sensitivity by size (pooled lesions, 95% bootstrap interval over "
+             "subjects)\n", "| set | model | size | lesions | found | sensitivity |",
+             "|---|---|---|---|---|---|"]
+    for row in by_size.to_dict("records"):
+        interval = ("" if math.isnan(row["ci_low"])
+                    else f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]")
+        lines.append(f"| {row['set']} | {row['model']} | {row['size_class']} | "
+                     f"{row['lesions']} | {row['found']} | {row['sensitivity']:.2f}{interval} |")
+    return "\n".join(lines) + "\n"
+
+
+def _threshold_table(per_subject: pd.DataFrame) -> str:
+    rows = per_subject[per_subject["enh_threshold_source"].fillna("") != ""]
+    lines = ["## Threshold on the synthetic enhancement E'\n",
+             "Chosen per model on the Set A validation subjects (Youden's J), never on the "
+             "reported sets; the fallback, without validation subjects, is delta.\n",
+             "| model | threshold | source |", "|---|---|---|"]
+    for (model, source), group in rows.groupby(["model", "enh_threshold_source"], sort=False):
+        lines.append(f"| {model} | {group['enh_threshold'].iloc[0]:.4f} | {source} |")
+    return "\n".join(lines) + "\n"
+
+
 def experiment_scores(summary_path: str | os.PathLike, model: str) -> dict[str, float]:
     """One model's mean scores per set from ``summary.tsv``, as flat metric names.
 
@@ -208,7 +426,7 @@ def experiment_scores(summary_path: str | os.PathLike, model: str) -> dict[str, 
     summary = pd.read_csv(summary_path, sep="\t", na_values=["n/a"], dtype={"model": str})
     scores = {}
     for row in summary[summary["model"] == model].to_dict("records"):
-        for column in METRIC_COLUMNS:
+        for column in SCORE_COLUMNS:
             value = row.get(f"{column}_mean")
             if value is not None and math.isfinite(float(value)):
                 scores[f"set{row['set']}_{column}_mean"] = float(value)
@@ -224,25 +442,37 @@ def tabulate_evaluation(json_paths: Sequence[str | os.PathLike],
         out_dir: the evaluation folder.
 
     Returns:
-        Paths by name: ``metrics`` (one row per subject and model), ``summary`` (mean and sd
-        per set and model), ``ttests`` (paired t-tests between models) and ``tables``
-        (Markdown, the paper's layout).
+        Paths by name: ``metrics`` (one row per subject and model), ``summary`` (mean, sd and
+        bootstrap interval per set and model), ``ttests`` (paired t-tests between models),
+        ``lesions`` (one row per scored lesion, subject and model), ``lesion_sensitivity``
+        (:func:`lesion_sensitivity_by_size`) and ``tables`` (Markdown: the paper's layout,
+        then the endpoints).
     """
     out = Path(out_dir)
     per_subject = read_subject_metrics(json_paths)
     summary = summarise(per_subject, by=("set", "model"))
+    lesions = read_lesions(json_paths)
+    by_size = lesion_sensitivity_by_size(lesions)
     paths = {"metrics": out / "metrics.tsv", "summary": out / "summary.tsv",
-             "ttests": out / "ttests.tsv", "tables": out / "tables.md"}
+             "ttests": out / "ttests.tsv", "lesions": out / "lesions.tsv",
+             "lesion_sensitivity": out / "lesion_sensitivity.tsv", "tables": out / "tables.md"}
     write_tsv(per_subject, paths["metrics"])
     write_tsv(summary, paths["summary"])
     write_tsv(pairwise_ttests(per_subject), paths["ttests"])
+    write_tsv(lesions, paths["lesions"])
+    write_tsv(by_size, paths["lesion_sensitivity"])
+    text = ("# Synthetic CE-T1 against the real CE-T1\n\n" + paper_tables(summary) + "\n"
+            + endpoint_tables(summary, per_subject, by_size))
     with atomic_path(paths["tables"]) as tmp:
-        tmp.write_text("# Synthetic CE-T1 against the real CE-T1\n\n" + paper_tables(summary))
+        tmp.write_text(text)
     return paths
 
 
 __all__ = [
-    "PAPER_REFERENCE", "TABLE_COLUMNS",
-    "experiment_scores", "format_mean_sd", "paired_ttest", "pairwise_ttests", "paper_tables",
-    "read_subject_metrics", "summarise", "tabulate_evaluation",
+    "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "ENDPOINT_TABLE", "LESION_COLUMNS",
+    "PAPER_REFERENCE", "SCORE_COLUMNS", "TABLE_COLUMNS", "TESTED_COLUMNS", "THRESHOLD_COLUMNS",
+    "bootstrap_interval", "bootstrap_ratio", "endpoint_tables", "experiment_scores",
+    "format_interval", "format_mean_sd", "lesion_sensitivity_by_size", "lesion_size_classes",
+    "paired_ttest", "pairwise_ttests", "paper_tables", "read_lesions", "read_subject_metrics",
+    "summarise", "tabulate_evaluation",
 ]

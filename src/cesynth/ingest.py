@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -108,18 +108,23 @@ class ScanFiles:
 # --------------------------------------------------------------------------- discovery
 
 
-def discover_bids(bids_dir: str | os.PathLike) -> list[ScanFiles]:
+def discover_bids(bids_dir: str | os.PathLike,
+                  on_error: Callable[[Path, InputError], None] | None = None) -> list[ScanFiles]:
     """List the scans of a BIDS dataset from file names alone (no image is read).
 
     Args:
         bids_dir: the dataset root (holds ``dataset_description.json`` and ``sub-*`` folders).
+        on_error: called with the folder and the error of each subject folder that cannot be
+            read (a label that is not alphanumeric, sessions mixed with session-less data),
+            which is then left out; None: such a folder stops the discovery.
 
     Returns:
         One :class:`ScanFiles` per subject, or per subject and session, sorted by scan ID.
 
     Raises:
-        InputError: not a directory, not a BIDS dataset, no subjects, a label that is not
-            alphanumeric, a bad ``set`` in ``participants.tsv``, or two scans with one ID.
+        InputError: not a directory, not a BIDS dataset, no subjects, an unreadable
+            ``participants.tsv`` or a bad ``set`` in it, two scans with one ID, or (without
+            ``on_error``) a subject folder that cannot be read.
     """
     root = Path(bids_dir)
     if not root.is_dir():
@@ -130,7 +135,14 @@ def discover_bids(bids_dir: str | os.PathLike) -> list[ScanFiles]:
     subject_dirs = sorted(p for p in root.glob("sub-*") if p.is_dir())
     if not subject_dirs:
         raise InputError(root, "no sub-* subject folders")
-    scans = [scan for folder in subject_dirs for scan in _scans_of_subject(root, folder, sets)]
+    scans = []
+    for folder in subject_dirs:
+        try:
+            scans.extend(_scans_of_subject(root, folder, sets))
+        except InputError as err:
+            if on_error is None:
+                raise
+            on_error(folder, err)
     _check_unique_ids(root, scans)
     return sorted(scans, key=lambda scan: scan.scan_id)
 
@@ -261,7 +273,8 @@ def write_dataset_description(bids_dir: str | os.PathLike) -> None:
 
 
 def _read_participant_sets(tsv: Path) -> dict[str, str]:
-    """Map participant label to set from ``participants.tsv`` (empty if absent or no column)."""
+    """Map participant label to set from ``participants.tsv`` (empty if absent or no column);
+    a file that is not UTF-8, empty or ragged is an :class:`InputError` (:func:`read_tsv`)."""
     if not tsv.is_file():
         return {}
     table = read_tsv(tsv)
@@ -270,7 +283,10 @@ def _read_participant_sets(tsv: Path) -> dict[str, str]:
     if "participant_id" not in table.columns:
         raise InputError(tsv, "has a set column but no participant_id column")
     sets = {}
-    for participant_id, value in zip(table["participant_id"], table["set"], strict=True):
+    for row, (participant_id, value) in enumerate(zip(table["participant_id"], table["set"],
+                                                      strict=True), start=1):
+        if pd.isna(participant_id) or not participant_id.strip():
+            raise InputError(tsv, f"row {row} (line {row + 1}) has no participant_id")
         if pd.isna(value):
             continue
         if value.strip().upper() not in SETS:

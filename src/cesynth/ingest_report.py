@@ -13,7 +13,15 @@ from typing import Any
 import pandas as pd
 
 from cesynth.ingest import MODALITIES, ScanFiles, discover_bids
-from cesynth.io import InputError, read_json, write_json, write_tsv
+from cesynth.io import (
+    InputError,
+    check_output_file,
+    check_outputs,
+    one_line_error,
+    read_json,
+    write_json,
+    write_tsv,
+)
 from cesynth.splits import SplitFractions, scan_split
 from cesynth.validation import validate_scan
 
@@ -97,14 +105,31 @@ def validate_dataset(bids_dir: str | os.PathLike, fractions: SplitFractions = _D
         **validation_options: passed to :func:`~cesynth.validation.validate_scan`.
 
     Returns:
-        The table of :func:`tabulate_reports`, one row per scan.
+        The table of :func:`tabulate_reports`, one row per scan; a subject folder that cannot
+        even be listed is a row of its own, excluded with the reason.
+
+    Raises:
+        InputError: ``out_tsv`` lies inside the dataset, is a folder, cannot be written or does
+            not end in ``.tsv`` (checked before any work); the dataset cannot be listed.
     """
+    if out_tsv is not None:
+        check_outputs([out_tsv], sources=[bids_dir])
+        check_output_file(out_tsv, (".tsv",))
     reports = []
-    for scan in discover_bids(bids_dir):
+
+    def unlisted(folder: Path, err: InputError) -> None:
+        label = folder.name.removeprefix("sub-")
+        reports.append({"scan_id": label, "participant": label, "session": None, "set": None,
+                        "status": "excluded", "reason": str(err)})
+
+    for scan in discover_bids(bids_dir, on_error=unlisted):
         try:
             reports.append(validate_scan(scan, **validation_options))
         except InputError as err:
             reports.append(exclusion_report(scan, err))
+        except Exception as err:  # an unforeseen failure stays this subject's row
+            reports.append(exclusion_report(scan, InputError(f"sub-{scan.scan_id}",
+                                                             one_line_error(err))))
     table = _reports_table(reports, fractions)
     if out_tsv is not None:
         write_tsv(table, out_tsv)

@@ -8,16 +8,21 @@ into place only once complete.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+
+from cesynth.signals import sigterm_raises
 
 SYNTHETIC_DESCRIP = b"cesynth SYNTHETIC image - not acquired"
 
@@ -46,20 +51,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
 
     The temporary name keeps the full suffix (``.nii.gz``), so writers that choose a format by
-    extension behave as they would on the final path.
+    extension behave as they would on the final path. A SIGTERM during the block removes the
+    temporary file before the process ends (:func:`cesynth.signals.sigterm_raises`).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(final.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=suffix,
-                                    dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with sigterm_raises(keep_existing=True):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=suffix,
+                                        dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 GRID_ATOL_MM = 1e-2
@@ -109,13 +116,149 @@ def check_same_grid(img: Any, reference: Any, who: str | os.PathLike,
 def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
     """Load a NIfTI image, turning any reader failure into an :class:`InputError` on the file."""
     try:
-        img = nib.load(str(path))
+        # nibabel logs (to stderr) each header field it repairs, such as a pixdim of 0 read as
+        # 1; the callers that care check those fields as written (check_voxel_sizes)
+        with _quiet_nibabel():
+            img = nib.load(str(path))
         img.get_fdata(dtype=np.float32)  # force a full read so truncated files fail here
     except FileNotFoundError as err:
         raise InputError(path, "file not found") from err
     except Exception as err:  # nibabel raises many types for corrupt files
         raise InputError(path, f"unreadable NIfTI ({type(err).__name__}: {err})") from err
     return img
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's header-repair messages (below ERROR) for the block."""
+    nib_logger = nib.imageglobals.logger
+    level = nib_logger.level
+    nib_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        nib_logger.setLevel(level)
+
+
+def load_checked_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Load a NIfTI image for processing: readable, positive voxel sizes, finite voxels.
+
+    Raises:
+        InputError: on the file, as :func:`load_nifti`, :func:`check_voxel_sizes` and
+            :func:`check_finite` do.
+    """
+    img = load_nifti(path)
+    check_voxel_sizes(img, path)
+    check_finite(img.get_fdata(dtype=np.float32), path)
+    return img
+
+
+def check_finite(data: np.ndarray, who: str | os.PathLike) -> None:
+    """Raise unless every voxel is finite (no NaN, no inf)."""
+    n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if n_bad:
+        raise InputError(who, f"{n_bad} non-finite voxels (NaN or inf)")
+
+
+def check_voxel_sizes(img: Any, who: str | os.PathLike) -> None:
+    """Raise unless the header's spatial voxel sizes (``pixdim``) are finite and positive.
+
+    nibabel silently replaces a zero ``pixdim`` by 1 and a negative one by its absolute value
+    when it reads a header, so the sizes are read again from the file as written.
+    """
+    header = getattr(img, "header", None)
+    if not isinstance(header, nib.Nifti1Header):
+        return
+    holder = img.file_map.get("header") or img.file_map.get("image")  # a pair, or one file
+    if holder is None or holder.filename is None:
+        return  # made in memory: nibabel wrote nothing to repair
+    with nib.openers.ImageOpener(holder.filename) as fileobj:
+        raw = type(header).from_fileobj(fileobj, check=False)
+    n_spatial = max(1, min(3, int(raw["dim"][0])))
+    sizes = np.asarray(raw["pixdim"][1:1 + n_spatial], dtype=float)
+    if not np.all(np.isfinite(sizes) & (sizes > 0)):
+        shown = " x ".join(f"{size:g}" for size in sizes)
+        raise InputError(who, f"voxel size (pixdim) {shown}: every size must be positive")
+
+
+def other_nifti_copy(path: str | os.PathLike) -> Path | None:
+    """The same image under the other NIfTI extension (``x.nii`` for ``x.nii.gz`` and the
+    reverse) when that file exists too, else None."""
+    path = Path(path)
+    if path.name.endswith(".nii.gz"):
+        other = path.with_name(path.name[:-3])
+    elif path.name.endswith(".nii"):
+        other = path.with_name(path.name + ".gz")
+    else:
+        return None
+    return other if other.exists() else None
+
+
+def same_file_key(path: str | os.PathLike) -> str:
+    """A key equal for two spellings of one file (links and ``..`` resolved)."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = (),
+                  sources: Iterable[str | os.PathLike] = ()) -> None:
+    """Fail before any work when an output would write over a source: an input file, anything
+    inside a source folder (a DICOM series, a BIDS dataset), or another output.
+
+    Raises:
+        InputError: on the output path.
+    """
+    input_keys = {same_file_key(path) for path in inputs}
+    folders = [Path(same_file_key(folder)) for folder in sources]
+    seen: set[str] = set()
+    for path in outputs:
+        key = same_file_key(path)
+        if key in input_keys:
+            raise InputError(path, "output would overwrite an input")
+        inside = next((f for f in folders if Path(key).is_relative_to(f)), None)
+        if inside is not None:
+            raise InputError(path, f"output would overwrite an input (it lies inside the "
+                                   f"input folder {inside})")
+        if key in seen:
+            raise InputError(path, "two outputs share this path")
+        seen.add(key)
+
+
+def check_output_file(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
+    """Fail before any work when an output file cannot be written at ``path``: a name without
+    one of ``suffixes``, an existing folder, or a folder that cannot be written.
+
+    Raises:
+        InputError: on the path.
+    """
+    out = Path(path)
+    if not out.name.endswith(tuple(suffixes)) or out.name in suffixes:
+        raise InputError(out, f"output must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise InputError(out, "output is a folder; give a file name")
+    check_writable_folder(out)
+    return out
+
+
+def check_writable_folder(path: str | os.PathLike) -> None:
+    """Fail when nothing can be created beside ``path`` (in its nearest existing folder).
+
+    A file is created and removed there: permission bits say nothing for root or on a
+    read-only file system.
+
+    Raises:
+        InputError: on the path, naming the folder.
+    """
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(path, f"{folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cesynth-probe-", dir=folder)
+    except OSError as err:
+        raise InputError(path, f"folder {folder} is not writable ({err.strerror})") from err
+    os.close(fd)
+    os.unlink(probe)
 
 
 def save_nifti(
@@ -180,8 +323,32 @@ def write_tsv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a BIDS-style TSV (``n/a`` as missing, identifiers kept as strings)."""
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype=str)
+    """Read a BIDS-style TSV (``n/a`` as missing, identifiers kept as strings).
+
+    Raises:
+        InputError: on the file when it is missing, not UTF-8 text, empty (no header row), or
+            has a row with more or fewer fields than the header (naming the row).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError as err:
+        raise InputError(path, "file not found") from err
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                               f"{err.start})") from err
+    rows = [(number, row) for number, row in enumerate(csv.reader(io.StringIO(text),
+                                                                  delimiter="\t"), start=1)
+            if row]
+    if not rows:
+        raise InputError(path, "empty file (no header row)")
+    n_columns = len(rows[0][1])
+    for index, (line, row) in enumerate(rows[1:], start=1):
+        if len(row) != n_columns:
+            raise InputError(path, f"row {index} (line {line}) has {len(row)} fields, the "
+                                   f"header {n_columns}")
+    return pd.read_csv(io.StringIO(text), sep="\t", na_values=["n/a"], keep_default_na=False,
+                       dtype=str)
 
 
 def _json_default(value: Any) -> Any:

@@ -6,7 +6,8 @@ the release run (:data:`MODEL_CARD_ARTIFACT`, beside the model and checkpoint) a
 the statement that the output is synthetic and not for diagnosis, the training data (subjects
 and scans per set and split, from ``ingest/sets.tsv``), the preprocessing record stored in the
 checkpoint (every key, printed as it is), the evaluation (mean ± sd and n per set, region and
-metric, from ``eval/summary.tsv``), the release gate's decision and the known limitations.
+metric, from ``eval/summary.tsv``, then the enhancement, lesion and BraSyn endpoints with their
+bootstrap intervals), the release gate's decision and the known limitations.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from scipy import stats
 
 import cesynth
 from cesynth.evaluate import METRICS, REGIONS
-from cesynth.evaluation_tables import format_mean_sd
+from cesynth.evaluation_tables import ENDPOINT_TABLE, format_interval, format_mean_sd
 from cesynth.io import InputError, atomic_path, read_tsv
 
 MODEL_CARD_ARTIFACT = "model_card.md"
@@ -219,7 +220,34 @@ def _evaluation(summary: pd.DataFrame | None) -> str:
             label = "A (test)" if record["set"] == "A" else str(record["set"])
             rows.append((label, region, str(int(record["n"])), *values))
     headers = ("set", "region", "n", *(_METRIC_HEADERS[m] for m in METRICS))
-    return text + _table(headers, rows)
+    return text + _table(headers, rows) + _endpoints(summary)
+
+
+def _endpoints(summary: pd.DataFrame) -> str:
+    """The enhancement, lesion and BraSyn endpoints per set: mean ± sd [bootstrap interval]."""
+    rows = []
+    for record in summary.to_dict("records"):
+        label = "A (test)" if record["set"] == "A" else str(record["set"])
+        for column, heading, digits in ENDPOINT_TABLE:
+            mean = _number(record.get(f"{column}_mean"))
+            if math.isnan(mean):
+                continue
+            rows.append((label, heading, str(int(record["n"])), format_interval(
+                mean, _number(record.get(f"{column}_sd")),
+                _number(record.get(f"{column}_ci_low")),
+                _number(record.get(f"{column}_ci_high")), digits)))
+    if not rows:
+        return ""
+    return ("\nWhat a reader needs (README, \"Endpoints a radiologist needs\"): voxel-wise "
+            "enhancement detection against the true enhancement (CE-T1 - T1 > delta) at a "
+            "threshold chosen on the validation split, enhancing lesions found by size, "
+            "false-positive enhancing components per patient and the BraSyn SSIM; mean ± sd "
+            "over subjects with a seeded 95% bootstrap interval of the mean in brackets.\n\n"
+            + _table(("set", "endpoint", "n", "mean ± sd [95% bootstrap]"), rows))
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _gate_section(gate: Mapping[str, Any]) -> str:
@@ -265,7 +293,8 @@ def _limitations(sets: pd.DataFrame, settings: Mapping[str, Any],
         "worse than with all inputs.",
         "The inputs must be prepared as the preprocessing record says; other brain masks, "
         "normalisations or grids change the output.",
-        "The reported scores rest on few test subjects and carry no confidence intervals.",
+        "The reported scores rest on few test subjects: read their intervals before comparing "
+        "models.",
     ]
     return "## Known limitations\n\n" + "".join(f"- {item}\n" for item in items)
 

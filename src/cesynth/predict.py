@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -59,7 +58,16 @@ import numpy as np
 
 from cesynth import dicom, synthetic_dicom
 from cesynth.inference import Generator, provenance_sidecar
-from cesynth.io import InputError, load_nifti, read_json, save_nifti, write_json
+from cesynth.io import (
+    InputError,
+    atomic_path,
+    check_output_file,
+    check_outputs,
+    load_nifti,
+    read_json,
+    save_nifti,
+    write_json,
+)
 from cesynth.predict_inputs import (
     PathLike,
     Preprocessing,
@@ -79,6 +87,8 @@ from cesynth.predict_synthesis import (
     load_model,
     synthesize_on_t1_grid,
 )
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 SPACE = "T1w"
 """The space of the synthetic image: the patient's native T1 grid."""
@@ -250,23 +260,18 @@ def _output_paths(out: PathLike, out_model_grid: PathLike | None, scans: Scans,
                   out_dicom: PathLike | None = None,
                   series_dirs: Sequence[Path] = ()) -> dict[str, Path]:
     """The output files by summary key, checked against each other and against the inputs
-    (files, and DICOM series folders: nothing may be written inside one)."""
+    (files, and DICOM series folders: nothing may be written inside one), and each checked to
+    be writable (a file name with the right suffix in a folder that can be written)."""
     targets = {"output": Path(out), "sidecar": sidecar_path(out)}
     if out_model_grid is not None:
         targets.update(output_model_grid=Path(out_model_grid),
                        sidecar_model_grid=sidecar_path(out_model_grid))
     if out_dicom is not None:
         targets["output_dicom"] = Path(out_dicom)
-    inputs = {_same_file_key(p) for p in scans.files()}
-    sources = [Path(_same_file_key(folder)) for folder in series_dirs]
-    seen: set[str] = set()
-    for path in targets.values():
-        key = _same_file_key(path)
-        if key in inputs or any(Path(key).is_relative_to(folder) for folder in sources):
-            raise InputError(path, "output would overwrite an input")
-        if key in seen:
-            raise InputError(path, "two outputs share this path")
-        seen.add(key)
+    check_outputs(targets.values(), scans.files(), series_dirs)
+    for key, path in targets.items():
+        if key != "output_dicom":
+            check_output_file(path, (".json",) if key.startswith("sidecar") else NIFTI_SUFFIXES)
     return targets
 
 
@@ -281,10 +286,6 @@ def sidecar_path(image_path: PathLike) -> Path:
         if path.name.endswith(suffix) and len(path.name) > len(suffix):
             return path.with_name(path.name[:-len(suffix)] + ".json")
     raise InputError(path, "output image must end in .nii or .nii.gz")
-
-
-def _same_file_key(path: Path) -> str:
-    return os.path.normcase(os.path.realpath(path))
 
 
 # ---------------------------------------------------------------- outputs
@@ -380,14 +381,14 @@ def _adc_label(scans: Scans, settings: Mapping[str, Any],
 def _write_outputs(targets: Mapping[str, Path], prediction: np.ndarray, affine: np.ndarray,
                    record: Mapping[str, Any], model_grid_img: nib.Nifti1Image | None, *,
                    study: Mapping[str, str] | None = None) -> None:
-    """Write every output (each atomically); remove those written if a later one fails."""
+    """Write every output, all or none: each file goes to a temporary file beside it, the
+    DICOM series (into an absent or empty folder) is written last, and only then are the
+    files renamed into place. A failure removes the temporary files and never a file that
+    was at an output path before."""
     writers = [
         (targets["output"], lambda p: save_nifti(prediction, affine, p, synthetic=True)),
         (targets["sidecar"], lambda p: write_json(dict(record), p)),
     ]
-    if "output_dicom" in targets:
-        writers.append((targets["output_dicom"], lambda p: synthetic_dicom.write_synthetic_series(
-            prediction, affine, p, inputs=record["InputModalities"], study=study)))
     if model_grid_img is not None:
         grid_record = {**record, "Space": "model"}
         writers += [
@@ -395,18 +396,13 @@ def _write_outputs(targets: Mapping[str, Path], prediction: np.ndarray, affine: 
                 np.asarray(model_grid_img.dataobj), model_grid_img.affine, p, synthetic=True)),
             (targets["sidecar_model_grid"], lambda p: write_json(grid_record, p)),
         ]
-    written: list[Path] = []
-    try:
+    with contextlib.ExitStack() as staged:
         for path, write in writers:
-            write(path)
-            written.append(path)
-    except BaseException:
-        for path in written:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        raise
+            write(staged.enter_context(atomic_path(path)))
+        if "output_dicom" in targets:
+            synthetic_dicom.write_synthetic_series(
+                prediction, affine, targets["output_dicom"], inputs=record["InputModalities"],
+                study=study)
 
 
 # ---------------------------------------------------------------- helpers

@@ -22,7 +22,7 @@ from typing import Any
 from cesynth import __version__, brainmask, registration
 from cesynth import adc as adc_fit
 from cesynth.inference import Generator
-from cesynth.io import InputError
+from cesynth.io import InputError, load_checked_nifti
 from cesynth.normalise import NORMALISERS, ModelGrid, normaliser_options
 from cesynth.preprocessing import ADC_DEFAULTS, LEGACY_REFERENCE, read_record
 from cesynth.release import CASCADE_TARGETS
@@ -96,7 +96,7 @@ class Preprocessing:
 def check_scans(t1: PathLike | None, t2: PathLike | None = None, adc: PathLike | None = None,
                 dwi: PathLike | None = None, bval: PathLike | None = None,
                 bvec: PathLike | None = None) -> Scans:
-    """Check which scans were given and that each exists.
+    """Check which scans were given, that each exists and that each image's values are usable.
 
     Args:
         t1: the T1 (required).
@@ -111,7 +111,8 @@ def check_scans(t1: PathLike | None, t2: PathLike | None = None, adc: PathLike |
 
     Raises:
         InputError: no T1, both ADC and DWI, a DWI without its gradient files (or gradient
-            files without a DWI), or a file that does not exist.
+            files without a DWI), a file that does not exist, or an image that is unreadable,
+            has a voxel size (pixdim) that is not positive or a voxel that is not finite.
     """
     if t1 is None:
         raise InputError("T1w", "the T1 is required")
@@ -125,6 +126,9 @@ def check_scans(t1: PathLike | None, t2: PathLike | None = None, adc: PathLike |
     for path in scans.files():
         if not path.is_file():
             raise InputError(path, "file not found")
+    for image in (scans.t1, scans.t2, scans.adc, scans.dwi):
+        if image is not None:
+            load_checked_nifti(image)
     return scans
 
 

@@ -127,6 +127,13 @@ def stage_table_path(qc_dir: str | os.PathLike, stage: str) -> Path:
     return Path(qc_dir) / f"{stage}.tsv"
 
 
+def count_flagged(table: pd.DataFrame) -> int:
+    """Rows of a gathered QC table flagged for review (0 for a stage no scan needed)."""
+    if "flagged" not in table.columns:
+        return 0
+    return int(table["flagged"].astype(str).str.lower().eq("true").sum())
+
+
 def gather_tables(paths: Iterable[str | os.PathLike], out_tsv: str | os.PathLike) -> pd.DataFrame:
     """Concatenate per-job QC tables into one, sorted by ``scan_id`` (then ``stage``).
 

@@ -27,7 +27,15 @@ import ants
 import nibabel as nib
 import numpy as np
 
-from cesynth.io import InputError, atomic_path, load_nifti, save_nifti
+from cesynth.io import (
+    InputError,
+    atomic_path,
+    check_output_file,
+    check_outputs,
+    load_checked_nifti,
+    load_nifti,
+    save_nifti,
+)
 
 PathLike = str | os.PathLike
 
@@ -121,7 +129,10 @@ def register_to_reference(
         The :class:`RegistrationResult`.
 
     Raises:
-        InputError: unreadable or unusable input, or a failed registration (names the moving file).
+        InputError: an output that is an input, a folder, not writable or of the wrong suffix
+            (checked first; :func:`check_registration_outputs`); unreadable or unusable input
+            (a voxel size that is not positive, a voxel that is not finite, no contrast), or a
+            failed registration (names the moving file).
     """
     return _register_and_resample(fixed_path, moving_path, moving_volume, None, out_path,
                                   xfm_path, threads=threads, seed=seed)
@@ -221,9 +232,10 @@ def _register_and_resample(
     """Register ``moving`` to ``fixed``, then resample ``carried`` (default: moving) onto it;
     ``cap_median``: the moving image is capped at that many times its positive median first."""
     start = time.perf_counter()
-    fixed_nii = load_nifti(fixed_path)
-    moving_nii = load_nifti(moving_path)
-    carried_nii = load_nifti(carried_path) if carried_path is not None else None
+    check_registration_outputs(out_path, xfm_path, fixed_path, moving_path, carried_path)
+    fixed_nii = load_checked_nifti(fixed_path)
+    moving_nii = load_checked_nifti(moving_path)
+    carried_nii = load_checked_nifti(carried_path) if carried_path is not None else None
     # Every ANTs object is made inside the settings block: ITK fixes its threads at first use.
     with _ants_settings(threads, seed), tempfile.TemporaryDirectory(prefix="cesynth-reg-") as work:
         fixed = _nifti_to_ants(_volume(fixed_nii, fixed_path, None), fixed_nii.affine)
@@ -242,6 +254,19 @@ def _register_and_resample(
         _write_outputs(warped, fixed_nii.affine, out_path, xfm_tmp, xfm_path)
     return RegistrationResult(mi_before, mi_after, Path(xfm_path), Path(out_path),
                               time.perf_counter() - start)
+
+
+def check_registration_outputs(out_path: PathLike, xfm_path: PathLike,
+                               *inputs: PathLike | None) -> None:
+    """Fail before any work unless the registered image (``.nii``/``.nii.gz``) and the
+    transform (``.mat``) are two writable files, neither of them an input.
+
+    Raises:
+        InputError: on the output path.
+    """
+    check_outputs((out_path, xfm_path), [path for path in inputs if path is not None])
+    check_output_file(out_path, (".nii", ".nii.gz"))
+    check_output_file(xfm_path, (".mat",))
 
 
 IDENTITY_METHOD = "identity (declared co-registered)"
@@ -278,6 +303,7 @@ def identity_to_reference(
     from cesynth.io import check_same_grid
 
     start = time.perf_counter()
+    check_registration_outputs(out_path, xfm_path, fixed_path, moving_path)
     fixed_nii, moving_nii = load_nifti(fixed_path), load_nifti(moving_path)
     name = Path(moving_path).name
     hint = "ingest.coregistered declares every input on it; register it or set it to false"

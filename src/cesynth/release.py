@@ -13,7 +13,8 @@
 The training run logs the checkpoint as a run artifact and the network under ``model``
 (:class:`cesynth.tracking.MlflowTracker`); registering ``runs:/<run_id>/model`` makes a version
 whose run this module follows back to the checkpoint. The tracking store is the one MLflow
-uses by default (``MLFLOW_TRACKING_URI``) unless a URI is given.
+uses by default (``MLFLOW_TRACKING_URI``) unless a URI is given; with neither, an MLflow URI is
+refused (MLflow would silently create an empty ``mlflow.db`` in the current folder).
 
 A release may carry the cascade models (T1 -> T2, T1 -> ADC; :data:`CASCADE_TARGETS`) that fill
 an input a patient lacks: :func:`register_release` logs them beside the checkpoint as
@@ -72,7 +73,8 @@ def resolve_model(uri_or_path: str | os.PathLike, dst_dir: str | os.PathLike | N
 
     Raises:
         InputError: naming ``uri_or_path``: neither an existing file nor an MLflow URI, an
-            unknown run, model or version, or a run without the checkpoint artifact.
+            MLflow URI with no tracking store set, an unknown run, model or version, or a run
+            without the checkpoint artifact.
     """
     text = os.fspath(uri_or_path)
     run_id = _mlflow_run_id(text, tracking_uri)
@@ -99,7 +101,8 @@ def resolve_cascade(uri_or_path: str | os.PathLike, dst_dir: str | os.PathLike |
         Cascade target (``T2w``, ``adc``) -> local checkpoint path; empty when there is none.
 
     Raises:
-        InputError: naming ``uri_or_path``: not a model reference, or a failing download.
+        InputError: naming ``uri_or_path``: not a model reference, an MLflow URI with no
+            tracking store set, or a failing download.
     """
     text = os.fspath(uri_or_path)
     run_id = _mlflow_run_id(text, tracking_uri)
@@ -150,11 +153,21 @@ def _grid_list(grid: Sequence[int] | None) -> list[int] | None:
 
 def _mlflow_run_id(text: str, tracking_uri: str | None) -> str | None:
     """The run a ``runs:/`` or ``models:/`` URI leads to; None for anything else."""
+    if text.startswith((RUNS_SCHEME, MODELS_SCHEME)):
+        _require_store(text, tracking_uri)
     if text.startswith(RUNS_SCHEME):
         return _run_id_of_run_uri(text)
     if text.startswith(MODELS_SCHEME):
         return _run_id_of_model_uri(text, tracking_uri)
     return None
+
+
+def _require_store(text: str, tracking_uri: str | None) -> None:
+    """Refuse an MLflow URI when no store is named: MLflow would open a new, empty ``mlflow.db``
+    in the current folder and report the model as unknown."""
+    if not tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):  # set_tracking_uri sets it
+        raise InputError(text, "no MLflow tracking store set: set MLFLOW_TRACKING_URI to the store "
+                               "that holds it (sqlite:///<results>/mlflow.db or http://<server>)")
 
 
 def _checkpoint_file(text: str) -> Path:

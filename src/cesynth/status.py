@@ -10,7 +10,8 @@ log exists but its outputs do not (the reason is the job's one-line ``error: ...
 last line of its log); *not run* otherwise. A stage is failed when any of its jobs failed, done
 when all are done, not run otherwise, and *not needed* when none of its jobs applies to the scan
 (the ADC of a scan without DWI, the training cache of a reported scan, the evaluation of a
-training scan).
+training scan). A validation scan's evaluation stage is the syntheses that choose each CE-T1
+model's enhancement threshold, never scored.
 
 The path templates below are the rules' outputs and logs relative to the results folder; a test
 checks them against a dry run of the workflow, so they cannot drift from the rules silently.
@@ -109,6 +110,9 @@ JOB_PATHS: dict[str, JobPaths] = {
         tuple(p.replace("{model}", "floor-{floor}").replace("{target}", "ceT1w")
               for p in (f"{_SYNTHETIC}.nii.gz", f"{_SYNTHETIC}.json")),
         "logs/synthesize_floor/{floor}_sub-{subject}.log"),
+    "resample_enhancing_truth_to_model_grid": JobPaths(
+        tuple(f"{_ANAT}_space-model_desc-enhancing_dseg{ext}" for ext in (".nii.gz", ".json")),
+        "logs/resample_enhancing_truth_to_model_grid/sub-{subject}.log"),
     "score_evaluation_subject": JobPaths(
         ("eval/{model}/sub-{subject}/sub-{subject}_metrics.json",),
         "logs/score_evaluation_subject/{model}_sub-{subject}.log"),
@@ -129,6 +133,7 @@ _CASCADE_PREFIX = "cascade-"
 _FLOOR_PREFIX = "floor-"
 _VARIANT_SEPARATOR = "--"
 _TRAINING_SPLITS = ("train", "validation")
+_SELECTION_SPLITS = ("validation",)
 _REPORTED_SPLITS = ("test",)
 _LOG_TAIL_BYTES = 64 * 1024
 
@@ -197,7 +202,8 @@ class ScanInfo:
 
     ``modalities`` (from ``T1w``, ``ceT1w``, ``T2w``, ``dwi``, and ``adc`` for a given ADC map
     in place of the DWI) is None while the scan has not been validated; ``excluded`` is the
-    reason its validation gave, when it failed.
+    reason its validation gave, when it failed; ``phantom_truth``: the phantom's ground truth
+    exists, so its enhancing lesions are moved to the model grid for the evaluation.
     """
 
     scan_id: str
@@ -208,6 +214,7 @@ class ScanInfo:
     modalities: tuple[str, ...] | None = None
     tumor_mask: bool = False
     excluded: str | None = None
+    phantom_truth: bool = False
 
 
 @dataclass
@@ -274,8 +281,15 @@ def stage_jobs(scan: ScanInfo, models: Sequence[str] = ()) -> dict[str, list[Job
         evaluation: list[Job] = []
         for model in models:
             evaluation += _evaluation_jobs(model, grid, job)
+        if scan.phantom_truth and any(not m.startswith(_CASCADE_PREFIX) for m in models):
+            evaluation.insert(0, job("resample_enhancing_truth_to_model_grid"))
         if evaluation and scan.tumor_mask:
             evaluation.insert(0, job("resample_tumor_mask_to_model_grid"))
+        jobs["evaluation"] = list(dict.fromkeys(evaluation))
+    elif scan.split in _SELECTION_SPLITS:  # synthesized to choose thresholds, never scored
+        evaluation = [j for model in models if not model.startswith(_CASCADE_PREFIX)
+                      for j in _evaluation_jobs(model, grid, job)
+                      if j.rule != "score_evaluation_subject"]
         jobs["evaluation"] = list(dict.fromkeys(evaluation))
     return jobs
 

@@ -9,6 +9,11 @@ doing that at once fail (alembic races, see FIELD-NOTES). :func:`init_store` the
 store under an exclusive file lock; the workflow calls it once before any job starts, and every job
 calls it again (a cheap no-op once the store exists) so standalone runs are safe too.
 
+A run never stays RUNNING when its job ends: an exception ends it FAILED, SIGTERM (SLURM's
+timeout or ``scancel``, Snakemake stopping its jobs) or Ctrl-C ends it KILLED and the job exits
+non-zero (143 on SIGTERM). A job killed outright (SIGKILL, the out-of-memory killer) cannot
+end its own run; :func:`end_stale_runs`, called when the workflow ends, marks it KILLED.
+
 The trainer reports through a :class:`TrainingTracker`; :class:`MlflowTracker` logs its params,
 step and epoch metrics, the best model and the result files to the active run. This module
 imports neither torch nor numpy at import time: every job imports it, the torch-free ones too.
@@ -29,6 +34,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from cesynth.signals import is_termination, sigterm_raises
 
 if TYPE_CHECKING:  # torch and numpy are imported only where a model is logged
     import numpy as np
@@ -80,14 +87,20 @@ def init_store(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
         The experiment ID.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     db_path = sqlite_path(uri)
-    with _store_lock(db_path):
+    with _store_lock(db_path):  # a server has no file to lock: another job may create it first
         client = mlflow.MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return found.experiment_id
-        return client.create_experiment(experiment, artifact_location=_artifact_root(db_path))
+        try:
+            return client.create_experiment(experiment, artifact_location=_artifact_root(db_path))
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(experiment).experiment_id
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -158,7 +171,7 @@ def stage_run(
     params: Mapping[str, Any] | None = None,
     sweeps: Sequence[str] = (),
 ) -> Iterator[Any]:
-    """Record one MLflow run around a job; the run ends FAILED if the block raises.
+    """Record one MLflow run around a job; it ends FAILED if the block raises, KILLED on SIGTERM.
 
     Args:
         rule: the rule (or command) name.
@@ -181,14 +194,44 @@ def stage_run(
     if sweeps:
         parents = sweep_parent_runs(uri, experiment, sweeps)
         tags |= {f"{TAG_PREFIX}sweeps": ",".join(sweeps), PARENT_RUN_TAG: parents[sweeps[0]]}
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=run_name(rule, wildcards),
-        tags=tags,
-    ) as active:
-        if params:
-            mlflow.log_params(flatten_params(params))
-        yield active
+    with sigterm_raises():
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(rule, wildcards),
+                                  tags=tags)
+        try:
+            if params:
+                mlflow.log_params(flatten_params(params))
+            yield active
+        except BaseException as err:
+            with contextlib.suppress(Exception):  # never hide the job's own error
+                mlflow.end_run(_end_status(err))
+            raise
+        mlflow.end_run("FINISHED")
+
+
+def end_stale_runs(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> list[str]:
+    """Mark KILLED the runs of this invocation still RUNNING once its jobs have ended.
+
+    A job killed outright (SIGKILL, the out-of-memory killer, SLURM after its grace period)
+    cannot end its own run. The workflow calls this when it ends, success or failure, when no
+    job of the invocation (``CESYNTH_INVOCATION_ID``) runs any more; other invocations sharing
+    the store are left alone.
+
+    Returns:
+        The IDs of the runs marked KILLED.
+    """
+    import mlflow
+
+    invocation = os.environ.get(ENV_INVOCATION_ID)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if not invocation or found is None:
+        return []
+    query = f"attributes.status = 'RUNNING' and tags.`{TAG_PREFIX}invocation_id` = '{invocation}'"
+    stale = [run.info.run_id for run in client.search_runs([found.experiment_id], query,
+                                                           max_results=10000)]
+    for run_id in stale:
+        client.set_terminated(run_id, "KILLED")
+    return stale
 
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -338,6 +381,15 @@ def default_tracker() -> TrainingTracker | None:
     if mlflow is not None and mlflow.active_run() is not None:
         return MlflowTracker()
     return None
+
+
+def _end_status(err: BaseException) -> str:
+    """KILLED after Ctrl-C or SIGTERM (any ``SystemExit`` with status 143), else FAILED."""
+    terminated = is_termination(err)
+    if terminated or isinstance(err, KeyboardInterrupt):
+        log.error("run ended KILLED (%s)", "SIGTERM" if terminated else "Ctrl-C")
+        return "KILLED"
+    return "FAILED"
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ Choices made here:
 * **SIGTERM** (SLURM pre-emption, Snakemake cancelling a job): the current step is finished, a
   checkpoint saved, and the process exits with :data:`EXIT_PREEMPTED` = 143 (128 + SIGTERM, what
   a process killed by SIGTERM reports), raised as :class:`TrainingPreempted` (a ``SystemExit``).
-  The job therefore fails and its MLflow run ends FAILED; SLURM's requeue or Snakemake's
+  The job therefore fails and its MLflow run ends KILLED; SLURM's requeue or Snakemake's
   ``--retries`` reruns the job, which continues from the checkpoint.
 * **Multi-GPU**: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
   DistributedDataParallel (NCCL on CUDA, gloo on CPU), each rank draws its shard of every
@@ -108,11 +108,12 @@ from cesynth.losses import LossWeights, SynthesisLoss
 from cesynth.models import channels_last_format, model_from_settings
 from cesynth.normalise import from_slice_major
 from cesynth.settings import TrainSettings
+from cesynth.signals import EXIT_TERMINATED
 from cesynth.tracking import TrainingTracker, default_tracker
 
 CURVE_PNG = "training_curve.png"
 METRICS_JSON = "train_metrics.json"
-EXIT_PREEMPTED = 143
+EXIT_PREEMPTED = EXIT_TERMINATED
 """Exit code after a SIGTERM: 128 + 15, as for a process the signal killed."""
 
 

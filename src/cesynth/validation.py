@@ -1,7 +1,7 @@
 """Check every input file of one scan (full read) before any work is done on it: presence of
-the required images, finite values, sane affines and voxel sizes, DWI volumes with matching
-b-values and gradient directions (or a 3D ADC map in their place), and binary tumor and brain
-masks on the CE-T1 grid.
+the required images (each in one file, not as both ``.nii`` and ``.nii.gz``), finite values,
+sane affines and voxel sizes, DWI volumes with matching b-values and gradient directions (or a
+3D ADC map in their place), and binary tumor and brain masks on the CE-T1 grid.
 
 The first problem raises :class:`~cesynth.io.InputError`; nothing here writes a file (the
 reports are written by :mod:`cesynth.ingest_report`).
@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 
 from cesynth.ingest import ScanFiles
-from cesynth.io import InputError, check_same_grid, load_nifti
+from cesynth.io import (
+    InputError,
+    check_same_grid,
+    load_checked_nifti,
+    other_nifti_copy,
+)
 
 VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
 
@@ -86,17 +91,16 @@ def _fail(who: str, path: Path, problem: str) -> InputError:
 
 def _load_checked(who: str, path: Path) -> tuple[Any, np.ndarray]:
     """Read an image in full and check its values and affine; return image and data."""
+    twin = other_nifti_copy(path)
+    if twin is not None:
+        raise _fail(who, path, f"{twin.name} exists too (one image in two files); keep one")
     try:
-        img = load_nifti(path)
+        img = load_checked_nifti(path)
     except InputError as err:
         # reader messages may repeat the full path; the one-line error names the file once
         raise _fail(who, path, err.problem.replace(str(path), path.name)) from err
-    data = img.get_fdata(dtype=np.float32)
-    n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-    if n_bad:
-        raise _fail(who, path, f"{n_bad} non-finite voxels (NaN or inf)")
     _check_affine(who, path, img.affine)
-    return img, data
+    return img, img.get_fdata(dtype=np.float32)
 
 
 def _check_affine(who: str, path: Path, affine: np.ndarray) -> None:

@@ -1,0 +1,410 @@
+"""Bad input and bad output paths, as a user meets them: one line on stderr naming the file or
+subject and the problem, a non-zero exit, no traceback, and nothing written over a source.
+
+Real files throughout: tiny BIDS datasets and volumes written with nibabel, DICOM series read by
+dcm2niix, the installed ``cesynth`` script and ``snakemake`` in subprocesses where the exit code
+or a signal matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers.bids_builder import AFFINE, add_subject, ellipsoid, make_dataset, save
+from helpers.workflow import CESYNTH, snakemake
+
+from cesynth import cli, predict
+from cesynth.io import InputError, read_tsv
+from cesynth.signals import EXIT_TERMINATED
+
+# ---------------------------------------------------------------- helpers
+
+
+def run_cli(capsys, *args: object) -> tuple[int, list[str]]:
+    """``cesynth ARGS`` in this process: the exit code and the lines on stderr."""
+    try:
+        code = cli.main([str(arg) for arg in args])
+    except SystemExit as exit_:  # the parser's usage errors
+        code = exit_.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_one_line(code: int, lines: list[str], start: str, *parts: str) -> None:
+    assert code != 0
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {start}"), lines[0]
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+def digest(*paths: Path) -> list[str]:
+    return [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
+
+
+def raw_pixdim(path: Path, sizes: tuple[float, float, float]) -> Path:
+    """Write a volume whose header voxel sizes are ``sizes`` as stored (nibabel repairs them
+    on reading); its affine comes from the sform, so only the pixdim is wrong."""
+    img = nib.Nifti1Image(ellipsoid(), AFFINE)
+    img.header["pixdim"][1:4] = sizes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.to_filename(str(path))
+    return path
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    """Two complete subjects (sub-01 in Set A, sub-02 in Set B)."""
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "01", seed=1)
+    add_subject(root, "02", seed=2, tumor_mask=True)
+    return root
+
+
+@pytest.fixture()
+def images(tmp_path) -> dict[str, Path]:
+    """A CE-T1, a T1, a T2 and a DWI with its gradient files, outside any dataset."""
+    files = add_subject(tmp_path / "in", "09", seed=4)
+    return {"fixed": files["ceT1w"], "moving": files["T2w"], "t1": files["T1w"],
+            "dwi": files["dwi"], "bval": files["bval"], "bvec": files["bvec"]}
+
+
+# ---------------------------------------------------------------- the source is never written
+
+
+@pytest.mark.parametrize("case", ["validate-out-in-bids", "adc-out-is-dwi",
+                                  "register-out-is-moving", "register-xfm-is-out",
+                                  "brainmask-out-is-image"])
+def test_outputs_never_write_over_a_source(case, capsys, dataset, images, tmp_path):
+    moving_copy = tmp_path / "out.nii.gz"
+    moving_copy.write_bytes(images["moving"].read_bytes())
+    args, named, source = {
+        "validate-out-in-bids": (["validate", "--bids", dataset, "--out",
+                                  dataset / "derivatives" / "ingest.tsv"],
+                                 dataset / "derivatives" / "ingest.tsv",
+                                 dataset / "sub-01/anat/sub-01_T1w.nii.gz"),
+        "adc-out-is-dwi": (["adc", "--dwi", images["dwi"], "--bval", images["bval"], "--bvec",
+                            images["bvec"], "--out", images["dwi"]], images["dwi"], images["dwi"]),
+        "register-out-is-moving": (["register", "--fixed", images["fixed"], "--moving",
+                                    images["moving"], "--out", images["moving"], "--xfm",
+                                    tmp_path / "x.mat"], images["moving"], images["moving"]),
+        "register-xfm-is-out": (["register", "--fixed", images["fixed"], "--moving", moving_copy,
+                                 "--out", tmp_path / "o.nii.gz", "--xfm", tmp_path / "o.nii.gz"],
+                                tmp_path / "o.nii.gz", moving_copy),
+        "brainmask-out-is-image": (["brainmask", "--image", images["t1"], "--out", images["t1"],
+                                    "--method", "nonzero"], images["t1"], images["t1"]),
+    }[case]
+    before = sorted(p.name for p in tmp_path.rglob("*")), digest(source)
+    code, lines = run_cli(capsys, *args)
+    assert_one_line(code, lines, str(named))
+    assert any(words in lines[0] for words in ("overwrite an input", "two outputs share this path"))
+    if case == "validate-out-in-bids":
+        assert f"inside the input folder {dataset}" in lines[0]
+    assert (sorted(p.name for p in tmp_path.rglob("*")), digest(source)) == before
+
+
+def test_failing_predict_keeps_the_file_that_was_at_out(capsys, images, tmp_path):
+    """Already held: bad input fails before anything is written."""
+    bad_t1 = images["t1"].with_name("nan_T1w.nii.gz")
+    data = ellipsoid()
+    data[3, 3, 3] = np.nan
+    save(data, bad_t1)
+    out = tmp_path / "synthetic.nii.gz"
+    out.write_bytes(b"an earlier result")
+    code, lines = run_cli(capsys, "predict", "--t1", bad_t1, "--model", tmp_path / "none.pt",
+                          "--out", out)
+    assert_one_line(code, lines, str(bad_t1), "1 non-finite voxels")
+    assert out.read_bytes() == b"an earlier result"
+
+
+def test_failing_predict_write_keeps_the_files_that_were_there(tmp_path):
+    """The last output (the DICOM series) fails: the image and sidecar written before it must
+    not replace, nor delete, the files that were at their paths."""
+    targets = {"output": tmp_path / "synthetic.nii.gz", "sidecar": tmp_path / "synthetic.json",
+               "output_dicom": tmp_path / "dicom"}
+    targets["output"].write_bytes(b"earlier image")
+    targets["sidecar"].write_text("{}")
+    (targets["output_dicom"] / "taken").mkdir(parents=True)  # not empty: the write fails
+    with pytest.raises(InputError, match="not empty"):
+        predict._write_outputs(targets, np.zeros((4, 4, 4)), np.eye(4),
+                               {"InputModalities": ["T1w"]}, None)
+    assert targets["output"].read_bytes() == b"earlier image"
+    assert targets["sidecar"].read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom", "synthetic.json",
+                                                         "synthetic.nii.gz"]
+
+
+# ---------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("command", ["brainmask", "register-moving", "register-fixed", "predict"])
+def test_non_finite_voxels_are_refused(command, value, capsys, images, tmp_path):
+    data = ellipsoid()
+    data[2, 3, 4] = value
+    bad = save(data, tmp_path / "bad.nii.gz")
+    out = tmp_path / "out" / "o.nii.gz"
+    args = {
+        "brainmask": ["brainmask", "--image", bad, "--out", out, "--method", "nonzero"],
+        "register-moving": ["register", "--fixed", images["fixed"], "--moving", bad, "--out", out,
+                            "--xfm", tmp_path / "out" / "x.mat"],
+        "register-fixed": ["register", "--fixed", bad, "--moving", images["moving"], "--out", out,
+                           "--xfm", tmp_path / "out" / "x.mat"],
+        "predict": ["predict", "--t1", bad, "--model", tmp_path / "model.pt", "--out", out],
+    }[command]
+    code, lines = run_cli(capsys, *args)
+    assert_one_line(code, lines, str(bad), "1 non-finite voxels (NaN or inf)")
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("sizes", [(0.0, 2.0, 2.5), (-2.0, 2.0, 2.5)])
+def test_voxel_size_zero_or_negative_is_refused(sizes, capsys, dataset, tmp_path):
+    t1 = raw_pixdim(dataset / "sub-01/anat/sub-01_T1w.nii.gz", sizes)
+    code, lines = run_cli(capsys, "validate", "--bids", dataset, "--out", tmp_path / "v.tsv")
+    assert code == 1
+    shown = f"{sizes[0]:g} x 2 x 2.5"
+    assert lines[0] == (f"error: sub-01: sub-01_T1w.nii.gz: voxel size (pixdim) {shown}: every "
+                        "size must be positive")
+    assert read_tsv(tmp_path / "v.tsv").set_index("scan_id").loc["02", "status"] == "included"
+    code, lines = run_cli(capsys, "brainmask", "--image", t1, "--out", tmp_path / "m.nii.gz",
+                          "--method", "nonzero")
+    assert_one_line(code, lines, str(t1), f"voxel size (pixdim) {shown}")
+
+
+def test_one_image_as_both_nii_and_nii_gz_is_refused(capsys, dataset):
+    t2 = dataset / "sub-02/anat/sub-02_T2w.nii.gz"
+    nib.save(nib.load(str(t2)), str(t2.with_name("sub-02_T2w.nii")))
+    code, lines = run_cli(capsys, "validate", "--bids", dataset)
+    assert code == 1
+    assert lines[0] == ("error: sub-02: sub-02_T2w.nii.gz: sub-02_T2w.nii exists too (one image "
+                        "in two files); keep one")
+
+
+# ---------------------------------------------------------------- one line, never a traceback
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"participant_id\tset\nsub-01\tA\n\xff\xfe\tB\n", "not UTF-8 text (byte 0xff at offset 28)"),
+    (b"", "empty file (no header row)"),
+    (b"participant_id\tset\nsub-01\tA\nsub-02\tB\textra\n", "row 2 (line 3) has 3 fields, the "
+                                                            "header 2"),
+    (b"participant_id\tset\nsub-01\tA\nsub-02\n", "row 2 (line 3) has 1 fields, the header 2"),
+    (b"participant_id\tset\nsub-01\tA\n\tB\n", "row 2 (line 3) has no participant_id"),
+])
+def test_bad_participants_tsv_is_one_line(content, problem, capsys, dataset):
+    tsv = dataset / "participants.tsv"
+    tsv.write_bytes(content)
+    code, lines = run_cli(capsys, "validate", "--bids", dataset)
+    assert code == 1
+    assert lines == [f"error: {tsv}: {problem}"]
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("brainmask-folder", "output must end in .nii or .nii.gz"),
+    ("brainmask-folder-named-nii", "output is a folder; give a file name"),
+    ("brainmask-suffix", "output must end in .nii or .nii.gz"),
+    ("register-xfm-suffix", "output must end in .mat"),
+    ("validate-suffix", "output must end in .tsv"),
+    ("adc-read-only", "is not writable"),
+    ("brainmask-read-only", "is not writable"),
+    ("import-out-is-a-file", "output is a file; give a folder"),
+])
+def test_unusable_out_is_refused_before_the_work(case, problem, capsys, dataset, images,
+                                                 tmp_path):
+    folder = tmp_path / "results"
+    (folder / "m.nii.gz").mkdir(parents=True)
+    read_only = Path("/proc/cesynth-no-such-folder")  # no one may create files here, not root
+    mask = ["brainmask", "--image", images["t1"], "--method", "nonzero", "--out"]
+    args, out = {
+        "brainmask-folder": (mask, folder),
+        "brainmask-folder-named-nii": (mask, folder / "m.nii.gz"),
+        "brainmask-suffix": (mask, folder / "m.mgz"),
+        "register-xfm-suffix": (["register", "--fixed", images["fixed"], "--moving",
+                                 images["moving"], "--out", folder / "o.nii.gz", "--xfm"],
+                                folder / "x.txt"),
+        "validate-suffix": (["validate", "--bids", dataset, "--out"], folder / "v.csv"),
+        "adc-read-only": (["adc", "--dwi", images["dwi"], "--bval", images["bval"], "--bvec",
+                           images["bvec"], "--out"], read_only / "adc.nii.gz"),
+        "brainmask-read-only": (mask, read_only / "m.nii.gz"),
+        "import-out-is-a-file": (["import", "--layout", "brats", dataset, "--out"],
+                                 images["t1"]),
+    }[case]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, lines = run_cli(capsys, *args, out)
+    assert_one_line(code, lines, str(out), problem)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_in_a_folder_without_write_permission_is_refused(capsys, images, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    code, lines = run_cli(capsys, "brainmask", "--image", images["t1"], "--method", "nonzero",
+                          "--out", locked / "m.nii.gz")
+    assert_one_line(code, lines, str(locked / "m.nii.gz"), f"folder {locked} is not writable")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["brainmask", "--image", "x.nii.gz", "--out", "m.nii.gz", "--threads", "0"],
+     "argument --threads: 0 is below the minimum 1"),
+    (["register", "--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--out", "o.nii.gz", "--xfm",
+      "x.mat", "--seed", "-1"], "argument --seed: -1 is below the minimum 0"),
+    (["phantom", "--out", "p", "--subjects", "0"], "argument --subjects: 0 is below the minimum 1"),
+    (["phantom", "--out", "p", "--subjects", "2", "--voxel-mm", "-3"],
+     "argument --voxel-mm: -3 is outside (0.4, 6]"),
+    (["validate", "--bids", "b", "--test-fraction", "1.5"],
+     "argument --test-fraction: 1.5 is outside [0, 1)"),
+    (["predict", "--t1", "t.nii.gz", "--model", "m.pt", "--out", "o.nii.gz", "--model-grid",
+      "32", "0", "32"], "argument --model-grid: 0 is below the minimum 8"),
+])
+def test_numbers_out_of_range_are_one_line_usage_errors(args, message, capsys):
+    code, lines = run_cli(capsys, *args)
+    assert code == 2
+    assert lines == [f"error: cesynth {args[0]}: {message}"]
+
+
+def test_fractions_summing_to_one_or_more_are_one_line(capsys, dataset):
+    code, lines = run_cli(capsys, "validate", "--bids", dataset, "--validation-fraction", "0.6",
+                          "--test-fraction", "0.5")
+    assert_one_line(code, lines, "--validation-fraction/--test-fraction", "sum below 1")
+
+
+def test_an_unexpected_failure_is_one_line(capsys, images, monkeypatch, tmp_path):
+    from cesynth import brainmask
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(brainmask, "brain_mask_file", broken)
+    code, lines = run_cli(capsys, "brainmask", "--image", images["t1"], "--out",
+                          tmp_path / "m.nii.gz")
+    assert code == 1
+    assert lines == ["error: cesynth brainmask: RuntimeError: a bug over two lines (-v shows the "
+                     "traceback)"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("demo={subjects: 0}", "demo.subjects: 0 is less than the minimum of 1"),
+    ("sets={test_fraction: 1.5}", "sets.test_fraction: 1.5 is greater than or equal to the "
+                                  "maximum of 1"),
+])
+def test_config_value_out_of_range_on_the_command_line_is_one_line(value, message, tmp_path):
+    result = snakemake(tmp_path, "--dry-run", "--config", value, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: config: {message}"]
+
+
+def test_config_numbers_on_the_command_line_are_typed_by_the_schema(tmp_path):
+    """Snakemake passes nested ``--config`` values as strings; a valid one is accepted."""
+    result = snakemake(tmp_path, "--dry-run", "--quiet", "rules", "--config",
+                       "demo={subjects: 3, set_b_subjects: 1}", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "make_demo_subject" in result.stdout
+
+
+def test_validate_reports_every_subject(capsys, dataset, tmp_path):
+    (dataset / "sub-0_3" / "anat").mkdir(parents=True)  # a label that is not alphanumeric
+    add_subject(dataset, "04", session="1", seed=4)
+    add_subject(dataset, "04", seed=5)  # sessions and session-less data mixed
+    code, lines = run_cli(capsys, "validate", "--bids", dataset, "--out", tmp_path / "v.tsv")
+    assert code == 1
+    assert lines == ["error: sub-04: has both ses-* folders and session-less anat/dwi",
+                     "error: sub-0_3: BIDS label is not alphanumeric",
+                     f"error: {dataset}: 2 of 4 subjects excluded"]
+    table = read_tsv(tmp_path / "v.tsv").set_index("scan_id")
+    assert table["status"].to_dict() == {"01": "included", "02": "included", "04": "excluded",
+                                         "0_3": "excluded"}
+
+
+def test_validate_keeps_going_after_an_unforeseen_failure(capsys, dataset, monkeypatch):
+    from cesynth import ingest_report
+
+    checked = ingest_report.validate_scan
+
+    def fails_on_01(scan, **options):
+        if scan.scan_id == "01":
+            raise MemoryError("out of memory reading sub-01")
+        return checked(scan, **options)
+
+    monkeypatch.setattr(ingest_report, "validate_scan", fails_on_01)
+    code, lines = run_cli(capsys, "validate", "--bids", dataset)
+    assert lines == ["error: sub-01: MemoryError: out of memory reading sub-01",
+                     f"error: {dataset}: 1 of 2 subjects excluded"]
+
+
+# ---------------------------------------------------------------- dicom2bids, SIGTERM
+
+
+def _dicom_cohort(root: Path) -> Path:
+    """P1: a T1 series (converts); P2: a T2 and a FLAIR, no T1 (fails)."""
+    from helpers.dicom_writer import write_series_from_volume
+    from pydicom.uid import generate_uid
+
+    volume = np.rint(ellipsoid() + 50)
+    for label, descriptions in (("P1", ["T1 MPRAGE pre"]), ("P2", ["Ax T2 FSE", "FLAIR"])):
+        study = generate_uid()
+        for number, description in enumerate(descriptions, start=2):
+            write_series_from_volume(volume, AFFINE, root / label / f"s{number}",
+                                     series_description=description, series_number=number,
+                                     study_uid=study)
+    return root
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_dicom2bids_is_all_or_nothing_unless_asked_to_keep_going(keep_going, tmp_path):
+    from cesynth.dicom import find_dcm2niix
+
+    find_dcm2niix()
+    dicom = _dicom_cohort(tmp_path / "dicom")
+    out = tmp_path / "bids"
+    result = subprocess.run([CESYNTH, "dicom2bids", "--dicom", str(dicom), "--out", str(out),
+                             *(["--keep-going"] if keep_going else [])],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    failure = "error: sub-P2: no series matched T1w (SeriesDescriptions: Ax T2 FSE; FLAIR)"
+    if keep_going:
+        assert result.stderr.strip().splitlines() == [
+            failure, f"error: {dicom}: 1 of 2 subjects skipped"]
+        assert sorted(p.name for p in out.iterdir()) == ["dataset_description.json", "sub-P1"]
+        assert (out / "sub-P1/anat/sub-P1_T1w.nii.gz").is_file()
+    else:
+        assert result.stderr.strip().splitlines() == [failure]
+        assert not out.exists()  # P1 converted first, but nothing lands when P2 fails
+
+
+def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "out" / "image.nii.gz"
+    script = ("import sys, time\nfrom cesynth.io import atomic_path\n"
+              f"with atomic_path({str(out)!r}) as tmp:\n"
+              "    tmp.write_bytes(b'half an image')\n"
+              "    print('writing', flush=True)\n"
+              "    time.sleep(120)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    assert len(list(out.parent.iterdir())) == 1  # the hidden temporary file
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == EXIT_TERMINATED
+    assert list(out.parent.iterdir()) == []
+
+
+def test_sigterm_stops_a_command_in_one_line_without_hidden_files(tmp_path):
+    out = tmp_path / "bids"
+    process = subprocess.Popen([CESYNTH, "phantom", "--out", str(out), "--subjects", "4",
+                                "--voxel-mm", "4"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.is_file() for p in out.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_TERMINATED, stderr
+    assert stderr.strip().splitlines() == ["error: cesynth phantom: terminated (SIGTERM)"]
+    assert [p for p in out.rglob(".*")] == []
