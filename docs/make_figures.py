@@ -2,7 +2,7 @@
 
 Draws one axial slice of each raw modality for a demo subject without a tumor and one with,
 each modality on its own grid, cut at the same world height (through the tumor when there is one),
-and copies the QC montage. The synthesis panels are made by the pipeline itself
+and copies the QC montage and the lesion-sensitivity figure. The synthesis panels are made by the pipeline itself
 (`results/eval/paper/fig4_synthesis.png`, rule `plot_synthesis_panel`).
 """
 
@@ -83,6 +83,9 @@ def main(bids: Path, results: Path) -> None:
     montage = results / "qc" / "sub-02" / "sub-02_desc-montage.png"
     if montage.exists():
         shutil.copyfile(montage, OUT / "qc_montage_sub-02.png")
+    lesions = results / "eval" / "lesion_sensitivity.png"
+    if lesions.exists():
+        shutil.copyfile(lesions, OUT / "lesion_sensitivity.png")
 
 
 if __name__ == "__main__":

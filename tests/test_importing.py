@@ -316,11 +316,13 @@ def test_segmentation_without_the_chosen_labels_gives_no_mask_and_set_a(tmp_path
 
 # Per layout: the inputs the model can use, the ADC source and brain mask QC records (BraTS
 # publishes no diffusion and no brain mask: the model learns from T1 and T2, the mask is the
-# nonzero region of the skull-stripped CE-T1).
+# nonzero region of the skull-stripped CE-T1). Cases: enough for the ID hash to put one in the
+# Set A test split (UCSF-PDGM 0001 of 3, BraTS 00004 of 4).
 END_TO_END = {
     "ucsf-pdgm": {"modalities": ["T1w", "T2w", "adc"], "adc_sources": {"given ADC map"},
-                  "mask": "provided"},
-    "brats": {"modalities": ["T1w", "T2w"], "adc_sources": set(), "mask": "nonzero"},
+                  "mask": "provided", "cases": 3},
+    "brats": {"modalities": ["T1w", "T2w"], "adc_sources": set(), "mask": "nonzero",
+              "cases": 4},
 }
 
 
@@ -330,7 +332,8 @@ def test_an_imported_cohort_runs_to_evaluation_and_release(tmp_path, layout):
     """The workflow from a phantom in a published layout: imported first (Set A, so it trains),
     declared co-registered and skull-stripped, the scanner's ADC maps (if any) used as given."""
     source = tmp_path / layout
-    subprocess.run([CESYNTH, "phantom", "--out", str(source), "--subjects", "3", "--set-b", "1",
+    cases = str(END_TO_END[layout]["cases"])
+    subprocess.run([CESYNTH, "phantom", "--out", str(source), "--subjects", cases, "--set-b", "1",
                     "--voxel-mm", "4", "--layout", layout], check=True, capture_output=True)
     small = yaml.safe_load((REPO / "config/profiles/demo-small.yaml").read_text())
     config = {key: value for key, value in small.items()
