@@ -2,8 +2,8 @@
 
 Draws one axial slice of each raw modality for a demo subject without a tumor and one with,
 each modality on its own grid, cut at the same world height (through the tumor when there is one),
-and copies the QC montage and the lesion-sensitivity figure. The synthesis panels are made by the pipeline itself
-(`results/eval/paper/fig4_synthesis.png`, rule `plot_synthesis_panel`).
+and copies the QC montage and the lesion-sensitivity figure. The synthesis panels are made by
+the pipeline itself (`results/eval/paper/fig4_synthesis.png`, rule `plot_synthesis_panel`).
 """
 
 from __future__ import annotations
