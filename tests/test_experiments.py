@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
+from snakemake.utils import update_config, validate
 
 from cesynth import experiments
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = REPO / "config" / "profiles"
 
 STAGES = [{"epochs": 2, "l1": 1.0, "l2": 1.0, "l3": 1.0, "lr": 1e-3},
           {"epochs": 1, "l1": 0.1, "l2": 0.1, "l3": 10.0, "lr": 1e-4}]
@@ -23,6 +30,36 @@ def test_each_grid_point_is_a_named_experiment():
     assert found["models-unet2d"].settings["model"] == "unet2d"
     assert found["delta-0p01"].sweeps == (("delta", {"delta": 0.01}),)
     assert "gpus" not in found["default"].settings
+
+
+def test_a_sweep_set_to_null_is_switched_off():
+    found = expand({"delta": None, "models": {"model": ["unet2d"]}})
+    assert list(found) == ["default", "models-unet2d"]
+
+
+def merged_config(*profiles: str) -> dict:
+    """config.yaml with the profiles on top, merged and validated as Snakemake does."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for profile in profiles:
+        update_config(config, yaml.safe_load((PROFILES / profile).read_text()))
+    validate(config, str(REPO / "config" / "config.schema.yaml"))
+    return config
+
+
+def study_models(*profiles: str) -> set[str]:
+    config = merged_config("study.yaml", *profiles)
+    found = experiments.expand(config["train"], config["experiments"], config["sweeps"],
+                               config["evaluation"]["reference"])
+    if config["cascade"]["enabled"]:
+        found.update(experiments.cascade_experiments(config["train"], config["cascade"]["train"]))
+    return set(found) | {f"condition {c}" for c in config["evaluation"]["conditions"]}
+
+
+def test_the_two_study_parts_together_are_the_whole_study_each_with_the_final_model():
+    part1 = study_models("study-losses-inputs.yaml")
+    part2 = study_models("study-architectures.yaml")
+    assert part1 | part2 == study_models()
+    assert part1 & part2 == {"default"}
 
 
 def test_a_point_equal_to_the_base_is_the_base_itself():

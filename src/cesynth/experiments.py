@@ -136,7 +136,8 @@ def expand(train: Mapping[str, Any], experiments: Mapping[str, Mapping[str, Any]
     Args:
         train: the config's ``train`` mapping.
         experiments: declared name -> overrides of ``train``.
-        sweeps: sweep name -> {setting: [values]}; the grid is the product of the lists.
+        sweeps: sweep name -> {setting: [values]}; the grid is the product of the lists. A sweep
+            set to None is switched off (a profile on top of another leaves it out this way).
         base: the declared experiment every sweep varies.
 
     Returns:
@@ -150,7 +151,7 @@ def expand(train: Mapping[str, Any], experiments: Mapping[str, Mapping[str, Any]
     found = {name: Experiment(name, resolve_settings(train, overrides))
              for name, overrides in experiments.items()}
     by_identity = {identity(e.settings): name for name, e in found.items()}
-    for sweep, grid in sweeps.items():
+    for sweep, grid in switched_on(sweeps).items():
         for point in grid_points(sweep, grid):
             settings = apply_point(found[base].settings, point)
             name = by_identity.setdefault(identity(settings), point_name(sweep, point))
@@ -161,6 +162,13 @@ def expand(train: Mapping[str, Any], experiments: Mapping[str, Mapping[str, Any]
             found[name] = Experiment(name, previous.settings,
                                      previous.sweeps + ((sweep, dict(point)),))
     return found
+
+
+def switched_on(sweeps: Mapping[str, Mapping[str, Sequence[Any]] | None]
+                ) -> dict[str, Mapping[str, Sequence[Any]]]:
+    """The sweeps to run: those not set to None. Config files merge key by key, so a profile
+    cannot delete a sweep a base profile declares; it switches it off with ``null``."""
+    return {sweep: grid for sweep, grid in sweeps.items() if grid is not None}
 
 
 def grid_points(sweep: str, grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -235,4 +243,4 @@ def sweep_members(found: Mapping[str, Experiment]) -> dict[str, list[dict[str, A
 
 __all__ = ["Experiment", "catalog_row", "cascade_experiments", "condition_inputs", "expand",
            "format_value", "grid_points", "identity", "point_name", "resolve_settings",
-           "sweep_members", "trunk_id", "trunk_settings", "variant_name"]
+           "sweep_members", "switched_on", "trunk_id", "trunk_settings", "variant_name"]
