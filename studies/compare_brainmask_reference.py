@@ -1,15 +1,16 @@
 """The brain-mask reference comparison (studies/RESULTS.md): the study's reference model trained
 with masks of the CE-T1 (the paper's) and of the T1 (what `cesynth predict` can redo).
 
-Both arms run in the study's results folder on its base profile (the cohort, the reference
-model, the floors), so the registrations are shared and only the mask and what follows it rerun;
-arm 1 (the study's own setting, masks of the CE-T1) is kept aside before arm 2 replaces it. A
-finished study part counts as arm 1:
+Both arms run in the study's results folder with `config/profiles/study-brainmask.yaml` on top
+of the study's profile (the final model and the T1 floor), so the registrations are shared and
+only the mask and what follows it rerun; arm 1 (the study's own setting, masks of the CE-T1) is
+kept aside before arm 2 replaces it. After a study part, arm 1 reuses that part's final model:
 
-    snakemake study --cores all --configfile config/profiles/study.yaml
+    snakemake study --cores all --configfile config/profiles/study.yaml \\
+        config/profiles/study-brainmask.yaml
     python studies/compare_brainmask_reference.py keep results-study arm-ceT1w
     snakemake study --cores all --configfile config/profiles/study.yaml \\
-        --config brainmask='{reference: T1w}'
+        config/profiles/study-brainmask.yaml --config brainmask='{reference: T1w}'
     python studies/compare_brainmask_reference.py keep results-study arm-T1w
     python studies/compare_brainmask_reference.py compare results-study \\
         > studies/brainmask_reference.tsv

@@ -55,11 +55,13 @@ def study_models(*profiles: str) -> set[str]:
     return set(found) | {f"condition {c}" for c in config["evaluation"]["conditions"]}
 
 
-def test_the_two_study_parts_together_are_the_whole_study_each_with_the_final_model():
-    part1 = study_models("study-losses-inputs.yaml")
-    part2 = study_models("study-architectures.yaml")
-    assert part1 | part2 == study_models()
-    assert part1 & part2 == {"default"}
+def test_the_study_parts_together_are_the_whole_study_each_with_the_final_model():
+    parts = [study_models(part) for part in ("study-localloss.yaml", "study-inputs-delta.yaml",
+                                              "study-architectures.yaml")]
+    assert set.union(*parts) == study_models()
+    for first, second in ((0, 1), (0, 2), (1, 2)):
+        assert parts[first] & parts[second] == {"default"}
+    assert study_models("study-brainmask.yaml") == {"default"}
 
 
 def test_a_point_equal_to_the_base_is_the_base_itself():
