@@ -831,7 +831,9 @@ def end_stale_runs():
 onstart:
     tracking.init_store(TRACKING_URI, config["mlflow"]["experiment"])
     tracking.sweep_parent_runs(
-        TRACKING_URI, config["mlflow"]["experiment"], list(experiments.switched_on(config["sweeps"]))
+        TRACKING_URI,
+        config["mlflow"]["experiment"],
+        list(experiments.switched_on(config["sweeps"])),
     )
 
 

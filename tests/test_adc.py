@@ -13,14 +13,16 @@ import pytest
 from cesynth.adc import (
     AdcStats,
     adc_error_vs_truth,
+    convert_adc_map_file,
     fit_adc,
     fit_adc_file,
     fit_dwi_shells,
     group_shells,
     read_bvals_bvecs,
     shell_means,
+    write_qc_row,
 )
-from cesynth.io import InputError
+from cesynth.io import InputError, read_tsv
 
 SHAPE = (12, 10, 6)
 AFFINE = np.array([[-1.5, 0, 0, 40], [0, 1.5, 0, -30], [0, 0, 3, -12], [0, 0, 0, 1]])
@@ -179,6 +181,57 @@ def test_file_with_mask_and_extra_shell(tmp_path):
 
     errors = adc_error_vs_truth(out, tmp_path / "adc.nii.gz", mask_path)
     assert errors["median_abs_error"] == 0.0
+
+
+def _row(qc_tsv: Path) -> dict[str, str]:
+    [row] = read_tsv(qc_tsv).to_dict("records")
+    return row
+
+
+def test_qc_row_of_a_fit_with_the_true_adc(tmp_path):
+    true = three_tissue_adc()
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, simulate(true))
+    adc_path, true_path = tmp_path / "adc.nii.gz", tmp_path / "true.nii.gz"
+    nib.save(nib.Nifti1Image(true, AFFINE), true_path)
+    stats = fit_adc_file(dwi_path, bval_path, bvec_path, adc_path)
+    qc_tsv = tmp_path / "qc" / "adc" / "07.tsv"
+
+    metrics = write_qc_row(stats, "07", qc_tsv, adc_path=adc_path, true_adc_path=true_path)
+
+    row = _row(qc_tsv)
+    assert list(row) == [
+        "scan_id", "stage", "source", "unit_conversion", "n_voxels_fitted", "n_clipped_low",
+        "n_clipped_high", "n_nonpositive_signal", "median_in_mask", "b_values",
+        "truth_median_abs_error", "truth_mean_abs_error", "truth_median_rel_error",
+        "truth_n_voxels", "flagged",
+    ]
+    assert row == {"scan_id": "07", "stage": "adc", **{k: str(v) for k, v in metrics.items()},
+                   "flagged": "False"}
+    assert row["source"] == "fitted from DWI"
+    assert row["unit_conversion"] == "none (fitted in mm2/s)"
+    assert row["b_values"] == "(0.0, 500.0, 1000.0)"
+    assert int(row["n_voxels_fitted"]) == int(row["truth_n_voxels"]) == true.size
+    assert float(row["median_in_mask"]) == pytest.approx(np.median(true), rel=1e-5)
+    assert float(row["truth_median_abs_error"]) < 1e-8
+
+
+def test_qc_row_of_a_given_map_says_its_unit(tmp_path):
+    given = tmp_path / "sub-07_adc.nii.gz"
+    nib.save(nib.Nifti1Image(three_tissue_adc() * 1e6, AFFINE), given)  # scanner units
+    stats = convert_adc_map_file(given, tmp_path / "adc.nii.gz")
+    qc_tsv = tmp_path / "07.tsv"
+
+    metrics = write_qc_row(stats, "07", qc_tsv)
+
+    row = _row(qc_tsv)
+    assert list(row) == ["scan_id", "stage", "source", "unit", "scale", "unit_conversion",
+                         "n_voxels", "n_clipped_low", "n_clipped_high", "n_nonfinite",
+                         "median_in_mask", "flagged"]
+    assert row == {"scan_id": "07", "stage": "adc", **{k: str(v) for k, v in metrics.items()},
+                   "flagged": "False"}
+    assert (row["source"], row["unit"], row["scale"]) == ("given ADC map", "1e-6 mm2/s", "1e-06")
+    with pytest.raises(ValueError, match="adc_path"):
+        write_qc_row(stats, "07", qc_tsv, true_adc_path=given)
 
 
 def test_mask_on_other_grid_is_rejected(tmp_path):

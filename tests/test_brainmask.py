@@ -14,7 +14,7 @@ from scipy import ndimage
 
 import cesynth
 from cesynth import brainmask as bm
-from cesynth.io import InputError, load_nifti
+from cesynth.io import InputError, load_nifti, read_tsv, save_nifti
 
 DICE_REQUIRED = 0.95       # the issue's requirement for the default method
 DICE_THICK_REQUIRED = 0.90  # 5 mm axial slices
@@ -243,3 +243,56 @@ def test_mask_volume_ml_hand_values() -> None:
     affine = np.diag([2.0, -1.5, 5.0, 1.0])  # 15 mm3 per voxel, a flipped axis
     assert bm.mask_volume_ml(mask, affine) == pytest.approx(40 * 15 / 1000)
     assert bm.mask_volume_ml(mask.astype(bool), np.eye(4)) == pytest.approx(0.04)
+
+
+# ---------------------------------------------------------------------------------------------
+# QC row
+
+
+def _skull_stripped(tmp_path: Path, radii: tuple[int, int, int]) -> tuple[Path, Path]:
+    """A skull-stripped image (an ellipsoid on zero, 4 mm voxels) and its true brain mask."""
+    grid = np.indices((40, 40, 40), dtype=float)
+    brain = sum(((g - 20) / r) ** 2 for g, r in zip(grid, radii, strict=True)) <= 1
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    image = save_nifti(brain * (500.0 + grid[0]), affine, tmp_path / "ce.nii.gz")
+    truth = save_nifti(brain, affine, tmp_path / "truth.nii.gz", dtype=np.uint8)
+    return image, truth
+
+
+def _row(qc_tsv: Path) -> dict[str, str]:
+    [row] = read_tsv(qc_tsv).to_dict("records")
+    return row
+
+
+def test_qc_row_of_a_declared_mask_with_its_truth_flags_a_small_brain(tmp_path: Path) -> None:
+    image, truth = _skull_stripped(tmp_path, radii=(8, 9, 7))
+    info = bm.declared_brain_mask_file(image, tmp_path / "mask.nii.gz", reference="ceT1w")
+    qc_tsv = tmp_path / "qc" / "brainmask" / "07.tsv"
+
+    metrics = bm.write_qc_row(info, "07", qc_tsv, true_mask_path=truth)
+
+    row = _row(qc_tsv)
+    assert list(row) == ["scan_id", "stage", "method", "reference", "volume_ml", "seconds",
+                         "source", "truth_dice", "brain_volume_implausible", "flagged"]
+    assert row == {"scan_id": "07", "stage": "brainmask",
+                   **{key: str(value) for key, value in metrics.items()}, "flagged": "True"}
+    assert (row["method"], row["reference"]) == ("nonzero", "ceT1w")
+    assert row["source"] == "nonzero region of ce.nii.gz (declared skull-stripped)"
+    assert float(row["volume_ml"]) == pytest.approx(info["volume_ml"]) and info["volume_ml"] < 800
+    assert float(row["truth_dice"]) == pytest.approx(1.0)
+    assert row["brain_volume_implausible"] == "True"
+
+
+def test_qc_row_of_a_plausible_mask_without_truth(tmp_path: Path) -> None:
+    image, _ = _skull_stripped(tmp_path, radii=(15, 17, 13))
+    info = bm.brain_mask_file(image, tmp_path / "mask.nii.gz", "nonzero", reference="T1w")
+    qc_tsv = tmp_path / "07.tsv"
+
+    metrics = bm.write_qc_row(info, "07", qc_tsv)
+
+    assert metrics["brain_volume_implausible"] is False
+    assert _row(qc_tsv) == {
+        "scan_id": "07", "stage": "brainmask", "method": "nonzero", "reference": "T1w",
+        "volume_ml": str(info["volume_ml"]), "seconds": str(info["seconds"]),
+        "brain_volume_implausible": "False", "flagged": "False",
+    }

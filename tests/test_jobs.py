@@ -1,12 +1,17 @@
-"""A job's thread limit reaches every library that starts threads."""
+"""A job described without Snakemake runs as one MLflow run; its thread limit reaches every
+library that starts threads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+
+from cesynth.jobs import Job
 
 THREAD_VARIABLES = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "OPENBLAS_NUM_THREADS")
@@ -38,3 +43,47 @@ def test_limit_threads_sets_itk_openmp_and_blas_and_torch():
 def test_limit_threads_takes_at_least_one_thread(threads, expected):
     seen = _threads_after_limit(threads, import_torch_first=False)
     assert {seen[v] for v in THREAD_VARIABLES} == {expected}
+
+
+# A job as a workflow script runs it, with the job's log (argv[1]) and tracking URI (argv[2]).
+_JOB = """
+import json, os, sys
+os.environ["CESYNTH_TRACKING_URI"] = sys.argv[2]
+from cesynth.jobs import Job, run_job
+
+run_job(Job("fit_adc", {"subject": 7}, sys.argv[1], threads=3), lambda: {"n_voxels": 5},
+        params={"min_adc": 0.0})
+print(json.dumps({"omp": os.environ["OMP_NUM_THREADS"]}), file=sys.__stdout__)
+"""
+
+
+def test_run_job_takes_a_job_without_snakemake(tmp_path):
+    import mlflow
+
+    log, uri = tmp_path / "logs" / "fit_adc.log", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run([sys.executable, "-c", _JOB, str(log), uri], capture_output=True,
+                            text=True, check=True, timeout=300)
+    assert json.loads(result.stdout.splitlines()[-1]) == {"omp": "3"}
+    assert "cesynth: done: fit_adc {'subject': '7'}" in log.read_text()
+    mlflow.set_tracking_uri(uri)
+    [run] = mlflow.search_runs(experiment_names=["cesynth"], output_format="list")
+    assert run.info.run_name == "fit_adc[subject=7]"
+    assert run.data.tags["cesynth.wildcard.subject"] == "7"
+    assert run.data.metrics == {"n_voxels": 5.0}
+    assert run.data.params == {"min_adc": "0.0"}
+
+
+def test_a_job_is_frozen_and_logs_to_stderr_by_default():
+    job = Job("assign_sets")
+    assert (job.wildcards, job.log, job.threads) == ({}, None, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.threads = 4
+
+
+def test_a_job_is_read_from_what_a_snakemake_script_object_holds():
+    # Snakemake's Log and Wildcards are list-like and mapping-like; a script object has no more
+    script_object = SimpleNamespace(rule="fit_adc", wildcards={"subject": "07"},
+                                    log=["logs/fit_adc/sub-07.log"], threads=2)
+    assert Job.of(script_object) == Job("fit_adc", {"subject": "07"}, "logs/fit_adc/sub-07.log", 2)
+    script_object.log = []
+    assert Job.of(script_object).log is None

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cesynth.io import InputError, load_nifti, save_nifti
+from cesynth.io import InputError, load_nifti, read_tsv, save_nifti
 from cesynth.normalise import (
     NORMALISERS,
     SLICE_AXIS,
@@ -20,6 +20,7 @@ from cesynth.normalise import (
     prepare_subject,
     to_model_grid,
     to_slice_major,
+    write_qc_row,
 )
 
 NATIVE_SHAPE = (40, 48, 30)
@@ -290,3 +291,41 @@ def test_prepare_subject_rejects_off_grid_image_and_writes_nothing(tmp_path):
     assert not out_t1.exists()
     with pytest.raises(InputError, match="T1w is required"):
         prepare_subject({"T1w": None}, mask_path, {}, tmp_path / "m.nii.gz", MODEL_SHAPE)
+
+
+# ---------------------------------------------------------------- QC row
+
+STAT_COLUMNS = ["brain_n_voxels", "brain_mean", "brain_std", "brain_min", "brain_p0.5",
+                "brain_median", "brain_p99.5", "brain_max"]
+
+
+def _qc_row_of(tmp_path, modality, values):
+    """Prepare one image on the model grid, write its QC row; (stats, returned, row read back)."""
+    affine = _affine()
+    mask_path = save_nifti(_ellipsoid_mask(), affine, tmp_path / "mask.nii.gz", dtype=np.uint8)
+    image_path = save_nifti(values, affine, tmp_path / f"{modality}.nii.gz")
+    stats = prepare_image(image_path, mask_path, tmp_path / "model.nii.gz", MODEL_SHAPE)
+    qc_tsv = tmp_path / "qc" / "normalise" / "07.tsv"
+    returned = write_qc_row(stats, modality, "07", qc_tsv)
+    [row] = read_tsv(qc_tsv).to_dict("records")
+    return stats, returned, row
+
+
+@pytest.mark.parametrize("unit, implausible", [(1.0, False), (1e3, True)])  # mm2/s, um2/ms
+def test_qc_row_of_an_adc_map_checks_its_brain_median(tmp_path, unit, implausible):
+    stats, returned, row = _qc_row_of(tmp_path, "adc", (_blob() * 1e-3 + 7e-4) * unit)
+    assert list(row) == ["scan_id", "stage", "modality", *STAT_COLUMNS,
+                         "adc_median_implausible", "flagged"]
+    assert row == {"scan_id": "07", "stage": "normalise", "modality": "adc",
+                   **{f"brain_{key}": str(value) for key, value in stats.items()},
+                   "adc_median_implausible": str(implausible), "flagged": str(implausible)}
+    assert (0.6e-3 <= float(row["brain_median"]) <= 1.2e-3) != implausible
+    assert returned == {**stats, "adc_median_implausible": implausible}
+
+
+def test_qc_row_of_another_modality_has_no_flag(tmp_path):
+    stats, returned, row = _qc_row_of(tmp_path, "T1w", _blob() * 900 + 100)
+    assert list(row) == ["scan_id", "stage", "modality", *STAT_COLUMNS, "flagged"]
+    assert (row["modality"], row["flagged"]) == ("T1w", "False")
+    assert row["brain_n_voxels"] == str(stats["n_voxels"])
+    assert returned == stats

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 from cesynth import tracking
-from cesynth.jobs import JobOutcome, run_job
+from cesynth.jobs import Job, JobOutcome, run_job
 
 
 def _uri(tmp_path: Path) -> str:
@@ -94,14 +94,8 @@ def test_concurrent_first_runs_do_not_race_on_a_fresh_store(tmp_path):
     assert sorted(int(run.data.metrics["index"]) for run in runs) == list(range(6))
 
 
-class _FakeJob:
-    """The attributes run_job reads from a Snakemake script job."""
-
-    def __init__(self, log_path: Path):
-        self.rule = "validate_subject"
-        self.wildcards = {"subject": "07"}
-        self.log = [str(log_path)]
-        self.threads = 2
+def _validate_job(log_path: Path) -> Job:
+    return Job("validate_subject", {"subject": "07"}, str(log_path), threads=2)
 
 
 def test_run_job_logs_outcome_and_reports_input_errors_in_one_line(tmp_path, monkeypatch, capfd):
@@ -113,14 +107,14 @@ def test_run_job_logs_outcome_and_reports_input_errors_in_one_line(tmp_path, mon
     artifact = tmp_path / "qc.txt"
     artifact.write_text("qc")
     monkeypatch.setattr("sys.stderr", os.sys.stderr)
-    run_job(_FakeJob(tmp_path / "ok.log"),
+    run_job(_validate_job(tmp_path / "ok.log"),
             lambda: JobOutcome(metrics={"volume_ml": 1234.5, "flag": True}, artifacts=[artifact]))
 
     def bad_input():
         raise InputError("sub-07", "sub-07_dwi.bval: 6 b-values for 7 volumes")
 
     with pytest.raises(SystemExit) as exit_info:
-        run_job(_FakeJob(tmp_path / "bad.log"), bad_input)
+        run_job(_validate_job(tmp_path / "bad.log"), bad_input)
     assert exit_info.value.code == 1
     line = "error: sub-07: sub-07_dwi.bval: 6 b-values for 7 volumes"
     assert line in capfd.readouterr().err
@@ -140,10 +134,7 @@ def test_run_job_logs_outcome_and_reports_input_errors_in_one_line(tmp_path, mon
 _JOB = """
 import sys, time
 from pathlib import Path
-from cesynth.jobs import run_job
-
-class Job:
-    rule, wildcards, log, threads = "train_model", {"experiment": "default"}, [sys.argv[1]], 1
+from cesynth.jobs import Job, run_job
 
 def work():
     Path(sys.argv[3]).touch()  # the run is open
@@ -151,7 +142,7 @@ def work():
         raise RuntimeError("boom")
     time.sleep(600)
 
-run_job(Job(), work)
+run_job(Job("train_model", {"experiment": "default"}, sys.argv[1]), work)
 """
 
 

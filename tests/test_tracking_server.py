@@ -28,7 +28,7 @@ import yaml
 from helpers.workflow import REPO, dry_run_jobs, snakemake
 
 from cesynth import tracking
-from cesynth.jobs import ENV_TRACKING_URI, JobOutcome, run_job
+from cesynth.jobs import ENV_TRACKING_URI, Job, JobOutcome, run_job
 from cesynth.release import resolve_model
 
 JOBS = 16
@@ -98,16 +98,6 @@ def server(tmp_path_factory) -> Iterator[str]:
         stop(process)
 
 
-class _Job:
-    """The attributes :func:`run_job` reads from a Snakemake script job."""
-
-    def __init__(self, index: int, log_dir: Path):
-        self.rule = "concurrent_job"
-        self.wildcards = {"job": str(index)}
-        self.log = [str(log_dir / f"job-{index}.log")]
-        self.threads = 1
-
-
 def expected_metrics(index: int) -> dict[str, float]:
     return {f"m{k}": float(index * 100 + k) for k in range(METRICS)}
 
@@ -123,7 +113,7 @@ def _log_one_job(uri: str, index: int, log_dir: Path, start: mp.synchronize.Barr
             tracker.log_step(step, {"loss": index + step / STEPS})
         return JobOutcome(metrics=expected_metrics(index), params={"index": index})
 
-    run_job(_Job(index, log_dir), work)
+    run_job(Job("concurrent_job", {"job": str(index)}, str(log_dir / f"job-{index}.log")), work)
 
 
 def log_at_once(uri: str, log_dir: Path) -> list[int | None]:

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import ingest_report, splits  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 sets = snakemake.params.sets
 fractions = splits.SplitFractions.from_config(sets)
@@ -18,4 +18,4 @@ def work():
     return {f"n_{split}": int(n) for split, n in counts.items()}
 
 
-run_job(snakemake, work, params=sets)
+run_job(Job.of(snakemake), work, params=sets)

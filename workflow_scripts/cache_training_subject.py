@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import cache
-from cesynth.jobs import run_job
+from cesynth.jobs import Job, run_job
 
 inputs = snakemake.input
 IMAGES = ("T1w", "T2w", "adc", "ceT1w")
@@ -17,4 +17,4 @@ def work():
     return {f"has_{name}": True for name in images}
 
 
-run_job(snakemake, work, params={"modalities": snakemake.params.modalities})
+run_job(Job.of(snakemake), work, params={"modalities": snakemake.params.modalities})

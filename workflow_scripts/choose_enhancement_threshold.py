@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import enhancement
-from cesynth.jobs import run_job
+from cesynth.jobs import Job, run_job
 
 
 def work():
@@ -18,4 +18,4 @@ def work():
     return {key: value for key, value in record.items() if isinstance(value, int | float)}
 
 
-run_job(snakemake, work, params={"delta": snakemake.params.delta})
+run_job(Job.of(snakemake), work, params={"delta": snakemake.params.delta})

@@ -1,10 +1,11 @@
-"""Rule convert_adc_map: glue only, the work is cesynth.adc.convert_adc_map_file."""
+"""Rule convert_adc_map: glue only, the work is cesynth.adc (convert_adc_map_file,
+write_qc_row)."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from cesynth import adc, qc  # noqa: E402
-from cesynth.jobs import JobOutcome, run_job  # noqa: E402
+from cesynth import adc  # noqa: E402
+from cesynth.jobs import Job, JobOutcome, run_job  # noqa: E402
 
 inputs, params = snakemake.input, snakemake.params
 
@@ -15,9 +16,8 @@ def work():
         inputs.adc_map, snakemake.output.adc, who=f"sub-{subject}",
         sidecar_path=inputs.get("adc_sidecar"), min_adc=params.min_adc, max_adc=params.max_adc,
     )
-    metrics = stats.to_dict()
-    qc.write_row(qc.qc_row("adc", subject, metrics, {}), snakemake.output.qc)
+    metrics = adc.write_qc_row(stats, subject, snakemake.output.qc)
     return JobOutcome(metrics=metrics, params={"source": stats.source, "unit": stats.unit})
 
 
-run_job(snakemake, work, params=dict(params.items()))
+run_job(Job.of(snakemake), work, params=dict(params.items()))

@@ -5,7 +5,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import dicom  # noqa: E402
 from cesynth.io import write_json  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 subject = snakemake.wildcards.subject
 
@@ -18,4 +18,4 @@ def work():
     return {f"has_{name}": True for name in converted.get("modalities", {})}
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import registration  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 inputs, output, wildcards = snakemake.input, snakemake.output, snakemake.wildcards
 
@@ -19,4 +19,4 @@ def work():
     )
 
 
-run_job(snakemake, work, params={"declared": snakemake.params.declared})
+run_job(Job.of(snakemake), work, params={"declared": snakemake.params.declared})

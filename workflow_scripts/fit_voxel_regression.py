@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import baselines
-from cesynth.jobs import run_job
+from cesynth.jobs import Job, run_job
 
 
 def work():
@@ -12,4 +12,4 @@ def work():
     return {key: value for key, value in model.items() if isinstance(value, int | float)}
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

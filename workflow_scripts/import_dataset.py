@@ -6,7 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import importing  # noqa: E402
 from cesynth.io import write_json  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 log = logging.getLogger("import_dataset")
 settings = snakemake.params.settings
@@ -23,4 +23,4 @@ def work():
     return {"imported": report["imported"], "skipped": len(report["skipped"])}
 
 
-run_job(snakemake, work, params={"layout": settings["layout"]})
+run_job(Job.of(snakemake), work, params={"layout": settings["layout"]})

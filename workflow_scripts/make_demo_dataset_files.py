@@ -6,7 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 from pathlib import Path  # noqa: E402
 
 from cesynth import phantom  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 demo = snakemake.params.demo
 bids_dir = Path(snakemake.output.participants).parent
@@ -19,4 +19,4 @@ def work():
     return {"subjects": len(plan), "set_b_subjects": int((plan["set"] == "B").sum())}
 
 
-run_job(snakemake, work, params=demo)
+run_job(Job.of(snakemake), work, params=demo)

@@ -6,7 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 from pathlib import Path
 
 from cesynth import phantom  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 params = snakemake.params
 bids_dir = Path(snakemake.output.t1w).parents[2]  # <bids>/sub-XX/anat/sub-XX_T1w.nii.gz
@@ -19,4 +19,4 @@ def work():
     return {"n_tumors": int(plan_row["n_tumors"]), "set_b": plan_row["set"] == "B"}
 
 
-run_job(snakemake, work, params={**plan_row, "voxel_mm": params.voxel_mm})
+run_job(Job.of(snakemake), work, params={**plan_row, "voxel_mm": params.voxel_mm})

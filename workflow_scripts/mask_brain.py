@@ -1,11 +1,11 @@
 """Rule mask_brain: glue only, the work is cesynth.brainmask.brain_mask_file (or, for a dataset
-declared skull-stripped, cesynth.brainmask.declared_brain_mask_file)."""
+declared skull-stripped, cesynth.brainmask.declared_brain_mask_file) and its write_qc_row."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from cesynth import brainmask, qc  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth import brainmask  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 inputs, output, params = snakemake.input, snakemake.output, snakemake.params
 
@@ -21,15 +21,8 @@ def work():
             inputs.image, output.mask, params.method, threads=snakemake.threads,
             reference=params.reference, sidecar_path=output.sidecar,
         )
-    metrics = {"method": info["method"], "reference": info["reference"],
-               "volume_ml": info["volume_ml"], "seconds": info["seconds"]}
-    if "source" in info:
-        metrics["source"] = info["source"]
-    if "true_mask" in inputs.keys():
-        metrics["truth_dice"] = brainmask.dice_files(output.mask, inputs.true_mask)
-    flags = qc.plausibility_flags(brain_volume_ml=info["volume_ml"])
-    qc.write_row(qc.qc_row("brainmask", snakemake.wildcards.subject, metrics, flags), output.qc)
-    return {**metrics, **flags}
+    return brainmask.write_qc_row(info, snakemake.wildcards.subject, output.qc,
+                                  true_mask_path=inputs.get("true_mask"))
 
 
-run_job(snakemake, work, params={"method": params.method, "reference": params.reference})
+run_job(Job.of(snakemake), work, params={"method": params.method, "reference": params.reference})

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import lesion_figure
-from cesynth.jobs import JobOutcome, run_job
+from cesynth.jobs import Job, JobOutcome, run_job
 
 
 def work():
@@ -12,4 +12,4 @@ def work():
     return JobOutcome(artifacts=[snakemake.output.figure])
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import qc  # noqa: E402
-from cesynth.jobs import JobOutcome, run_job  # noqa: E402
+from cesynth.jobs import Job, JobOutcome, run_job  # noqa: E402
 
 inputs = snakemake.input
 LABELS = {"T1w": "T1w", "T2w": "T2w", "adc": "ADC"}
@@ -17,4 +17,4 @@ def work():
     return JobOutcome(artifacts=[snakemake.output.png])
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

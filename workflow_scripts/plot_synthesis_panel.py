@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import paper_figures
-from cesynth.jobs import JobOutcome, run_job
+from cesynth.jobs import Job, JobOutcome, run_job
 
 
 def work():
@@ -17,4 +17,4 @@ def work():
     return JobOutcome(artifacts=[snakemake.output.panel])
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

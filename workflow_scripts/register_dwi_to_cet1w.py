@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import registration  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 inputs, output = snakemake.input, snakemake.output
 
@@ -29,4 +29,4 @@ def work():
     )
 
 
-run_job(snakemake, work, params={"seed": snakemake.params.seed})
+run_job(Job.of(snakemake), work, params={"seed": snakemake.params.seed})

@@ -8,7 +8,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 from cesynth import evaluation_tables, model_card, release, release_gate
 from cesynth.checkpoint import read_checkpoint
 from cesynth.io import write_json
-from cesynth.jobs import JobOutcome, run_job
+from cesynth.jobs import Job, JobOutcome, run_job
 
 experiment = snakemake.wildcards.experiment
 
@@ -40,4 +40,4 @@ def work():
                                "gate_passed": int(decision.passed)})
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import enhancement
-from cesynth.jobs import run_job
+from cesynth.jobs import Job, run_job
 
 
 def work():
@@ -16,4 +16,4 @@ def work():
     return {"lesions": len(truth["lesions"]), "lesions_scored": scored}
 
 
-run_job(snakemake, work, params={"shape": snakemake.params.shape})
+run_job(Job.of(snakemake), work, params={"shape": snakemake.params.shape})

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import normalise  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 
 def work():
@@ -16,4 +16,4 @@ def work():
     return {"first_foreground_slice": first, "last_foreground_slice": last}
 
 
-run_job(snakemake, work, params={"shape": snakemake.params.shape})
+run_job(Job.of(snakemake), work, params={"shape": snakemake.params.shape})

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import normalise
-from cesynth.jobs import run_job
+from cesynth.jobs import Job, run_job
 
 
 def work():
@@ -13,4 +13,4 @@ def work():
     return {"tumor_voxels": voxels}
 
 
-run_job(snakemake, work, params={"shape": snakemake.params.shape})
+run_job(Job.of(snakemake), work, params={"shape": snakemake.params.shape})

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import enhancement, evaluate
-from cesynth.jobs import run_job
+from cesynth.jobs import Job, run_job
 
 
 def work():
@@ -20,4 +20,4 @@ def work():
     return {key: value for key, value in flat.items() if value == value}  # NaN: region absent
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

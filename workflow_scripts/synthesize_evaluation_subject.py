@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import inference
-from cesynth.jobs import run_job
+from cesynth.jobs import Job, run_job
 
 MODALITIES = ("T1w", "T2w", "adc")
 device = snakemake.config["train"]["device"]  # how the job runs, not what it computes
@@ -20,4 +20,4 @@ def work():
     return {key: value for key, value in summary.items() if isinstance(value, int | float)}
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

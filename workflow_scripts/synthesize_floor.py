@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import baselines
-from cesynth.jobs import run_job
+from cesynth.jobs import Job, run_job
 
 MODALITIES = ("T1w", "T2w", "adc")
 
@@ -17,4 +17,4 @@ def work():
     return {"missing_inputs": len(sidecar["MissingModalities"])}
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

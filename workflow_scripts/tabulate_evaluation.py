@@ -5,7 +5,7 @@ from pathlib import Path
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import evaluation_tables
-from cesynth.jobs import JobOutcome, run_job
+from cesynth.jobs import Job, JobOutcome, run_job
 
 
 def work():
@@ -15,4 +15,4 @@ def work():
                       artifacts=list(paths.values()))
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

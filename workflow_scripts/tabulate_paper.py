@@ -9,7 +9,7 @@ import pandas as pd
 from cesynth import paper_report
 from cesynth.io import read_tsv
 from cesynth import tracking
-from cesynth.jobs import JobOutcome, run_job, tracking_settings
+from cesynth.jobs import Job, JobOutcome, run_job, tracking_settings
 
 
 def work():
@@ -21,4 +21,4 @@ def work():
     return JobOutcome(metrics={"outputs": len(written)}, artifacts=list(written.values()))
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import qc  # noqa: E402
-from cesynth.jobs import JobOutcome, run_job  # noqa: E402
+from cesynth.jobs import Job, JobOutcome, run_job  # noqa: E402
 
 
 def work():
@@ -13,4 +13,4 @@ def work():
                       artifacts=[snakemake.output.table])
 
 
-run_job(snakemake, work)
+run_job(Job.of(snakemake), work)

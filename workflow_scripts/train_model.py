@@ -5,7 +5,7 @@ from pathlib import Path
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import preprocessing, train
-from cesynth.jobs import JobOutcome, run_job
+from cesynth.jobs import Job, JobOutcome, run_job
 from cesynth.settings import EXECUTION_SETTINGS, TrainSettings
 
 # Execution settings (device, workers, compile, checkpoint cadence) come from the config at run
@@ -33,4 +33,4 @@ def work():
     return JobOutcome(metrics=metrics)
 
 
-run_job(snakemake, work, params=settings, sweeps=snakemake.params.get("sweeps") or [])
+run_job(Job.of(snakemake), work, params=settings, sweeps=snakemake.params.get("sweeps") or [])

@@ -4,7 +4,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
 from cesynth import ingest, ingest_report  # noqa: E402
-from cesynth.jobs import run_job  # noqa: E402
+from cesynth.jobs import Job, run_job  # noqa: E402
 
 params = snakemake.params
 
@@ -17,4 +17,4 @@ def work():
     return {f"has_{name}": True for name in report["modalities"]}
 
 
-run_job(snakemake, work, params=dict(params.items()))
+run_job(Job.of(snakemake), work, params=dict(params.items()))

@@ -40,6 +40,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -770,3 +771,47 @@ def convert_adc_map_file(
         n_clipped_high=n_high, n_nonfinite=int(np.count_nonzero(~finite)),
         median_in_mask=float(np.median(values)) if values.size else 0.0,
     )
+
+
+# ----------------------------------------------------------------------------- QC row
+
+#: The columns that say where a fitted map came from (a given map's stats carry their own).
+FITTED_SOURCE = {"source": "fitted from DWI", "unit_conversion": "none (fitted in mm2/s)"}
+
+
+def write_qc_row(
+    stats: AdcStats | AdcMapStats,
+    scan_id: str,
+    out_tsv: PathLike,
+    *,
+    adc_path: PathLike | None = None,
+    true_adc_path: PathLike | None = None,
+) -> dict[str, Any]:
+    """Write one ADC job's QC row; with the phantom's true ADC, add the errors against it.
+
+    Args:
+        stats: the fit's :class:`AdcStats` (the row says it was fitted from the DWI) or a given
+            map's :class:`AdcMapStats`.
+        scan_id: the subject (and session) label.
+        out_tsv: the one-row QC table to write.
+        adc_path: the ADC map the job wrote (needed with ``true_adc_path``).
+        true_adc_path: the phantom's true ADC on the same grid, if known.
+
+    Returns:
+        The metrics of the row (for MLflow): the stats, and ``truth_*`` errors
+        (:func:`adc_error_vs_truth`) when the truth is given.
+
+    Raises:
+        ValueError: ``true_adc_path`` without ``adc_path``.
+    """
+    from cesynth import qc
+
+    metrics = stats.to_dict() if isinstance(stats, AdcMapStats) else {
+        **FITTED_SOURCE, **stats.to_dict()}
+    if true_adc_path is not None:
+        if adc_path is None:
+            raise ValueError("the error against the true ADC needs the fitted map (adc_path)")
+        errors = adc_error_vs_truth(adc_path, true_adc_path)
+        metrics.update({f"truth_{key}": value for key, value in errors.items()})
+    qc.write_row(qc.qc_row("adc", scan_id, metrics, {}), out_tsv)
+    return metrics

@@ -375,6 +375,38 @@ def declared_brain_mask_file(
     return info
 
 
+def write_qc_row(
+    info: Mapping[str, Any],
+    scan_id: str,
+    out_tsv: str | os.PathLike,
+    *,
+    true_mask_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Write one brain mask's QC row: how it was made, its volume and the volume's plausibility.
+
+    Args:
+        info: the info dict of :func:`brain_mask_file` or :func:`declared_brain_mask_file`
+            (with ``reference``); the mask is its ``out``.
+        scan_id: the subject (and session) label.
+        out_tsv: the one-row QC table to write.
+        true_mask_path: the phantom's true brain mask on the mask's grid, if known (adds
+            ``truth_dice``).
+
+    Returns:
+        The metrics and flags of the row (for MLflow).
+    """
+    from cesynth import qc
+
+    metrics = {key: info[key] for key in ("method", "reference", "volume_ml", "seconds")}
+    if "source" in info:
+        metrics["source"] = info["source"]
+    if true_mask_path is not None:
+        metrics["truth_dice"] = dice_files(info["out"], true_mask_path)
+    flags = qc.plausibility_flags(brain_volume_ml=info["volume_ml"])
+    qc.write_row(qc.qc_row("brainmask", scan_id, metrics, flags), out_tsv)
+    return {**metrics, **flags}
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap 2|A∩B| / (|A| + |B|) of two masks of the same shape.
 

@@ -1,8 +1,8 @@
 """Running one pipeline job: log routing, thread limits, the MLflow run and the one-line error.
 
-The workflow scripts hand their ``snakemake`` object and one function to :func:`run_job`; this
-module never imports Snakemake, it only reads the attributes every job object has (``rule``,
-``wildcards``, ``log``, ``threads``).
+The workflow scripts describe their job as a :class:`Job` (``Job.of(snakemake)`` reads the
+rule, wildcards, log and threads of their ``snakemake`` object) and hand it with one function to
+:func:`run_job`; this module never imports Snakemake.
 """
 
 from __future__ import annotations
@@ -23,6 +23,29 @@ ENV_EXPERIMENT = "CESYNTH_EXPERIMENT"
 ENV_RESULTS_DIR = "CESYNTH_RESULTS_DIR"
 
 log = logging.getLogger("cesynth")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pipeline job, as much of it as :func:`run_job` needs.
+
+    Attributes:
+        rule: the rule's name (the stage of the job's MLflow run).
+        wildcards: the job's wildcards, e.g. ``{"subject": "07"}``.
+        log: the job's log file; None logs to stderr.
+        threads: the threads the job was given.
+    """
+
+    rule: str
+    wildcards: Mapping[str, Any] = field(default_factory=dict)
+    log: str | os.PathLike | None = None
+    threads: int = 1
+
+    @classmethod
+    def of(cls, smk: Any) -> Job:
+        """The job a Snakemake script object describes (its first log file, if any)."""
+        return cls(rule=smk.rule, wildcards=dict(smk.wildcards),
+                   log=smk.log[0] if len(smk.log) else None, threads=smk.threads)
 
 
 @dataclass
@@ -65,28 +88,28 @@ def tracking_settings() -> tuple[str, str]:
     return uri, os.environ.get(ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT)
 
 
-def run_job(smk: Any, work: Callable[[], JobOutcome | Mapping[str, Any] | None],
+def run_job(job: Job, work: Callable[[], JobOutcome | Mapping[str, Any] | None],
             params: Mapping[str, Any] | None = None, sweeps: Sequence[str] = ()) -> None:
-    """Run ``work`` as the job described by ``smk``, recorded as one MLflow run.
+    """Run ``work`` as ``job``, recorded as one MLflow run.
 
     Args:
-        smk: the ``snakemake`` object of a script job.
+        job: the job (rule, wildcards, log file, threads).
         work: does the job; returns a :class:`JobOutcome` or a dict of metrics.
         params: parameters to log to MLflow.
         sweeps: sweeps the job's experiment is a point of (its run goes under their parent).
     """
-    configure_logging(smk.log[0] if len(smk.log) else None)
-    limit_threads(smk.threads)
-    wildcards = {key: str(value) for key, value in smk.wildcards.items()}
+    configure_logging(job.log)
+    limit_threads(job.threads)
+    wildcards = {key: str(value) for key, value in job.wildcards.items()}
     uri, experiment = tracking_settings()
     try:
-        with tracking.stage_run(smk.rule, wildcards, uri=uri, experiment=experiment,
+        with tracking.stage_run(job.rule, wildcards, uri=uri, experiment=experiment,
                                 params=params, sweeps=list(sweeps or ())):
             outcome = _as_outcome(work())
             _log_outcome(outcome)
     except InputError as err:
         fail(err)
-    log.info("done: %s %s", smk.rule, wildcards)
+    log.info("done: %s %s", job.rule, wildcards)
 
 
 def fail(err: InputError) -> None:

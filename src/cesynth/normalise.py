@@ -455,6 +455,28 @@ def prepare_image(
     return stats
 
 
+def write_qc_row(
+    stats: Mapping[str, float], modality: str, scan_id: str, out_tsv: str | Path
+) -> dict[str, Any]:
+    """Write one model-grid image's QC row; an ADC map's brain median is checked for plausibility.
+
+    Args:
+        stats: the in-mask statistics :func:`prepare_image` returned (``brain_<stat>`` columns).
+        modality: the image's modality (:data:`MODALITIES`).
+        scan_id: the subject (and session) label.
+        out_tsv: the one-row QC table to write.
+
+    Returns:
+        The statistics and flags (for MLflow).
+    """
+    from cesynth import qc
+
+    flags = qc.plausibility_flags(adc_median_mm2_s=stats["median"]) if modality == "adc" else {}
+    metrics = {"modality": modality, **{f"brain_{key}": value for key, value in stats.items()}}
+    qc.write_row(qc.qc_row("normalise", scan_id, metrics, flags), out_tsv)
+    return {**stats, **flags}
+
+
 def _grid_sidecar(grid: ModelGrid, native_mask: nib.Nifti1Image, first: int, last: int
                   ) -> dict[str, Any]:
     return {
