@@ -22,7 +22,7 @@ from cesynth import (  # noqa: E402
     tracking,
     workflow_config,
 )
-from cesynth.adc import adc_sidecar_path  # noqa: E402
+from cesynth.adc_maps import adc_sidecar_path  # noqa: E402
 from cesynth.io import bids_path, one_line_error  # noqa: E402
 from cesynth.jobs import ENV_EXPERIMENT, ENV_RESULTS_DIR, ENV_TRACKING_URI  # noqa: E402
 
@@ -143,7 +143,7 @@ EXPERIMENTS = get_experiments()
 
 
 wildcard_constraints:
-    subject="[a-zA-Z0-9]+",
+    subject=ingest.SCAN_ID_PATTERN,
     modality="T1w|T2w|adc|ceT1w",
     stage="[a-z]+",
     experiment="[a-zA-Z0-9-]+",
@@ -322,7 +322,7 @@ def get_registration_subject_regex(declared):
     """ANTs registration (``declared`` False) or the checked identity (True) runs on every
     scan as ingest.coregistered says, never both (they make the same files)."""
     if config["ingest"]["coregistered"] == declared:
-        return "[a-zA-Z0-9]+"
+        return ingest.SCAN_ID_PATTERN
     return "(?!)"
 
 

@@ -1,4 +1,4 @@
-"""Tests of the ADC fit (cesynth.adc) on synthetic DWI files with known diffusivity."""
+"""Tests of the ADC fit (cesynth.adc), given maps (adc_maps) and the QC row (adc_qc)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ import pytest
 
 from cesynth.adc import (
     AdcStats,
-    adc_error_vs_truth,
-    convert_adc_map_file,
     fit_adc,
     fit_adc_file,
     fit_dwi_shells,
     group_shells,
     read_bvals_bvecs,
     shell_means,
-    write_qc_row,
 )
+from cesynth.adc_maps import convert_adc_map_file
+from cesynth.adc_qc import adc_error_vs_truth, write_qc_row
 from cesynth.io import InputError, read_tsv
 
 SHAPE = (12, 10, 6)

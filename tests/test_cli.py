@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers.workflow import CESYNTH as CESYNTH_SCRIPT
 
-from cesynth import cli, registration
+from cesynth import ants_transforms, cli
 from cesynth.io import read_tsv
 
 CESYNTH = [CESYNTH_SCRIPT]
@@ -116,7 +116,7 @@ def test_register_again_gives_the_same_transform(cohort, tmp_path):
                          "--moving", anat / "sub-01_T2w.nii.gz", "--out",
                          tmp_path / f"{run}.nii.gz", "--xfm", xfm, "--seed", "0")
         assert result.returncode == 0, result.stderr
-        transforms.append(registration.read_ants_transform(xfm).parameters)
+        transforms.append(ants_transforms.read_ants_transform(xfm).parameters)
     np.testing.assert_array_equal(transforms[0], transforms[1])
 
 

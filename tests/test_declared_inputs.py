@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers.bids_builder import AFFINE, SHAPE, add_subject, ellipsoid, make_dataset, save
 
-from cesynth import adc, brainmask, preprocessing, registration
+from cesynth import adc_maps, ants_transforms, brainmask, preprocessing, registration
 from cesynth.ingest import discover_bids, scan_from_rule_inputs
 from cesynth.io import InputError, read_json
 from cesynth.validation import validate_scan
@@ -35,7 +35,7 @@ def adc_map(scale: float = 1.0, seed: int = 0) -> np.ndarray:
 def test_each_unit_is_detected_and_converted_to_mm2_s(tmp_path, unit, scale):
     source = save(adc_map(scale), tmp_path / "sub-01_adc.nii.gz")
     out = tmp_path / "out" / "sub-01_adc.nii.gz"
-    stats = adc.convert_adc_map_file(source, out, who="sub-01")
+    stats = adc_maps.convert_adc_map_file(source, out, who="sub-01")
     assert stats.unit == unit
     assert stats.scale == pytest.approx(1 / scale)
     assert stats.source == "given ADC map"
@@ -51,7 +51,7 @@ def test_a_map_in_no_known_unit_is_refused_with_one_line(tmp_path):
     source = save(adc_map(3.2e4 / 0.75e-3), tmp_path / "sub-07_adc.nii.gz")
     out = tmp_path / "out.nii.gz"
     with pytest.raises(InputError) as caught:
-        adc.convert_adc_map_file(source, out, who="sub-07")
+        adc_maps.convert_adc_map_file(source, out, who="sub-07")
     message = f"error: {caught.value}"
     assert message == ("error: sub-07: sub-07_adc.nii.gz: ADC median 3.2e+04 is in no known "
                        "unit (mm2/s, 1e-3 mm2/s, 1e-6 mm2/s, m2/s)")
@@ -60,14 +60,14 @@ def test_a_map_in_no_known_unit_is_refused_with_one_line(tmp_path):
 
 
 def test_unit_windows_do_not_overlap_and_reject_between_units():
-    units = adc.ADC_UNITS
-    assert adc.detect_adc_unit(np.array([1.0e-3]), "x").unit == "mm2/s"
-    assert adc.detect_adc_unit(np.array([1000.0]), "x").unit == "1e-6 mm2/s"
-    assert adc.detect_adc_unit(np.array([1.0e-9]), "x").unit == "m2/s"
+    units = adc_maps.ADC_UNITS
+    assert adc_maps.detect_adc_unit(np.array([1.0e-3]), "x").unit == "mm2/s"
+    assert adc_maps.detect_adc_unit(np.array([1000.0]), "x").unit == "1e-6 mm2/s"
+    assert adc_maps.detect_adc_unit(np.array([1.0e-9]), "x").unit == "m2/s"
     for value in (1e-2, 10.0, 3e4, 1e-11):  # between the windows, or beyond them
         with pytest.raises(InputError, match="no known unit"):
-            adc.detect_adc_unit(np.array([value]), "x")
-    low, high = adc.ADC_MEDIAN_WINDOW_MM2_S
+            adc_maps.detect_adc_unit(np.array([value]), "x")
+    low, high = adc_maps.ADC_MEDIAN_WINDOW_MM2_S
     scales = sorted(units.values())
     assert all(b / a >= high / low for a, b in zip(scales, scales[1:], strict=False))
 
@@ -76,18 +76,18 @@ def test_md_sidecar_is_accepted_as_adc_and_said_so(tmp_path):
     source = save(adc_map(), tmp_path / "sub-01_adc.nii.gz")
     sidecar = tmp_path / "sub-01_adc.json"
     sidecar.write_text(json.dumps({"Description": "MD from FSL DTIFIT"}))
-    stats = adc.convert_adc_map_file(source, tmp_path / "out.nii.gz")
+    stats = adc_maps.convert_adc_map_file(source, tmp_path / "out.nii.gz")
     assert stats.source == "given MD map"
     sidecar.write_text(json.dumps({"Source": "scanner ADC (trace)"}))
-    assert adc.adc_map_kind(sidecar) == "ADC"
-    assert adc.adc_map_kind(None) == "ADC"
+    assert adc_maps.adc_map_kind(sidecar) == "ADC"
+    assert adc_maps.adc_map_kind(None) == "ADC"
 
 
 def test_nonfinite_and_negative_voxels_become_zero_and_outliers_are_clipped(tmp_path):
     data = adc_map(1e6)
     data[0, 0, 0], data[1, 0, 0], data[6, 7, 5] = np.nan, -50.0, 9000.0
     nib.save(nib.Nifti1Image(data, AFFINE), tmp_path / "m.nii.gz")
-    stats = adc.convert_adc_map_file(tmp_path / "m.nii.gz", tmp_path / "o.nii.gz",
+    stats = adc_maps.convert_adc_map_file(tmp_path / "m.nii.gz", tmp_path / "o.nii.gz",
                                      max_adc=4e-3)
     out = nib.load(tmp_path / "o.nii.gz").get_fdata()
     assert np.isfinite(out).all() and out.min() == 0.0
@@ -138,7 +138,7 @@ def test_identity_registration_copies_the_image_and_writes_an_identity_transform
     result = registration.identity_to_reference(fixed, moving, out, xfm, who="sub-01")
     np.testing.assert_array_equal(nib.load(out).get_fdata(), nib.load(moving).get_fdata())
     assert np.allclose(nib.load(out).affine, AFFINE)
-    matrix = registration.ants_transform_to_ras(registration.read_ants_transform(xfm))
+    matrix = ants_transforms.ants_transform_to_ras(ants_transforms.read_ants_transform(xfm))
     np.testing.assert_allclose(matrix, np.eye(4), atol=1e-12)
     # the transform works wherever a registration's does
     applied = registration.apply_registration(fixed, moving, xfm, tmp_path / "again.nii.gz")

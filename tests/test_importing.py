@@ -15,7 +15,7 @@ import yaml
 from helpers.bids_builder import tree_fingerprint
 from helpers.workflow import CESYNTH, REPO, dry_run_jobs, snakemake
 
-from cesynth import importing
+from cesynth import import_layouts, importing
 from cesynth.io import InputError, read_tsv
 from cesynth.phantom import PhantomSettings
 from cesynth.phantom.layouts import case_ids, write_layout_cohort
@@ -91,7 +91,7 @@ def test_import_writes_the_bids_layout_with_identical_voxels(imported, cohorts, 
     summary = json.loads(run["result"].stdout)
     assert summary["imported"] == N_CASES and summary["skipped"] == {}
     for case in case_ids(key[0], N_CASES, key[1]):
-        label = importing.subject_label(case)
+        label = import_layouts.subject_label(case)
         sub = bids / f"sub-{label}"
         pairs = {"T1w": sub / "anat" / f"sub-{label}_T1w.nii.gz",
                  "ceT1w": sub / "anat" / f"sub-{label}_ce-gadolinium_T1w.nii.gz",
@@ -271,10 +271,10 @@ def test_labels_that_collide_and_ambiguous_patterns_are_errors(tmp_path):
         for suffix in ("t1n", "t1c"):
             _write(tmp_path / "src" / case / f"{case}-{suffix}.nii.gz", data)
     with pytest.raises(InputError, match="both map to sub-BraTSGLI1"):
-        importing.plan_import(tmp_path / "src", "brats")
-    assert importing.subject_label("UCSF-PDGM-0004") == "UCSFPDGM0004"
+        import_layouts.plan_import(tmp_path / "src", "brats")
+    assert import_layouts.subject_label("UCSF-PDGM-0004") == "UCSFPDGM0004"
     shutil.rmtree(tmp_path / "src" / "BraTSGLI1")
-    plans = importing.plan_import(tmp_path / "src", "brats", {"T1w": "*-t1*"})
+    plans = import_layouts.plan_import(tmp_path / "src", "brats", {"T1w": "*-t1*"})
     assert "matches 2 files" in plans[0].problem
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from helpers.bids_builder import (
 )
 
 from cesynth.ingest import (
+    SCAN_ID_PATTERN,
     ScanFiles,
     discover_bids,
     expected_scan,
     list_dicom_subjects,
     rescan,
     scan_from_rule_inputs,
+    scan_id_of,
 )
 from cesynth.ingest_report import (
     exclusion_report,
@@ -266,20 +269,42 @@ def test_sessions_give_distinct_scan_ids(tmp_path):
     add_subject(root, "01", session="1")
     add_subject(root, "01", session="2", modalities=("T1w", "ceT1w"))
     scans = discover_bids(root)
-    assert [(s.scan_id, s.participant, s.session) for s in scans] == [("01ses1", "01", "1"),
-                                                                      ("01ses2", "01", "2")]
+    assert [(s.scan_id, s.participant, s.session) for s in scans] == [("01_ses-1", "01", "1"),
+                                                                      ("01_ses-2", "01", "2")]
     assert scans[1].t1w.name == "sub-01_ses-2_T1w.nii.gz"
-    assert validate_scan(scans[0])["scan_id"] == "01ses1"
+    assert validate_scan(scans[0])["scan_id"] == "01_ses-1"
     one_patient = assign_splits(scans, SplitFractions(0.5, 0.2))["split"]
     assert len(set(one_patient)) == 1  # one patient, one side
 
 
-def test_colliding_scan_ids_are_rejected(tmp_path):
+def test_scan_ids_are_the_bids_entities_without_sub():
+    assert scan_id_of("01") == "01"
+    assert scan_id_of("01", "pre") == "01_ses-pre"
+    assert re.fullmatch(SCAN_ID_PATTERN, "01_ses-pre") and re.fullmatch(SCAN_ID_PATTERN, "01")
+    for not_an_id in ("01sespre_", "01_ses-", "01_run-1", "01_ses-pre_ses-post", "sub-01"):
+        assert not re.fullmatch(SCAN_ID_PATTERN, not_an_id)
+
+
+def test_a_participant_named_like_a_session_scan_keeps_its_own_id(tmp_path):
     root = make_dataset(tmp_path / "bids")
     add_subject(root, "01", session="2")
     add_subject(root, "01ses2")
-    with pytest.raises(InputError, match="scan ID 01ses2 is ambiguous"):
-        discover_bids(root)
+    assert [scan.scan_id for scan in discover_bids(root)] == ["01_ses-2", "01ses2"]
+
+
+def test_sessions_are_split_by_participant_not_by_scan(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    participants = [f"{i:02d}" for i in range(12)]
+    for participant in participants:
+        for session in ("pre", "post"):
+            add_subject(root, participant, session=session, modalities=("T1w",))
+    fractions = SplitFractions(0.3, 0.3)
+    table = assign_splits(discover_bids(root), fractions)
+    assert len(table) == 24
+    for row in table.itertuples():
+        assert row.scan_id == f"{row.participant}_ses-{row.session}"
+        assert row.split == participant_split(row.participant, fractions)
+    assert table.groupby("participant")["split"].nunique().eq(1).all()
 
 
 def test_set_from_participants_tsv_overrides_tumor_mask_rule(tmp_path):
@@ -357,10 +382,10 @@ def test_a_participant_with_a_tumor_mask_in_one_session_is_set_b_in_all(tmp_path
     add_subject(root, "01", session="post", tumor_mask=True)
     add_subject(root, "02", session="pre")
     scans = {scan.scan_id: scan for scan in discover_bids(root)}
-    assert scans["01sespre"].set == scans["01sespost"].set == "B"
-    assert scans["02sespre"].set == "A"
+    assert scans["01_ses-pre"].set == scans["01_ses-post"].set == "B"
+    assert scans["02_ses-pre"].set == "A"
     splits = assign_splits(scans.values()).set_index("scan_id")["split"]
-    assert splits["01sespre"] == splits["01sespost"] == "test"
+    assert splits["01_ses-pre"] == splits["01_ses-post"] == "test"
 
 
 def test_splits_on_disk_are_stable_when_subjects_are_added(tmp_path):
@@ -455,11 +480,12 @@ def test_scan_from_rule_inputs_rebuilds_the_scan(tmp_path):
     (root / "participants.tsv").write_text("participant_id\tset\nsub-05\tB\n")
     inputs = {"t1w": str(paths["T1w"]), "cet1w": str(paths["ceT1w"]),
               "dwi": str(paths["dwi"]), "bval": str(paths["bval"]), "bvec": str(paths["bvec"])}
-    scan = scan_from_rule_inputs("05ses2", inputs)
+    scan = scan_from_rule_inputs("05_ses-2", inputs)
     assert scan == _one_scan(root)
     assert (scan.participant, scan.session, scan.set) == ("05", "2", "B")
-    with pytest.raises(InputError, match="belongs to another scan"):
-        scan_from_rule_inputs("06", inputs)
+    for other in ("06", "05", "05ses2"):  # another participant, or the session left out
+        with pytest.raises(InputError, match="belongs to another scan"):
+            scan_from_rule_inputs(other, inputs)
 
 
 def test_list_dicom_subjects(tmp_path):

@@ -318,9 +318,9 @@ def test_predict_from_raw_scans_gives_the_evaluations_inputs_and_synthesis(demo_
     """Issue 10: a reported subject through `cesynth predict` from its raw BIDS scans, with the
     workflow's checkpoint, gives on the model grid the normalised inputs and the synthetic CE-T1
     that the workflow's evaluation gave; the only difference allowed is the reference grid."""
+    from cesynth.ants_transforms import ants_transform_to_ras, read_ants_transform
     from cesynth.predict import predict_patient
     from cesynth.predict_synthesis import to_native_grid
-    from cesynth.registration import ants_transform_to_ras, read_ants_transform
 
     workdir, *_ = demo_run
     results = workdir / "results-small"

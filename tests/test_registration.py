@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import affine_transform
 
-from cesynth import phantom
+from cesynth import ants_transforms, phantom
 from cesynth import registration as reg
 from cesynth.io import InputError, save_nifti
 
@@ -71,7 +71,7 @@ def registered(subject: Subject, tmp_path_factory: pytest.TempPathFactory) -> di
 def test_displacement_below_1mm_and_mi_rises(subject: Subject, registered: dict,
                                              modality: str) -> None:
     result = registered[modality]
-    error = reg.displacement_error_mm(result.transform_path, subject.truth[modality],
+    error = ants_transforms.displacement_error_mm(result.transform_path, subject.truth[modality],
                                       subject.brain_mask)
     print(f"{modality}: {error} in {result.seconds:.1f} s, MI {result.mi_before:.3f} -> "
           f"{result.mi_after:.3f}")
@@ -106,11 +106,11 @@ def test_translation_round_trip_and_ras_lps(tmp_path: Path) -> None:
     shift_ras = np.eye(4)
     shift_ras[:3, 3] = [10.0, -4.0, 6.0]
     xfm = tmp_path / "shift.mat"
-    ants.write_transform(reg.ras_to_ants_transform(shift_ras), str(xfm))
-    stored = reg.read_ants_transform(xfm)
+    ants.write_transform(ants_transforms.ras_to_ants_transform(shift_ras), str(xfm))
+    stored = ants_transforms.read_ants_transform(xfm)
     # ANTs stores LPS: x and y translations change sign, z does not
     np.testing.assert_allclose(np.asarray(stored.parameters)[9:], [-10.0, 4.0, 6.0], atol=1e-5)
-    np.testing.assert_allclose(reg.ants_transform_to_ras(stored), shift_ras, atol=1e-5)
+    np.testing.assert_allclose(ants_transforms.ants_transform_to_ras(stored), shift_ras, atol=1e-5)
 
     # A fixed->moving shift of +d moves image content by -d on the fixed grid.
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -141,7 +141,8 @@ def test_same_seed_same_matrix(subject: Subject, tmp_path: Path) -> None:
         "                              f'{sys.argv[3]}/{run}.mat', threads=1, seed=7)\n")
     subprocess.run([sys.executable, "-c", script, str(subject.ce_t1), str(subject.t2w),
                     str(tmp_path)], check=True, timeout=120)
-    first, second = (reg.ants_transform_to_ras(reg.read_ants_transform(tmp_path / f"{run}.mat"))
+    first, second = (ants_transforms.ants_transform_to_ras(
+                         ants_transforms.read_ants_transform(tmp_path / f"{run}.mat"))
                      for run in "01")
     np.testing.assert_allclose(first, second, atol=1e-6)
 

@@ -32,12 +32,15 @@ def labels_in(split: str, count: int = 1) -> list[str]:
 
 
 def included_report(results: Path, scan_id: str, set_name: str = "A",
-                    modalities: tuple[str, ...] = FULL, tumor_mask: bool = False) -> Path:
-    """An included scan's ingest report, as validate_subject writes it."""
+                    modalities: tuple[str, ...] = FULL, tumor_mask: bool = False,
+                    session: str | None = None) -> Path:
+    """An included scan's ingest report, as validate_subject writes it (``scan_id`` is the
+    participant label, with ``_ses-<session>`` when ``session`` is given)."""
     files = {m: {"file": f"sub-{scan_id}_{m}.nii.gz"} for m in modalities}
     if tumor_mask:
         files["tumor_mask"] = {"file": f"sub-{scan_id}_desc-tumor_mask.nii.gz"}
-    report = {"scan_id": scan_id, "participant": scan_id, "session": None, "set": set_name,
+    participant = scan_id.removesuffix(f"_ses-{session}")
+    report = {"scan_id": scan_id, "participant": participant, "session": session, "set": set_name,
               "status": "included", "modalities": list(modalities),
               "missing": [m for m in FULL if m not in modalities], "files": files}
     path = results / "qc" / "ingest" / f"sub-{scan_id}.json"
@@ -174,6 +177,26 @@ def test_every_scan_and_stage_is_done_failed_not_run_or_not_needed(results):
     assert evaluation["jobs"] == "2/3"  # tumor mask and synthesis done, scoring failed
     assert row(table, "90", "cache")["state"] == "not needed"  # Set B is reported, not trained
     assert row(table, "90", "ingest")["split"] == "test"
+
+
+def test_a_session_scan_has_its_bids_scan_id_in_rows_paths_and_report(tmp_path):
+    results = tmp_path / "results"
+    (participant,) = labels_in("train")
+    scan_id = f"{participant}_ses-pre"
+    included_report(results, scan_id, session="pre")
+    preprocess(results, scan_id)
+    write_log(results, "cache_training_subject", "ERROR cesynth: error: disk full",
+              subject=scan_id)
+    table = status.status_table(results, models=[])
+    assert set(table["scan_id"]) == {scan_id}
+    cache = row(table, scan_id, "cache")
+    assert (cache["participant"], cache["session"], cache["state"]) == (participant, "pre",
+                                                                       "failed")
+    assert cache["log"] == str(results / "logs" / "cache_training_subject" / f"sub-{scan_id}.log")
+    assert row(table, scan_id, "registration")["state"] == "done"
+    assert (results / "preproc" / f"sub-{scan_id}" / "anat"
+            / f"sub-{scan_id}_desc-brain_mask.nii.gz").is_file()
+    assert f"sub-{scan_id}\tcache\t" in status.format_report(table)
 
 
 def test_written_table_round_trips_and_counts_per_stage(results):
@@ -420,7 +443,7 @@ def test_jobs_match_a_dry_run_with_missing_modalities_and_sessions(tmp_path, cor
                                      splits.scan_split(set_name, label, FRACTIONS), modalities,
                                      label == "05"))
     for session in ("pre", "post"):
-        scans.append(status.ScanInfo(f"04ses{session}", "04", session, "A",
+        scans.append(status.ScanInfo(f"04_ses-{session}", "04", session, "A",
                                      splits.scan_split("A", "04", FRACTIONS), FULL))
     models = ["default", "default--cascade-T2w-adc", "floor-t1", "cascade-T2w", "cascade-adc"]
     assert [scan.split for scan in scans] == ["train", "train", "validation", "test", "train",

@@ -4,6 +4,7 @@ zero-byte files (one per input variant), and the schema's error messages."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.workflow import REPO, dry_run_jobs, snakemake
+
+from cesynth.ingest import SCAN_ID_PATTERN
 
 
 def touch_bids(root: Path, subjects: dict[str, set[str]],
@@ -157,7 +160,22 @@ def test_dry_run_with_sessions_makes_one_scan_per_session(tmp_path):
     jobs = dry_run_jobs(tmp_path, *bids_config(bids))
     assert jobs["validate_subject"] == 3
     result = snakemake(tmp_path, "--dry-run", *bids_config(bids))
-    assert "sub-01sespre" in result.stdout and "sub-01sespost" in result.stdout
+    preproc = tmp_path / "results" / "preproc"
+    for scan_id in ("01_ses-pre", "01_ses-post"):  # BIDS entities: sub-01_ses-pre
+        mask = preproc / f"sub-{scan_id}" / "anat" / f"sub-{scan_id}_desc-brain_mask.nii.gz"
+        assert str(mask) in result.stdout
+        assert f"wildcards: subject={scan_id}" in result.stdout
+    assert "wildcards: subject=02" in result.stdout  # no sessions: the participant label
+    assert "sub-01ses" not in result.stdout
+
+
+def test_a_session_scan_is_excluded_by_its_scan_id(tmp_path):
+    bids = touch_bids(tmp_path / "bids", {"01": FULL}, sessions={"01": ["pre", "post"]})
+    excluded = bids_config(bids, ingest={"exclude_subjects": ["01_ses-post"]})
+    assert dry_run_jobs(tmp_path, *excluded)["validate_subject"] == 1
+    too_loose = bids_config(bids, ingest={"exclude_subjects": ["01_run-1"]})
+    result = snakemake(tmp_path, "--dry-run", *too_loose, check=False)
+    assert result.returncode != 0 and "01_run-1" in result.stdout + result.stderr
 
 
 def test_excluded_subjects_are_left_out(tmp_path):
@@ -241,8 +259,9 @@ def test_no_reported_subject_is_seen_by_training_or_selection(tmp_path):
     table = assign_splits(discover_bids(bids), SplitFractions(0.1, 0.35)).set_index("scan_id")
     reported = set(table.index[table["split"] == "test"])
     validation = set(table.index[table["split"] == "validation"])
-    assert reported >= {"00sespre", "00sespost", "01sespre", "01sespost", "10", "11", "12"}
-    assert reported - {"00sespre", "00sespost", "01sespre", "01sespost", "10", "11", "12"}
+    set_b = {"00_ses-pre", "00_ses-post", "01_ses-pre", "01_ses-post", "10", "11", "12"}
+    assert reported >= set_b
+    assert reported - set_b
     assert validation
     seen = {rule: set().union(*inputs) for rule, inputs in jobs.items()}
     fitted = seen["train_trunk"] | seen["train_model"] | seen["fit_voxel_regression"]
@@ -255,9 +274,11 @@ def test_no_reported_subject_is_seen_by_training_or_selection(tmp_path):
 
 
 def _scan_of(path: str) -> str | None:
+    """The scan ID of an output path (``sub-<scan_id>`` folder or file-name prefix)."""
     for part in Path(path).parts:
-        if part.startswith("sub-"):
-            return part.removeprefix("sub-").split("_")[0]
+        found = re.match(rf"sub-({SCAN_ID_PATTERN})(?![A-Za-z0-9-])", part)
+        if found:
+            return found.group(1)
     return None
 
 

@@ -1,9 +1,9 @@
-"""Rule fit_adc: glue only, the work is cesynth.adc (fit_adc_file, write_qc_row)."""
+"""Rule fit_adc: glue only, the work is cesynth.adc.fit_adc_file and cesynth.adc_qc.write_qc_row."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from cesynth import adc  # noqa: E402
+from cesynth import adc, adc_qc  # noqa: E402
 from cesynth.jobs import Job, run_job  # noqa: E402
 
 inputs, params = snakemake.input, snakemake.params
@@ -15,7 +15,7 @@ def work():
         required_b=params.b_values, b_tolerance=params.b_tolerance,
         min_adc=params.min_adc, max_adc=params.max_adc,
     )
-    return adc.write_qc_row(
+    return adc_qc.write_qc_row(
         stats, snakemake.wildcards.subject, snakemake.output.qc,
         adc_path=snakemake.output.adc, true_adc_path=inputs.get("true_adc"),
     )

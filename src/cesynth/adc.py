@@ -1,4 +1,4 @@
-"""Apparent diffusion coefficient (ADC) maps from diffusion-weighted images.
+"""Apparent diffusion coefficient (ADC) maps fitted from diffusion-weighted images.
 
 Method (the paper's: ADC = -1/b ln(S(b)/S0), least squares over b = 0, 500, 1000 s/mm2):
 
@@ -31,16 +31,19 @@ outside ``[min_adc, max_adc]`` are clipped to the limits and counted.
 
 Speed: everything runs in float32, one log per volume, in place and in the memory order of the
 data (NIfTI arrays are Fortran-ordered); no 4-D float64 temporaries.
+
+A given ADC or MD map (no DWI) is brought to mm2/s by :mod:`cesynth.adc_maps`; the QC row of
+both ADC jobs, with the error against a phantom's true ADC, is :mod:`cesynth.adc_qc`. This
+module stays a little over 500 lines because the fit is one concern: the gradient files, the
+shell grouping, the vectorised fit and its file wrapper share the conventions above.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -52,7 +55,6 @@ from cesynth.io import (
     check_same_grid,
     check_voxel_sizes,
     load_nifti,
-    read_json,
     save_nifti,
 )
 
@@ -523,295 +525,6 @@ def _load_mask(mask_path: PathLike, dwi_img) -> np.ndarray:
     return data != 0
 
 
-# ----------------------------------------------------------------------------- QC
-
-
-def adc_error_vs_truth(
-    adc_path: PathLike, true_adc_path: PathLike, mask_path: PathLike | None = None
-) -> dict:
-    """Errors of a fitted ADC map against the true (phantom) one, for the QC table.
-
-    Args:
-        adc_path: fitted ADC NIfTI (mm2/s).
-        true_adc_path: true ADC NIfTI on the same grid (mm2/s).
-        mask_path: optional mask on that grid; default the voxels with true ADC > 0.
-
-    Returns:
-        ``{"median_abs_error", "mean_abs_error", "median_rel_error", "n_voxels"}``: errors in
-        mm2/s; the relative error is ``|fit - true| / true`` over voxels with true ADC > 0.
-        Errors are NaN when the region is empty.
-    """
-    fit = load_nifti(adc_path).get_fdata(dtype=np.float32)
-    truth = load_nifti(true_adc_path).get_fdata(dtype=np.float32)
-    if fit.shape != truth.shape:
-        raise InputError(adc_path, f"shape {fit.shape} differs from the true ADC's {truth.shape}")
-    if mask_path is not None:
-        mask_img = load_nifti(mask_path)
-        if mask_img.shape[:3] != fit.shape[:3]:
-            raise InputError(mask_path, f"mask shape {mask_img.shape} differs from {fit.shape}")
-        region = np.asanyarray(mask_img.dataobj).reshape(fit.shape) != 0
-    else:
-        region = truth > 0
-    err = np.abs(fit[region].astype(np.float64) - truth[region])
-    true_vals = truth[region].astype(np.float64)
-    positive = true_vals > 0
-    rel = err[positive] / true_vals[positive]
-    return {
-        "median_abs_error": float(np.median(err)) if err.size else float("nan"),
-        "mean_abs_error": float(np.mean(err)) if err.size else float("nan"),
-        "median_rel_error": float(np.median(rel)) if rel.size else float("nan"),
-        "n_voxels": int(err.size),
-    }
-
-
-# ----------------------------------------------------------------------------- given ADC maps
-
-#: Units a given ADC (or MD) map may come in: name -> factor to mm2/s, with the window (in mm2/s)
-#: the median over the nonzero region must fall in. The windows are a factor 10 wide and the
-#: units a factor 1000 apart, so at most one unit fits any median. Brain ADC medians are about
-#: 0.7e-3 to 1.5e-3 mm2/s (more with much CSF or edema).
-ADC_UNITS: dict[str, float] = {
-    "mm2/s": 1.0,
-    "1e-3 mm2/s": 1e-3,   # um2/ms, "x 10^-3 mm2/s"
-    "1e-6 mm2/s": 1e-6,   # um2/s, the scanner convention (Siemens, GE, Philips)
-    "m2/s": 1e6,          # SI: 1e-3 mm2/s = 1e-9 m2/s
-}
-ADC_MEDIAN_WINDOW_MM2_S = (3e-4, 3e-3)
-"""The brain's median ADC in mm2/s that a unit must give for a map to be read in that unit."""
-
-_MD_PHRASES = ("mean diffusivity", "dtifit")  # besides the word "MD"
-
-
-@dataclass(frozen=True)
-class AdcUnit:
-    """How a given ADC map's values were read.
-
-    Attributes:
-        unit: the detected unit (a key of :data:`ADC_UNITS`).
-        scale: the factor to mm2/s (``ADC_UNITS[unit]``).
-        median_raw: the median of the map over its region, in its own unit.
-    """
-
-    unit: str
-    scale: float
-    median_raw: float
-
-    @property
-    def converted(self) -> bool:
-        """True when the values were multiplied (not already mm2/s)."""
-        return self.scale != 1.0
-
-    def describe(self) -> str:
-        """``"mm2/s (as given)"`` or ``"1e-6 mm2/s, x 1e-06 to mm2/s"``."""
-        if not self.converted:
-            return "mm2/s (as given)"
-        return f"{self.unit}, x {self.scale:g} to mm2/s"
-
-
-def detect_adc_unit(data: np.ndarray, name: str | os.PathLike = "ADC map",
-                    mask: np.ndarray | None = None) -> AdcUnit:
-    """Find the unit of an ADC map from its median over the brain (or its nonzero region).
-
-    The median is taken over the finite, positive voxels (inside ``mask`` when given): scanner
-    and DTIFIT maps are zero outside the head or brain.
-
-    Args:
-        data: the map, any shape.
-        name: the file, named in the error.
-        mask: optional boolean region of ``data``'s shape (the brain).
-
-    Returns:
-        The :class:`AdcUnit`.
-
-    Raises:
-        InputError: on ``name``, when the map has no positive voxel, or its median fits no unit
-            of :data:`ADC_UNITS` (``ADC median 3.2e+04 is in no known unit (...)``).
-    """
-    values = np.asarray(data)
-    region = np.isfinite(values) & (values > 0)
-    if mask is not None:
-        region &= np.asarray(mask, dtype=bool)
-    if not region.any():
-        raise InputError(name, "ADC map has no positive voxel")
-    median = float(np.median(values[region]))
-    low, high = ADC_MEDIAN_WINDOW_MM2_S
-    for unit, scale in ADC_UNITS.items():
-        if low <= median * scale <= high:
-            return AdcUnit(unit, scale, median)
-    raise InputError(name, f"ADC median {median:.2g} is in no known unit "
-                           f"({', '.join(ADC_UNITS)})")
-
-
-def adc_map_kind(sidecar_path: PathLike | None) -> str:
-    """``"MD"`` when a map's JSON sidecar says it is a mean diffusivity map, else ``"ADC"``.
-
-    Args:
-        sidecar_path: the map's ``_adc.json`` sidecar, or None (absent).
-
-    Returns:
-        ``"MD"`` when its ``Description`` or ``Source`` names MD (DTIFIT's mean diffusivity,
-        accepted as an ADC), else ``"ADC"``.
-
-    Raises:
-        InputError: the sidecar exists but is not a JSON object.
-    """
-    if sidecar_path is None or not Path(sidecar_path).is_file():
-        return "ADC"
-    sidecar = read_json(sidecar_path)
-    if not isinstance(sidecar, dict):
-        raise InputError(sidecar_path, "JSON sidecar is not an object")
-    text = " ".join(str(sidecar.get(key, "")) for key in ("Description", "Source"))
-    words = set(re.split(r"[^A-Za-z0-9]+", text))
-    if "MD" in words or any(phrase in text.lower() for phrase in _MD_PHRASES):
-        return "MD"
-    return "ADC"
-
-
-def adc_sidecar_path(map_path: PathLike) -> Path:
-    """The JSON sidecar of an ADC map: ``..._adc.nii.gz`` -> ``..._adc.json``."""
-    path = Path(map_path)
-    for suffix in (".nii.gz", ".nii"):
-        if path.name.endswith(suffix):
-            return path.with_name(path.name[: -len(suffix)] + ".json")
-    return path.with_suffix(".json")
-
-
-@dataclass(frozen=True)
-class AdcMapStats:
-    """Summary of a given ADC (or MD) map brought to mm2/s.
-
-    Attributes:
-        source: ``"given ADC map"`` or ``"given MD map"``.
-        unit: the unit the map was in (a key of :data:`ADC_UNITS`).
-        scale: the factor applied to reach mm2/s.
-        unit_conversion: the conversion in words (:meth:`AdcUnit.describe`).
-        n_voxels: voxels with a positive ADC after conversion.
-        n_clipped_low: positive voxels below ``min_adc`` (set to it); negatives are set to 0.
-        n_clipped_high: voxels above ``max_adc`` (set to it).
-        n_nonfinite: NaN or inf voxels (set to 0).
-        median_in_mask: median ADC (mm2/s) over the positive voxels, after clipping.
-    """
-
-    source: str
-    unit: str
-    scale: float
-    unit_conversion: str
-    n_voxels: int
-    n_clipped_low: int
-    n_clipped_high: int
-    n_nonfinite: int
-    median_in_mask: float
-
-    def to_dict(self) -> dict:
-        """The statistics as a JSON-ready dictionary."""
-        return asdict(self)
-
-
-def convert_adc_map_file(
-    map_path: PathLike,
-    out_path: PathLike,
-    *,
-    who: str | None = None,
-    sidecar_path: PathLike | None = None,
-    min_adc: float = 0.0,
-    max_adc: float = 4e-3,
-) -> AdcMapStats:
-    """Bring a given ADC (or MD) map to mm2/s, float32, on its own grid, and write it atomically.
-
-    The one place where a given map's unit is decided (:func:`detect_adc_unit`): the workflow's
-    map job and ``cesynth predict --adc`` both call it. Non-finite voxels become 0, negative
-    ones 0; positive values outside ``[min_adc, max_adc]`` are clipped as the fit clips them.
-
-    Args:
-        map_path: the 3D map (a 4D image with one volume is accepted).
-        out_path: the output NIfTI (header ``intent_name`` "ADC mm2/s").
-        who: names the subject in errors (``sub-01``): the error reads ``who: <file>: ...``;
-            None names the file alone.
-        sidecar_path: the map's JSON sidecar; default :func:`adc_sidecar_path` when it exists.
-        min_adc: lower limit (mm2/s).
-        max_adc: upper limit (mm2/s).
-
-    Returns:
-        The :class:`AdcMapStats`.
-
-    Raises:
-        InputError: unreadable or not 3D, no positive voxel, or in no known unit.
-    """
-    path = Path(map_path)
-    try:
-        img = load_nifti(path)
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise InputError(path, f"expected a 3D ADC map, got shape {tuple(data.shape)}")
-        unit = detect_adc_unit(data, path.name)
-    except InputError as err:
-        if who is None:
-            raise
-        problem = err.problem.replace(str(path), path.name)
-        raise InputError(who, f"{path.name}: {problem}") from err
-    if sidecar_path is None:
-        sidecar_path = adc_sidecar_path(path)
-    kind = adc_map_kind(sidecar_path)
-    finite = np.isfinite(data)
-    adc = np.where(finite, data, 0).astype(np.float32) * np.float32(unit.scale)
-    positive = adc > 0
-    n_low = int(np.count_nonzero(positive & (adc < np.float32(min_adc))))
-    n_high = int(np.count_nonzero(adc > np.float32(max_adc)))
-    adc[~positive] = 0.0
-    adc[positive] = np.clip(adc[positive], np.float32(min_adc), np.float32(max_adc))
-    values = adc[positive]
-    header = nib.Nifti1Header()
-    header["intent_name"] = b"ADC mm2/s"
-    save_nifti(adc, img.affine, out_path, dtype=np.float32, header=header)
-    return AdcMapStats(
-        source=f"given {kind} map", unit=unit.unit, scale=unit.scale,
-        unit_conversion=unit.describe(), n_voxels=int(values.size), n_clipped_low=n_low,
-        n_clipped_high=n_high, n_nonfinite=int(np.count_nonzero(~finite)),
-        median_in_mask=float(np.median(values)) if values.size else 0.0,
-    )
-
-
-# ----------------------------------------------------------------------------- QC row
-
-#: The columns that say where a fitted map came from (a given map's stats carry their own).
-FITTED_SOURCE = {"source": "fitted from DWI", "unit_conversion": "none (fitted in mm2/s)"}
-
-
-def write_qc_row(
-    stats: AdcStats | AdcMapStats,
-    scan_id: str,
-    out_tsv: PathLike,
-    *,
-    adc_path: PathLike | None = None,
-    true_adc_path: PathLike | None = None,
-) -> dict[str, Any]:
-    """Write one ADC job's QC row; with the phantom's true ADC, add the errors against it.
-
-    Args:
-        stats: the fit's :class:`AdcStats` (the row says it was fitted from the DWI) or a given
-            map's :class:`AdcMapStats`.
-        scan_id: the subject (and session) label.
-        out_tsv: the one-row QC table to write.
-        adc_path: the ADC map the job wrote (needed with ``true_adc_path``).
-        true_adc_path: the phantom's true ADC on the same grid, if known.
-
-    Returns:
-        The metrics of the row (for MLflow): the stats, and ``truth_*`` errors
-        (:func:`adc_error_vs_truth`) when the truth is given.
-
-    Raises:
-        ValueError: ``true_adc_path`` without ``adc_path``.
-    """
-    from cesynth import qc
-
-    metrics = stats.to_dict() if isinstance(stats, AdcMapStats) else {
-        **FITTED_SOURCE, **stats.to_dict()}
-    if true_adc_path is not None:
-        if adc_path is None:
-            raise ValueError("the error against the true ADC needs the fitted map (adc_path)")
-        errors = adc_error_vs_truth(adc_path, true_adc_path)
-        metrics.update({f"truth_{key}": value for key, value in errors.items()})
-    qc.write_row(qc.qc_row("adc", scan_id, metrics, {}), out_tsv)
-    return metrics
+__all__ = ["AUTO_THRESHOLD_FRACTION", "SIGNAL_FLOOR", "AdcStats", "auto_noise_threshold",
+           "fit_adc", "fit_adc_file", "fit_dwi_shells", "group_shells", "read_bvals_bvecs",
+           "shell_means"]

@@ -28,6 +28,10 @@ voxels; deepbet was trained on about 1 mm scans), so thick-slice clinical scans 
 The mask is then resampled linearly back to the native grid, thresholded at 0.5 and cleaned:
 largest connected component, holes filled. Like BET's, the mask's edge is the inner skull surface
 (the brain with the thin layer of CSF around it).
+
+The module is a little over 500 lines because it is one concern, the brain-mask stage: choosing
+the method, running it on the isotropic grid, cleaning, the sidecar, the declared masks and the
+QC row share the method names and the cleaning above.
 """
 
 from __future__ import annotations

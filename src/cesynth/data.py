@@ -5,6 +5,10 @@ The subjects come from the slice-major ``.npy`` cache of :mod:`cesynth.cache` (w
 
 Patch sampling is a pure function of ``(seed, epoch, index)``: resuming at an epoch replays the
 same patches in the same order, whatever the number of data-loader workers.
+
+The module is a little over 500 lines because it is one concern, the trainer's torch data: the
+patch dataset, its epoch sampler, the two loaders and the validation volumes all read the same
+cached subjects and share the patch layout (:data:`PATCH_KEYS`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ Images are the normalised model-grid volumes :mod:`cesynth.evaluate` scores (int
 
 :func:`enhancement_endpoints` gathers them for one subject; :func:`flatten_endpoints` gives the
 per-subject table's :data:`ENDPOINT_COLUMNS`.
+
+The module is a little over 500 lines because the endpoints are one concern: they are defined
+together above, share the enhancing truth ``M``, the threshold ``t`` and the brain mask, and
+:func:`enhancement_endpoints` computes them in one pass per subject.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,10 @@ NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 SETS = ("A", "B")
 TUMOR_MASK_DERIVATIVE = Path("derivatives") / "tumor_masks"
 
+SCAN_ID_PATTERN = r"[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?"
+"""A scan ID as a regular expression (the workflow's ``subject`` wildcard): see
+:func:`scan_id_of`."""
+
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ENTITIES = re.compile(r"^sub-([A-Za-z0-9]+)(?:_ses-([A-Za-z0-9]+))?_")
 _DATASET_DESCRIPTION = {"Name": "cesynth input", "BIDSVersion": "1.9.0", "DatasetType": "raw"}
@@ -39,8 +43,7 @@ _ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
 class ScanFiles:
     """The input files of one scan (a subject, or one session of a subject) as found on disk.
 
-    ``scan_id`` names the scan in every output (``sub-<scan_id>``): the participant label, plus
-    ``ses<label>`` when the dataset has sessions.
+    ``scan_id`` names the scan in every output (``sub-<scan_id>``): see :func:`scan_id_of`.
     """
 
     scan_id: str
@@ -67,9 +70,7 @@ class ScanFiles:
     @property
     def entities(self) -> str:
         """The BIDS file-name prefix: ``sub-01`` or ``sub-01_ses-2``."""
-        if self.session is None:
-            return f"sub-{self.participant}"
-        return f"sub-{self.participant}_ses-{self.session}"
+        return f"sub-{scan_id_of(self.participant, self.session)}"
 
     def available_modalities(self) -> tuple[str, ...]:
         """Return the modalities with an image on disk, in :data:`MODALITIES` order.
@@ -108,6 +109,23 @@ class ScanFiles:
 # --------------------------------------------------------------------------- discovery
 
 
+def scan_id_of(participant: str, session: str | None = None) -> str:
+    """The ID of one scan, the one rule for naming it: its BIDS entities without ``sub-``.
+
+    Outputs (``sub-<scan_id>``) so carry the entities of the scan's input files
+    (``sub-01_ses-pre_...``). Labels are alphanumeric, so the ``_`` keeps participant and session
+    apart: participant ``01ses2`` without sessions is not participant ``01``, session ``2``.
+
+    Args:
+        participant: participant label (without ``sub-``).
+        session: session label (without ``ses-``), or None for a dataset without sessions.
+
+    Returns:
+        ``01`` without a session, ``01_ses-pre`` with one.
+    """
+    return f"{participant}_ses-{session}" if session else participant
+
+
 def discover_bids(bids_dir: str | os.PathLike,
                   on_error: Callable[[Path, InputError], None] | None = None) -> list[ScanFiles]:
     """List the scans of a BIDS dataset from file names alone (no image is read).
@@ -123,8 +141,8 @@ def discover_bids(bids_dir: str | os.PathLike,
 
     Raises:
         InputError: not a directory, not a BIDS dataset, no subjects, an unreadable
-            ``participants.tsv`` or a bad ``set`` in it, two scans with one ID, or (without
-            ``on_error``) a subject folder that cannot be read.
+            ``participants.tsv`` or a bad ``set`` in it, or (without ``on_error``) a subject
+            folder that cannot be read.
     """
     root = Path(bids_dir)
     if not root.is_dir():
@@ -143,7 +161,6 @@ def discover_bids(bids_dir: str | os.PathLike,
             if on_error is None:
                 raise
             on_error(folder, err)
-    _check_unique_ids(root, scans)
     return sorted(scans, key=lambda scan: scan.scan_id)
 
 
@@ -161,14 +178,15 @@ def expected_scan(bids_dir: str | os.PathLike, participant: str, set_name: str =
         A :class:`ScanFiles` with every modality at its SPEC path.
     """
     root = Path(bids_dir)
-    entities = f"sub-{participant}" + (f"_ses-{session}" if session else "")
+    scan_id = scan_id_of(participant, session)
+    entities = f"sub-{scan_id}"
     folder = root / f"sub-{participant}" / (f"ses-{session}" if session else "")
     relative = folder.relative_to(root)
     dwi_stem = folder / "dwi" / f"{entities}_dwi"
     mask = root / TUMOR_MASK_DERIVATIVE / relative / "anat" / f"{entities}_desc-tumor_mask.nii.gz"
     return ScanFiles(
-        scan_id=participant + (f"ses{session}" if session else ""), participant=participant,
-        session=session, t1w=folder / "anat" / f"{entities}_T1w.nii.gz",
+        scan_id=scan_id, participant=participant, session=session,
+        t1w=folder / "anat" / f"{entities}_T1w.nii.gz",
         cet1w=folder / "anat" / f"{entities}_ce-gadolinium_T1w.nii.gz",
         t2w=folder / "anat" / f"{entities}_T2w.nii.gz",
         dwi=dwi_stem.with_name(dwi_stem.name + ".nii.gz"),
@@ -224,7 +242,7 @@ def scan_from_rule_inputs(scan_id: str, inputs: Mapping[str, Any],
     if match is None:
         raise InputError(f"sub-{scan_id}", f"{named[0].name}: not a BIDS file name")
     participant, session = match.groups()
-    if participant + (f"ses{session}" if session else "") != scan_id:
+    if scan_id_of(participant, session) != scan_id:
         raise InputError(f"sub-{scan_id}", f"{named[0].name}: belongs to another scan")
     root = named[0].parents[3 if session else 2]
     if set_name is None:
@@ -336,14 +354,15 @@ def _find_file(path: Path) -> Path | None:
 
 def _scan_files(root: Path, folder: Path, participant: str, session: str | None,
                 sets: dict[str, str]) -> ScanFiles:
-    entities = f"sub-{participant}" + (f"_ses-{session}" if session else "")
+    scan_id = scan_id_of(participant, session)
+    entities = f"sub-{scan_id}"
     relative = folder.relative_to(root)
     anat, dwi_dir = folder / "anat", folder / "dwi"
     tumor_mask = _find_image(root / TUMOR_MASK_DERIVATIVE / relative / "anat",
                              f"{entities}_desc-tumor_mask")
     default_set = "B" if tumor_mask is not None else "A"
     return ScanFiles(
-        scan_id=participant + (f"ses{session}" if session else ""),
+        scan_id=scan_id,
         participant=participant,
         session=session,
         t1w=_find_image(anat, f"{entities}_T1w"),
@@ -358,12 +377,3 @@ def _scan_files(root: Path, folder: Path, participant: str, session: str | None,
         adc=_find_image(dwi_dir, f"{entities}_{ADC_MAP}"),
         brain_mask=_find_image(anat, f"{entities}_desc-brain_mask"),
     )
-
-
-def _check_unique_ids(root: Path, scans: Sequence[ScanFiles]) -> None:
-    seen: dict[str, ScanFiles] = {}
-    for scan in scans:
-        if scan.scan_id in seen:
-            raise InputError(root, f"scan ID {scan.scan_id} is ambiguous: "
-                                   f"{seen[scan.scan_id].entities} and {scan.entities}")
-        seen[scan.scan_id] = scan

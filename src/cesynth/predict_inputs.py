@@ -3,7 +3,7 @@ model's preprocessing, and their registration to the T1 (the reference space).
 
 The T2 is registered to the T1; the ADC is fitted from a DWI at b = 0, 500, 1000
 (:mod:`cesynth.adc`) and carried by the DWI's b0 registration, or a given ADC (or MD) map is
-brought to mm2/s from whichever unit it is in (:func:`cesynth.adc.convert_adc_map_file`, as the
+brought to mm2/s from whichever unit it is in (:func:`cesynth.adc_maps.convert_adc_map_file`, as the
 workflow does) and registered itself (:mod:`cesynth.registration`, seeded). :class:`StepTimer`
 times the steps of a prediction.
 """
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cesynth import __version__, brainmask, registration
+from cesynth import __version__, adc_maps, brainmask, registration
 from cesynth import adc as adc_fit
 from cesynth.inference import Generator
 from cesynth.io import InputError, load_checked_nifti
@@ -349,12 +349,12 @@ def unused_inputs(scans: Scans, wanted: Sequence[str]) -> list[str]:
 def _register_adc(scans: Scans, out_path: Path, work: Path, timer: StepTimer, *,
                   threads: int, seed: int, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Bring the ADC to the T1 grid: fitted from the DWI and carried by its b0, or a given map
-    brought to mm2/s (:func:`cesynth.adc.convert_adc_map_file`, the workflow's conversion, with
+    brought to mm2/s (:func:`cesynth.adc_maps.convert_adc_map_file`, the workflow's conversion, with
     the model's clip limits) and registered itself."""
     if scans.dwi is None:
         given = work / "adc_mm2s.nii.gz"
         with timer("convert_adc"):
-            stats = adc_fit.convert_adc_map_file(scans.adc, given, min_adc=settings["min_adc"],
+            stats = adc_maps.convert_adc_map_file(scans.adc, given, min_adc=settings["min_adc"],
                                                  max_adc=settings["max_adc"])
         with timer("register_adc"):
             return {**_mi(registration.register_adc_map_to_reference(

@@ -54,7 +54,9 @@ The module is longer than the project's usual 500 lines because the :class:`Trai
 concern: its hooks share the run's state (model, optimizer, sampler position, history,
 checkpoints), and splitting them across modules would spread that state without making any
 part usable alone. What is not the loop lives elsewhere (settings, checkpoints, devices,
-tracking, loaders).
+tracking, loaders); what stays beside the :class:`Trainer` is what only it uses: the cache
+channel selection, the curve plot and its entry points (:func:`train`, :func:`train_from_files`,
+``python -m cesynth.train``).
 """
 
 from __future__ import annotations

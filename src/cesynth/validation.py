@@ -200,7 +200,7 @@ def _check_b_values(who: str, path: Path, bvals: np.ndarray, required_b: Sequenc
 
 def _check_adc_map(who: str, path: Path) -> dict[str, Any]:
     """A given ADC (or MD) map: finite, 3D, sane voxel size, not constant (its unit is decided
-    when it is converted, :func:`cesynth.adc.convert_adc_map_file`)."""
+    when it is converted, :func:`cesynth.adc_maps.convert_adc_map_file`)."""
     img, data = _load_checked(who, path)
     _check_anatomy(who, path, img, data)
     return _file_entry(path, img)
