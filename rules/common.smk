@@ -164,10 +164,10 @@ def get_converted_scan(wildcards):
     scan = get_scan(wildcards)
     if is_dicom():
         checkpoints.convert_dicom.get(subject=wildcards.subject)
-        scan = ingest.rescan(scan)
+        scan = ingest.with_files_on_disk(scan)
     elif is_import():
         checkpoints.import_dataset.get()
-        scan = ingest.rescan(scan)
+        scan = ingest.with_files_on_disk(scan)
     return scan
 
 

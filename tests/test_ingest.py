@@ -28,9 +28,9 @@ from cesynth.ingest import (
     discover_bids,
     expected_scan,
     list_dicom_subjects,
-    rescan,
     scan_from_rule_inputs,
     scan_id_of,
+    with_files_on_disk,
 )
 from cesynth.ingest_report import (
     exclusion_report,
@@ -462,14 +462,14 @@ def test_expected_scan_matches_discovery_once_files_exist(tmp_path):
     assert expected.cet1w == root / "sub-05/ses-1/anat/sub-05_ses-1_ce-gadolinium_T1w.nii.gz"
     add_subject(root, "05", session="1", tumor_mask=True)
     assert discover_bids(root) == [expected]
-    assert rescan(expected) == expected
+    assert with_files_on_disk(expected) == expected
 
 
 def test_rescan_sees_only_files_that_exist(tmp_path):
     root = make_dataset(tmp_path / "bids")
     expected = expected_scan(root, "05")
     add_subject(root, "05", modalities=("T1w", "ceT1w"))
-    found = rescan(expected)
+    found = with_files_on_disk(expected)
     assert found.available_modalities() == ("T1w", "ceT1w")
     assert found.bval is None and found.set == "A"
 

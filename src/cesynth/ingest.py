@@ -196,7 +196,7 @@ def expected_scan(bids_dir: str | os.PathLike, participant: str, set_name: str =
     )
 
 
-def rescan(scan: ScanFiles) -> ScanFiles:
+def with_files_on_disk(scan: ScanFiles) -> ScanFiles:
     """Look a scan's files up on disk again (after a checkpoint has written them).
 
     Args:
