@@ -14,7 +14,6 @@ evaluation of the Set B subject and the release, every job an `sbatch` except th
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import mlflow
 import pytest
 import yaml
 from helpers.slurm import ClusterUnavailable, single_node_cluster
-from helpers.workflow import REPO, SNAKEMAKE, dry_run_jobs
+from helpers.workflow import REPO, SNAKEMAKE, dry_run_jobs, workflow_environment
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +74,7 @@ def cluster_run(cluster, slurm_extra, tmp_path_factory) -> dict:
     config.write_text(yaml.safe_dump(CONFIG))
     configs = ["--configfile", str(REPO / "config/profiles/demo-small.yaml"), str(config)]
     planned = dry_run_jobs(workdir, *configs, "--", TARGET)
-    env = {**os.environ, "PYTHONPATH": str(slurm_extra)}
+    env = {**workflow_environment(), "PYTHONPATH": str(slurm_extra)}
     command = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *configs,
                "--profile", str(REPO / "profiles/slurm"), *STATUS_FLAGS, TARGET]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3000,

@@ -162,9 +162,10 @@ def test_the_demo_runs_to_the_release_against_the_server(server, tmp_path, monke
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(DEMO))
     args = ("--configfile", str(REPO / "config/profiles/demo-small.yaml"), str(config))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)  # wins over the config and the default
-    planned = dry_run_jobs(tmp_path, *args, "--", DEMO_TARGET)
-    snakemake(tmp_path, "--cores", "2", *args, "--", DEMO_TARGET)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)  # for resolve_model below
+    # the variable wins over the config and the default store
+    planned = dry_run_jobs(tmp_path, *args, "--", DEMO_TARGET, tracking_uri=server)
+    snakemake(tmp_path, "--cores", "2", *args, "--", DEMO_TARGET, tracking_uri=server)
 
     assert not (tmp_path / "results-small" / "mlflow.db").exists()
     client = mlflow.MlflowClient(tracking_uri=server)

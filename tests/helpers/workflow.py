@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +12,31 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CESYNTH = str(Path(sys.executable).parent / "cesynth")  # the installed console script
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's workflow with ``workdir`` as working directory."""
+def workflow_environment(tracking_uri: str | None = None) -> dict[str, str]:
+    """This process's environment for a workflow run, with MLFLOW_TRACKING_URI set only where
+    ``tracking_uri`` is given: an in-process MLflow call of an earlier test may have left the
+    variable naming its own store, and the variable wins over the workflow's default store."""
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if tracking_uri is not None:
+        environment["MLFLOW_TRACKING_URI"] = tracking_uri
+    return environment
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True,
+              tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+    """Run the repository's workflow with ``workdir`` as working directory, its MLflow store the
+    workflow's default unless ``tracking_uri`` is given."""
     command = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800,
+                            env=workflow_environment(tracking_uri))
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout}\n{result.stderr}")
     return result
 
 
-def dry_run_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def dry_run_jobs(workdir: Path, *args: str, tracking_uri: str | None = None) -> dict[str, int]:
     """Job counts per rule of a dry run (``--dry-run --quiet rules`` prints the table)."""
-    result = snakemake(workdir, "--dry-run", "--quiet", "rules", *args)
+    result = snakemake(workdir, "--dry-run", "--quiet", "rules", *args, tracking_uri=tracking_uri)
     counts: dict[str, int] = {}
     for line in result.stdout.splitlines():
         parts = line.split()
