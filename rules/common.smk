@@ -17,6 +17,7 @@ from cesynth import (  # noqa: E402
     ingest_report,
     phantom,
     preprocessing,
+    run_spool,
     splits,
     status,
     tracking,
@@ -817,15 +818,20 @@ def refresh_status():
         print(f"warning: {QC}/status.tsv not refreshed: {one_line_error(err)}", file=sys.stderr)
 
 
-def end_stale_runs():
-    """This invocation's runs left RUNNING by a job killed outright (SIGKILL) end KILLED; not
-    with --immediate-submit, where the jobs outlive this process. Never masks the run's outcome."""
-    if workflow.remote_execution_settings.immediate_submit:
-        return
+SPOOL = run_spool.spool_dir(RESULTS)
+
+
+def send_and_end_runs():
+    """The runs short jobs spooled go to the store; this invocation's runs left RUNNING by a job
+    killed outright (SIGKILL) end KILLED. With --immediate-submit the jobs outlive this process:
+    only finished runs are sent (`cesynth send-runs` sends the rest). Never masks the outcome."""
+    over = not workflow.remote_execution_settings.immediate_submit
     try:
-        tracking.end_stale_runs(TRACKING_URI, config["mlflow"]["experiment"])
+        run_spool.send_spool(SPOOL, end_running="all" if over else "none")
+        if over:
+            tracking.end_stale_runs(TRACKING_URI, config["mlflow"]["experiment"])
     except Exception as err:
-        print(f"warning: MLflow runs not ended: {one_line_error(err)}", file=sys.stderr)
+        print(f"warning: MLflow runs not sent or ended: {one_line_error(err)}", file=sys.stderr)
 
 
 onstart:
@@ -835,6 +841,7 @@ onstart:
         config["mlflow"]["experiment"],
         list(experiments.switched_on(config["sweeps"])),
     )
+    run_spool.send_spool(SPOOL, end_running="others")  # what an earlier run left
 
 
 onsuccess:
@@ -844,7 +851,7 @@ onsuccess:
         SPLIT_FRACTIONS,
     )
     refresh_status()
-    end_stale_runs()
+    send_and_end_runs()
 
 
 onerror:
@@ -854,4 +861,4 @@ onerror:
         SPLIT_FRACTIONS,
     )
     refresh_status()
-    end_stale_runs()
+    send_and_end_runs()

@@ -45,26 +45,35 @@ def test_limit_threads_takes_at_least_one_thread(threads, expected):
     assert {seen[v] for v in THREAD_VARIABLES} == {expected}
 
 
-# A job as a workflow script runs it, with the job's log (argv[1]) and tracking URI (argv[2]).
+# A job as a workflow script runs it, with the job's log (argv[1]), tracking URI (argv[2]) and
+# results folder (argv[3]), as the workflow exports them.
 _JOB = """
 import json, os, sys
 os.environ["CESYNTH_TRACKING_URI"] = sys.argv[2]
+os.environ["CESYNTH_RESULTS_DIR"] = sys.argv[3]
 from cesynth.jobs import Job, run_job
 
 run_job(Job("fit_adc", {"subject": 7}, sys.argv[1], threads=3), lambda: {"n_voxels": 5},
         params={"min_adc": 0.0})
-print(json.dumps({"omp": os.environ["OMP_NUM_THREADS"]}), file=sys.__stdout__)
+print(json.dumps({"omp": os.environ["OMP_NUM_THREADS"],
+                  "imported": sorted(m for m in ("mlflow", "nibabel", "pandas", "torch")
+                                     if m in sys.modules)}), file=sys.__stdout__)
 """
 
 
 def test_run_job_takes_a_job_without_snakemake(tmp_path):
     import mlflow
 
+    from cesynth import run_spool
+
     log, uri = tmp_path / "logs" / "fit_adc.log", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = subprocess.run([sys.executable, "-c", _JOB, str(log), uri], capture_output=True,
-                            text=True, check=True, timeout=300)
-    assert json.loads(result.stdout.splitlines()[-1]) == {"omp": "3"}
+    results = tmp_path / "results"
+    result = subprocess.run([sys.executable, "-c", _JOB, str(log), uri, str(results)],
+                            capture_output=True, text=True, check=True, timeout=300)
+    # a short job imports nothing it does not use: its run waits in the spool
+    assert json.loads(result.stdout.splitlines()[-1]) == {"omp": "3", "imported": []}
     assert "cesynth: done: fit_adc {'subject': '7'}" in log.read_text()
+    assert run_spool.send_spool(run_spool.spool_dir(results), end_running="none") == 1
     mlflow.set_tracking_uri(uri)
     [run] = mlflow.search_runs(experiment_names=["cesynth"], output_format="list")
     assert run.info.run_name == "fit_adc[subject=7]"

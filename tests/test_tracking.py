@@ -98,28 +98,36 @@ def _validate_job(log_path: Path) -> Job:
     return Job("validate_subject", {"subject": "07"}, str(log_path), threads=2)
 
 
-def test_run_job_logs_outcome_and_reports_input_errors_in_one_line(tmp_path, monkeypatch, capfd):
+@pytest.mark.parametrize("live", [False, True], ids=["spooled", "live"])
+def test_run_job_logs_outcome_and_reports_input_errors_in_one_line(tmp_path, monkeypatch, capfd,
+                                                                   live):
+    from cesynth import run_spool
     from cesynth.io import InputError
-    from cesynth.jobs import ENV_TRACKING_URI
+    from cesynth.jobs import ENV_RESULTS_DIR, ENV_TRACKING_URI
 
     uri = _uri(tmp_path)
     monkeypatch.setenv(ENV_TRACKING_URI, uri)
+    monkeypatch.setenv(ENV_RESULTS_DIR, str(tmp_path / "results"))
     artifact = tmp_path / "qc.txt"
     artifact.write_text("qc")
     monkeypatch.setattr("sys.stderr", os.sys.stderr)
     run_job(_validate_job(tmp_path / "ok.log"),
-            lambda: JobOutcome(metrics={"volume_ml": 1234.5, "flag": True}, artifacts=[artifact]))
+            lambda: JobOutcome(metrics={"volume_ml": 1234.5, "flag": True}, artifacts=[artifact]),
+            live=live)
 
     def bad_input():
         raise InputError("sub-07", "sub-07_dwi.bval: 6 b-values for 7 volumes")
 
     with pytest.raises(SystemExit) as exit_info:
-        run_job(_validate_job(tmp_path / "bad.log"), bad_input)
+        run_job(_validate_job(tmp_path / "bad.log"), bad_input, live=live)
     assert exit_info.value.code == 1
     line = "error: sub-07: sub-07_dwi.bval: 6 b-values for 7 volumes"
     assert line in capfd.readouterr().err
     assert line in (tmp_path / "bad.log").read_text()
     assert os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "2"
+    spool = run_spool.spool_dir(tmp_path / "results")
+    assert run_spool.spooled_count(spool) == (0 if live else 2)
+    assert run_spool.send_spool(spool, end_running="none") == (0 if live else 2)
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["cesynth"], output_format="list",
@@ -130,7 +138,8 @@ def test_run_job_logs_outcome_and_reports_input_errors_in_one_line(tmp_path, mon
     assert [a.path for a in artifacts] == ["qc.txt"]
 
 
-# A job as a workflow script runs it: the job's log, the work, then (argv[2]) how it ends.
+# A job as a workflow script runs it: the job's log, how it ends (argv[2]), the file it touches
+# once its run is open (argv[3]), and whether it logs live or through the spool (argv[4]).
 _JOB = """
 import sys, time
 from pathlib import Path
@@ -142,18 +151,23 @@ def work():
         raise RuntimeError("boom")
     time.sleep(600)
 
-run_job(Job("train_model", {"experiment": "default"}, sys.argv[1]), work)
+run_job(Job("train_model", {"experiment": "default"}, sys.argv[1]), work,
+        live=sys.argv[4] == "live")
 """
 
 
-def _start_job(tmp_path: Path, ending: str, uri: str, invocation: str) -> subprocess.Popen:
-    """A job process with its MLflow run open once it returns (or the job has already ended)."""
-    from cesynth.jobs import ENV_TRACKING_URI
+def _start_job(tmp_path: Path, ending: str, uri: str, invocation: str,
+               mode: str = "live") -> subprocess.Popen:
+    """A job process with its MLflow run open once it returns (or the job has already ended);
+    its results folder (the spool's) is ``tmp_path / "results"``."""
+    from cesynth.jobs import ENV_RESULTS_DIR, ENV_TRACKING_URI
 
     ready = tmp_path / "ready"
-    env = {**os.environ, ENV_TRACKING_URI: uri, tracking.ENV_INVOCATION_ID: invocation}
+    ready.unlink(missing_ok=True)
+    env = {**os.environ, ENV_TRACKING_URI: uri, tracking.ENV_INVOCATION_ID: invocation,
+           ENV_RESULTS_DIR: str(tmp_path / "results")}
     job = subprocess.Popen([sys.executable, "-c", _JOB, str(tmp_path / "job.log"), ending,
-                            str(ready)], env=env)
+                            str(ready), mode], env=env)
     while not ready.exists() and job.poll() is None:
         time.sleep(0.2)
     return job
@@ -165,18 +179,23 @@ def _only_run(uri: str) -> mlflow.entities.Run:
     return run
 
 
+@pytest.mark.parametrize("mode", ["live", "spooled"])
 @pytest.mark.parametrize(("ending", "exit_code", "status"), [
     ("SIGTERM", 128 + signal.SIGTERM, "KILLED"),  # SLURM's timeout or scancel
     ("raise", 1, "FAILED"),
 ])
 def test_a_job_that_fails_or_gets_sigterm_never_leaves_its_run_running(tmp_path, ending,
-                                                                        exit_code, status):
+                                                                        exit_code, status, mode):
+    from cesynth import run_spool
+
     uri = _uri(tmp_path)
     tracking.init_store(uri)
-    job = _start_job(tmp_path, ending, uri, "inv-term")
+    job = _start_job(tmp_path, ending, uri, "inv-term", mode)
     if ending == "SIGTERM":
         job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=300) == exit_code
+    # the job's invocation goes on: only ended runs are sent
+    run_spool.send_spool(run_spool.spool_dir(tmp_path / "results"), end_running="none")
     assert _only_run(uri).info.status == status
 
 

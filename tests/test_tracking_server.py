@@ -113,7 +113,8 @@ def _log_one_job(uri: str, index: int, log_dir: Path, start: mp.synchronize.Barr
             tracker.log_step(step, {"loss": index + step / STEPS})
         return JobOutcome(metrics=expected_metrics(index), params={"index": index})
 
-    run_job(Job("concurrent_job", {"job": str(index)}, str(log_dir / f"job-{index}.log")), work)
+    run_job(Job("concurrent_job", {"job": str(index)}, str(log_dir / f"job-{index}.log")), work,
+            live=True)  # in the store while it works, as training
 
 
 def log_at_once(uri: str, log_dir: Path) -> list[int | None]:

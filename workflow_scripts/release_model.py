@@ -40,4 +40,4 @@ def work():
                                "gate_passed": int(decision.passed)})
 
 
-run_job(Job.of(snakemake), work)
+run_job(Job.of(snakemake), work, live=True)  # registers the model of its run

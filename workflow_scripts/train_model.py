@@ -33,4 +33,5 @@ def work():
     return JobOutcome(metrics=metrics)
 
 
-run_job(Job.of(snakemake), work, params=settings, sweeps=snakemake.params.get("sweeps") or [])
+run_job(Job.of(snakemake), work, params=settings, sweeps=snakemake.params.get("sweeps") or [],
+        live=True)  # logs every step and the model to its run

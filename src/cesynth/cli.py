@@ -400,6 +400,24 @@ def run_status(args: argparse.Namespace) -> None:
         raise InputError(args.results, f"{failed} of {len(table)} scan stages failed")
 
 
+def _add_send_runs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="the pipeline's results folder (default: results)")
+    parser.add_argument("--end-running", action="store_true",
+                        help="no job runs any more: send runs still RUNNING as KILLED")
+
+
+def run_send_runs(args: argparse.Namespace) -> dict:
+    """Send the MLflow runs short jobs spooled under RESULTS/mlflow-spool to their stores."""
+    from cesynth import run_spool
+
+    if not args.results.is_dir():
+        raise InputError(args.results, "no such results folder")
+    spool = run_spool.spool_dir(args.results)
+    sent = run_spool.send_spool(spool, end_running="all" if args.end_running else "none")
+    return {"sent": sent, "left": run_spool.spooled_count(spool)}
+
+
 def _check_output_folder(path: Path) -> None:
     """Fail before any work when a folder output is a file or cannot be created or written."""
     if path.is_file():
@@ -426,6 +444,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "metrics": (_add_metrics, run_metrics),
     "predict": (_add_predict, run_predict),
     "status": (_add_status, run_status),
+    "send-runs": (_add_send_runs, run_send_runs),
 }
 
 

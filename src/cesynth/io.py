@@ -22,28 +22,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cesynth.errors import MESSAGE_CHARS, InputError, one_line_error  # noqa: F401 (re-exported)
 from cesynth.signals import sigterm_raises
 
 SYNTHETIC_DESCRIP = b"cesynth SYNTHETIC image - not acquired"
-
-
-class InputError(Exception):
-    """Bad input: names who (a subject or a file) and what is wrong, for a one-line message."""
-
-    def __init__(self, who: str | os.PathLike, problem: str):
-        self.who = str(who)
-        self.problem = problem
-        super().__init__(f"{self.who}: {problem}")
-
-
-MESSAGE_CHARS = 300
-"""Longest third-party error text quoted inside a one-line :class:`InputError`."""
-
-
-def one_line_error(err: BaseException) -> str:
-    """``Type: message`` of an exception on one line, cut to :data:`MESSAGE_CHARS`."""
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS - 3] + "..."
 
 
 @contextlib.contextmanager

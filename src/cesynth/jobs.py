@@ -3,6 +3,11 @@
 The workflow scripts describe their job as a :class:`Job` (``Job.of(snakemake)`` reads the
 rule, wildcards, log and threads of their ``snakemake`` object) and hand it with one function to
 :func:`run_job`; this module never imports Snakemake.
+
+A short job writes its MLflow run into the results' spool (:mod:`cesynth.run_spool`) and never
+imports MLflow; the workflow sends the spool to the store. A job that logs while it works or
+uses its run (training, the release) is ``live``: it opens its run in the store directly, and
+sends what the spool holds first. Only what a job uses is imported here: the standard library.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cesynth import tracking
-from cesynth.io import InputError
+from cesynth import run_spool, tracking
+from cesynth.errors import InputError
 
 ENV_TRACKING_URI = "CESYNTH_TRACKING_URI"
 ENV_EXPERIMENT = "CESYNTH_EXPERIMENT"
@@ -88,8 +93,14 @@ def tracking_settings() -> tuple[str, str]:
     return uri, os.environ.get(ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT)
 
 
+def results_dir() -> Path:
+    """The workflow's results folder, from the environment it exported (default ``results``)."""
+    return Path(os.environ.get(ENV_RESULTS_DIR, "results"))
+
+
 def run_job(job: Job, work: Callable[[], JobOutcome | Mapping[str, Any] | None],
-            params: Mapping[str, Any] | None = None, sweeps: Sequence[str] = ()) -> None:
+            params: Mapping[str, Any] | None = None, sweeps: Sequence[str] = (), *,
+            live: bool = False) -> None:
     """Run ``work`` as ``job``, recorded as one MLflow run.
 
     Args:
@@ -97,19 +108,38 @@ def run_job(job: Job, work: Callable[[], JobOutcome | Mapping[str, Any] | None],
         work: does the job; returns a :class:`JobOutcome` or a dict of metrics.
         params: parameters to log to MLflow.
         sweeps: sweeps the job's experiment is a point of (its run goes under their parent).
+        live: open the run in the store while the job works (``work`` may log to the active
+            MLflow run); otherwise the run is spooled and sent later.
     """
     configure_logging(job.log)
     limit_threads(job.threads)
     wildcards = {key: str(value) for key, value in job.wildcards.items()}
     uri, experiment = tracking_settings()
+    spool = run_spool.spool_dir(results_dir())
+    run_kwargs = {"uri": uri, "experiment": experiment, "params": params,
+                  "sweeps": list(sweeps or ())}
     try:
-        with tracking.stage_run(job.rule, wildcards, uri=uri, experiment=experiment,
-                                params=params, sweeps=list(sweeps or ())):
-            outcome = _as_outcome(work())
-            _log_outcome(outcome)
+        if live:
+            send_finished_runs(spool)
+            with tracking.stage_run(job.rule, wildcards, **run_kwargs):
+                _log_live(_as_outcome(work()))
+        else:
+            with run_spool.spooled_run(job.rule, wildcards, spool=spool, **run_kwargs) as record:
+                _log_to_record(record, _as_outcome(work()))
     except InputError as err:
         fail(err)
     log.info("done: %s %s", job.rule, wildcards)
+
+
+def send_finished_runs(spool: Path) -> None:
+    """Send the spool's finished runs before a live job starts; a failure only warns."""
+    try:
+        sent = run_spool.send_spool(spool, end_running="none")
+    except Exception as err:  # the job's own work matters more than the spool's backlog
+        log.warning("spooled MLflow runs not sent: %s: %s", type(err).__name__, err)
+        return
+    if sent:
+        log.info("sent %d spooled MLflow runs to the store", sent)
 
 
 def fail(err: InputError) -> None:
@@ -128,14 +158,19 @@ def _as_outcome(result: JobOutcome | Mapping[str, Any] | None) -> JobOutcome:
     return JobOutcome(metrics=dict(result))
 
 
-def _log_outcome(outcome: JobOutcome) -> None:
+def _log_live(outcome: JobOutcome) -> None:
     import mlflow
 
+    _log_to_record(mlflow, outcome)
+
+
+def _log_to_record(record: Any, outcome: JobOutcome) -> None:
+    """Log ``outcome`` to a spooled :class:`run_spool.RunRecord` or to ``mlflow``'s active run."""
     metrics = tracking.numeric_metrics(outcome.metrics)
     if metrics:
-        mlflow.log_metrics(metrics)
+        record.log_metrics(metrics)
     if outcome.params:
-        mlflow.log_params(tracking.flatten_params(outcome.params))
+        record.log_params(tracking.flatten_params(outcome.params))
     for artifact in outcome.artifacts:
         if Path(artifact).exists():
-            mlflow.log_artifact(str(artifact))
+            record.log_artifact(str(artifact))

@@ -203,7 +203,7 @@ def stage_run(
             yield active
         except BaseException as err:
             with contextlib.suppress(Exception):  # never hide the job's own error
-                mlflow.end_run(_end_status(err))
+                mlflow.end_run(end_status(err))
             raise
         mlflow.end_run("FINISHED")
 
@@ -383,7 +383,7 @@ def default_tracker() -> TrainingTracker | None:
     return None
 
 
-def _end_status(err: BaseException) -> str:
+def end_status(err: BaseException) -> str:
     """KILLED after Ctrl-C or SIGTERM (any ``SystemExit`` with status 143), else FAILED."""
     terminated = is_termination(err)
     if terminated or isinstance(err, KeyboardInterrupt):
