@@ -1,6 +1,8 @@
 # Shared by every stage: config validation, the subject table, wildcard constraints, input functions.
 import glob
+import itertools
 import os
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -257,15 +259,28 @@ def preproc(datatype, suffix, **entities):
 # change there reaches every consumer. rules.<rule> exists once that rule is parsed, so input
 # functions (run after parsing) may name any rule, and a function called while parsing (a rule's
 # output or params, the targets in the Snakefile) only the rules parsed before it.
-def paths_of(pattern, **wildcards):
-    """A rule's output pattern filled with every combination of the wildcard values, in order."""
-    return [str(path) for path in expand(pattern, **wildcards)]
+# Planning calls these ~14 times per job: str.format on the pattern (its inline constraints
+# dropped) costs a tenth of what Snakemake's general expand() does (benchmarks/RESULTS.md).
+_PATTERN_FORMATS = {}
 
 
 def path_of(pattern, **wildcards):
     """A rule's output pattern filled with one value per wildcard."""
-    (path,) = paths_of(pattern, **wildcards)
-    return path
+    pattern_format = _PATTERN_FORMATS.get(pattern)
+    if pattern_format is None:
+        pattern_format = re.sub(r"\{(\w+),[^{}]*\}", r"{\1}", str(pattern))
+        _PATTERN_FORMATS[pattern] = pattern_format
+    for name, value in wildcards.items():
+        if not isinstance(value, str | int):
+            raise TypeError(f"path_of: one value per wildcard, got {name}={value!r}")
+    return pattern_format.format(**wildcards)
+
+
+def paths_of(pattern, **wildcards):
+    """A rule's output pattern filled with every combination of the wildcard values, in order."""
+    names = list(wildcards)
+    values = [[v] if isinstance(v, str | int) else list(v) for v in wildcards.values()]
+    return [path_of(pattern, **dict(zip(names, combo))) for combo in itertools.product(*values)]
 
 
 def get_modalities(scan):
