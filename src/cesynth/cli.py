@@ -376,9 +376,19 @@ def run_predict(args: argparse.Namespace) -> dict:
         use_cascade=not args.no_cascade)
 
 
-def _add_status(parser: argparse.ArgumentParser) -> None:
+def _add_results_folder(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="the pipeline's results folder (default: results)")
+
+
+def _results_folder(args: argparse.Namespace) -> Path:
+    if not args.results.is_dir():
+        raise InputError(args.results, "no such results folder")
+    return args.results
+
+
+def _add_status(parser: argparse.ArgumentParser) -> None:
+    _add_results_folder(parser)
     parser.add_argument("--check", action="store_true",
                         help="exit 1 (with a one-line error) when any stage of any scan failed")
 
@@ -387,9 +397,7 @@ def run_status(args: argparse.Namespace) -> None:
     """Every scan x stage as done, failed (reason, log) or not run; writes qc/status.tsv."""
     from cesynth import status
 
-    if not args.results.is_dir():
-        raise InputError(args.results, "no such results folder")
-    table = status.status_table(args.results)
+    table = status.status_table(_results_folder(args))
     if table.empty:
         raise InputError(args.results, "no scans found (no qc/ingest reports, "
                                        "ingest/sets.tsv or qc/status.tsv)")
@@ -401,8 +409,7 @@ def run_status(args: argparse.Namespace) -> None:
 
 
 def _add_send_runs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="the pipeline's results folder (default: results)")
+    _add_results_folder(parser)
     parser.add_argument("--end-running", action="store_true",
                         help="no job runs any more: send runs still RUNNING as KILLED")
 
@@ -411,9 +418,7 @@ def run_send_runs(args: argparse.Namespace) -> dict:
     """Send the MLflow runs short jobs spooled under RESULTS/mlflow-spool to their stores."""
     from cesynth import run_spool
 
-    if not args.results.is_dir():
-        raise InputError(args.results, "no such results folder")
-    spool = run_spool.spool_dir(args.results)
+    spool = run_spool.spool_dir(_results_folder(args))
     sent = run_spool.send_spool(spool, end_running="all" if args.end_running else "none")
     return {"sent": sent, "left": run_spool.spooled_count(spool)}
 
