@@ -849,6 +849,15 @@ def send_and_end_runs():
         print(f"warning: MLflow runs not sent or ended: {one_line_error(err)}", file=sys.stderr)
 
 
+def send_runs_left_by_earlier_runs():
+    """Runs an earlier invocation spooled and did not send (it was killed) go to the store;
+    a failure only warns, as the jobs of this run spool theirs all the same."""
+    try:
+        run_spool.send_spool(SPOOL, end_running="others")
+    except Exception as err:
+        print(f"warning: spooled MLflow runs not sent: {one_line_error(err)}", file=sys.stderr)
+
+
 onstart:
     tracking.init_store(TRACKING_URI, config["mlflow"]["experiment"])
     tracking.sweep_parent_runs(
@@ -856,7 +865,7 @@ onstart:
         config["mlflow"]["experiment"],
         list(experiments.switched_on(config["sweeps"])),
     )
-    run_spool.send_spool(SPOOL, end_running="others")  # what an earlier run left
+    send_runs_left_by_earlier_runs()
 
 
 onsuccess:

@@ -185,3 +185,11 @@ def test_cesynth_send_runs_sends_the_finished_runs(store):
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"error: {store['results'] / 'no'}: no such results folder"
+
+
+def test_a_file_in_the_spool_that_is_not_a_record_is_left_and_the_others_sent(store, capfd):
+    _short_job("08")  # its job routes log records to stderr
+    stray = store["spool"] / f"stray{run_spool.RECORD_SUFFIX}"
+    stray.write_text("{not json")
+    assert run_spool.send_spool(store["spool"]) == 1
+    assert stray.exists() and "not a spooled MLflow run" in capfd.readouterr().err

@@ -246,6 +246,9 @@ def _read_record(path: Path) -> RunRecord | None:
         return RunRecord(**json.loads(path.read_text()))
     except FileNotFoundError:
         return None  # sent by another sender before this one took the lock
+    except (ValueError, TypeError) as err:  # not a record this version can read: leave it
+        log.warning("%s: not a spooled MLflow run (%s); left in the spool", path, err)
+        return None
 
 
 @contextlib.contextmanager
