@@ -22,7 +22,6 @@ Standard library only at import time: every short job imports this module.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -144,7 +143,7 @@ def send_spool(spool: str | os.PathLike, *, end_running: str = "others") -> int:
         return 0
     current = os.environ.get(tracking.ENV_INVOCATION_ID)
     sent, stores = 0, _Stores()
-    with _sender_lock(folder):
+    with tracking.store_lock(folder / ".send"):  # one sender at a time
         for path in sorted(folder.glob(f"*{RECORD_SUFFIX}")):
             record = _read_record(path)
             if record is None:
@@ -235,6 +234,7 @@ def _end(record: RunRecord, path: Path, status: str) -> None:
 
 
 def _write_record(record: RunRecord, path: Path) -> None:
+    # cesynth.io.atomic_path does this too, but importing io costs a short job nibabel and pandas
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(asdict(record), sort_keys=True))
@@ -249,16 +249,6 @@ def _read_record(path: Path) -> RunRecord | None:
     except (ValueError, TypeError) as err:  # not a record this version can read: leave it
         log.warning("%s: not a spooled MLflow run (%s); left in the spool", path, err)
         return None
-
-
-@contextlib.contextmanager
-def _sender_lock(folder: Path) -> Iterator[None]:
-    with open(folder / ".send.lock", "w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _now_ms() -> int:

@@ -90,7 +90,7 @@ def init_store(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
     from mlflow.exceptions import MlflowException
 
     db_path = sqlite_path(uri)
-    with _store_lock(db_path):  # a server has no file to lock: another job may create it first
+    with store_lock(db_path):  # a server has no file to lock: another job may create it first
         client = mlflow.MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -257,7 +257,7 @@ def sweep_parent_runs(uri: str, experiment: str, sweeps: Sequence[str]) -> dict[
     experiment_id = init_store(uri, experiment)
     client = mlflow.MlflowClient(tracking_uri=uri)
     parents = {}
-    with _store_lock(sqlite_path(uri)):
+    with store_lock(sqlite_path(uri)):
         for sweep in sweeps:
             found = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep}'",
                                        max_results=1)
@@ -393,7 +393,8 @@ def end_status(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _store_lock(db_path: Path | None) -> Iterator[None]:
+def store_lock(db_path: Path | None) -> Iterator[None]:
+    """An exclusive lock on ``<db_path>.lock`` for the block (none for None: a server)."""
     if db_path is None:
         yield
         return
