@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from helpers.workflow import CESYNTH, REPO, dry_run_jobs, snakemake
+from helpers.workflow import CESYNTH, REPO, dry_run_jobs, peak_threads, snakemake
 from nibabel.processing import resample_from_to
 
 from cesynth import release_gate
@@ -72,6 +72,14 @@ def test_every_spec_output_exists_for_every_subject(demo_run):
     assert (results / "qc" / "sub-01" / "sub-01_desc-montage.png").is_file()
     for stage in ("ingest", "adc", "registration", "brainmask", "normalise"):
         assert (results / "qc" / f"{stage}.tsv").is_file(), stage
+
+
+def test_jobs_never_hold_more_threads_than_cores(demo_run):
+    """Snakemake 9.10-9.16 started a job that became ready alone without reserving its threads
+    or memory (snakemake#3913): on 2 cores the study ran five 2-thread trainings at once, each
+    24x slower. The project requires 9.17 or later."""
+    _, _, result, _ = demo_run
+    assert peak_threads(result.stderr + result.stdout) == 2
 
 
 def test_outputs_hold_what_spec_says(demo_run):

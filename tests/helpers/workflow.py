@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,37 @@ def dry_run_jobs(workdir: Path, *args: str, tracking_uri: str | None = None) -> 
         if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+
+_JOB_START = re.compile(r"^(?:local)?rule \S+:$")
+
+
+def _job_blocks(log: str):
+    """(event, job ID, threads) in log order: ``start`` for each ``rule X:`` block (threads 1
+    when the block names none), ``end`` for each ``Finished jobid: N``."""
+    lines = log.splitlines()
+    for index, line in enumerate(lines):
+        if _JOB_START.match(line):
+            fields = {}
+            for detail in lines[index + 1:]:
+                if not detail.startswith("    "):
+                    break
+                key, _, value = detail.strip().partition(": ")
+                fields[key] = value
+            yield "start", fields["jobid"], int(fields.get("threads", 1))
+        elif line.startswith("Finished jobid: "):
+            yield "end", line.split()[2], 0
+
+
+def peak_threads(log: str) -> int:
+    """The most threads the running jobs of a Snakemake run's log held at one time."""
+    running: dict[str, int] = {}
+    peak = 0
+    for event, job, threads in _job_blocks(log):
+        if event == "start":
+            running[job] = threads
+            peak = max(peak, sum(running.values()))
+        else:
+            running.pop(job, None)
+    return peak
