@@ -46,7 +46,6 @@ def dry_run_jobs(workdir: Path, *args: str, tracking_uri: str | None = None) -> 
     return counts
 
 
-
 _JOB_START = re.compile(r"^(?:local)?rule \S+:$")
 
 
