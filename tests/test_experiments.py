@@ -64,6 +64,14 @@ def test_the_study_parts_together_are_the_whole_study_each_with_the_final_model(
     assert study_models("study-brainmask.yaml") == {"default"}
 
 
+def test_part_four_reruns_the_points_parts_one_and_two_cut_for_time():
+    part4 = study_models("study-delta-cascade.yaml")
+    assert part4 < study_models()
+    assert {"delta-0p3", "delta-0p03", "cascade-T2w", "cascade-adc",
+            "condition cascade-T2w-adc"} <= part4
+    assert not any(name.startswith(("localloss-", "inputs-", "models-")) for name in part4)
+
+
 def test_a_point_equal_to_the_base_is_the_base_itself():
     found = expand({"lossweights": {"stage2": [[1, 10], [0.1, 10]]}})
     assert list(found) == ["default", "lossweights-1x10"]
