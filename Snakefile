@@ -5,7 +5,7 @@ import os
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.17")  # 9.10-9.16 start a lone ready job without reserving its threads
 
 
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
