@@ -30,6 +30,7 @@ BENCHMARKS = {
     "train_step": ["bench_train_step.py", "--profiles", "demo"],
     "inference": ["bench_inference.py", "--profiles", "demo", "paper", "--max-windows", "3"],
     "status": ["bench_status.py", "--scans", "400", "--reps", "5"],
+    "scheduler": ["bench_scheduler.py", "--reps", "3"],
     "demo": ["bench_demo.py", "--cores", "2"],
 }
 GPU_RUNS = {  # what runs again with --device cuda
