@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, and print their Markdown output.
 
-Run by hand on an otherwise idle machine (not a test; about an hour on 2 CPU cores)::
+Run by hand on an otherwise idle machine (not a test; about two hours on 2 CPU cores)::
 
     .venv/bin/python benchmarks/run_all.py [--only startup planning ...] [--device cuda]
 
