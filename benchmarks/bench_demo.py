@@ -24,7 +24,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from machine import describe_cpu  # benchmarks/machine.py (scripts run from their folder)
+from machine import (  # benchmarks/machine.py (scripts run from their folder)
+    describe_cpu,
+    job_seconds_and_peak_mb,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -64,10 +67,9 @@ def rule_rows(workdir: Path) -> list[tuple[str, int, float, float, float]]:
     seconds, peaks = defaultdict(list), defaultdict(float)
     for tsv in (workdir / "results" / "benchmarks").rglob("*.tsv"):
         rule = tsv.relative_to(workdir / "results" / "benchmarks").parts[0].removesuffix(".tsv")
-        header, values = tsv.read_text().splitlines()[:2]
-        record = dict(zip(header.split("\t"), values.split("\t"), strict=True))
-        seconds[rule].append(float(record["s"]))
-        peaks[rule] = max(peaks[rule], float(record["max_rss"]))
+        job_seconds, peak_mb = job_seconds_and_peak_mb(tsv)
+        seconds[rule].append(job_seconds)
+        peaks[rule] = max(peaks[rule], peak_mb)
     rows = [(rule, len(s), sum(s) / len(s), sum(s), peaks[rule]) for rule, s in seconds.items()]
     return sorted(rows, key=lambda row: -row[3])
 

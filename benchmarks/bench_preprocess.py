@@ -33,7 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import describe_cpu  # benchmarks/machine.py (scripts run from their folder)
+from machine import (  # benchmarks/machine.py (scripts run from their folder)
+    describe_cpu,
+    job_seconds_and_peak_mb,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -69,10 +72,7 @@ def stage_rows(workdir: Path) -> list[tuple[str, float, float]]:
     """(job, seconds, peak MB) from the jobs' Snakemake benchmark files."""
     rows = []
     for tsv in sorted((workdir / "results" / "benchmarks").rglob("*.tsv")):
-        header, values = tsv.read_text().splitlines()[:2]
-        record = dict(zip(header.split("\t"), values.split("\t"), strict=True))
-        rows.append((f"{tsv.parent.name} {tsv.stem}", float(record["s"]),
-                     float(record["max_rss"])))
+        rows.append((f"{tsv.parent.name} {tsv.stem}", *job_seconds_and_peak_mb(tsv)))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The machine line every benchmark prints beside its results."""
+"""What the benchmarks share: the machine line and reading Snakemake's job benchmark files."""
 
 from __future__ import annotations
 
@@ -18,3 +18,10 @@ def describe_cpu() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} CPUs"
+
+
+def job_seconds_and_peak_mb(tsv: Path) -> tuple[float, float]:
+    """Wall seconds and peak resident MB of one job from its Snakemake ``benchmark:`` file."""
+    header, values = tsv.read_text().splitlines()[:2]
+    record = dict(zip(header.split("\t"), values.split("\t"), strict=True))
+    return float(record["s"]), float(record["max_rss"])
