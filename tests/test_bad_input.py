@@ -291,6 +291,12 @@ def test_an_unexpected_failure_is_one_line(capsys, images, monkeypatch, tmp_path
                      "traceback)"]
 
 
+# Snakemake prints this on every run of the workflow, before the Snakefile is read, because
+# profiles/default exists (README, "Cluster"); the error itself is the one line after it.
+SNAKEMAKE_PROFILE_NOTICE = ("Using workflow specific profile profiles/default for setting default "
+                            "command line arguments.")
+
+
 @pytest.mark.parametrize("value, message", [
     ("demo={subjects: 0}", "demo.subjects: 0 is less than the minimum of 1"),
     ("sets={test_fraction: 1.5}", "sets.test_fraction: 1.5 is greater than or equal to the "
@@ -299,7 +305,8 @@ def test_an_unexpected_failure_is_one_line(capsys, images, monkeypatch, tmp_path
 def test_config_value_out_of_range_on_the_command_line_is_one_line(value, message, tmp_path):
     result = snakemake(tmp_path, "--dry-run", "--config", value, check=False)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"error: config: {message}"]
+    assert result.stderr.strip().splitlines() == [SNAKEMAKE_PROFILE_NOTICE,
+                                                  f"error: config: {message}"]
 
 
 def test_config_numbers_on_the_command_line_are_typed_by_the_schema(tmp_path):
