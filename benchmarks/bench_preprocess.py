@@ -12,10 +12,11 @@ Run by hand (not a test)::
    stage's seconds and peak memory (Snakemake's ``benchmark:`` files), the whole chain's wall
    time, and whether the second run's images are identical to the first's.
 2. The T2-to-CE-T1 and DWI(b=0)-to-CE-T1 registrations of that patient, ours (rigid, then
-   affine from it: two ANTs calls) against one ANTs call with both stages, and against the
-   rigid + affine stages of ANTs' own ``antsRegistrationSyNQuick.sh`` in one call, and
-   antspy's ``AffineFast``: seconds with 1 and 2 threads, and the mean / max displacement from
-   the phantom's true transform inside the brain.
+   affine from it: two ANTs calls, the pyramid ending at 2 mm) against our pyramid before
+   2026-12-06 (ending at the voxel size), one ANTs call with both stages, the rigid + affine
+   stages of ANTs' own ``antsRegistrationSyNQuick.sh`` in one call, and antspy's
+   ``AffineFast``: seconds with 1 and 2 threads, and the mean / max displacement from the
+   phantom's true transform inside the brain.
 
 Prints Markdown tables with the machine and the date.
 """
@@ -104,21 +105,29 @@ def synquick_stages(fixed: str, moving: str, prefix: str, seed: int) -> list[str
 
 
 def ours_in_one_call(fixed: str, moving: str, prefix: str, seed: int) -> list[str]:
-    """Our two stages (registration.method_record) as one antsRegistration call."""
+    """Our two stages (registration.method_record and its pyramid) as one antsRegistration
+    call, in single precision as antspy's ``ants.registration`` runs them."""
     record = registration.method_record()
+    shrink, sigmas = registration.pyramid(ants.image_header_info(fixed)["spacing"])
     metric = (f"MI[{fixed},{moving},1,{record['histogram_bins']},Regular,"
               f"{record['sampling_rate']}]")
     stage = ["--convergence", f"[{'x'.join(map(str, record['iterations']))},1e-6,10]",
-             "--shrink-factors", "x".join(map(str, record["shrink_factors"])),
-             "--smoothing-sigmas", "x".join(map(str, record["smoothing_sigmas"])) + "vox"]
-    return ["--dimensionality", "3", "--float", "0", "--output", f"[{prefix}]",
+             "--shrink-factors", "x".join(map(str, shrink)),
+             "--smoothing-sigmas", "x".join(map(str, sigmas)) + "vox"]
+    return ["--dimensionality", "3", "--float", "1", "--output", f"[{prefix}]",
             "--interpolation", "Linear", "--initial-moving-transform", f"[{fixed},{moving},1]",
             "--random-seed", str(seed), "--metric", metric, "--transform", "Rigid[0.25]", *stage,
             "--metric", metric, "--transform", "Affine[0.25]", *stage]
 
 
-def ours_two_calls(fixed: ants.ANTsImage, moving: ants.ANTsImage, prefix: str) -> Path:
-    """What cesynth.registration does: rigid, then affine started from it (two ANTs calls)."""
+def ours_two_calls(fixed: ants.ANTsImage, moving: ants.ANTsImage, prefix: str,
+                   finest_at_voxel: bool = False) -> Path:
+    """What cesynth.registration does: rigid, then affine started from it (two ANTs calls);
+    ``finest_at_voxel``: its pyramid before 2026-12-06 (4, 2, 1 on any grid, so the finest
+    level is the fixed image's own voxel size)."""
+    shrink, sigmas = registration.pyramid(fixed.spacing)
+    if finest_at_voxel:
+        shrink, sigmas = registration._SHRINK_FACTORS, registration._SMOOTHING_SIGMAS
     initial = None
     for stage in registration._STAGES:
         found = ants.registration(
@@ -127,8 +136,7 @@ def ours_two_calls(fixed: ants.ANTsImage, moving: ants.ANTsImage, prefix: str) -
             aff_sampling=registration._HISTOGRAM_BINS,
             aff_random_sampling_rate=registration._SAMPLING_RATE,
             aff_iterations=registration._ITERATIONS,
-            aff_shrink_factors=registration._SHRINK_FACTORS,
-            aff_smoothing_sigmas=registration._SMOOTHING_SIGMAS)
+            aff_shrink_factors=shrink, aff_smoothing_sigmas=sigmas)
         initial = [found["fwdtransforms"][0]]
     return Path(initial[0])
 
@@ -138,21 +146,23 @@ def run_alternative(name: str, fixed: Path, moving: Path, work: Path) -> tuple[P
     prefix = str(work / f"{len(name)}_{abs(hash(name)) % 10000}_")
     fixed_image, moving_image = ants.image_read(str(fixed)), ants.image_read(str(moving))
     start = time.perf_counter()
-    if name == ALTERNATIVES[0]:
-        xfm = ours_two_calls(fixed_image, moving_image, prefix)
-    elif name == ALTERNATIVES[3]:
+    if name in ALTERNATIVES[:2]:
+        xfm = ours_two_calls(fixed_image, moving_image, prefix, name == ALTERNATIVES[1])
+    elif name == ALTERNATIVES[4]:
         found = ants.registration(fixed_image, moving_image, type_of_transform="AffineFast",
                                   outprefix=prefix)
         xfm = Path(found["fwdtransforms"][0])
     else:
-        stages = ours_in_one_call if name == ALTERNATIVES[1] else synquick_stages
+        stages = ours_in_one_call if name == ALTERNATIVES[2] else synquick_stages
         ants.registration(stages(str(fixed), str(moving), prefix, seed=1), None)
         xfm = Path(f"{prefix}0GenericAffine.mat")
     return xfm, time.perf_counter() - start
 
 
-ALTERNATIVES = ["ours: rigid, then affine (2 calls)", "ours: rigid + affine in 1 call",
-                "SyNQuick rigid + affine (1 call)", "antspy AffineFast"]
+ALTERNATIVES = ["ours: rigid, then affine (2 calls), finest level 2 mm",
+                "ours before: the same, finest level the voxel",
+                "ours: rigid + affine in 1 call", "SyNQuick rigid + affine (1 call)",
+                "antspy AffineFast"]
 
 
 def b0_image(paths: dict, work: Path) -> Path:

@@ -170,3 +170,16 @@ def test_dwi_without_b0_is_input_error(subject: Subject, tmp_path: Path) -> None
     with pytest.raises(InputError, match="no b=0"):
         reg.register_dwi_to_reference(subject.ce_t1, subject.dwi, bval, subject.true_adc,
                                       tmp_path / "adc.nii.gz", tmp_path / "x.mat")
+
+
+@pytest.mark.parametrize("spacing, shrink, sigmas", [
+    ((1.0, 1.0, 1.0), (8, 4, 2), (3, 2, 1)),   # clinical 1 mm: levels at 8, 4 and 2 mm
+    ((0.9, 0.9, 3.0), (8, 4, 2), (3, 2, 1)),   # the finest axis decides
+    ((0.5, 0.5, 0.5), (16, 8, 4), (4, 3, 2)),
+    ((1.2, 1.2, 1.2), (4, 2, 1), (2, 1, 0)),   # halving would end at 2.4 mm
+    ((2.0, 2.0, 2.0), (4, 2, 1), (2, 1, 0)),   # the demo's grid: unchanged
+    ((4.0, 4.0, 4.0), (4, 2, 1), (2, 1, 0)),
+])
+def test_the_pyramid_ends_at_2mm_or_the_voxel_whichever_is_coarser(spacing, shrink, sigmas):
+    assert reg.pyramid(spacing) == (shrink, sigmas)
+    assert reg.method_record()["finest_level_mm"] == 2.0
