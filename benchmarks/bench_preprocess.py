@@ -209,6 +209,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-chain", action="store_true")
+    parser.add_argument("--skip-alternatives", action="store_true",
+                        help="only the chain (table 1), not the registration table")
     args = parser.parse_args()
     print(f"{describe_cpu()}, {datetime.date.today()}, CE-T1 {args.voxel_mm} mm, T2 "
           f"{BTIP['t2_inplane_mm'] * args.voxel_mm}x{BTIP['t2_inplane_mm'] * args.voxel_mm}x"
@@ -229,6 +231,8 @@ def main() -> None:
             print(f"\nwhole chain, `snakemake --cores {args.cores}`: {walls[0]:.0f} s, rerun "
                   f"{walls[1]:.0f} s; {compared} images compared, "
                   f"{'all identical' if not differ else 'differ: ' + ', '.join(differ)}\n")
+        if args.skip_alternatives:
+            return
         print("| moving | registration | threads | seconds | mean error (mm) | max error (mm) |")
         print("|---|---|---|---|---|---|")
         work = Path(tmp) / "registrations"
