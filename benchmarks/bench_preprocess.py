@@ -16,7 +16,9 @@ Run by hand (not a test)::
    2026-12-06 (ending at the voxel size), one ANTs call with both stages, the rigid + affine
    stages of ANTs' own ``antsRegistrationSyNQuick.sh`` in one call, and antspy's
    ``AffineFast``: seconds with 1 and 2 threads, and the mean / max displacement from the
-   phantom's true transform inside the brain.
+   phantom's true transform inside the brain. ``--pyramids`` replaces these by our stages in
+   one call with the pyramids given (shrink factors, smoothing sigmas, iterations), to weigh
+   the pyramid on one's own grid.
 
 Prints Markdown tables with the machine and the date.
 """
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -104,16 +107,21 @@ def synquick_stages(fixed: str, moving: str, prefix: str, seed: int) -> list[str
             "--metric", metric, "--transform", "Affine[0.1]", *stage]
 
 
-def ours_in_one_call(fixed: str, moving: str, prefix: str, seed: int) -> list[str]:
+def ours_in_one_call(fixed: str, moving: str, prefix: str, seed: int,
+                     pyramid: str | None = None) -> list[str]:
     """Our two stages (registration.method_record and its pyramid) as one antsRegistration
-    call, in single precision as antspy's ``ants.registration`` runs them."""
+    call, in single precision as antspy's ``ants.registration`` runs them; ``pyramid``
+    (``SHRINK:SIGMAS:ITERATIONS``, e.g. ``8x4x2:3x2x1:300x100x20``) replaces ours."""
     record = registration.method_record()
     shrink, sigmas = registration.pyramid(ants.image_header_info(fixed)["spacing"])
+    levels = ["x".join(map(str, shrink)), "x".join(map(str, sigmas)),
+              "x".join(map(str, record["iterations"]))]
+    if pyramid is not None:
+        levels = pyramid.split(":")
     metric = (f"MI[{fixed},{moving},1,{record['histogram_bins']},Regular,"
               f"{record['sampling_rate']}]")
-    stage = ["--convergence", f"[{'x'.join(map(str, record['iterations']))},1e-6,10]",
-             "--shrink-factors", "x".join(map(str, shrink)),
-             "--smoothing-sigmas", "x".join(map(str, sigmas)) + "vox"]
+    stage = ["--convergence", f"[{levels[2]},1e-6,10]", "--shrink-factors", levels[0],
+             "--smoothing-sigmas", levels[1] + "vox"]
     return ["--dimensionality", "3", "--float", "1", "--output", f"[{prefix}]",
             "--interpolation", "Linear", "--initial-moving-transform", f"[{fixed},{moving},1]",
             "--random-seed", str(seed), "--metric", metric, "--transform", "Rigid[0.25]", *stage,
@@ -153,8 +161,13 @@ def run_alternative(name: str, fixed: Path, moving: Path, work: Path) -> tuple[P
                                   outprefix=prefix)
         xfm = Path(found["fwdtransforms"][0])
     else:
-        stages = ours_in_one_call if name == ALTERNATIVES[2] else synquick_stages
-        ants.registration(stages(str(fixed), str(moving), prefix, seed=1), None)
+        if name.startswith(PYRAMID):
+            args = ours_in_one_call(str(fixed), str(moving), prefix, 1, name[len(PYRAMID):])
+        elif name == ALTERNATIVES[2]:
+            args = ours_in_one_call(str(fixed), str(moving), prefix, seed=1)
+        else:
+            args = synquick_stages(str(fixed), str(moving), prefix, seed=1)
+        ants.registration(args, None)
         xfm = Path(f"{prefix}0GenericAffine.mat")
     return xfm, time.perf_counter() - start
 
@@ -163,6 +176,7 @@ ALTERNATIVES = ["ours: rigid, then affine (2 calls), finest level 2 mm",
                 "ours before: the same, finest level the voxel",
                 "ours: rigid + affine in 1 call", "SyNQuick rigid + affine (1 call)",
                 "antspy AffineFast"]
+PYRAMID = "ours in 1 call, pyramid "  # + SHRINK:SIGMAS:ITERATIONS (--pyramids)
 
 
 def b0_image(paths: dict, work: Path) -> Path:
@@ -175,15 +189,14 @@ def b0_image(paths: dict, work: Path) -> Path:
     return out
 
 
-def registration_rows(paths: dict, work: Path, threads: list[int]) -> list[str]:
+def registration_rows(paths: dict, work: Path, threads: list[int],
+                      names: list[str]) -> Iterator[str]:
     truth = json.loads(Path(paths["transforms"]).read_text())
     moving = {"T2w": Path(paths["T2w"]), "dwi": b0_image(paths, work)}
-    rows = []
     for modality, image in moving.items():
-        for name in ALTERNATIVES:
+        for name in names:
             for count in threads:
-                rows.append(_timed_alternative(name, modality, image, paths, truth, work, count))
-    return rows
+                yield _timed_alternative(name, modality, image, paths, truth, work, count)
 
 
 def _timed_alternative(name: str, modality: str, image: Path, paths: dict, truth: dict,
@@ -211,6 +224,9 @@ def main() -> None:
     parser.add_argument("--skip-chain", action="store_true")
     parser.add_argument("--skip-alternatives", action="store_true",
                         help="only the chain (table 1), not the registration table")
+    parser.add_argument("--pyramids", nargs="+", metavar="SHRINK:SIGMAS:ITERATIONS",
+                        help="the registration table holds our stages in one call with each "
+                             "of these pyramids (e.g. 8x4x2:3x2x1:300x100x20) instead")
     args = parser.parse_args()
     print(f"{describe_cpu()}, {datetime.date.today()}, CE-T1 {args.voxel_mm} mm, T2 "
           f"{BTIP['t2_inplane_mm'] * args.voxel_mm}x{BTIP['t2_inplane_mm'] * args.voxel_mm}x"
@@ -237,7 +253,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         work = Path(tmp) / "registrations"
         work.mkdir()
-        for row in registration_rows(paths, work, args.threads):
+        names = [PYRAMID + spec for spec in args.pyramids] if args.pyramids else ALTERNATIVES
+        for row in registration_rows(paths, work, args.threads, names):
             print(row, flush=True)
 
 
