@@ -136,17 +136,11 @@ def ours_two_calls(fixed: ants.ANTsImage, moving: ants.ANTsImage, prefix: str,
     shrink, sigmas = registration.pyramid(fixed.spacing)
     if finest_at_voxel:
         shrink, sigmas = registration._SHRINK_FACTORS, registration._SMOOTHING_SIGMAS
-    initial = None
-    for stage in registration._STAGES:
-        found = ants.registration(
-            fixed, moving, type_of_transform=stage, initial_transform=initial,
-            outprefix=f"{prefix}{stage.lower()}_", aff_metric=registration._METRIC,
-            aff_sampling=registration._HISTOGRAM_BINS,
-            aff_random_sampling_rate=registration._SAMPLING_RATE,
-            aff_iterations=registration._ITERATIONS,
-            aff_shrink_factors=shrink, aff_smoothing_sigmas=sigmas)
-        initial = [found["fwdtransforms"][0]]
-    return Path(initial[0])
+    work = Path(f"{prefix}stages")  # one per alternative; the next modality's overwrites it
+    work.mkdir(exist_ok=True)
+    threads = int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1"))
+    with registration._ants_settings(threads, seed=0):  # the workflow's seed, as the 1-call rows
+        return registration.run_stages(fixed, moving, work, registration._STAGES, shrink, sigmas)
 
 
 def run_alternative(name: str, fixed: Path, moving: Path, work: Path) -> tuple[Path, float]:

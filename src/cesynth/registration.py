@@ -479,20 +479,10 @@ def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, moving_path: PathLi
     qc_grid = _finest_level_grid(fixed, shrink_factors[-1])
     mi_before = _mutual_information(qc_grid,
                                     ants.resample_image_to_target(moving, qc_grid, "linear"))
-    initial: list[str] | None = None  # None: ANTs aligns the centres of mass first
     try:
-        for stage in stages:
-            result = ants.registration(
-                fixed, moving, type_of_transform=stage, initial_transform=initial,
-                outprefix=str(work / f"{stage.lower()}_"), aff_metric=_METRIC,
-                aff_sampling=_HISTOGRAM_BINS, aff_random_sampling_rate=_SAMPLING_RATE,
-                aff_iterations=_ITERATIONS, aff_shrink_factors=shrink_factors,
-                aff_smoothing_sigmas=smoothing_sigmas)
-            # each stage's output already composes its initial transform (ANTs -z 1)
-            initial = [result["fwdtransforms"][0]]
+        xfm = run_stages(fixed, moving, work, stages, shrink_factors, smoothing_sigmas)
     except (RuntimeError, ValueError) as err:
         raise InputError(moving_path, f"registration failed ({err})") from err
-    xfm = Path(initial[0])
     _check_plausible(xfm, moving_path)
     moving_on_qc_grid = _apply(qc_grid, moving, xfm, "linear")
     mi_after = _mutual_information(qc_grid, moving_on_qc_grid)
@@ -500,6 +490,23 @@ def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, moving_path: PathLi
         raise InputError(moving_path, f"registration failed: mutual information fell from "
                                       f"{mi_before:.4f} to {mi_after:.4f}")
     return mi_before, mi_after, xfm, moving_on_qc_grid if qc_grid is fixed else None
+
+
+def run_stages(fixed: ants.ANTsImage, moving: ants.ANTsImage, work: Path, stages: Sequence[str],
+               shrink_factors: Sequence[int], smoothing_sigmas: Sequence[int]) -> Path:
+    """The ANTs calls alone, one per stage, each started from the last; the ``.mat`` in
+    ``work`` (``benchmarks/bench_preprocess.py`` times them against other pyramids)."""
+    initial: list[str] | None = None  # None: ANTs aligns the centres of mass first
+    for stage in stages:
+        result = ants.registration(
+            fixed, moving, type_of_transform=stage, initial_transform=initial,
+            outprefix=str(work / f"{stage.lower()}_"), aff_metric=_METRIC,
+            aff_sampling=_HISTOGRAM_BINS, aff_random_sampling_rate=_SAMPLING_RATE,
+            aff_iterations=_ITERATIONS, aff_shrink_factors=tuple(shrink_factors),
+            aff_smoothing_sigmas=tuple(smoothing_sigmas))
+        # each stage's output already composes its initial transform (ANTs -z 1)
+        initial = [result["fwdtransforms"][0]]
+    return Path(initial[0])
 
 
 def _finest_level_grid(fixed: ants.ANTsImage, shrink: int) -> ants.ANTsImage:
