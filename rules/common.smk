@@ -205,6 +205,10 @@ PHANTOM_TRUTH_KEYS = {
     "true_adc": "true_adc",
     "true_mask": "brain_mask",
     "true_enhancing": "enhancing_mask",
+    "true_agent": "agent_map",
+    "true_lesion_dseg": "lesion_dseg",
+    "true_lesion_instances": "lesion_instances",
+    "true_lesion_instances_sidecar": "lesion_instances_sidecar",
     "true_transforms": "transforms",
 }
 
@@ -653,21 +657,25 @@ def get_validation_scans():
 
 
 def get_threshold_inputs(wildcards):
-    """Per validation scan, aligned lists: the model's synthetic CE-T1, the normalised T1 and
-    CE-T1 and the brain mask (the enhancement threshold is chosen on them only)."""
-    scans = get_validation_scans()
+    """Per validation scan with enhancement truth, aligned lists: the model's synthetic CE-T1,
+    the normalised T1, the brain mask and the truth's class map (the enhancement threshold is
+    chosen on them only)."""
+    scans = [s for s in get_validation_scans() if has_lesion_truth(s)]
     norm = rules.normalise_to_model_grid.output.image
     return {
         "synthetic": [get_synthetic_path(wildcards.model, s) for s in scans],
         "t1": [path_of(norm, subject=s, modality="T1w") for s in scans],
-        "cet1": [path_of(norm, subject=s, modality="ceT1w") for s in scans],
         "masks": paths_of(rules.resample_mask_to_model_grid.output.mask, subject=scans),
+        "classes": paths_of(
+            rules.resample_enhancing_truth_to_model_grid.output.classes, subject=scans
+        ),
     }
 
 
 def get_enhancement_inputs(wildcards):
     """What the enhancement endpoints of a CE-T1 model read: the normalised T1, the model's
-    threshold and, for a phantom subject, its lesion truth; nothing for a cascade model."""
+    threshold and, where the subject has one, its enhancement truth; nothing for a cascade
+    model."""
     if wildcards.model not in EVALUATED:
         return {}
     inputs = {
@@ -678,16 +686,30 @@ def get_enhancement_inputs(wildcards):
             rules.choose_enhancement_threshold.output.threshold, model=wildcards.model
         ),
     }
-    if get_phantom_truth(wildcards, "true_enhancing"):
-        lesions = rules.resample_enhancing_truth_to_model_grid.output
-        inputs["lesion_labels"] = path_of(lesions.labels, subject=wildcards.subject)
-        inputs["lesion_sidecar"] = path_of(lesions.sidecar, subject=wildcards.subject)
+    if has_lesion_truth(wildcards.subject):
+        truth = rules.resample_enhancing_truth_to_model_grid.output
+        for key in ("classes", "instances", "sidecar"):
+            inputs[f"truth_{key}"] = path_of(truth[key], subject=wildcards.subject)
     return inputs
 
 
-def get_enhancing_truth(wildcards):
-    """The phantom's ground-truth enhancing mask (native CE-T1 grid)."""
-    return get_phantom_truth(wildcards, "true_enhancing")["true_enhancing"]
+def has_lesion_truth(scan_id):
+    """Whether a scan has enhancement truth: the phantom's agent map and lesion labels."""
+    return bool(get_lesion_truth_inputs(SimpleNamespace(subject=scan_id)))
+
+
+def get_lesion_truth_inputs(wildcards):
+    """The phantom's lesion segmentation, agent map and lesion instances (native CE-T1 grid);
+    nothing for real data."""
+    truth = get_phantom_truth(
+        wildcards,
+        "true_lesion_dseg",
+        "true_agent",
+        "true_lesion_instances",
+        "true_lesion_instances_sidecar",
+    )
+    keys = ("dseg", "agent", "instances", "instances_sidecar")
+    return dict(zip(keys, truth.values()))
 
 
 def get_evaluation_metrics(wildcards):
@@ -816,9 +838,7 @@ def get_status_scans():
             split=get_split(scan_id),
             modalities=scan.available_modalities(),
             tumor_mask=scan.tumor_mask is not None,
-            phantom_truth=bool(
-                get_phantom_truth(SimpleNamespace(subject=scan_id), "true_enhancing")
-            ),
+            phantom_truth=has_lesion_truth(scan_id),
         )
         for scan_id, scan in SCANS.items()
     ]

@@ -27,12 +27,14 @@ rule resample_tumor_mask_to_model_grid:
 
 
 rule resample_enhancing_truth_to_model_grid:
-    """A phantom subject's true enhancing lesions, labelled and moved to the model grid."""
+    """A subject's enhancement truth on the model grid: where the agent is (class map) and its
+    lesions one by one (instances), from the phantom's lesion labels and agent map."""
     input:
-        mask=get_enhancing_truth,
+        unpack(get_lesion_truth_inputs),
     output:
-        labels=preproc("anat", "dseg", space="model", desc="enhancing"),
-        sidecar=preproc("anat", "dseg", space="model", desc="enhancing", ext=".json"),
+        classes=preproc("anat", "dseg", space="model", desc="lesion"),
+        instances=preproc("anat", "dseg", space="model", desc="lesions"),
+        sidecar=preproc("anat", "dseg", space="model", desc="lesions", ext=".json"),
     log:
         f"{LOGS}/resample_enhancing_truth_to_model_grid/sub-{{subject}}.log",
     benchmark:

@@ -1,5 +1,9 @@
-"""Enhancement endpoints on constructed cases with known answers: detection AUC, lesions found or
-missed, false-positive components, the validation threshold, sub-voxel lesions, BraSyn SSIM."""
+"""Enhancement endpoints on constructed cases with known answers.
+
+Each endpoint must tell what it names from its look-alikes: a perfect map of the agent, a whole
+lesion painted one grey (high tumor PSNR, no rim), a uniform brightening, enhancement in the wrong
+place, a brightened non-enhancing lesion, and a threshold that calls every voxel.
+"""
 
 from __future__ import annotations
 
@@ -16,109 +20,165 @@ from cesynth.enhancement import (
     brasyn_ssim,
     choose_threshold,
     enhancement_endpoints,
-    equivalent_diameter,
     false_positive_components,
     flatten_endpoints,
-    lesion_truth_to_model_grid,
     roc_auc,
     youden_threshold,
 )
-from cesynth.evaluate import evaluate_subject
+from cesynth.evaluate import evaluate_subject, psnr_in_mask
 from cesynth.evaluation_tables import (
     bootstrap_interval,
     lesion_sensitivity_by_size,
     read_lesions,
     tabulate_evaluation,
 )
+from cesynth.io import InputError
 from cesynth.lesion_figure import plot_lesion_sensitivity
+from cesynth.lesion_truth import (
+    EDEMA,
+    ENHANCING,
+    NON_ENHANCING,
+    OTHER_AGENT,
+    equivalent_diameter,
+    lesion_truth_to_model_grid,
+)
 
-SHAPE = (24, 24, 12)
+SHAPE = (28, 28, 14)
 DELTA = 0.1
 THRESHOLD = {"threshold": 0.2, "source": "validation", "delta": DELTA}
-LESIONS = (np.s_[4:7, 4:7, 3:6], np.s_[14:17, 14:19, 3:6], np.s_[4:6, 16:18, 8:10])
-"""Three enhancing lesions (27, 45 and 8 voxels), far apart."""
+RIM_LESION = np.s_[3:10, 3:10, 3:10]     # 7^3: a 3^3 necrotic core in a rim, edema shell outside
+RIM_CORE = np.s_[5:8, 5:8, 5:8]
+SOLID_LESION = np.s_[16:18, 4:6, 4:6]    # 8 voxels, solid enhancing (2.5 mm across)
+QUIET_LESION = np.s_[16:20, 16:20, 4:8]  # 64 voxels, non-enhancing (no agent)
+VESSEL = np.s_[24, 3:24, 11]             # agent outside every lesion
 
 
-def phantom_subject(seed: int = 0) -> dict[str, np.ndarray]:
-    """T1, CE-T1 (the T1 plus 0.5 in the lesions), brain and the true lesion labels."""
+def lesion_subject(seed: int = 0) -> dict:
+    """T1, CE-T1 (the T1 plus 0.5 where the agent is), brain, class map, instances, entries."""
     rng = np.random.default_rng(seed)
     brain = np.zeros(SHAPE, dtype=bool)
-    brain[2:22, 2:22, 1:11] = True
-    t1 = np.where(brain, 0.3 + 0.05 * rng.random(SHAPE), 0.0)
-    labels = np.zeros(SHAPE, dtype=np.int64)
-    for i, lesion in enumerate(LESIONS, start=1):
-        labels[lesion] = i
-    cet1 = t1 + 0.5 * (labels > 0)
-    return {"t1": t1, "cet1": cet1, "brain": brain, "labels": labels}
+    brain[1:27, 1:27, 1:13] = True
+    classes = np.zeros(SHAPE, dtype=np.int64)
+    instances = np.zeros(SHAPE, dtype=np.int64)
+    classes[RIM_LESION] = EDEMA
+    classes[4:9, 4:9, 4:9] = ENHANCING
+    classes[RIM_CORE] = NON_ENHANCING
+    classes[SOLID_LESION] = ENHANCING
+    classes[QUIET_LESION] = NON_ENHANCING
+    classes[VESSEL] = OTHER_AGENT
+    for label, region in enumerate((RIM_LESION, SOLID_LESION, QUIET_LESION), start=1):
+        instances[region] = label
+    # dyadic intensities: a constant added to the T1 gives exactly that constant as E'
+    t1 = np.where(brain, 0.25 + rng.integers(0, 64, SHAPE) / 1024, 0.0)
+    t1[np.isin(classes, (NON_ENHANCING, EDEMA))] -= 0.125  # T1-dark lesion tissue
+    agent = np.isin(classes, (ENHANCING, OTHER_AGENT))
+    cet1 = t1 + 0.5 * agent
+    entries = []
+    for label, kind, enhancing in ((1, "rim", True), (2, "solid", True),
+                                   (3, "nonenhancing", False)):
+        inside = instances == label
+        tumor = inside & np.isin(classes, (ENHANCING, NON_ENHANCING))
+        entries.append({"label": label, "type": kind, "enhancing": enhancing,
+                        "volume_mm3": float(tumor.sum()),
+                        "diameter_mm": equivalent_diameter(float(tumor.sum())),
+                        "model_voxels": int(inside.sum()), "scored": True, "note": None})
+    return {"t1": t1, "cet1": cet1, "brain": brain, "classes": classes,
+            "instances": instances, "lesions": entries}
 
 
-def lesion_entries(labels: np.ndarray) -> list[dict]:
-    return [{"label": i, "volume_mm3": float((labels == i).sum()),
-             "diameter_mm": equivalent_diameter(float((labels == i).sum())),
-             "model_voxels": int((labels == i).sum()), "scored": True, "note": None}
-            for i in range(1, int(labels.max()) + 1)]
-
-
-def endpoints(subject: dict, synthetic: np.ndarray) -> dict:
+def endpoints(subject: dict, synthetic: np.ndarray, threshold: dict = THRESHOLD) -> dict:
     return enhancement_endpoints(synthetic, subject["t1"], subject["cet1"], subject["brain"],
-                                 THRESHOLD, lesion_labels=subject["labels"],
-                                 lesions=lesion_entries(subject["labels"]))
+                                 threshold, subject["classes"], instances=subject["instances"],
+                                 lesions=subject["lesions"])
 
 
-def test_a_perfect_prediction_finds_every_lesion_with_auc_one_and_no_false_positive():
-    subject = phantom_subject()
+def test_a_perfect_map_of_the_agent_scores_one_everywhere():
+    subject = lesion_subject()
     record = endpoints(subject, subject["cet1"])
-    assert record["auc"] == 1.0
+    assert record["auc"] == 1.0 and record["lesion_auc"] == 1.0
+    assert record["recovered_share"] == pytest.approx(1.0)
     assert record["sensitivity"] == 1.0 and record["specificity"] == 1.0
     assert record["dice"] == 1.0 and record["false_positives"] == 0
-    assert record["brain"]["corr"] == pytest.approx(1.0) and record["brain"]["mae"] == 0.0
     lesions = record["lesions"]
-    assert (lesions["scored"], lesions["found"], lesions["sensitivity"]) == (3, 3, 1.0)
-    assert all(item["found"] for item in lesions["items"])
+    assert (lesions["scored"], lesions["found"], lesions["sensitivity"]) == (2, 2, 1.0)
+    assert (lesions["nonenhancing"], lesions["nonenhancing_called"]) == (1, 0)
+    assert not record["degenerate"]
 
 
-def test_an_erased_lesion_is_missed_and_the_others_found():
-    subject = phantom_subject()
-    synthetic = subject["cet1"].copy()
-    synthetic[LESIONS[1]] = subject["t1"][LESIONS[1]]
+def test_a_lesion_painted_one_grey_keeps_its_tumor_psnr_but_draws_no_rim():
+    subject = lesion_subject()
+    lesion = np.isin(subject["classes"], (NON_ENHANCING, EDEMA, ENHANCING))
+    painted = np.where(lesion, subject["t1"] + 0.25, subject["cet1"])
+    tumor = np.isin(subject["classes"], (ENHANCING, NON_ENHANCING)) & (subject["instances"] == 1)
+    assert (psnr_in_mask(painted, subject["cet1"], tumor)
+            > psnr_in_mask(subject["t1"], subject["cet1"], tumor) + 3)  # tumor PSNR rewards it
+    record = endpoints(subject, painted)
+    assert record["lesion_auc"] == pytest.approx(0.5)
+    assert record["recovered_share"] == pytest.approx(0.0, abs=1e-9)
+    # the painted non-enhancing lesion is called, and charged as a false positive
+    assert record["lesions"]["nonenhancing_called"] == 1 and record["false_positives"] == 1
+
+
+def test_enhancement_in_the_wrong_place_finds_nothing_and_is_one_false_positive():
+    subject = lesion_subject()
+    synthetic = subject["t1"].copy()
+    synthetic[10:13, 20:23, 2:5] += 0.5  # far from every lesion and vessel
     record = endpoints(subject, synthetic)
-    found = {item["label"]: item["found"] for item in record["lesions"]["items"]}
-    assert found == {1: True, 2: False, 3: True}
-    assert record["lesions"]["sensitivity"] == pytest.approx(2 / 3)
-    assert record["false_positives"] == 0 and record["auc"] < 1.0
-    # 27, 45 and 8 mm3: 3.7, 4.4 and 2.5 mm across, all below 5 mm
-    assert record["lesions"]["sensitivity_small"] == pytest.approx(2 / 3)
-    assert record["lesions"]["sensitivity_large"] is None
+    assert record["false_positives"] == 1 and record["lesions"]["found"] == 0
+    assert record["lesion_auc"] == 0.5 and record["recovered_share"] == 0.0
+    assert record["auc"] < 0.6
 
 
-def test_a_spurious_blob_is_one_false_positive():
-    subject = phantom_subject()
+def test_a_brightened_non_enhancing_lesion_is_a_false_positive():
+    subject = lesion_subject()
     synthetic = subject["cet1"].copy()
-    synthetic[10:12, 4:6, 8:10] += 0.5  # far from every lesion
+    synthetic[QUIET_LESION] += 0.5
     record = endpoints(subject, synthetic)
-    assert record["false_positives"] == 1
-    assert record["lesions"]["sensitivity"] == 1.0 and record["specificity"] < 1.0
+    assert record["false_positives"] == 1 and record["lesions"]["nonenhancing_called"] == 1
+    assert record["lesions"]["sensitivity"] == 1.0 and record["lesion_auc"] < 1.0
 
 
-def test_enhancement_next_to_a_lesion_is_not_a_false_positive():
+def test_a_uniform_brightening_has_auc_one_half_and_its_threshold_is_flagged():
+    subject = lesion_subject()
+    brightened = np.where(subject["brain"], subject["t1"] + 0.25, 0.0)
+    record = endpoints(subject, brightened)
+    assert record["auc"] == 0.5 and record["lesion_auc"] == 0.5
+    assert record["called_share"] == 1.0 and record["degenerate"]
+    # every voxel called: every lesion "found" and no false positive - so none of it is shown
+    assert record["lesions"]["found"] == 2 and record["false_positives"] == 0
+    flat = flatten_endpoints({"enhancement": record})
+    assert flat["threshold_degenerate"] == 1.0
+    for column in ("enh_sensitivity", "lesion_sensitivity", "false_positives", "enh_dice"):
+        assert math.isnan(flat[column]), column
+    assert flat["enh_auc"] == 0.5 and flat["enh_called_share"] == 1.0
+
+
+def test_a_threshold_degenerate_on_validation_empties_every_subject_s_detection_columns():
+    subject = lesion_subject()
+    record = endpoints(subject, subject["cet1"], {**THRESHOLD, "degenerate": True})
+    flat = flatten_endpoints({"enhancement": record})
+    assert flat["threshold_degenerate"] == 1.0 and math.isnan(flat["lesion_sensitivity"])
+    assert flat["enh_lesion_auc"] == 1.0  # threshold-free endpoints stay
+
+
+def test_without_agent_the_t1_scores_one_half_and_finds_nothing():
+    subject = lesion_subject()
+    record = endpoints(subject, subject["t1"])  # E' = 0 everywhere
+    assert record["auc"] == 0.5 and record["lesion_auc"] == 0.5
+    assert record["recovered_share"] == 0.0 and record["lesions"]["found"] == 0
+    assert record["sensitivity"] == 0.0 and record["specificity"] == 1.0
+
+
+def test_small_false_positive_components_and_ones_near_the_agent_are_not_counted():
+    agent = np.zeros(SHAPE, dtype=bool)
+    agent[5:7, 5:7, 5] = True
     called = np.zeros(SHAPE, dtype=bool)
-    enhancing = np.zeros(SHAPE, dtype=bool)
-    enhancing[5:7, 5:7, 5] = True
-    called[7:9, 5:7, 5] = True  # touches the lesion's face
-    called[15, 15, 5] = True    # alone
-    assert false_positive_components(called, enhancing) == 1
-
-
-def test_a_constant_image_has_auc_one_half():
-    subject = phantom_subject()
-    subject["t1"] = np.where(subject["brain"], 0.3, 0.0)  # a uniform T1
-    subject["cet1"] = subject["t1"] + 0.5 * (subject["labels"] > 0)
-    record = endpoints(subject, np.where(subject["brain"], 0.6, 0.0))
-    assert record["auc"] == 0.5 and record["brain"]["corr"] is None
-    assert record["lesions"]["found"] == 3  # everything is called: every lesion, and no FP
-    nothing = endpoints(subject, subject["t1"])  # no enhancement at all: constant E' = 0
-    assert nothing["auc"] == 0.5 and nothing["lesions"]["found"] == 0
-    assert nothing["sensitivity"] == 0.0 and nothing["specificity"] == 1.0
+    called[8:10, 5:7, 5] = True    # 2 mm from the agent: inside the 3 mm margin
+    called[20, 20, 5] = True       # 1 mm3: below the minimum volume
+    called[15:18, 15:18, 5:8] = True  # 27 mm3, far
+    assert false_positive_components(called, agent, (1.0, 1.0, 1.0)) == 1
+    # on a 3 mm grid one voxel (27 mm3) is large enough, and 2 voxels are 6 mm: outside the margin
+    assert false_positive_components(called, agent, (3.0, 3.0, 3.0)) == 3
 
 
 def test_roc_auc_matches_the_pairwise_definition():
@@ -145,75 +205,99 @@ def write(path, data, affine=None) -> str:
     return str(path)
 
 
+def write_truth(folder, name: str, subject: dict) -> dict[str, str]:
+    sidecar = folder / f"{name}_lesions.json"
+    sidecar.write_text(json.dumps({"lesions": subject["lesions"]}))
+    return {"classes": write(folder / f"{name}_classes.nii.gz", subject["classes"]),
+            "instances": write(folder / f"{name}_instances.nii.gz", subject["instances"]),
+            "sidecar": str(sidecar)}
+
+
 def write_subject(folder, name: str, subject: dict, synthetic: np.ndarray) -> dict[str, str]:
     return {"synthetic": write(folder / f"{name}_syn.nii.gz", synthetic),
             "t1": write(folder / f"{name}_t1.nii.gz", subject["t1"]),
             "cet1": write(folder / f"{name}_ce.nii.gz", subject["cet1"]),
-            "mask": write(folder / f"{name}_brain.nii.gz", subject["brain"])}
+            "mask": write(folder / f"{name}_brain.nii.gz", subject["brain"]),
+            **write_truth(folder, name, subject)}
 
 
-def test_the_threshold_is_chosen_on_validation_files(tmp_path):
-    subject = phantom_subject()
+def test_the_threshold_is_chosen_on_validation_subjects_with_lesions(tmp_path):
+    subject = lesion_subject()
     files = write_subject(tmp_path, "val", subject, subject["cet1"])
     record = choose_threshold([files], DELTA, tmp_path / "threshold.json")
     assert record["source"] == "validation" and record["youden_j"] == pytest.approx(1.0)
     assert 0.0 < record["threshold"] < 0.5  # between no and full enhancement
+    assert record["validation_subjects_with_lesions"] == 1 and not record["degenerate"]
     assert json.loads((tmp_path / "threshold.json").read_text()) == record
 
 
-def test_without_validation_subjects_the_threshold_is_delta_and_noted(tmp_path):
-    record = choose_threshold([], DELTA, tmp_path / "threshold.json")
+def test_validation_subjects_without_lesions_give_the_fallback_and_say_so(tmp_path):
+    subject = lesion_subject()
+    subject["classes"] = np.zeros(SHAPE, dtype=np.int64)
+    files = write_subject(tmp_path, "val", subject, subject["cet1"])
+    record = choose_threshold([files], DELTA, tmp_path / "threshold.json")
     assert record["threshold"] == DELTA and record["source"] == THRESHOLD_FALLBACK
-    assert "no validation subjects" in record["note"]
+    assert "no validation subject has a lesion" in record["note"]
+    empty = choose_threshold([], DELTA, tmp_path / "none.json")
+    assert "no validation subjects" in empty["note"] and empty["called_share"] is None
 
 
-def test_a_lesion_below_a_model_voxel_is_noted_not_scored(tmp_path):
-    native = np.zeros((32, 32, 32))
-    native[4:12, 4:12, 4:12] = 1  # 512 mm3: 64 model voxels of 2 mm
-    native[24, 24, 24] = 1        # 1 mm3, below one 8 mm3 model voxel
-    truth = lesion_truth_to_model_grid(write(tmp_path / "enh.nii.gz", native),
-                                       tmp_path / "labels.nii.gz", tmp_path / "labels.json",
-                                       (16, 16, 16))
+def test_a_threshold_calling_every_validation_voxel_is_flagged_degenerate(tmp_path):
+    subject = lesion_subject()
+    brightened = np.where(subject["brain"], subject["t1"] + 0.25, 0.0)
+    files = write_subject(tmp_path, "val", subject, brightened)
+    record = choose_threshold([files], DELTA, tmp_path / "threshold.json")
+    assert record["called_share"] > 0.5 and record["degenerate"]
+
+
+def test_lesion_truth_moves_classes_agent_and_lesions_to_the_model_grid(tmp_path):
+    dseg = np.zeros((32, 32, 32))
+    dseg[2:14, 2:14, 2:14] = EDEMA
+    dseg[4:12, 4:12, 4:12] = ENHANCING    # a rim-enhancing lesion ...
+    dseg[6:10, 6:10, 6:10] = NON_ENHANCING  # ... around its core
+    dseg[20:28, 20:28, 20:28] = NON_ENHANCING  # a non-enhancing lesion
+    dseg[28, 4, 28] = ENHANCING           # 1 mm3, below one 8 mm3 model voxel
+    agent = (dseg == ENHANCING).astype(float)
+    agent[30:32, 2:30, 30:32] = 1.0        # a vessel
+    truth = lesion_truth_to_model_grid(write(tmp_path / "dseg.nii.gz", dseg),
+                                       tmp_path / "classes.nii.gz",
+                                       tmp_path / "instances.nii.gz",
+                                       tmp_path / "lesions.json", (16, 16, 16),
+                                       agent_path=write(tmp_path / "agent.nii.gz", agent))
     assert truth["model_voxel_mm3"] == pytest.approx(8.0)
-    big, tiny = truth["lesions"]
-    assert big["scored"] and big["model_voxels"] == 64 and big["volume_mm3"] == 512.0
+    classes = np.asarray(nib.load(tmp_path / "classes.nii.gz").dataobj)
+    assert set(np.unique(classes)) == {0, NON_ENHANCING, EDEMA, ENHANCING, OTHER_AGENT}
+    assert (classes[3:5, 3:5, 3:5] == NON_ENHANCING).all()
+    rim, quiet, tiny = truth["lesions"]  # components, in label order
+    assert rim["enhancing"] and rim["scored"] and rim["volume_mm3"] == 512.0
+    assert not quiet["enhancing"] and quiet["type"] == "non-enhancing" and quiet["scored"]
     assert not tiny["scored"] and "smaller than one model voxel" in tiny["note"]
 
-    model_affine = nib.load(tmp_path / "labels.nii.gz").affine
-    labels = np.asarray(nib.load(tmp_path / "labels.nii.gz").dataobj)
-    t1 = np.full((16, 16, 16), 0.3)
-    cet1 = t1 + 0.5 * (labels > 0)
-    brain = np.ones((16, 16, 16))
-    paths = {name: write(tmp_path / f"{name}.nii.gz", data, model_affine)
-             for name, data in (("t1", t1), ("ce", cet1), ("brain", brain))}
+
+def test_lesion_truth_refuses_labels_that_are_not_lesion_classes(tmp_path):
+    dseg = np.zeros((8, 8, 8))
+    dseg[2:4, 2:4, 2:4] = 3  # BraTS 2023's enhancing label, not mapped
+    with pytest.raises(InputError, match=r"labels \[3\] are not lesion classes"):
+        lesion_truth_to_model_grid(write(tmp_path / "dseg.nii.gz", dseg), tmp_path / "c.nii.gz",
+                                   tmp_path / "i.nii.gz", tmp_path / "l.json", (4, 4, 4))
+    assert not (tmp_path / "c.nii.gz").exists()
+
+
+def test_a_subject_without_enhancement_truth_has_no_endpoints_and_a_note(tmp_path):
+    subject = lesion_subject()
+    files = write_subject(tmp_path, "s", subject, subject["cet1"])
     (tmp_path / "threshold.json").write_text(json.dumps(THRESHOLD))
-    record = evaluate_subject(paths["ce"], paths["ce"], paths["brain"], tmp_path / "m.json",
-                              subject="01", set_name="A", model="ours", t1_path=paths["t1"],
-                              threshold_path=tmp_path / "threshold.json",
-                              lesion_labels_path=tmp_path / "labels.nii.gz",
-                              lesion_sidecar_path=tmp_path / "labels.json")
-    lesions = record["enhancement"]["lesions"]
-    assert (lesions["scored"], lesions["not_scored"], lesions["found"]) == (1, 1, 1)
-    assert any("enhancing lesion 2: smaller than one model voxel" in n for n in record["notes"])
-    flat = flatten_endpoints(record)
-    assert flat["lesions_not_scored"] == 1 and flat["lesion_sensitivity"] == 1.0
-    assert flat["lesion_sensitivity_large"] == 1.0  # 512 mm3: 9.9 mm across
-
-
-def test_real_data_lesions_are_the_tumor_mask_within_the_true_enhancement():
-    subject = phantom_subject()
-    tumor = np.zeros(SHAPE, dtype=bool)
-    tumor[3:8, 3:8, 2:7] = True  # holds lesion 1 only
-    record = enhancement_endpoints(subject["cet1"], subject["t1"], subject["cet1"],
-                                   subject["brain"], THRESHOLD, tumor=tumor)
-    assert record["lesion_truth"] == "tumor mask and M"
-    assert record["lesions"]["scored"] == 1 and record["lesions"]["found"] == 1
-    assert record["tumor"]["mae"] == 0.0 and record["false_positives"] == 0
+    record = evaluate_subject(files["synthetic"], files["cet1"], files["mask"],
+                              tmp_path / "m.json", subject="01", set_name="A", model="ours",
+                              t1_path=files["t1"], threshold_path=tmp_path / "threshold.json")
+    assert "enhancement" not in record
+    assert any("no enhancement truth" in note for note in record["notes"])
+    assert math.isnan(flatten_endpoints(record)["enh_auc"])
 
 
 def test_brasyn_ssim_is_one_for_the_truth_and_ignores_intensity_outliers():
-    subject = phantom_subject()
-    tumor = subject["labels"] > 0
+    subject = lesion_subject()
+    tumor = subject["instances"] > 0
     same = brasyn_ssim(subject["cet1"], subject["cet1"], subject["brain"], tumor)
     assert same["tumor"] == pytest.approx(1.0) and same["outside"] == pytest.approx(1.0)
     spiked = subject["cet1"].copy()
@@ -229,38 +313,37 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
 
 
 def test_tables_and_figure_carry_the_endpoints(tmp_path):
-    subject = phantom_subject()
+    subject = lesion_subject()
     erased = subject["cet1"].copy()
-    erased[LESIONS[1]] = subject["t1"][LESIONS[1]]
+    erased[SOLID_LESION] = subject["t1"][SOLID_LESION]
     threshold = tmp_path / "threshold.json"
     threshold.write_text(json.dumps(THRESHOLD))
     jsons = []
     for model, synthetic in (("perfect", subject["cet1"]), ("eraser", erased)):
         for label in ("01", "02", "03"):
             files = write_subject(tmp_path, f"{model}{label}", subject, synthetic)
-            labels = write(tmp_path / f"{label}_labels.nii.gz", subject["labels"])
-            sidecar = tmp_path / f"{label}_labels.json"
-            sidecar.write_text(json.dumps({"lesions": lesion_entries(subject["labels"])}))
             out = tmp_path / f"{model}{label}.json"
             evaluate_subject(files["synthetic"], files["cet1"], files["mask"], out,
                              subject=label, set_name="A", model=model, t1_path=files["t1"],
-                             threshold_path=threshold, lesion_labels_path=labels,
-                             lesion_sidecar_path=sidecar)
+                             threshold_path=threshold, classes_path=files["classes"],
+                             instances_path=files["instances"],
+                             lesion_sidecar_path=files["sidecar"])
             jsons.append(out)
     paths = tabulate_evaluation(jsons, tmp_path / "eval")
     metrics = pd.read_csv(paths["metrics"], sep="\t")
-    assert set(metrics.loc[metrics["model"] == "eraser", "lesion_sensitivity"]) == {2 / 3}
+    assert set(metrics.loc[metrics["model"] == "eraser", "lesion_sensitivity"]) == {0.5}
+    assert set(metrics.loc[metrics["model"] == "perfect", "enh_lesion_auc"]) == {1.0}
     assert (metrics["enh_threshold_source"] == "validation").all()
     summary = pd.read_csv(paths["summary"], sep="\t")
-    assert {"enh_auc_ci_low", "enh_auc_ci_high", "false_positives_mean"} <= set(summary.columns)
+    assert {"enh_auc_ci_low", "enh_lesion_auc_mean",
+            "enh_recovered_share_mean"} <= set(summary.columns)
     by_size = lesion_sensitivity_by_size(read_lesions(jsons))
-    assert len(by_size[by_size["model"] == "perfect"]) == 4  # < 5 mm and three tertiles
     assert (by_size.loc[by_size["model"] == "perfect", "sensitivity"] == 1.0).all()
     tables = paths["tables"].read_text()
-    assert "Enh. AUC" in tables and "Lesion sensitivity by size" in tables
+    assert "Enh. AUC" in tables and "Lesion AUC" in tables and "Recovered" in tables
     assert "| perfect | 0.2000 | validation |" in tables
     ttests = pd.read_csv(paths["ttests"], sep="\t")
-    assert "lesion_sensitivity" in set(ttests["metric"])
+    assert "enh_recovered_share" in set(ttests["metric"])
     png = plot_lesion_sensitivity(paths["lesion_sensitivity"], tmp_path / "lesions.png")
     assert png.stat().st_size > 1000
 

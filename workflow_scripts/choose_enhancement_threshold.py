@@ -9,9 +9,9 @@ from cesynth.jobs import Job, run_job
 
 
 def work():
-    keys = ("synthetic", "t1", "cet1", "masks")
+    keys = ("synthetic", "t1", "masks", "classes")
     columns = [list(snakemake.input.get(key, [])) for key in keys]
-    subjects = [dict(zip(("synthetic", "t1", "cet1", "mask"), files, strict=True))
+    subjects = [dict(zip(("synthetic", "t1", "mask", "classes"), files, strict=True))
                 for files in zip(*columns, strict=True)]
     record = enhancement.choose_threshold(subjects, snakemake.params.delta,
                                           snakemake.output.threshold)

@@ -1,19 +1,23 @@
 """Rule resample_enhancing_truth_to_model_grid: glue only; the work is
-cesynth.enhancement.lesion_truth_to_model_grid."""
+cesynth.lesion_truth.lesion_truth_to_model_grid."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 
-from cesynth import enhancement
+from cesynth import lesion_truth
 from cesynth.jobs import Job, run_job
 
 
 def work():
-    truth = enhancement.lesion_truth_to_model_grid(
-        snakemake.input.mask, snakemake.output.labels, snakemake.output.sidecar,
-        snakemake.params.shape)
-    scored = sum(lesion["scored"] for lesion in truth["lesions"])
-    return {"lesions": len(truth["lesions"]), "lesions_scored": scored}
+    truth = lesion_truth.lesion_truth_to_model_grid(
+        snakemake.input.dseg, snakemake.output.classes, snakemake.output.instances,
+        snakemake.output.sidecar, snakemake.params.shape,
+        agent_path=snakemake.input.get("agent"),
+        instances_path=snakemake.input.get("instances"),
+        instances_sidecar_path=snakemake.input.get("instances_sidecar"))
+    lesions = truth["lesions"]
+    return {"lesions": len(lesions), "lesions_scored": sum(item["scored"] for item in lesions),
+            "enhancing_lesions": sum(item["enhancing"] for item in lesions)}
 
 
 run_job(Job.of(snakemake), work, params={"shape": snakemake.params.shape})

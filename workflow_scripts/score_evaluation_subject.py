@@ -14,8 +14,9 @@ def work():
         set_name=snakemake.params.set_name, model=snakemake.wildcards.model,
         tumor_mask_path=snakemake.input.get("tumor_mask"), t1_path=snakemake.input.get("t1"),
         threshold_path=snakemake.input.get("threshold"),
-        lesion_labels_path=snakemake.input.get("lesion_labels"),
-        lesion_sidecar_path=snakemake.input.get("lesion_sidecar"))
+        classes_path=snakemake.input.get("truth_classes"),
+        instances_path=snakemake.input.get("truth_instances"),
+        lesion_sidecar_path=snakemake.input.get("truth_sidecar"))
     flat = evaluate.flatten_metrics(record) | enhancement.flatten_endpoints(record)
     return {key: value for key, value in flat.items() if value == value}  # NaN: region absent
 

@@ -1,40 +1,45 @@
-"""Endpoints a reader needs: enhancement maps, voxel-wise detection, lesions, BraSyn SSIM.
+"""Endpoints a reader needs: enhancement where the agent is, lesion by lesion, and BraSyn SSIM.
 
 Images are the normalised model-grid volumes :mod:`cesynth.evaluate` scores (intensities in
-[0, 1], zero outside the brain). Definitions (every voxel count is inside the brain mask):
+[0, 1], zero outside the brain). The truth is the model-grid class map and lesion instances of
+:mod:`cesynth.lesion_truth` (the phantom's agent map and lesion segmentation, or a real cohort's
+expert labels), never a difference of separately normalised images. Definitions (every voxel
+count is inside the brain mask):
 
 * **Enhancement maps**: the true ``E = CE-T1 - T1`` and the synthetic ``E' = synthetic CE-T1 -
   T1``; their Pearson correlation and MAE in the brain and, with a tumor mask, in the tumor
-  (:func:`enhancement_agreement`).
-* **Enhancing truth** ``M = [E > delta]`` with the paper's ``delta`` (``train.delta``, the same
-  for every model). **Voxel-wise detection**: ROC AUC of ``E'`` against ``M`` by the
-  Mann-Whitney rank formula (ties count one half, so a constant ``E'`` gives 0.5,
-  :func:`roc_auc`); sensitivity, specificity and the Dice of ``[E' > t]`` against ``M`` at a
-  threshold ``t`` chosen on the Set A validation subjects only (:func:`choose_threshold`: the
-  ``t`` maximising Youden's ``J = sensitivity + specificity - 1`` over their pooled brain
-  voxels). Without validation subjects (or without both enhancing and non-enhancing voxels in
-  them) ``t = delta``, fixed a priori, and the threshold record says so.
-* **Lesions**: the connected components (26-connectivity, :data:`CONNECTIVITY`) of the true
-  enhancing region: the phantom's ground-truth enhancing mask, moved to the model grid lesion by
-  lesion (:func:`lesion_truth_to_model_grid`), or on real data the expert tumor mask intersected
-  with ``M`` (:func:`lesions_from_region`). A lesion is **found** when at least
-  :data:`FOUND_FRACTION` of its model-grid voxels have ``E' > t`` (a quarter: enhancing rims are
-  one or two voxels thick on the model grid, so partial volume keeps some of them below ``t``).
-  Lesion sensitivity is found / scored lesions, also for lesions below and from
-  :data:`SMALL_LESION_MM` equivalent diameter (``(6 V / pi)^(1/3)``, ``V`` the lesion's volume on
-  its native grid). A lesion smaller than one model voxel is noted, never scored.
-* **False-positive enhancing components**: components of ``[E' > t]`` in the brain that touch
-  (overlap or neighbour, 26-connectivity) no truly enhancing voxel (``M`` or a lesion).
+  (:func:`enhancement_agreement`). Descriptive only: ``E`` is not the truth of any endpoint.
+* **Brain-wide detection**: ROC AUC of ``E'`` for the agent voxels (classes 4 and 5: enhancing
+  tumor and, on the phantom, vessels) against all other brain voxels, by the Mann-Whitney rank
+  formula (ties count one half, so a constant ``E'`` gives 0.5, :func:`roc_auc`); sensitivity,
+  specificity and Dice of ``[E' > t]`` at a threshold ``t`` chosen on validation subjects with
+  lesions only (:func:`choose_threshold`: Youden's J over their pooled brain voxels against the
+  same truth). Without such subjects ``t = delta`` (``train.delta``), fixed a priori, and the
+  threshold record says so.
+* **Within-lesion detection**: the ROC AUC of ``E'`` for the enhancing voxels of the lesions
+  (class 4) against their non-enhancing voxels (classes 1 and 2: necrotic or non-enhancing core,
+  edema, non-enhancing lesions). Painting a whole lesion one grey scores 0.5 here.
+* **Recovered share**: the synthetic contrast between the enhancing and the non-enhancing parts
+  of the lesions (mean ``E'`` in class 4 minus mean ``E'`` in classes 1 and 2) over the same
+  contrast of the real CE-T1 (with ``E``): 1 reproduces it, 0 paints them alike, below 0
+  reverses it. Undefined unless the true contrast is positive.
+* **Lesions found**: an enhancing lesion is found when more than :data:`FOUND_FRACTION` (half)
+  of its enhancing model voxels have ``E' > t``; sensitivity overall and below / from
+  :data:`SMALL_LESION_MM` (equivalent diameter of the lesion's tumor part). A **non-enhancing
+  lesion is called** when more than half of its voxels have ``E' > t``.
+* **False-positive components**: components (26-connectivity) of ``[E' > t]`` in the brain of at
+  least :data:`FP_MIN_VOLUME_MM3` that touch no agent voxel dilated by :data:`FP_MARGIN_MM`;
+  brightening a non-enhancing lesion therefore counts. Counted on every scored subject, with
+  lesions or without.
+* **Degenerate threshold**: when ``[E' > t]`` calls more than :data:`DEGENERATE_CALLED_SHARE` of
+  the brain (on the validation subjects or on the subject), sensitivity, Dice, lesions found and
+  false positives say nothing: they are left empty (NaN) and ``threshold_degenerate`` is 1.
 * **BraSyn SSIM**: both images clipped to their own 0.5-99.5 percentiles in the brain and
   rescaled to [0, 1], then the slice SSIM of :mod:`cesynth.evaluate` inside the tumor mask and
   in the brain outside it (:func:`brasyn_ssim`; needs a tumor mask).
 
 :func:`enhancement_endpoints` gathers them for one subject; :func:`flatten_endpoints` gives the
 per-subject table's :data:`ENDPOINT_COLUMNS`.
-
-The module is a little over 500 lines because the endpoints are one concern: they are defined
-together above, share the enhancing truth ``M``, the threshold ``t`` and the brain mask, and
-:func:`enhancement_endpoints` computes them in one pass per subject.
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -50,31 +54,46 @@ import numpy as np
 from scipy import ndimage, stats
 
 from cesynth.evaluate import region_ssim
-from cesynth.io import (
-    InputError,
-    check_same_grid,
-    load_nifti,
-    read_json,
-    save_nifti,
-    write_json,
+from cesynth.io import InputError, check_same_grid, load_nifti, read_json, write_json
+from cesynth.lesion_truth import (
+    AGENT_CLASSES,
+    CONNECTIVITY,
+    EDEMA,
+    ENHANCING,
+    LESION_CLASSES,
+    NON_ENHANCING,
+    read_lesion_truth,
 )
 
-CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
-"""Neighbourhood of connected components and of touching: 26-connectivity."""
-FOUND_FRACTION = 0.25
-"""A lesion is found when at least this share of its model-grid voxels has ``E' > t``."""
+FOUND_FRACTION = 0.5
+"""A lesion is found (called) when more than this share of its voxels has ``E' > t``."""
 SMALL_LESION_MM = 5.0
 """Equivalent diameter (mm) splitting small from large lesions."""
+FP_MIN_VOLUME_MM3 = 20.0
+"""Smallest false-positive component counted (mm3; about a 3.4 mm sphere). On a model grid
+coarser than this one voxel is enough."""
+FP_MARGIN_MM = 3.0
+"""A called component within this distance of an agent voxel is not a false positive."""
+DEGENERATE_CALLED_SHARE = 0.5
+"""A threshold calling more than this share of the brain is degenerate (the truth is ~1-3 %)."""
 BRASYN_PERCENTILES = (0.5, 99.5)
 """Percentiles (in the brain) both images are clipped to for the BraSyn SSIM."""
 THRESHOLD_FALLBACK = "fallback: delta, fixed a priori"
 """The threshold source when no validation subject could choose it."""
 
+DETECTION_COLUMNS = (
+    "enh_sensitivity", "enh_specificity", "enh_dice", "lesion_sensitivity",
+    "lesion_sensitivity_small", "lesion_sensitivity_large", "nonenhancing_called",
+    "false_positives",
+)
+"""Endpoints at the threshold: empty when the threshold is degenerate."""
 ENDPOINT_COLUMNS = (
     "enh_brain_corr", "enh_brain_mae", "enh_tumor_corr", "enh_tumor_mae",
-    "enh_auc", "enh_sensitivity", "enh_specificity", "enh_dice",
+    "enh_auc", "enh_lesion_auc", "enh_recovered_share",
+    "enh_sensitivity", "enh_specificity", "enh_dice", "enh_called_share",
     "lesion_sensitivity", "lesion_sensitivity_small", "lesion_sensitivity_large",
-    "lesions_scored", "lesions_not_scored", "false_positives",
+    "lesions_scored", "lesions_not_scored", "nonenhancing_lesions", "nonenhancing_called",
+    "false_positives", "threshold_degenerate",
     "brasyn_tumor_ssim", "brasyn_outside_ssim",
 )
 """Endpoint columns of the per-subject table (NaN where undefined or not applicable)."""
@@ -150,14 +169,15 @@ def youden_threshold(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def detection_scores(synthetic: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, Any]:
-    """AUC, sensitivity, specificity and Dice of ``E' > threshold`` against ``M`` (brain voxels).
+    """AUC, sensitivity, specificity, Dice and called share of ``E' > threshold`` (brain voxels).
 
     Args:
-        synthetic: ``E'`` of the brain voxels (1D); truth: ``M`` of the same voxels.
+        synthetic: ``E'`` of the brain voxels (1D); truth: the agent truth of the same voxels.
         threshold: ``t``.
 
     Returns:
-        ``auc``, ``sensitivity``, ``specificity`` and ``dice`` (None where undefined).
+        ``auc``, ``sensitivity``, ``specificity``, ``dice`` and ``called_share`` (None where
+        undefined).
     """
     called = synthetic > threshold
     positives, negatives = int(truth.sum()), int((~truth).sum())
@@ -166,60 +186,103 @@ def detection_scores(synthetic: np.ndarray, truth: np.ndarray, threshold: float)
     return {"auc": _none_if_nan(roc_auc(synthetic, truth)),
             "sensitivity": both / positives if positives else None,
             "specificity": int((~called & ~truth).sum()) / negatives if negatives else None,
-            "dice": 2 * both / overlap if overlap else None}
+            "dice": 2 * both / overlap if overlap else None,
+            "called_share": float(called.mean()) if called.size else None}
+
+
+def within_lesion_scores(true_e: np.ndarray, synthetic_e: np.ndarray,
+                         classes: np.ndarray) -> dict[str, float | None]:
+    """Within-lesion AUC and the recovered share of the enhancing-vs-non-enhancing contrast.
+
+    Args:
+        true_e, synthetic_e: ``E`` and ``E'`` on the model grid.
+        classes: the model-grid class map (brain voxels only are passed in by the caller).
+
+    Returns:
+        ``lesion_auc``, ``contrast_true``, ``contrast_synthetic`` and ``recovered_share``
+        (None where the lesions lack enhancing or non-enhancing voxels, or the true contrast
+        is not positive).
+    """
+    enhancing = classes == ENHANCING
+    other = np.isin(classes, (NON_ENHANCING, EDEMA))
+    record: dict[str, float | None] = {"lesion_auc": None, "contrast_true": None,
+                                       "contrast_synthetic": None, "recovered_share": None}
+    if not enhancing.any() or not other.any():
+        return record
+    in_lesion = enhancing | other
+    record["lesion_auc"] = _none_if_nan(roc_auc(synthetic_e[in_lesion], enhancing[in_lesion]))
+    true_contrast = float(true_e[enhancing].mean() - true_e[other].mean())
+    synthetic_contrast = float(synthetic_e[enhancing].mean() - synthetic_e[other].mean())
+    record.update(contrast_true=true_contrast, contrast_synthetic=synthetic_contrast)
+    if true_contrast > 0:
+        record["recovered_share"] = synthetic_contrast / true_contrast
+    return record
 
 
 def choose_threshold(subjects: Sequence[Mapping[str, str | os.PathLike]], delta: float,
                      out_path: str | os.PathLike) -> dict[str, Any]:
-    """Choose the ``E'`` threshold on the validation subjects (Youden's J) and write its JSON.
+    """Choose the ``E'`` threshold on validation subjects with lesions (Youden's J), write JSON.
 
     Args:
-        subjects: one mapping per Set A validation subject with ``synthetic`` (the model's
-            synthetic CE-T1), ``t1``, ``cet1`` (normalised, model grid) and ``mask`` (brain).
-            Never reported subjects: this is a selection.
-        delta: the paper's threshold of ``M = [E > delta]``, and the fallback ``t``.
+        subjects: one mapping per validation subject with ``synthetic`` (the model's synthetic
+            CE-T1), ``t1`` (normalised, model grid), ``mask`` (brain) and ``classes`` (its
+            model-grid class map, :mod:`cesynth.lesion_truth`). Never reported subjects: this
+            is a selection.
+        delta: the fallback ``t``, fixed a priori.
         out_path: the JSON to write.
 
     Returns:
         What was written: ``threshold``, ``source`` (``validation`` or
-        :data:`THRESHOLD_FALLBACK`), ``delta``, ``validation_subjects``, ``validation_voxels``
-        and, when chosen on validation, ``youden_j``, ``sensitivity`` and ``specificity``;
-        ``note`` says why a fallback was taken.
+        :data:`THRESHOLD_FALLBACK`), ``delta``, ``validation_subjects``,
+        ``validation_subjects_with_lesions``, ``validation_voxels``, ``called_share`` (of the
+        validation brain voxels at the threshold), ``degenerate`` and, when chosen on
+        validation, ``youden_j``, ``sensitivity`` and ``specificity``; ``note`` says why a
+        fallback was taken.
     """
-    scores, truth = [], []
+    scores, truth, with_lesions = [], [], 0
     for files in subjects:
-        brain, true_e, synthetic_e = load_enhancement(files["synthetic"], files["t1"],
-                                                      files["cet1"], files["mask"])
+        brain, synthetic_e, classes = _load_validation_subject(files)
         scores.append(synthetic_e[brain])
-        truth.append(true_e[brain] > delta)
+        truth.append(np.isin(classes[brain], AGENT_CLASSES))
+        with_lesions += bool(np.isin(classes, LESION_CLASSES).any())
     pooled_scores = np.concatenate(scores) if scores else np.empty(0)
     pooled_truth = np.concatenate(truth) if truth else np.empty(0, dtype=bool)
     record: dict[str, Any] = {"delta": delta, "validation_subjects": len(subjects),
+                              "validation_subjects_with_lesions": with_lesions,
                               "validation_voxels": int(pooled_truth.size)}
     if not subjects:
         note = "no validation subjects"
+    elif not with_lesions:
+        note = "no validation subject has a lesion"
     elif pooled_truth.all() or not pooled_truth.any():
-        note = "the validation subjects have no enhancing or no non-enhancing voxel"
+        note = "the validation subjects have no agent or no agent-free brain voxel"
     else:
         record.update(youden_threshold(pooled_scores, pooled_truth), source="validation")
-        write_json(record, out_path)
-        return record
+        return _write_threshold(record, pooled_scores, out_path)
     record.update(threshold=delta, source=THRESHOLD_FALLBACK,
                   note=f"{note}: threshold = delta ({delta}), fixed a priori")
+    return _write_threshold(record, pooled_scores, out_path)
+
+
+def _write_threshold(record: dict[str, Any], scores: np.ndarray,
+                     out_path: str | os.PathLike) -> dict[str, Any]:
+    share = float((scores > record["threshold"]).mean()) if scores.size else None
+    record.update(called_share=share,
+                  degenerate=share is not None and share > DEGENERATE_CALLED_SHARE)
     write_json(record, out_path)
     return record
 
 
-def load_enhancement(synthetic_path: str | os.PathLike, t1_path: str | os.PathLike,
-                     cet1_path: str | os.PathLike, mask_path: str | os.PathLike
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The brain mask, ``E`` and ``E'`` of one subject from its model-grid files."""
-    arrays = [_array(load_nifti(p), p) for p in (synthetic_path, t1_path, cet1_path, mask_path)]
+def _load_validation_subject(files: Mapping[str, str | os.PathLike]
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The brain mask, ``E'`` and the class map of one validation subject."""
+    arrays = [_array(load_nifti(files[key]), files[key])
+              for key in ("synthetic", "t1", "mask", "classes")]
     if len({a.shape for a in arrays}) != 1:
-        raise InputError(synthetic_path, f"shapes differ from the T1, CE-T1 and brain mask's: "
-                                         f"{[a.shape for a in arrays]}")
-    synthetic, t1, cet1, mask = arrays
-    return mask != 0, enhancement_map(cet1, t1), enhancement_map(synthetic, t1)
+        raise InputError(files["synthetic"], "shapes differ from the T1, brain mask and class "
+                                             f"map's: {[a.shape for a in arrays]}")
+    synthetic, t1, mask, classes = arrays
+    return mask != 0, enhancement_map(synthetic, t1), np.rint(classes).astype(np.int64)
 
 
 def _array(img: nib.Nifti1Image, path: str | os.PathLike) -> np.ndarray:
@@ -234,121 +297,65 @@ def _array(img: nib.Nifti1Image, path: str | os.PathLike) -> np.ndarray:
 # ---------------------------------------------------------------- lesions
 
 
-def equivalent_diameter(volume_mm3: float) -> float:
-    """Diameter (mm) of the sphere of the given volume."""
-    return float((6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0))
-
-
-def lesion_truth_to_model_grid(mask_path: str | os.PathLike, out_labels: str | os.PathLike,
-                               out_sidecar: str | os.PathLike, shape: Sequence[int]
-                               ) -> dict[str, Any]:
-    """Label the lesions of a native-grid enhancing mask and move them to the model grid.
-
-    Each connected component is resampled on its own (nearest neighbour, as the tumor mask is);
-    its volume is measured on the native grid. A lesion smaller than one model voxel, or that
-    no model voxel samples, is kept in the label map but marked not scored.
+def score_lesions(instances: np.ndarray, lesions: Sequence[Mapping[str, Any]],
+                  classes: np.ndarray, called: np.ndarray) -> list[dict[str, Any]]:
+    """Each scored lesion found (enhancing) or called (non-enhancing).
 
     Args:
-        mask_path: the true enhancing mask on the native CE-T1 grid (non-zero = enhancing).
-        out_labels: the model-grid label map to write (0 background, lesion ``i`` = ``i``).
-        out_sidecar: the JSON to write: ``model_voxel_mm3`` and ``lesions`` (``label``,
-            ``volume_mm3``, ``diameter_mm``, ``model_voxels``, ``scored``, ``note``).
-        shape: the model grid, RAS-canonical ``(x, y, z)``.
-
-    Returns:
-        What the sidecar holds.
-    """
-    from cesynth.normalise import ModelGrid
-
-    native = load_nifti(mask_path)
-    grid = ModelGrid(tuple(shape))
-    labels, count = ndimage.label(_array(native, mask_path) != 0, structure=CONNECTIVITY)
-    native_voxel_mm3 = float(abs(np.linalg.det(native.affine[:3, :3])))
-    model_voxel_mm3 = float(np.prod(grid.voxel_size_for(native)))
-    empty = grid.resample(nib.Nifti1Image(np.zeros(labels.shape, np.uint8), native.affine),
-                          is_mask=True)
-    model_labels = np.zeros(grid.shape, dtype=np.uint16)
-    lesions = []
-    for label in range(1, count + 1):
-        img = nib.Nifti1Image((labels == label).astype(np.uint8), native.affine)
-        sampled = (np.asarray(grid.resample(img, is_mask=True).dataobj) > 0) & (model_labels == 0)
-        model_labels[sampled] = label
-        volume = float((labels == label).sum()) * native_voxel_mm3
-        lesions.append(_lesion_entry(label, volume, int(sampled.sum()), model_voxel_mm3))
-    save_nifti(model_labels, empty.affine, out_labels, dtype=np.uint16)
-    record = {"connectivity": 26, "model_voxel_mm3": model_voxel_mm3, "lesions": lesions}
-    write_json(record, out_sidecar)
-    return record
-
-
-def _lesion_entry(label: int, volume_mm3: float, model_voxels: int,
-                  model_voxel_mm3: float) -> dict[str, Any]:
-    note = None
-    if volume_mm3 < model_voxel_mm3:
-        note = f"smaller than one model voxel ({volume_mm3:.1f} < {model_voxel_mm3:.1f} mm3)"
-    elif model_voxels == 0:
-        note = "no model voxel samples it"
-    return {"label": label, "volume_mm3": volume_mm3,
-            "diameter_mm": equivalent_diameter(volume_mm3), "model_voxels": model_voxels,
-            "scored": note is None, "note": note}
-
-
-def lesions_from_region(region: np.ndarray, voxel_mm3: float
-                        ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Lesions as the components of a model-grid region (real data: tumor mask and ``M``).
-
-    Returns:
-        The label map and one :func:`lesion_truth_to_model_grid`-style entry per lesion (all
-        scored: each holds at least one model voxel).
-    """
-    labels, count = ndimage.label(region, structure=CONNECTIVITY)
-    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, range(1, count + 1))
-    return labels, [_lesion_entry(i + 1, float(n) * voxel_mm3, int(n), voxel_mm3)
-                    for i, n in enumerate(sizes)]
-
-
-def score_lesions(labels: np.ndarray, lesions: Sequence[Mapping[str, Any]],
-                  called: np.ndarray) -> list[dict[str, Any]]:
-    """Each lesion found or missed: found when :data:`FOUND_FRACTION` of its voxels are called.
-
-    Args:
-        labels: the model-grid lesion label map.
-        lesions: entries as :func:`lesion_truth_to_model_grid` writes them.
+        instances: the model-grid lesion instance map.
+        lesions: entries as :func:`cesynth.lesion_truth.lesion_truth_to_model_grid` writes them.
+        classes: the model-grid class map.
         called: ``E' > t`` on the model grid (boolean).
 
     Returns:
-        The entries with ``detected_fraction`` and ``found`` added (None for unscored lesions).
+        The entries with ``detected_fraction`` (of the enhancing voxels for an enhancing
+        lesion, of all its voxels otherwise) and ``found`` added (None for unscored lesions).
     """
     scored = []
     for lesion in lesions:
-        inside = labels == lesion["label"]
+        inside = instances == lesion["label"]
+        if lesion.get("enhancing", True):
+            inside &= classes == ENHANCING
         fraction = float(called[inside].mean()) if lesion["scored"] and inside.any() else None
-        found = None if fraction is None else fraction >= FOUND_FRACTION
+        found = None if fraction is None else fraction > FOUND_FRACTION
         scored.append({**lesion, "detected_fraction": fraction, "found": found})
     return scored
 
 
 def lesion_summary(lesions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts and sensitivities (all, below and from :data:`SMALL_LESION_MM`) of scored lesions."""
-    scored = [lesion for lesion in lesions if lesion["found"] is not None]
-    small = [lesion for lesion in scored if lesion["diameter_mm"] < SMALL_LESION_MM]
-    large = [lesion for lesion in scored if lesion["diameter_mm"] >= SMALL_LESION_MM]
-    return {"scored": len(scored), "not_scored": len(lesions) - len(scored),
-            "found": sum(bool(lesion["found"]) for lesion in scored),
-            "sensitivity": _share_found(scored), "sensitivity_small": _share_found(small),
-            "sensitivity_large": _share_found(large)}
+    """Counts and sensitivities (all, below and from :data:`SMALL_LESION_MM`) of scored
+    enhancing lesions, and how many scored non-enhancing lesions were called."""
+    scored = [item for item in lesions if item["found"] is not None]
+    enhancing = [item for item in scored if item.get("enhancing", True)]
+    quiet = [item for item in scored if not item.get("enhancing", True)]
+    small = [item for item in enhancing if item["diameter_mm"] < SMALL_LESION_MM]
+    large = [item for item in enhancing if item["diameter_mm"] >= SMALL_LESION_MM]
+    return {"scored": len(enhancing), "not_scored": len(lesions) - len(scored),
+            "found": sum(bool(item["found"]) for item in enhancing),
+            "sensitivity": _share_found(enhancing), "sensitivity_small": _share_found(small),
+            "sensitivity_large": _share_found(large), "nonenhancing": len(quiet),
+            "nonenhancing_called": sum(bool(item["found"]) for item in quiet)}
 
 
 def _share_found(lesions: Sequence[Mapping[str, Any]]) -> float | None:
-    return sum(bool(lesion["found"]) for lesion in lesions) / len(lesions) if lesions else None
+    return sum(bool(item["found"]) for item in lesions) / len(lesions) if lesions else None
 
 
-def false_positive_components(called: np.ndarray, enhancing: np.ndarray) -> int:
-    """Components of ``called`` that overlap or neighbour no truly enhancing voxel."""
+def false_positive_components(called: np.ndarray, agent: np.ndarray,
+                              voxel_mm: Sequence[float]) -> int:
+    """Components of ``called`` of at least :data:`FP_MIN_VOLUME_MM3` that come no nearer than
+    :data:`FP_MARGIN_MM` to an agent voxel."""
     labels, count = ndimage.label(called, structure=CONNECTIVITY)
-    near = ndimage.binary_dilation(enhancing, structure=CONNECTIVITY)
+    if count == 0:
+        return 0
+    fewest_voxels = max(1, math.ceil(FP_MIN_VOLUME_MM3 / float(np.prod(voxel_mm)) - 1e-9))
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, range(1, count + 1))
+    large = np.flatnonzero(sizes >= fewest_voxels) + 1
+    if not agent.any():
+        return int(large.size)
+    near = ndimage.distance_transform_edt(~agent, sampling=voxel_mm) <= FP_MARGIN_MM
     touching = np.unique(labels[near & (labels > 0)])
-    return int(count - touching.size)
+    return int(np.setdiff1d(large, touching).size)
 
 
 # ---------------------------------------------------------------- BraSyn SSIM
@@ -383,46 +390,45 @@ def _clip_rescale(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 
 def enhancement_endpoints(synthetic: np.ndarray, t1: np.ndarray, cet1: np.ndarray,
-                          brain: np.ndarray, threshold: Mapping[str, Any], *,
-                          tumor: np.ndarray | None = None,
-                          lesion_labels: np.ndarray | None = None,
+                          brain: np.ndarray, threshold: Mapping[str, Any],
+                          classes: np.ndarray, *, tumor: np.ndarray | None = None,
+                          instances: np.ndarray | None = None,
                           lesions: Sequence[Mapping[str, Any]] | None = None,
-                          voxel_mm3: float = 1.0) -> dict[str, Any]:
+                          voxel_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, Any]:
     """Every enhancement endpoint of one subject (see the module docstring).
 
     Args:
         synthetic, t1, cet1: model-grid volumes (synthetic CE-T1, normalised T1 and CE-T1).
         brain: boolean brain mask.
         threshold: the model's threshold record (:func:`choose_threshold`).
+        classes: the model-grid class map (:mod:`cesynth.lesion_truth`).
         tumor: boolean tumor mask (Set B), or None.
-        lesion_labels, lesions: the lesion truth (:func:`lesion_truth_to_model_grid`); without
-            it, the lesions are the components of ``tumor & M`` (none without a tumor mask).
-        voxel_mm3: the model voxel's volume, for lesions made from the tumor mask.
+        instances, lesions: the model-grid lesion instances and their entries.
+        voxel_mm: the model voxel's size (false-positive volume and margin).
 
     Returns:
         ``threshold``, ``threshold_source``, ``delta``, ``brain`` and ``tumor`` (corr, mae),
-        ``auc``, ``sensitivity``, ``specificity``, ``dice``, ``false_positives``,
-        ``lesion_truth`` and ``lesions`` (:func:`lesion_summary` plus ``items``).
+        ``auc``, ``sensitivity``, ``specificity``, ``dice``, ``called_share``, ``lesion_auc``,
+        ``contrast_true``, ``contrast_synthetic``, ``recovered_share``, ``false_positives``,
+        ``degenerate`` and ``lesions`` (:func:`lesion_summary` plus ``items``).
     """
-    delta, t = float(threshold["delta"]), float(threshold["threshold"])
+    t = float(threshold["threshold"])
     true_e, synthetic_e = enhancement_map(cet1, t1), enhancement_map(synthetic, t1)
-    truth = (true_e > delta) & brain
+    classes = np.where(brain, classes, 0)
+    agent = np.isin(classes, AGENT_CLASSES)
     called = (synthetic_e > t) & brain
     record: dict[str, Any] = {"threshold": t, "threshold_source": threshold["source"],
-                              "delta": delta,
+                              "delta": float(threshold["delta"]),
                               "brain": enhancement_agreement(synthetic_e, true_e, brain)}
     if tumor is not None and tumor.any():
         record["tumor"] = enhancement_agreement(synthetic_e, true_e, tumor)
-    record.update(detection_scores(synthetic_e[brain], truth[brain], t))
-    source = "phantom enhancing mask"
-    if lesion_labels is None and tumor is not None:
-        lesion_labels, lesions = lesions_from_region(tumor & truth, voxel_mm3)
-        source = "tumor mask and M"
-    enhancing = truth if lesion_labels is None else truth | (lesion_labels > 0)
-    record["false_positives"] = false_positive_components(called, enhancing)
-    if lesion_labels is not None:
-        items = score_lesions(lesion_labels, lesions or [], called)
-        record["lesion_truth"] = source
+    record.update(detection_scores(synthetic_e[brain], agent[brain], t))
+    record.update(within_lesion_scores(true_e, synthetic_e, classes))
+    record["false_positives"] = false_positive_components(called, agent, voxel_mm)
+    record["degenerate"] = bool(threshold.get("degenerate")) or (
+        record["called_share"] is not None and record["called_share"] > DEGENERATE_CALLED_SHARE)
+    if instances is not None:
+        items = score_lesions(instances, lesions or [], classes, called)
         record["lesions"] = {**lesion_summary(items), "items": items}
     return record
 
@@ -431,26 +437,28 @@ def score_files(pred_path: str | os.PathLike, target_path: str | os.PathLike,
                 mask_path: str | os.PathLike, *, t1_path: str | os.PathLike | None = None,
                 threshold_path: str | os.PathLike | None = None,
                 tumor_mask_path: str | os.PathLike | None = None,
-                lesion_labels_path: str | os.PathLike | None = None,
+                classes_path: str | os.PathLike | None = None,
+                instances_path: str | os.PathLike | None = None,
                 lesion_sidecar_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The endpoints of one subject's files on the model grid (checked to share the grid).
 
     Args:
         pred_path, target_path, mask_path: synthetic and real CE-T1, brain mask.
-        t1_path, threshold_path: the normalised T1 and the model's threshold JSON; the
-            enhancement endpoints need both.
+        t1_path, threshold_path: the normalised T1 and the model's threshold JSON.
         tumor_mask_path: the model-grid tumor mask (the BraSyn SSIM needs it).
-        lesion_labels_path, lesion_sidecar_path: the phantom's lesion truth, when it exists.
+        classes_path, instances_path, lesion_sidecar_path: the subject's enhancement truth
+            (:func:`cesynth.lesion_truth.lesion_truth_to_model_grid`); the enhancement
+            endpoints need it with the T1 and the threshold.
 
     Returns:
         ``enhancement`` (:func:`enhancement_endpoints`) and ``brasyn`` where computable, and
-        ``notes`` (lesions noted, not scored).
+        ``notes`` (lesions noted, not scored; endpoints without truth).
     """
     paths = {"pred": pred_path, "target": target_path, "mask": mask_path, "t1": t1_path,
-             "tumor": tumor_mask_path, "lesions": lesion_labels_path}
+             "tumor": tumor_mask_path, "classes": classes_path, "instances": instances_path}
     images = {key: load_nifti(path) for key, path in paths.items() if path is not None}
     for key, img in images.items():
-        check_same_grid(img, images["pred"], paths[key], f"the {Path(pred_path).name}")
+        check_same_grid(img, images["pred"], paths[key], f"the {os.path.basename(pred_path)}")
     arrays = {key: _array(img, paths[key]) for key, img in images.items()}
     brain = arrays["mask"] != 0
     tumor = arrays["tumor"] != 0 if "tumor" in arrays else None
@@ -459,55 +467,66 @@ def score_files(pred_path: str | os.PathLike, target_path: str | os.PathLike,
         record["brasyn"] = brasyn_ssim(arrays["pred"], arrays["target"], brain, tumor)
     if t1_path is None or threshold_path is None:
         return record
-    labels, lesions = None, None
-    if lesion_labels_path is not None and lesion_sidecar_path is not None:
-        labels, lesions = read_lesion_truth(lesion_labels_path, lesion_sidecar_path)
-    voxel_mm3 = float(abs(np.linalg.det(images["pred"].affine[:3, :3])))
+    if classes_path is None or instances_path is None or lesion_sidecar_path is None:
+        record["notes"].append("no enhancement truth (the phantom's agent map or an expert "
+                               "enhancing-tumor label): no enhancement endpoints")
+        return record
+    classes, instances, lesions = read_lesion_truth(classes_path, instances_path,
+                                                    lesion_sidecar_path)
+    voxel_mm = tuple(float(v) for v in images["pred"].header.get_zooms()[:3])
     record["enhancement"] = enhancement_endpoints(
         arrays["pred"], arrays["t1"], arrays["target"], brain, read_json(threshold_path),
-        tumor=tumor, lesion_labels=labels, lesions=lesions, voxel_mm3=voxel_mm3)
-    record["notes"] += [f"enhancing lesion {lesion['label']}: {lesion['note']}: noted, not "
-                        "scored" for lesion in lesions or [] if not lesion["scored"]]
+        classes, tumor=tumor, instances=instances, lesions=lesions, voxel_mm=voxel_mm)
+    record["notes"] += [f"lesion {lesion['label']} ({lesion.get('type', 'lesion')}): "
+                        f"{lesion['note']}: noted, not scored"
+                        for lesion in lesions if not lesion["scored"]]
     return record
 
 
 def flatten_endpoints(record: Mapping[str, Any]) -> dict[str, float]:
-    """The :data:`ENDPOINT_COLUMNS` of a subject record (NaN where absent)."""
+    """The :data:`ENDPOINT_COLUMNS` of a subject record (NaN where absent or, for
+    :data:`DETECTION_COLUMNS`, where the threshold is degenerate)."""
     enhancement = record.get("enhancement") or {}
     lesions = enhancement.get("lesions") or {}
     brasyn = record.get("brasyn") or {}
+    degenerate = enhancement.get("degenerate")
     values = {
         "enh_brain_corr": (enhancement.get("brain") or {}).get("corr"),
         "enh_brain_mae": (enhancement.get("brain") or {}).get("mae"),
         "enh_tumor_corr": (enhancement.get("tumor") or {}).get("corr"),
         "enh_tumor_mae": (enhancement.get("tumor") or {}).get("mae"),
-        "enh_auc": enhancement.get("auc"), "enh_sensitivity": enhancement.get("sensitivity"),
+        "enh_auc": enhancement.get("auc"), "enh_lesion_auc": enhancement.get("lesion_auc"),
+        "enh_recovered_share": enhancement.get("recovered_share"),
+        "enh_sensitivity": enhancement.get("sensitivity"),
         "enh_specificity": enhancement.get("specificity"), "enh_dice": enhancement.get("dice"),
+        "enh_called_share": enhancement.get("called_share"),
         "lesion_sensitivity": lesions.get("sensitivity"),
         "lesion_sensitivity_small": lesions.get("sensitivity_small"),
         "lesion_sensitivity_large": lesions.get("sensitivity_large"),
         "lesions_scored": lesions.get("scored"), "lesions_not_scored": lesions.get("not_scored"),
+        "nonenhancing_lesions": lesions.get("nonenhancing"),
+        "nonenhancing_called": lesions.get("nonenhancing_called"),
         "false_positives": enhancement.get("false_positives"),
+        "threshold_degenerate": None if degenerate is None else int(degenerate),
         "brasyn_tumor_ssim": brasyn.get("tumor"), "brasyn_outside_ssim": brasyn.get("outside"),
     }
+    if degenerate:
+        values.update(dict.fromkeys(DETECTION_COLUMNS))
     return {key: math.nan if values[key] is None else float(values[key])
             for key in ENDPOINT_COLUMNS}
 
 
 def lesion_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per scored lesion of a subject record: ``volume_mm3``, ``diameter_mm``, ``found``."""
-    items = ((record.get("enhancement") or {}).get("lesions") or {}).get("items") or []
-    return [{"lesion": item["label"], "volume_mm3": item["volume_mm3"],
-             "diameter_mm": item["diameter_mm"], "found": bool(item["found"])}
-            for item in items if item["found"] is not None]
-
-
-def read_lesion_truth(labels_path: str | os.PathLike, sidecar_path: str | os.PathLike
-                      ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """The model-grid lesion label map and its entries, as :func:`lesion_truth_to_model_grid`
-    wrote them."""
-    labels = np.rint(_array(load_nifti(labels_path), labels_path)).astype(np.int64)
-    return labels, list(read_json(sidecar_path).get("lesions", []))
+    """One row per scored enhancing lesion of a subject record: ``volume_mm3``,
+    ``diameter_mm``, ``type``, ``found`` (none when the threshold is degenerate)."""
+    enhancement = record.get("enhancement") or {}
+    if enhancement.get("degenerate"):
+        return []
+    items = (enhancement.get("lesions") or {}).get("items") or []
+    return [{"lesion": item["label"], "type": item.get("type", "lesion"),
+             "volume_mm3": item["volume_mm3"], "diameter_mm": item["diameter_mm"],
+             "found": bool(item["found"])}
+            for item in items if item["found"] is not None and item.get("enhancing", True)]
 
 
 def _none_if_nan(value: float) -> float | None:
@@ -515,11 +534,11 @@ def _none_if_nan(value: float) -> float | None:
 
 
 __all__ = [
-    "BRASYN_PERCENTILES", "CONNECTIVITY", "ENDPOINT_COLUMNS", "FOUND_FRACTION",
-    "SMALL_LESION_MM", "THRESHOLD_FALLBACK",
+    "BRASYN_PERCENTILES", "DEGENERATE_CALLED_SHARE", "DETECTION_COLUMNS", "ENDPOINT_COLUMNS",
+    "FOUND_FRACTION", "FP_MARGIN_MM", "FP_MIN_VOLUME_MM3", "SMALL_LESION_MM",
+    "THRESHOLD_FALLBACK",
     "brasyn_ssim", "choose_threshold", "detection_scores", "enhancement_agreement",
-    "enhancement_endpoints", "enhancement_map", "equivalent_diameter",
-    "false_positive_components", "flatten_endpoints", "lesion_rows", "lesion_summary",
-    "lesion_truth_to_model_grid", "lesions_from_region", "load_enhancement",
-    "read_lesion_truth", "roc_auc", "score_files", "score_lesions", "youden_threshold",
+    "enhancement_endpoints", "enhancement_map", "false_positive_components",
+    "flatten_endpoints", "lesion_rows", "lesion_summary", "roc_auc", "score_files",
+    "score_lesions", "within_lesion_scores", "youden_threshold",
 ]

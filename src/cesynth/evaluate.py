@@ -330,7 +330,8 @@ def evaluate_subject(pred_path: str | os.PathLike, target_path: str | os.PathLik
                      tumor_mask_path: str | os.PathLike | None = None,
                      t1_path: str | os.PathLike | None = None,
                      threshold_path: str | os.PathLike | None = None,
-                     lesion_labels_path: str | os.PathLike | None = None,
+                     classes_path: str | os.PathLike | None = None,
+                     instances_path: str | os.PathLike | None = None,
                      lesion_sidecar_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score one synthetic image and write the subject's metrics JSON.
 
@@ -350,8 +351,9 @@ def evaluate_subject(pred_path: str | os.PathLike, target_path: str | os.PathLik
         tumor_mask_path: the model-grid tumor mask (Set B).
         t1_path: the normalised model-grid T1 (for the enhancement maps).
         threshold_path: the model's enhancement threshold JSON (chosen on validation).
-        lesion_labels_path: the phantom's model-grid lesion label map, when it exists.
-        lesion_sidecar_path: its lesion table (JSON).
+        classes_path, instances_path, lesion_sidecar_path: the subject's enhancement truth on
+            the model grid (:func:`cesynth.lesion_truth.lesion_truth_to_model_grid`), when it
+            has one (the phantom's agent map, or a real cohort's expert lesion labels).
 
     Returns:
         What was written: ``subject``, ``set``, ``model``, ``brain``, optionally ``tumor``,
@@ -366,7 +368,7 @@ def evaluate_subject(pred_path: str | os.PathLike, target_path: str | os.PathLik
     result = evaluate_files(pred_path, target_path, mask_path, tumor_mask_path)
     endpoints = score_files(pred_path, target_path, mask_path, t1_path=t1_path,
                             threshold_path=threshold_path, tumor_mask_path=tumor_mask_path,
-                            lesion_labels_path=lesion_labels_path,
+                            classes_path=classes_path, instances_path=instances_path,
                             lesion_sidecar_path=lesion_sidecar_path)
     notes += endpoints.pop("notes")
     record = {"subject": subject, "set": set_name, "model": model, **result, **endpoints,

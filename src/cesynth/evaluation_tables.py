@@ -49,19 +49,25 @@ TABLE_COLUMNS = {
 SCORE_COLUMNS = METRIC_COLUMNS + ENDPOINT_COLUMNS
 """Every scored column of the per-subject table: the paper's metrics, then the endpoints."""
 TESTED_COLUMNS = tuple(c for c in SCORE_COLUMNS
-                       if c not in ("lesions_scored", "lesions_not_scored"))
+                       if c not in ("lesions_scored", "lesions_not_scored",
+                                    "nonenhancing_lesions", "threshold_degenerate"))
 """Columns compared between models by paired t-tests (lesion counts are the same truth)."""
 THRESHOLD_COLUMNS = ("enh_threshold", "enh_threshold_source")
 """Per-subject columns naming the ``E'`` threshold and where it came from (not summarised)."""
 ENDPOINT_TABLE = (
-    ("enh_auc", "Enh. AUC", 3), ("enh_sensitivity", "Enh. sens.", 3),
+    ("enh_auc", "Enh. AUC", 3), ("enh_lesion_auc", "Lesion AUC (enh. vs non-enh.)", 3),
+    ("enh_recovered_share", "Recovered contrast share", 3),
+    ("enh_sensitivity", "Enh. sens.", 3),
     ("enh_specificity", "Enh. spec.", 3), ("enh_dice", "Enh. Dice", 3),
+    ("enh_called_share", "Called share of brain", 3),
     ("enh_brain_corr", "E corr (brain)", 3), ("enh_brain_mae", "E MAE (brain)", 3),
     ("enh_tumor_corr", "E corr (tumor)", 3), ("enh_tumor_mae", "E MAE (tumor)", 3),
     ("lesion_sensitivity", "Lesion sens.", 2),
     ("lesion_sensitivity_small", f"Lesion sens. <{SMALL_LESION_MM:g} mm", 2),
     ("lesion_sensitivity_large", f"Lesion sens. >={SMALL_LESION_MM:g} mm", 2),
+    ("nonenhancing_called", "Non-enh. lesions called", 2),
     ("false_positives", "FP comp./patient", 2),
+    ("threshold_degenerate", "Degenerate threshold", 2),
     ("brasyn_tumor_ssim", "BraSyn SSIM tumor", 3),
     ("brasyn_outside_ssim", "BraSyn SSIM outside", 3),
 )
@@ -70,7 +76,8 @@ BOOTSTRAP_RESAMPLES = 2000
 """Resamples of the subjects for a bootstrap interval."""
 BOOTSTRAP_SEED = 20240611
 """Seed of every bootstrap (each interval starts from it: the same data give the same interval)."""
-LESION_COLUMNS = ("subject", "set", "model", "lesion", "volume_mm3", "diameter_mm", "found")
+LESION_COLUMNS = ("subject", "set", "model", "lesion", "type", "volume_mm3", "diameter_mm",
+                  "found")
 """Columns of the per-lesion table."""
 
 
@@ -405,8 +412,10 @@ def _size_table(by_size: pd.DataFrame) -> str:
 def _threshold_table(per_subject: pd.DataFrame) -> str:
     rows = per_subject[per_subject["enh_threshold_source"].fillna("") != ""]
     lines = ["## Threshold on the synthetic enhancement E'\n",
-             "Chosen per model on the Set A validation subjects (Youden's J), never on the "
-             "reported sets; the fallback, without validation subjects, is delta.\n",
+             "Chosen per model on the validation subjects with lesions (Youden's J against "
+             "where the agent is), never on the reported sets; the fallback, without such "
+             "subjects, is delta. A threshold calling more than half of the brain is "
+             "degenerate: its detection columns are left empty.\n",
              "| model | threshold | source |", "|---|---|---|"]
     for (model, source), group in rows.groupby(["model", "enh_threshold_source"], sort=False):
         lines.append(f"| {model} | {group['enh_threshold'].iloc[0]:.4f} | {source} |")

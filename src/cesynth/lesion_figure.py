@@ -21,7 +21,7 @@ from cesynth.enhancement import FOUND_FRACTION, SMALL_LESION_MM
 from cesynth.io import atomic_path
 
 TITLE = ("Lesion sensitivity against lesion size "
-         f"(found: >= {FOUND_FRACTION:.0%} of its voxels enhance)")
+         f"(found: > {FOUND_FRACTION:.0%} of its enhancing voxels called)")
 """The figure's title."""
 
 

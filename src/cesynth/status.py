@@ -111,7 +111,8 @@ JOB_PATHS: dict[str, JobPaths] = {
               for p in (f"{_SYNTHETIC}.nii.gz", f"{_SYNTHETIC}.json")),
         "logs/synthesize_floor/{floor}_sub-{subject}.log"),
     "resample_enhancing_truth_to_model_grid": JobPaths(
-        tuple(f"{_ANAT}_space-model_desc-enhancing_dseg{ext}" for ext in (".nii.gz", ".json")),
+        (f"{_ANAT}_space-model_desc-lesion_dseg.nii.gz",
+         *(f"{_ANAT}_space-model_desc-lesions_dseg{ext}" for ext in (".nii.gz", ".json"))),
         "logs/resample_enhancing_truth_to_model_grid/sub-{subject}.log"),
     "score_evaluation_subject": JobPaths(
         ("eval/{model}/sub-{subject}/sub-{subject}_metrics.json",),
