@@ -694,22 +694,35 @@ def get_enhancement_inputs(wildcards):
 
 
 def has_lesion_truth(scan_id):
-    """Whether a scan has enhancement truth: the phantom's agent map and lesion labels."""
-    return bool(get_lesion_truth_inputs(SimpleNamespace(subject=scan_id)))
+    """Whether a scan has enhancement truth: the phantom's agent map and lesion labels, or a
+    real scan's expert lesion labels (known before any job runs)."""
+    return is_phantom_truth(scan_id) or SCANS[scan_id].tumor_dseg is not None
+
+
+def is_phantom_truth(scan_id):
+    return bool(get_phantom_truth(SimpleNamespace(subject=scan_id), "true_lesion_dseg"))
 
 
 def get_lesion_truth_inputs(wildcards):
-    """The phantom's lesion segmentation, agent map and lesion instances (native CE-T1 grid);
-    nothing for real data."""
-    truth = get_phantom_truth(
-        wildcards,
-        "true_lesion_dseg",
-        "true_agent",
-        "true_lesion_instances",
-        "true_lesion_instances_sidecar",
-    )
-    keys = ("dseg", "agent", "instances", "instances_sidecar")
-    return dict(zip(keys, truth.values()))
+    """A scan's enhancement truth on its native CE-T1 grid: the phantom's lesion labels, agent
+    map and lesion instances, or the expert lesion labels with their JSON."""
+    if is_phantom_truth(wildcards.subject):
+        truth = get_phantom_truth(
+            wildcards,
+            "true_lesion_dseg",
+            "true_agent",
+            "true_lesion_instances",
+            "true_lesion_instances_sidecar",
+        )
+        keys = ("dseg", "agent", "instances", "instances_sidecar")
+        return dict(zip(keys, truth.values()))
+    dseg = get_converted_scan(wildcards).tumor_dseg
+    if dseg is None:
+        return {}
+    sidecar = Path(str(dseg).replace(".nii.gz", ".json"))
+    if is_import() or sidecar.is_file():
+        return {"dseg": str(dseg), "dseg_sidecar": str(sidecar)}
+    return {"dseg": str(dseg)}
 
 
 def get_evaluation_metrics(wildcards):

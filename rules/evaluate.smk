@@ -28,7 +28,8 @@ rule resample_tumor_mask_to_model_grid:
 
 rule resample_enhancing_truth_to_model_grid:
     """A subject's enhancement truth on the model grid: where the agent is (class map) and its
-    lesions one by one (instances), from the phantom's lesion labels and agent map."""
+    lesions one by one (instances), from the phantom's lesion labels and agent map or a real
+    scan's expert lesion labels."""
     input:
         unpack(get_lesion_truth_inputs),
     output:

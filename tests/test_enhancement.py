@@ -283,6 +283,39 @@ def test_lesion_truth_refuses_labels_that_are_not_lesion_classes(tmp_path):
     assert not (tmp_path / "c.nii.gz").exists()
 
 
+def test_expert_labels_of_every_published_convention_give_the_same_classes(tmp_path):
+    from cesynth.import_layouts import LAYOUTS
+
+    dseg = np.zeros((16, 16, 16))
+    variants = {name: variant for layout in LAYOUTS.values()
+                for name, variant in layout["variants"].items()}
+    results = {}
+    for name, variant in variants.items():
+        enhancing = variant["groups"]["enhancing"][0]
+        dseg[:] = 0
+        dseg[2:12, 2:12, 2:12] = 2
+        dseg[4:10, 4:10, 4:10] = enhancing
+        dseg[6:8, 6:8, 6:8] = 1
+        sidecar = tmp_path / f"{name}.json"
+        sidecar.write_text(json.dumps({"Labels": {"0": "background", **{
+            str(value): label for value, label in variant["labels"].items()}}}))
+        lesion_truth_to_model_grid(write(tmp_path / f"{name}.nii.gz", dseg),
+                                   tmp_path / f"{name}_c.nii.gz", tmp_path / f"{name}_i.nii.gz",
+                                   tmp_path / f"{name}_l.json", (8, 8, 8),
+                                   dseg_sidecar_path=sidecar)
+        results[name] = np.asarray(nib.load(tmp_path / f"{name}_c.nii.gz").dataobj)
+    first = next(iter(results.values()))
+    assert set(np.unique(first)) == {0, NON_ENHANCING, EDEMA, ENHANCING}
+    assert all(np.array_equal(first, other) for other in results.values()), list(results)
+
+
+def test_an_expert_label_with_an_unknown_name_stops(tmp_path):
+    from cesynth.lesion_truth import classes_from_label_names
+
+    with pytest.raises(InputError, match="label 7 .'tumor-ish'. is no lesion class"):
+        classes_from_label_names({"7": "tumor-ish"}, "seg.json")
+
+
 def test_a_subject_without_enhancement_truth_has_no_endpoints_and_a_note(tmp_path):
     subject = lesion_subject()
     files = write_subject(tmp_path, "s", subject, subject["cet1"])

@@ -12,6 +12,7 @@ def work():
     truth = lesion_truth.lesion_truth_to_model_grid(
         snakemake.input.dseg, snakemake.output.classes, snakemake.output.instances,
         snakemake.output.sidecar, snakemake.params.shape,
+        dseg_sidecar_path=snakemake.input.get("dseg_sidecar"),
         agent_path=snakemake.input.get("agent"),
         instances_path=snakemake.input.get("instances"),
         instances_sidecar_path=snakemake.input.get("instances_sidecar"))

@@ -87,6 +87,9 @@ def planned_scans(source_dir: str | os.PathLike, bids_dir: str | os.PathLike, la
             # scored in the tumor too)
             tumor_mask=(ingest.expected_scan(bids_dir, plan.label, "B").tumor_mask
                         if plan.has_segmentation else None),
+            tumor_dseg=(Path(bids_dir) / TUMOR_MASK_DERIVATIVE / f"sub-{plan.label}" / "anat"
+                        / f"sub-{plan.label}_desc-tumor_dseg.nii.gz"
+                        if plan.has_segmentation else None),
             adc=sub / "dwi" / f"sub-{plan.label}_adc.nii.gz" if plan.diffusion else None,
             brain_mask=(sub / "anat" / f"sub-{plan.label}_desc-brain_mask.nii.gz"
                         if "brain" in plan.files else None)))

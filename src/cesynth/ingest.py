@@ -60,6 +60,9 @@ class ScanFiles:
     bids_dir: Path | None = field(default=None, compare=False, repr=False)
     adc: Path | None = None
     brain_mask: Path | None = None
+    tumor_dseg: Path | None = None
+    """The expert lesion labels (``desc-tumor_dseg``, with a JSON naming its labels), the
+    enhancement truth of a real scan."""
 
     @property
     def adc_source(self) -> str | None:
@@ -376,4 +379,6 @@ def _scan_files(root: Path, folder: Path, participant: str, session: str | None,
         bids_dir=root,
         adc=_find_image(dwi_dir, f"{entities}_{ADC_MAP}"),
         brain_mask=_find_image(anat, f"{entities}_desc-brain_mask"),
+        tumor_dseg=_find_image(root / TUMOR_MASK_DERIVATIVE / relative / "anat",
+                               f"{entities}_desc-tumor_dseg"),
     )

@@ -68,9 +68,58 @@ def read_label_volume(path: str | os.PathLike) -> tuple[np.ndarray, nib.Nifti1Im
     return data.astype(np.int64), img
 
 
+def classes_from_label_names(names: Mapping[str, str],
+                             source: str | os.PathLike) -> dict[int, int]:
+    """Source label value -> class, from the label names of an expert segmentation's JSON.
+
+    "enhancing tumor" is :data:`ENHANCING`, "necrotic / non-enhancing tumor core"
+    :data:`NON_ENHANCING`, "edema" :data:`EDEMA`; a resection cavity and the background are no
+    lesion. So BraTS 2018 (4 enhancing), BraTS 2023 (3 enhancing) and UCSF-PDGM (4 enhancing)
+    mean the same. Any other name stops: a label the rule cannot place is never guessed.
+    """
+    classes = {}
+    for value, name in names.items():
+        lowered = name.lower()
+        if "edema" in lowered:  # BraTS 2023: "edema (surrounding non-enhancing ...)"
+            classes[int(value)] = EDEMA
+        elif "non-enhancing" in lowered or "necrotic" in lowered:
+            classes[int(value)] = NON_ENHANCING
+        elif "enhancing" in lowered:
+            classes[int(value)] = ENHANCING
+        elif "background" in lowered or "resection cavity" in lowered:
+            classes[int(value)] = 0
+        else:
+            raise InputError(source, f"label {value} ({name!r}) is no lesion class this "
+                                     "pipeline knows (enhancing, necrotic/non-enhancing, edema)")
+    return classes
+
+
+def read_expert_dseg(dseg_path: str | os.PathLike,
+                     sidecar_path: str | os.PathLike | None) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """An expert segmentation as lesion classes: its JSON's ``Labels`` names map the values
+    (:func:`classes_from_label_names`); without a JSON the values must be BraTS 2018's."""
+    data, img = read_label_volume(dseg_path)
+    if sidecar_path is None or not os.path.exists(sidecar_path):
+        return data, img
+    names = read_json(sidecar_path).get("Labels") or {}
+    mapping = classes_from_label_names(names, sidecar_path) if names else {}
+    unknown = sorted(set(np.unique(data).tolist()) - set(mapping) - {0})
+    if names and unknown:
+        raise InputError(dseg_path, f"labels {unknown} are not named in "
+                                    f"{os.path.basename(sidecar_path)}")
+    if not mapping:
+        return data, img
+    lookup = np.zeros(int(data.max()) + 1, dtype=np.int64)
+    for value, label in mapping.items():
+        if value < lookup.size:
+            lookup[value] = label
+    return lookup[data], img
+
+
 def lesion_truth_to_model_grid(dseg_path: str | os.PathLike, out_classes: str | os.PathLike,
                                out_instances: str | os.PathLike,
                                out_sidecar: str | os.PathLike, shape: Sequence[int], *,
+                               dseg_sidecar_path: str | os.PathLike | None = None,
                                agent_path: str | os.PathLike | None = None,
                                instances_path: str | os.PathLike | None = None,
                                instances_sidecar_path: str | os.PathLike | None = None
@@ -78,11 +127,14 @@ def lesion_truth_to_model_grid(dseg_path: str | os.PathLike, out_classes: str | 
     """Move a native lesion segmentation (and agent map) to the model grid, lesion by lesion.
 
     Args:
-        dseg_path: native lesion segmentation with BraTS-2018 labels (:data:`KNOWN_LABELS`).
+        dseg_path: native lesion segmentation with BraTS-2018 labels (:data:`KNOWN_LABELS`),
+            or an expert segmentation whose JSON names its labels.
         out_classes: the model-grid class map to write (uint8, see the module docstring).
         out_instances: the model-grid lesion instance map to write (uint16, lesion ``i`` = i).
         out_sidecar: the JSON to write: ``model_voxel_mm3``, ``connectivity`` and ``lesions``.
         shape: the model grid, RAS-canonical ``(x, y, z)``.
+        dseg_sidecar_path: the segmentation's JSON with ``Labels`` (value -> name), for
+            an expert segmentation in another convention (:func:`read_expert_dseg`).
         agent_path: the phantom's native agent map (mM); agent outside every lesion becomes
             :data:`OTHER_AGENT`.
         instances_path, instances_sidecar_path: the phantom's native lesion instances and their
@@ -94,7 +146,7 @@ def lesion_truth_to_model_grid(dseg_path: str | os.PathLike, out_classes: str | 
     """
     from cesynth.normalise import ModelGrid
 
-    dseg, native = read_label_volume(dseg_path)
+    dseg, native = read_expert_dseg(dseg_path, dseg_sidecar_path)
     unknown = sorted(set(np.unique(dseg).tolist()) - KNOWN_LABELS)
     if unknown:
         raise InputError(dseg_path, f"labels {unknown} are not lesion classes "
@@ -202,6 +254,6 @@ def read_lesion_truth(classes_path: str | os.PathLike, instances_path: str | os.
 
 __all__ = [
     "AGENT_CLASSES", "CONNECTIVITY", "EDEMA", "ENHANCING", "KNOWN_LABELS", "LESION_CLASSES",
-    "NON_ENHANCING", "OTHER_AGENT", "equivalent_diameter", "lesion_truth_to_model_grid",
-    "read_label_volume", "read_lesion_truth",
+    "NON_ENHANCING", "OTHER_AGENT", "classes_from_label_names", "equivalent_diameter",
+    "lesion_truth_to_model_grid", "read_expert_dseg", "read_label_volume", "read_lesion_truth",
 ]
