@@ -402,6 +402,11 @@ def get_registered_images(wildcards):
     return images
 
 
+def get_normalise_options():
+    """The normalisation's options beyond its method (what the preprocessing record stores)."""
+    return {"bias_correction": config["normalise"]["bias_correction"]}
+
+
 def get_image_to_normalise(wildcards):
     images = get_registered_images(wildcards)
     if wildcards.modality not in images:

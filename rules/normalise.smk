@@ -39,6 +39,7 @@ rule normalise_to_model_grid:
     params:
         shape=config["model_grid"]["shape"],
         method=config["normalise"]["method"],
+        options=get_normalise_options(),
     threads: 1
     resources:
         mem_mb=grows_with_attempt(4000),

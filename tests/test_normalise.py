@@ -329,3 +329,47 @@ def test_qc_row_of_another_modality_has_no_flag(tmp_path):
     assert (row["modality"], row["flagged"]) == ("T1w", "False")
     assert row["brain_n_voxels"] == str(stats["n_voxels"])
     assert returned == stats
+
+
+def _biased_tissue(tmp_path):
+    """A flat tissue ball under a smooth 40 % multiplicative bias field, and its mask."""
+    shape = (40, 40, 30)
+    grid = np.indices(shape, dtype=float)
+    ball = ((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 + ((grid[2] - 15) * 1.3) ** 2) <= 14 ** 2
+    bias = 0.8 + 0.4 * grid[0] / shape[0]
+    rng = np.random.default_rng(0)
+    image = np.where(ball, 1000.0 * bias * (1 + 0.01 * rng.standard_normal(shape)), 0.0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    paths = {}
+    for name, data in (("image", image), ("mask", ball.astype(np.uint8))):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        save_nifti(data, affine, paths[name], dtype=np.float32)
+    return paths, ball
+
+
+def test_n4_removes_a_bias_field_from_weighted_images_but_never_from_the_adc(tmp_path):
+    from cesynth.normalise import prepare_image
+
+    paths, _ = _biased_tissue(tmp_path)
+    out = {}
+    for name, modality, correction in (("plain", "T1w", "none"), ("n4", "T1w", "n4"),
+                                       ("adc", "adc", "n4")):
+        out[name] = tmp_path / f"{name}.nii.gz"
+        prepare_image(paths["image"], paths["mask"], out[name], (40, 40, 30), "percentile",
+                      modality=modality, bias_correction=correction)
+    mask = np.asarray(load_nifti(tmp_path / "plain.nii.gz").dataobj) > 0
+    x = np.indices(mask.shape)[0][mask]
+    trend = {name: abs(np.corrcoef(np.asarray(load_nifti(path).dataobj)[mask], x)[0, 1])
+             for name, path in out.items()}
+    assert trend["plain"] > 0.9 and trend["n4"] < 0.75 * trend["plain"]  # the field is weaker
+    assert trend["adc"] == trend["plain"]  # a quantitative map is left alone
+
+
+def test_an_unknown_bias_correction_stops_with_one_line(tmp_path):
+    from cesynth.normalise import prepare_image
+
+    paths, _ = _biased_tissue(tmp_path)
+    with pytest.raises(InputError, match="normalise.bias_correction: 'n3': choose one of"):
+        prepare_image(paths["image"], paths["mask"], tmp_path / "x.nii.gz", (20, 20, 15),
+                      modality="T1w", bias_correction="n3")
+    assert not (tmp_path / "x.nii.gz").exists()

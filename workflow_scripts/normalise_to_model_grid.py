@@ -13,10 +13,11 @@ params, modality = snakemake.params, snakemake.wildcards.modality
 def work():
     stats = normalise.prepare_image(
         snakemake.input.image, snakemake.input.mask, snakemake.output.image,
-        params.shape, params.method,
+        params.shape, params.method, modality=modality, **params.options,
     )
     return normalise.write_qc_row(stats, modality, snakemake.wildcards.subject,
                                   snakemake.output.qc)
 
 
-run_job(Job.of(snakemake), work, params={"shape": params.shape, "method": params.method})
+run_job(Job.of(snakemake), work,
+        params={"shape": params.shape, "method": params.method, **params.options})

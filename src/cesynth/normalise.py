@@ -35,6 +35,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from cesynth.bias_field import BIAS_CORRECTIONS, CORRECTED_MODALITIES, n4_corrected
 from cesynth.io import InputError, check_same_grid, load_nifti, save_nifti, write_json
 
 SLICE_AXIS = 2
@@ -232,10 +233,15 @@ NORMALISERS: dict[str, Normaliser] = {"histeq": _histeq, "percentile": _percenti
 
 
 NORMALISER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "histeq": {"nbins": None},
-    "percentile": {"p_low": PERCENTILE_DEFAULTS[0], "p_high": PERCENTILE_DEFAULTS[1]},
+    "histeq": {"nbins": None, "bias_correction": "none"},
+    "percentile": {"p_low": PERCENTILE_DEFAULTS[0], "p_high": PERCENTILE_DEFAULTS[1],
+                   "bias_correction": "none"},
 }
-"""Every option of each method with its default (``nbins=None``: the exact empirical CDF)."""
+"""Every option of each method with its default (``nbins=None``: the exact empirical CDF;
+``bias_correction``: ``none`` or ``n4``, applied on the native grid before resampling,
+:mod:`cesynth.bias_field`)."""
+_GRID_OPTIONS = ("bias_correction",)
+"""Options applied before the image reaches the model grid, not by :func:`normalise`."""
 
 
 def normaliser_options(method: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -290,7 +296,8 @@ def normalise(
         raise InputError("brain mask", "brain mask is empty")
     values = np.nan_to_num(data[inside].astype(np.float64), nan=0.0)
     out = np.zeros(data.shape, dtype=np.float32)
-    out[inside] = np.clip(NORMALISERS[method](values, **options), 0.0, 1.0)
+    method_options = {key: value for key, value in options.items() if key not in _GRID_OPTIONS}
+    out[inside] = np.clip(NORMALISERS[method](values, **method_options), 0.0, 1.0)
     return out
 
 
@@ -361,7 +368,8 @@ def prepare_subject(
     outputs: dict[str, np.ndarray] = {}
     stats: dict[str, dict[str, float]] = {}
     for name, path in present.items():
-        outputs[name], stats[name] = _normalised(path, native_mask, grid, mask, method, options)
+        outputs[name], stats[name] = _normalised(path, native_mask, grid, mask, method, options,
+                                                 modality=name)
 
     for name, data in outputs.items():
         save_nifti(data, mask_img.affine, out_paths[name], dtype=np.float32)
@@ -432,6 +440,7 @@ def prepare_image(
     out_path: str | Path,
     shape: Sequence[int],
     method: str = "histeq",
+    modality: str | None = None,
     **options: Any,
 ) -> dict[str, float]:
     """Resample one registered image to the model grid and normalise it inside the brain mask.
@@ -445,7 +454,8 @@ def prepare_image(
         out_path: output path (``*_space-model_desc-norm_*.nii.gz``).
         shape: the model grid, RAS-canonical ``(x, y, z)``.
         method: normalisation method (see :data:`NORMALISERS`).
-        **options: normalisation options passed to :func:`normalise`.
+        modality: the image's modality (the bias correction skips the ADC).
+        **options: normalisation options (see :data:`NORMALISER_DEFAULTS`).
 
     Returns:
         In-mask intensity statistics of the image on the model grid, before normalisation.
@@ -454,7 +464,8 @@ def prepare_image(
     native_mask, mask_img = _model_mask(mask_path, grid)
     mask = np.asarray(mask_img.dataobj)
     foreground_slice_range(mask, who=str(mask_path))
-    data, stats = _normalised(image_path, native_mask, grid, mask, method, options)
+    data, stats = _normalised(image_path, native_mask, grid, mask, method, options,
+                              modality=modality)
     save_nifti(data, mask_img.affine, out_path, dtype=np.float32)
     return stats
 
@@ -498,10 +509,17 @@ def _model_mask(mask_path: str | Path, grid: ModelGrid) -> tuple[nib.Nifti1Image
 
 
 def _normalised(path: str | Path, native_mask: nib.Nifti1Image, grid: ModelGrid, mask: np.ndarray,
-                method: str, options: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+                method: str, options: Mapping[str, Any], *, modality: str | None = None
+                ) -> tuple[np.ndarray, dict[str, float]]:
     native = load_nifti(path)
     check_same_grid(native, native_mask, path, "the CE-T1 brain mask",
                     hint="register it first")
+    correction = options.get("bias_correction", "none")
+    if correction not in BIAS_CORRECTIONS:
+        raise InputError("normalise.bias_correction", f"{correction!r}: choose one of "
+                                                      f"{list(BIAS_CORRECTIONS)}")
+    if correction == "n4" and modality in CORRECTED_MODALITIES:
+        native = nib.Nifti1Image(n4_corrected(native, native_mask), native.affine, native.header)
     data = np.asarray(grid.resample(native).dataobj)
     return normalise(data, mask, method, **options), in_mask_stats(data, mask)
 

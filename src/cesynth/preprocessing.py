@@ -84,6 +84,8 @@ def requested_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "model_grid": [int(n) for n in config["model_grid"]["shape"]],
         "normalise": config["normalise"]["method"],
+        "normalise_options": {"bias_correction": config["normalise"].get("bias_correction",
+                                                                         "none")},
         "brainmask": SKULL_STRIPPED if skull_stripped else config["brainmask"]["method"],
         "brainmask_reference": config["brainmask"]["reference"],
         "adc": {"b_values": [float(b) for b in ingest["b_values"]],
