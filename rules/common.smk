@@ -791,6 +791,30 @@ def get_panel_images(wildcards):
     return [path for panels in get_panel_layout().values() for path in panels.values()]
 
 
+def get_lesion_panel_layout():
+    """Subject -> {image key -> path} for the zoomed lesion panels: every reported scan with
+    enhancement truth, its model-grid inputs, truth and each full-input model's synthesis."""
+    models = [m for m, (e, v) in EVALUATED.items() if v == "full"]
+    truth = rules.resample_enhancing_truth_to_model_grid.output
+    layout = {}
+    for scan_id in get_evaluation_scans():
+        if not has_lesion_truth(scan_id):
+            continue
+        images = get_model_grid_images(SimpleNamespace(subject=scan_id))
+        panels = {m: images[m] for m in ("T1w", "T2w", "adc") if m in images}
+        panels["truth"] = images["ceT1w"]
+        panels["classes"] = path_of(truth.classes, subject=scan_id)
+        panels["instances"] = path_of(truth.instances, subject=scan_id)
+        panels["lesions_sidecar"] = path_of(truth.sidecar, subject=scan_id)
+        panels.update({model: get_synthetic_path(model, scan_id) for model in models})
+        layout[scan_id] = panels
+    return layout
+
+
+def get_lesion_panel_images(wildcards):
+    return [path for panels in get_lesion_panel_layout().values() for path in panels.values()]
+
+
 def get_study_targets():
     """The phantom study's outputs: the evaluation tables, the paper's tables and figures."""
     return [
@@ -798,6 +822,7 @@ def get_study_targets():
         path_of(rules.tabulate_paper.output.tables),
         path_of(rules.plot_synthesis_panel.output.panel),
         path_of(rules.plot_lesion_sensitivity.output.figure),
+        *([path_of(rules.plot_lesion_panels.output.panel)] if get_lesion_panel_layout() else []),
     ]
 
 

@@ -294,6 +294,33 @@ rule plot_synthesis_panel:
         "../workflow_scripts/plot_synthesis_panel.py"
 
 
+rule plot_lesion_panels:
+    """Every lesion type zoomed: inputs, real CE-T1 and each model's synthesis around a lesion."""
+    input:
+        images=get_lesion_panel_images,
+    output:
+        panel=report(
+            f"{EVAL}/paper/lesion_panels.png",
+            category="Evaluation",
+            labels={"table": "zoomed lesion panels"},
+        ),
+    log:
+        f"{LOGS}/plot_lesion_panels/plot_lesion_panels.log",
+    benchmark:
+        f"{BENCH}/plot_lesion_panels/plot_lesion_panels.tsv"
+    params:
+        panels=get_lesion_panel_layout(),
+        models=[m for m, (e, v) in EVALUATED.items() if v == "full"],
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(10),
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/plot_lesion_panels.py"
+
+
 rule plot_lesion_sensitivity:
     """Lesion sensitivity against lesion size, one line per model, a panel per set."""
     input:

@@ -399,3 +399,17 @@ def test_the_model_card_shows_the_endpoints_with_intervals():
                       date=datetime.date(2026, 1, 1))
     assert "| A (test) | Enh. AUC | 3 | 0.850±0.050 [" in card
     assert "| A (test) | FP comp./patient | 3 | 1.00±1.00 [" in card
+
+
+def test_lesion_panels_draw_every_lesion_type_zoomed(tmp_path):
+    from cesynth.lesion_panels import choose_lesions, lesion_panels
+
+    subject = lesion_subject()
+    files = write_subject(tmp_path, "s", subject, subject["cet1"])
+    panels = {"T1w": files["t1"], "truth": files["cet1"], "classes": files["classes"],
+              "instances": files["instances"], "lesions_sidecar": files["sidecar"],
+              "perfect": files["synthetic"]}
+    chosen = choose_lesions({"sub-01": panels})
+    assert sorted(lesion["type"] for _, lesion in chosen) == ["nonenhancing", "rim", "solid"]
+    png = lesion_panels({"sub-01": panels}, ["perfect"], tmp_path / "lesions.png")
+    assert png.stat().st_size > 5000
