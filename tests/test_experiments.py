@@ -48,11 +48,16 @@ def merged_config(*profiles: str) -> dict:
 
 def study_models(*profiles: str) -> set[str]:
     config = merged_config("study.yaml", *profiles)
+    seeds = config["evaluation"]["seeds"]
     found = experiments.expand(config["train"], config["experiments"], config["sweeps"],
-                               config["evaluation"]["reference"])
+                               config["evaluation"]["reference"], seeds=seeds)
     if config["cascade"]["enabled"]:
-        found.update(experiments.cascade_experiments(config["train"], config["cascade"]["train"]))
+        found.update(experiments.cascade_experiments(experiments.seeded_train(
+            config["train"], seeds), config["cascade"]["train"]))
     return set(found) | {f"condition {c}" for c in config["evaluation"]["conditions"]}
+
+
+FINAL_MODEL_SEEDS = {"default", "default-seed1", "default-seed2"}  # study.yaml: seeds 0, 1, 2
 
 
 def test_the_study_parts_together_are_the_whole_study_each_with_the_final_model():
@@ -60,8 +65,26 @@ def test_the_study_parts_together_are_the_whole_study_each_with_the_final_model(
                                               "study-architectures.yaml")]
     assert set.union(*parts) == study_models()
     for first, second in ((0, 1), (0, 2), (1, 2)):
-        assert parts[first] & parts[second] == {"default"}
-    assert study_models("study-brainmask.yaml") == {"default"}
+        assert parts[first] & parts[second] == FINAL_MODEL_SEEDS
+    assert study_models("study-brainmask.yaml") == FINAL_MODEL_SEEDS
+
+
+def test_the_study_trains_every_configuration_with_three_seeds():
+    config = merged_config("study.yaml")
+    assert config["evaluation"]["seeds"] == [0, 1, 2] and config["train"]["seed"] == 0
+    models = study_models()
+    configurations = {m for m in models if "-seed" not in m and not m.startswith(
+        ("cascade-", "condition "))}
+    assert len(configurations) == 15
+    assert {f"{c}-seed{s}" for c in configurations for s in (1, 2)} <= models
+    assert not {"cascade-T2w-seed1", "cascade-adc-seed1"} & models  # the cascade: first seed
+    # seed 0 is the committed runs: same names, same settings, so nothing reruns
+    unseeded = experiments.expand(config["train"], config["experiments"], config["sweeps"],
+                                  "default")
+    seeded = experiments.expand(config["train"], config["experiments"], config["sweeps"],
+                                "default", seeds=[0, 1, 2])
+    assert set(unseeded) == configurations
+    assert all(seeded[c].settings == unseeded[c].settings for c in configurations)
 
 
 def test_part_four_reruns_the_points_parts_one_and_two_cut_for_time():
