@@ -129,13 +129,24 @@ def get_scans():
 SCANS = get_scans()
 
 
+def get_seeds():
+    """The declared seeds (evaluation.seeds); empty: train.seed alone."""
+    return list(config["evaluation"]["seeds"])
+
+
 def get_experiments():
-    """Every training run: declared experiments, sweep points and, when enabled, the cascade."""
+    """Every training run: declared experiments and sweep points, once per declared seed, and,
+    when enabled, the cascade (trained with the first seed only: it fills inputs for all)."""
     found = experiments.expand(
-        config["train"], config["experiments"], config["sweeps"], config["evaluation"]["reference"]
+        config["train"],
+        config["experiments"],
+        config["sweeps"],
+        config["evaluation"]["reference"],
+        seeds=get_seeds(),
     )
     if config["cascade"]["enabled"]:
-        found.update(experiments.cascade_experiments(config["train"], config["cascade"]["train"]))
+        seeded = experiments.seeded_train(config["train"], get_seeds())
+        found.update(experiments.cascade_experiments(seeded, config["cascade"]["train"]))
     if any(c.startswith("cascade-") for c in config["evaluation"]["conditions"]):
         if not config["cascade"]["enabled"]:
             raise ValueError("evaluation.conditions has a cascade condition: set cascade.enabled")
@@ -540,12 +551,18 @@ def get_evaluation_scans(target="ceT1w"):
     return [s for s in scans if target in get_modalities(SCANS[s])]
 
 
+def get_reference_runs():
+    """The reference's runs: its first seed, then its further seeds."""
+    return experiments.seed_variants(EXPERIMENTS, config["evaluation"]["reference"])
+
+
 def get_evaluated_models():
-    """Evaluated name -> (experiment or None for a floor, input condition or "full")."""
+    """Evaluated name -> (experiment or None for a floor, input condition or "full"); every
+    seed of the reference is evaluated under every input condition."""
     models = {name: (name, "full") for name, e in EXPERIMENTS.items() if e.target == "ceT1w"}
-    reference = config["evaluation"]["reference"]
     for condition in config["evaluation"]["conditions"]:
-        models[experiments.variant_name(reference, condition)] = (reference, condition)
+        for reference in get_reference_runs():
+            models[experiments.variant_name(reference, condition)] = (reference, condition)
     for floor in config["evaluation"]["floors"]:
         models[experiments.FLOOR_PREFIX + floor] = (None, "full")
     return models
@@ -556,6 +573,17 @@ EVALUATED = get_evaluated_models()
 
 def get_cascade_models():
     return [name for name, e in EXPERIMENTS.items() if e.target != "ceT1w"]
+
+
+def get_configurations():
+    """Evaluated name -> the configuration it is a seed of (the tables average its seeds)."""
+    return {row["model"]: row["configuration"] for row in get_catalog()}
+
+
+def is_first_seed(model):
+    """An evaluated model that is its configuration's first seed (or a floor)."""
+    experiment, _ = EVALUATED[model]
+    return experiment is None or EXPERIMENTS[experiment].seed_of is None
 
 
 def _constraint(names):
@@ -771,7 +799,7 @@ def get_panel_layout():
     """Subject -> {panel: image, "slice_mask": tumor or brain mask} for the synthesis panel."""
     reported = get_evaluation_scans()
     chosen = sorted(reported, key=lambda s: (SCANS[s].set != "B", s))[:PANEL_SUBJECTS]
-    models = [m for m, (e, v) in EVALUATED.items() if v == "full"]
+    models = [m for m, (e, v) in EVALUATED.items() if v == "full" and is_first_seed(m)]
     layout = {}
     for scan_id in chosen:
         images = get_model_grid_images(SimpleNamespace(subject=scan_id))

@@ -99,7 +99,7 @@ rule synthesize_input_condition:
     benchmark:
         f"{BENCH}/synthesize_input_condition/{{experiment}}--{{condition}}_sub-{{subject}}.tsv"
     wildcard_constraints:
-        experiment=config["evaluation"]["reference"],
+        experiment=_constraint(get_reference_runs()),  # every seed of the reference
         condition=get_conditions(),
     params:
         zeroed=get_zeroed_inputs,
@@ -217,6 +217,11 @@ rule tabulate_evaluation:
     output:
         metrics=f"{EVAL}/metrics.tsv",
         summary=report(f"{EVAL}/summary.tsv", category="Evaluation", labels={"table": "means"}),
+        configurations=report(
+            f"{EVAL}/configurations.tsv",
+            category="Evaluation",
+            labels={"table": "means over seeds"},
+        ),
         ttests=report(
             f"{EVAL}/ttests.tsv", category="Evaluation", labels={"table": "paired t-tests"}
         ),
@@ -231,6 +236,8 @@ rule tabulate_evaluation:
         f"{LOGS}/tabulate_evaluation/tabulate_evaluation.log",
     benchmark:
         f"{BENCH}/tabulate_evaluation/tabulate_evaluation.tsv"
+    params:
+        configurations=get_configurations(),  # seeds of one configuration are averaged
     threads: 1
     resources:
         mem_mb=grows_with_attempt(1000),

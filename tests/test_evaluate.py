@@ -23,9 +23,15 @@ from cesynth.evaluate import (
     ssim_map,
 )
 from cesynth.evaluation_tables import (
+    between_seed_sd,
     format_mean_sd,
+    holm,
     paired_ttest,
+    pairwise_ttests,
+    paper_tables,
+    seed_average,
     summarise,
+    summarise_configurations,
     tabulate_evaluation,
 )
 from cesynth.io import InputError
@@ -316,6 +322,95 @@ def test_paired_ttest_needs_two_pairs():
         paired_ttest(table[table["subject"] != "05"], "tumor_psnr", "ours", "unet")
 
 
+def test_holm_matches_the_textbook_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, max(2*0.03, .), max(1*0.04, 0.06)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_caps_at_one_keeps_ties_monotone_and_leaves_untested_out():
+    assert holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])
+    assert holm([0.9, 0.6, 0.01]) == pytest.approx([1.0, 1.0, 0.03])
+    adjusted = holm([math.nan, 0.2, 0.9])  # m = 2: NaN is no test
+    assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx([0.4, 0.9])
+    assert holm([]).size == 0
+    assert holm([0.02]) == pytest.approx([0.02])
+
+
+SEEDED = {"ours": "ours", "ours-seed1": "ours", "ours-seed2": "ours", "unet": "unet",
+          "unet-seed1": "unet", "unet-seed2": "unet"}
+
+
+def seeded_table() -> pd.DataFrame:
+    """Two configurations of three seeds each, five Set A patients: brain PSNR by hand."""
+    psnr = {"ours": [27.0, 28.0, 29.0, 26.0, 30.0], "ours-seed1": [28.0, 29.0, 30.0, 27.0, 31.0],
+            "ours-seed2": [26.0, 27.0, 28.0, 25.0, 29.0],  # per-seed means 28, 29, 27
+            "unet": [26.0, 26.5, 27.5, 25.0, 28.0], "unet-seed1": [26.0, 27.0, 27.0, 25.5, 28.5],
+            "unet-seed2": [26.0, 26.0, 28.0, 24.5, 27.5]}
+    return pd.DataFrame([{"subject": f"{i:02d}", "set": "A", "model": model,
+                          "brain_psnr": value, "tumor_psnr": math.nan}
+                         for model, values in psnr.items() for i, value in enumerate(values)])
+
+
+def test_seed_average_is_the_mean_over_a_configurations_seeds_per_patient():
+    averaged = seed_average(seeded_table(), SEEDED)
+    assert averaged["model"].unique().tolist() == ["ours", "unet"]
+    ours = averaged[averaged["model"] == "ours"].set_index("subject")
+    assert ours["brain_psnr"].tolist() == pytest.approx([27.0, 28.0, 29.0, 26.0, 30.0])
+    assert set(averaged["seeds"]) == {3}
+    unet = averaged[averaged["model"] == "unet"].set_index("subject")["brain_psnr"]
+    assert unet.tolist() == pytest.approx([26.0, 26.5, 27.5, 25.0, 28.0])
+    # without a mapping every model is a configuration of one seed
+    assert len(seed_average(seeded_table())) == len(seeded_table())
+
+
+def test_the_spread_between_seeds_is_the_sd_of_the_per_seed_means():
+    spread = between_seed_sd(seeded_table(), SEEDED).set_index("model")
+    assert spread.loc["ours", "seeds"] == 3
+    assert spread.loc["ours", "brain_psnr_seed_sd"] == pytest.approx(np.std([28, 29, 27], ddof=1))
+    one_seed = between_seed_sd(seeded_table()).set_index("model")
+    assert one_seed["seeds"].eq(1).all() and one_seed["brain_psnr_seed_sd"].isna().all()
+
+
+def test_configuration_summary_puts_both_spreads_side_by_side():
+    summary = summarise_configurations(seeded_table(), SEEDED).set_index("model")
+    ours = summary.loc["ours"]
+    assert (ours["n"], ours["seeds"]) == (5, 3)
+    assert ours["brain_psnr_mean"] == pytest.approx(28.0)
+    assert ours["brain_psnr_sd"] == pytest.approx(np.std([27, 28, 29, 26, 30], ddof=1))
+    assert ours["brain_psnr_seed_sd"] == pytest.approx(1.0)
+    text = paper_tables(summary.reset_index())
+    assert "| ours | 5 | 3 |" in text and "28.00±1.58 (±1.00)" in text
+    assert "sd between seeds" in text
+
+
+def test_seeded_comparisons_test_seed_averaged_patients_with_holm():
+    table = seeded_table()
+    tests = pairwise_ttests(table, SEEDED)
+    row = tests[tests["metric"] == "brain_psnr"].iloc[0]
+    averaged = seed_average(table, SEEDED)
+    a = averaged[averaged["model"] == "ours"]["brain_psnr"].to_numpy()
+    b = averaged[averaged["model"] == "unet"]["brain_psnr"].to_numpy()
+    expected = stats.ttest_rel(a, b)
+    assert (row["model_a"], row["model_b"], row["n"], row["seeds_a"]) == ("ours", "unet", 5, 3)
+    assert row["test"] == "paired t" and row["p"] == pytest.approx(expected.pvalue)
+    assert row["p_holm"] == pytest.approx(expected.pvalue)  # one test in its family
+    assert row["family"] == "set A brain_psnr: 1 tests"
+    # the six seed models unaveraged: 15 comparisons in the family, each p scaled up
+    raw = pairwise_ttests(table)
+    raw = raw[raw["metric"] == "brain_psnr"]
+    assert len(raw) == 15 and (raw["p_holm"] >= raw["p"]).all()
+    assert raw["p_holm"].to_numpy() == pytest.approx(holm(raw["p"].to_numpy()))
+
+
+def test_three_or_fewer_patients_are_descriptive():
+    table = seeded_table()
+    tests = pairwise_ttests(table[table["subject"].isin(["00", "01", "02"])], SEEDED)
+    row = tests[tests["metric"] == "brain_psnr"].iloc[0]
+    assert row["test"] == "descriptive" and row["n"] == 3
+    assert math.isnan(row["p"]) and math.isnan(row["p_holm"]) and math.isnan(row["t"])
+    assert row["mean_difference"] == pytest.approx(np.mean([27 - 26, 28 - 26.5, 29 - 27.5]))
+
+
 # ---------------------------------------------------------------- the evaluation stage
 
 
@@ -358,14 +453,18 @@ def test_tabulate_evaluation_writes_tables_ttests_and_paper_layout(tmp_path):
     assert set_a["tumor_psnr"].isna().all() and metrics["tumor_psnr"].notna().sum() == 2
     ttests = pd.read_csv(paths["ttests"], sep="\t")
     psnr_a = ttests[(ttests["set"] == "A") & (ttests["metric"] == "brain_psnr")].iloc[0]
-    expected = stats.ttest_rel(10 * np.log10(1 / np.square(errors["unet"][:3])),
-                               10 * np.log10(1 / np.square(errors["ours"][:3])))
+    differences = (10 * np.log10(1 / np.square(errors["unet"][:3]))
+                   - 10 * np.log10(1 / np.square(errors["ours"][:3])))
     assert (psnr_a["model_a"], psnr_a["model_b"], psnr_a["n"]) == ("unet", "ours", 3)
-    assert psnr_a["p"] == pytest.approx(expected.pvalue, rel=1e-4)
+    # 3 patients: descriptive, the mean difference without a test
+    assert psnr_a["test"] == "descriptive" and math.isnan(psnr_a["p"])
+    assert psnr_a["mean_difference"] == pytest.approx(differences.mean(), rel=1e-4)
     assert ttests[ttests["set"] == "B"].empty  # one Set B subject: no test
     tables = paths["tables"].read_text()
     assert "## Set A: brain" in tables and "## Set B: brain and tumor" in tables
-    assert "| ours | 3 |" in tables and "| 28.24 |" in tables
+    assert "| ours | 3 | 1 |" in tables and "| 28.24 |" in tables
+    assert "One seed per configuration: the spread between seeds is n/a" in tables
+    assert "Holm-adjusted" in tables
     summary = pd.read_csv(paths["summary"], sep="\t")
     ours_a = summary[(summary["set"] == "A") & (summary["model"] == "ours")].iloc[0]
     assert ours_a["brain_mae_mean"] == pytest.approx(0.05, abs=1e-5)

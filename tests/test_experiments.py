@@ -48,11 +48,16 @@ def merged_config(*profiles: str) -> dict:
 
 def study_models(*profiles: str) -> set[str]:
     config = merged_config("study.yaml", *profiles)
+    seeds = config["evaluation"]["seeds"]
     found = experiments.expand(config["train"], config["experiments"], config["sweeps"],
-                               config["evaluation"]["reference"])
+                               config["evaluation"]["reference"], seeds=seeds)
     if config["cascade"]["enabled"]:
-        found.update(experiments.cascade_experiments(config["train"], config["cascade"]["train"]))
+        found.update(experiments.cascade_experiments(experiments.seeded_train(
+            config["train"], seeds), config["cascade"]["train"]))
     return set(found) | {f"condition {c}" for c in config["evaluation"]["conditions"]}
+
+
+FINAL_MODEL_SEEDS = {"default", "default-seed1", "default-seed2"}  # study.yaml: seeds 0, 1, 2
 
 
 def test_the_study_parts_together_are_the_whole_study_each_with_the_final_model():
@@ -60,8 +65,26 @@ def test_the_study_parts_together_are_the_whole_study_each_with_the_final_model(
                                               "study-architectures.yaml")]
     assert set.union(*parts) == study_models()
     for first, second in ((0, 1), (0, 2), (1, 2)):
-        assert parts[first] & parts[second] == {"default"}
-    assert study_models("study-brainmask.yaml") == {"default"}
+        assert parts[first] & parts[second] == FINAL_MODEL_SEEDS
+    assert study_models("study-brainmask.yaml") == FINAL_MODEL_SEEDS
+
+
+def test_the_study_trains_every_configuration_with_three_seeds():
+    config = merged_config("study.yaml")
+    assert config["evaluation"]["seeds"] == [0, 1, 2] and config["train"]["seed"] == 0
+    models = study_models()
+    configurations = {m for m in models if "-seed" not in m and not m.startswith(
+        ("cascade-", "condition "))}
+    assert len(configurations) == 15
+    assert {f"{c}-seed{s}" for c in configurations for s in (1, 2)} <= models
+    assert not {"cascade-T2w-seed1", "cascade-adc-seed1"} & models  # the cascade: first seed
+    # seed 0 is the committed runs: same names, same settings, so nothing reruns
+    unseeded = experiments.expand(config["train"], config["experiments"], config["sweeps"],
+                                  "default")
+    seeded = experiments.expand(config["train"], config["experiments"], config["sweeps"],
+                                "default", seeds=[0, 1, 2])
+    assert set(unseeded) == configurations
+    assert all(seeded[c].settings == unseeded[c].settings for c in configurations)
 
 
 def test_part_four_reruns_the_points_parts_one_and_two_cut_for_time():
@@ -97,6 +120,56 @@ def test_execution_settings_change_no_identity_and_no_trunk():
 
 def test_one_stage_runs_have_no_trunk():
     assert experiments.trunk_id({**TRAIN, "stages": STAGES[:1]}) is None
+
+
+def test_declared_seeds_repeat_every_configuration_with_its_own_trunk():
+    sweeps = {"lossweights": {"stage2": [[1, 10]]}, "models": {"model": ["unet2d"]}}
+    found = experiments.expand(TRAIN, {"default": {}}, sweeps, "default", seeds=[0, 1, 2])
+    configurations = ["default", "lossweights-1x10", "models-unet2d"]
+    assert list(found) == configurations + [f"{c}-seed{s}" for s in (1, 2)
+                                            for c in configurations]
+    # the first seed is today's run: same name, same identity, nothing reruns
+    assert found["default"].settings == expand(sweeps)["default"].settings
+    assert found["default"].seed_of is None and found["default"].configuration == "default"
+    second = found["lossweights-1x10-seed2"]
+    assert second.settings["seed"] == 2 and second.seed_of == "lossweights-1x10"
+    assert second.configuration == "lossweights-1x10"
+    assert second.sweeps == found["lossweights-1x10"].sweeps
+    trunks = {name: experiments.trunk_id(e.settings) for name, e in found.items()}
+    for seed in ("", "-seed1", "-seed2"):  # loss-weight points share stage 1 within a seed
+        assert trunks[f"default{seed}"] == trunks[f"lossweights-1x10{seed}"]
+    assert len({trunks["default"], trunks["default-seed1"], trunks["default-seed2"]}) == 3
+    assert experiments.seed_variants(found, "default") == [
+        "default", "default-seed1", "default-seed2"]
+
+
+def test_the_first_declared_seed_replaces_train_seed_and_one_seed_changes_nothing():
+    assert experiments.expand(TRAIN, {"default": {}}, {}, "default", seeds=[5])[
+        "default"].settings["seed"] == 5
+    assert experiments.expand(TRAIN, {"default": {}}, {}, "default", seeds=[0]) == expand({})
+    assert experiments.seeded_train(TRAIN, [])["seed"] == TRAIN["seed"]
+
+
+def test_seeds_declared_twice_or_beside_a_seed_setting_are_refused():
+    with pytest.raises(ValueError, match="twice"):
+        experiments.expand(TRAIN, {"default": {}}, {}, "default", seeds=[1, 1])
+    with pytest.raises(ValueError, match="experiment s5 sets seed"):
+        experiments.expand(TRAIN, {"default": {}, "s5": {"seed": 5}}, {}, "default", seeds=[0, 1])
+    with pytest.raises(ValueError, match="sweep seeds sets seed"):
+        experiments.expand(TRAIN, {"default": {}}, {"seeds": {"seed": [1]}}, "default",
+                           seeds=[0, 1])
+    with pytest.raises(ValueError, match="already uses"):
+        experiments.expand(TRAIN, {"default": {}, "default-seed1": {"delta": 0.2}}, {},
+                           "default", seeds=[0, 1])
+
+
+def test_seed_variants_are_catalogued_under_their_configuration():
+    found = experiments.expand(TRAIN, {"default": {}}, {}, "default", seeds=[0, 1])
+    row = experiments.catalog_row("default-seed1", found["default-seed1"], "full", "default")
+    assert (row["configuration"], row["seed"], row["reference"]) == ("default", 1, False)
+    condition = experiments.variant_name("default-seed1", "zero-adc")
+    row = experiments.catalog_row(condition, found["default-seed1"], "zero-adc", "default")
+    assert row["configuration"] == "default--zero-adc"
 
 
 def test_multi_key_grids_are_products_with_readable_names():

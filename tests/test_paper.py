@@ -15,6 +15,7 @@ from scipy import stats
 
 from cesynth import paper, paper_figures, paper_report
 from cesynth.evaluate import METRIC_COLUMNS
+from cesynth.evaluation_tables import holm
 from cesynth.io import InputError, read_tsv, write_tsv
 
 BASE = {"experiment": "final", "variant": "full", "architecture": "hrfcn3d",
@@ -299,6 +300,67 @@ def test_p_values_in_the_markdown_are_the_tables():
     line = next(li for li in paper_report.paper_markdown(tables, "final").splitlines()
                 if li.startswith("| unet2d |"))
     assert f"{cell} ({len(SET_A)})" in line
+
+
+def seeded_inputs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """final and unet2d with seeds 0-2 (the first seed keeps the name), and the T1 floor."""
+    models = ("final", "unet2d", "floor-t1")
+    catalog = make_catalog(models).assign(configuration=list(models))
+    seeds = [{**row, "model": f"{row['model']}-seed{seed}", "experiment":
+              f"{row['experiment']}-seed{seed}", "seed": seed, "reference": False}
+             for row in catalog.to_dict("records")[:2] for seed in (1, 2)]
+    catalog = pd.concat([catalog, pd.DataFrame(seeds)], ignore_index=True)
+    return make_per_subject(tuple(catalog["model"])), catalog
+
+
+def test_a_configurations_seeds_are_one_row_tested_on_seed_averaged_patients(tmp_path):
+    per_subject, catalog = seeded_inputs()
+    written = paper_report.write_paper_outputs(per_subject, catalog, tmp_path)
+    assert set(written) == {"table1", "table2", "floors", "paper_tables"}
+    table = paper.build_table(per_subject, catalog, spec("table1"))
+    assert table["model"].tolist() == ["unet2d", "final"]  # seeds are no rows of their own
+    assert table["seeds"].tolist() == [3, 3]
+    a = per_subject[per_subject["set"] == "A"]
+    seeds_of = {m: m.split("-seed")[0] for m in catalog["model"]}
+    a = a.assign(configuration=a["model"].map(seeds_of))
+    averaged = a.groupby(["configuration", "subject"])["brain_psnr"].mean()
+    per_seed = a.groupby(["configuration", "model"])["brain_psnr"].mean()
+    row = table.iloc[0]
+    assert row["A_brain_psnr_mean"] == pytest.approx(averaged["unet2d"].mean())
+    assert row["A_brain_psnr_sd"] == pytest.approx(averaged["unet2d"].std(ddof=1))
+    assert row["A_brain_psnr_seed_sd"] == pytest.approx(per_seed["unet2d"].std(ddof=1))
+    expected = stats.ttest_rel(averaged["unet2d"], averaged["final"])
+    assert row["A_brain_psnr_p"] == pytest.approx(expected.pvalue)
+    assert row["A_brain_psnr_p_holm"] == pytest.approx(expected.pvalue)  # one test
+    assert row["holm_family"] == "table1: 1 tests"
+    markdown = paper_report.paper_markdown({"table1": table}, "final")
+    assert "| p Holm |" in markdown and "Holm family: table1: 1 tests" in markdown
+    assert f"(±{row['A_brain_psnr_seed_sd']:.2f})" in markdown
+
+
+def test_tests_of_one_table_are_holm_adjusted_together_and_few_pairs_are_descriptive():
+    per_subject, catalog = make_per_subject(), make_catalog()
+    table = paper.build_table(per_subject, catalog, spec("table3"))  # 2 rows x 2 tests
+    raw = table[["A_brain_psnr_p", "B_tumor_psnr_p"]].to_numpy(float).ravel()
+    adjusted = table[["A_brain_psnr_p_holm", "B_tumor_psnr_p_holm"]].to_numpy(float).ravel()
+    assert adjusted[~np.isnan(raw)] == pytest.approx(holm(raw)[~np.isnan(raw)])
+    assert table["holm_family"].iloc[0] == "table3: 4 tests"
+    few = per_subject[~per_subject["subject"].isin(["a0", "a1"])]  # 3 Set A patients
+    table = paper.build_table(few, catalog, spec("table1"))
+    row = table.iloc[0]
+    assert row["A_brain_psnr_test"] == "descriptive" and math.isnan(row["A_brain_psnr_p"])
+    assert math.isfinite(row["A_brain_psnr_mean_difference"])
+    line = next(li for li in paper_report.paper_markdown({"table1": table}, "final")
+                .splitlines() if li.startswith("| unet2d |"))
+    assert "descriptive (3)" in line and "One seed per configuration" in (
+        paper_report.paper_markdown({"table1": table}, "final"))
+
+
+def test_a_seed_without_its_first_seeds_row_is_refused():
+    per_subject, catalog = seeded_inputs()
+    catalog = catalog[catalog["model"] != "unet2d"]
+    with pytest.raises(InputError, match="without a row of their own"):
+        paper.build_table(per_subject, catalog, spec("table1"))
 
 
 def test_outputs_from_the_rules_inputs_equal_those_from_frames(tmp_path):

@@ -308,6 +308,37 @@ def test_a_declared_sweep_fans_out_and_stage_two_points_share_stage_one(tmp_path
             "cascade-T2w", "cascade-adc"} == names
 
 
+def test_declared_seeds_fan_out_every_configuration_with_per_seed_trunks(tmp_path):
+    config = tmp_path / "seeds.yaml"
+    config.write_text(yaml.safe_dump({
+        "sweeps": {"lossweights": {"stage2": [[1, 10]]}, "models": {"model": ["model_b"]}},
+        "cascade": {"enabled": True},
+        "evaluation": {"seeds": [0, 1, 2], "conditions": ["zero-adc", "cascade-T2w-adc"],
+                       "floors": ["t1"]}}))
+    args = ("--configfile", str(REPO / "config/profiles/demo-small.yaml"), str(config))
+    jobs = dry_run_jobs(tmp_path, *args)
+    # 3 configurations (default = lossweights 0.1x10, lossweights-1x10, models-modelb) x 3
+    # seeds, and the 2 cascade models once (first seed)
+    assert jobs["train_model"] == 3 * 3 + 2
+    # per seed: one trunk for the loss-weight points, one for model_b; 2 cascade trunks
+    assert jobs["train_trunk"] == 2 * 3 + 2
+    inputs = job_inputs(tmp_path, *args)
+    trunks = {path for job in inputs["train_model"] for path in job if "/trunks/" in path}
+    assert len(trunks) == 8
+    configurations = ("default", "lossweights-1x10", "models-modelb")
+    runs = {f"{c}{s}" for c in configurations for s in ("", "-seed1", "-seed2")}
+    conditions = {f"default{s}--{c}" for s in ("", "-seed1", "-seed2")
+                  for c in ("zero-adc", "cascade-T2w-adc")}
+    assert jobs["synthesize_evaluation_subject"] == len(runs) + 2  # + cascade, 1 subject
+    assert jobs["synthesize_input_condition"] == len(conditions)
+    names = {p.split("/eval/")[1].split("/")[0] for job in inputs["score_evaluation_subject"]
+             for p in job if "/eval/" in p}
+    assert names == runs | conditions | {"floor-t1", "cascade-T2w", "cascade-adc"}
+    assert jobs["tabulate_evaluation"] == 1 and jobs["tabulate_paper"] == 1
+    # no seeds declared: today's DAG, nothing named -seed
+    plain = dry_run_jobs(tmp_path, "--configfile", str(REPO / "config/profiles/demo-small.yaml"))
+    assert plain["train_model"] == 1 and plain["train_trunk"] == 1
+
 
 def test_the_paper_profile_declares_the_papers_grids(tmp_path):
     """Tables I, III, V and Figs. 7, 9, 10 as declared in config/profiles/paper.yaml."""

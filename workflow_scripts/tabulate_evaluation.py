@@ -10,7 +10,8 @@ from cesynth.jobs import Job, JobOutcome, run_job
 
 def work():
     paths = evaluation_tables.tabulate_evaluation(snakemake.input.metrics,
-                                                  Path(snakemake.output.metrics).parent)
+                                                  Path(snakemake.output.metrics).parent,
+                                                  dict(snakemake.params.configurations))
     return JobOutcome(metrics={"subject_rows": len(snakemake.input.metrics)},
                       artifacts=list(paths.values()))
 

@@ -11,6 +11,15 @@ with paired t-tests (:func:`paired_ttest`, :func:`pairwise_ttests`); lesions are
 and model by size (:func:`lesion_sensitivity_by_size`). :func:`tabulate_evaluation` writes the
 stage's tables, including Markdown in the layout of the paper's Tables I and II next to its
 reported values (:func:`paper_tables`) and the endpoints' tables (:func:`endpoint_tables`).
+
+Seeds (``evaluation.seeds``): the evaluated models that are seeds of one configuration are
+averaged per patient first (:func:`seed_average`); a configuration's row shows the mean over
+seeds, the sd over patients of the seed-averaged score and, beside it, the sd between seeds of
+the per-seed means over patients (:func:`between_seed_sd`, :func:`summarise_configurations`).
+Comparisons are paired t-tests over patients on the seed-averaged scores; a comparison with
+:data:`MIN_TESTED_PAIRS` - 1 or fewer patients is descriptive (no test), and p-values are
+Holm-adjusted within their family (:func:`holm`). With one seed per configuration the tables
+are today's, with the spread between seeds n/a.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +88,14 @@ BOOTSTRAP_SEED = 20240611
 LESION_COLUMNS = ("subject", "set", "model", "lesion", "type", "volume_mm3", "diameter_mm",
                   "found")
 """Columns of the per-lesion table."""
+MIN_TESTED_PAIRS = 4
+"""Patients a paired test needs: with 3 or fewer a comparison is descriptive (no test)."""
+TESTED = "paired t"
+DESCRIPTIVE = "descriptive"
+"""The ``test`` column's values: tested, or too few patients for a test."""
+TTEST_COLUMNS = ("set", "metric", "model_a", "model_b", "seeds_a", "seeds_b", "n",
+                 "mean_difference", "t", "p", "p_holm", "test", "family")
+"""Columns of ``ttests.tsv``."""
 
 
 # ---------------------------------------------------------------- statistics
@@ -222,6 +239,102 @@ def _model_metric(per_subject: pd.DataFrame, metric: str, model: str, who: str) 
     return rows.set_index("subject")[metric].rename(model).sort_index()
 
 
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p-values (one family), in the input's order.
+
+    With the ``m`` p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the adjusted value of
+    ``p_(i)`` (i from 1) is ``max over j <= i of (m - j + 1) * p_(j)``, capped at 1. It controls
+    the family-wise error rate without assuming independence. (SciPy has no Holm: its
+    ``false_discovery_control`` is Benjamini-Hochberg/Yekutieli.)
+
+    Args:
+        p_values: the family's raw p-values; NaN (no test) is left out of ``m`` and stays NaN.
+
+    Returns:
+        The adjusted p-values, aligned with ``p_values``.
+    """
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    steps = (order.size - np.arange(order.size)) * p[order]
+    adjusted[order] = np.minimum(np.maximum.accumulate(steps), 1.0)
+    return adjusted
+
+
+def configuration_of(models: Sequence[str],
+                     configurations: Mapping[str, str] | None) -> list[str]:
+    """Each model's configuration (a model not in ``configurations`` is its own)."""
+    configurations = configurations or {}
+    return [str(configurations.get(model, model)) for model in models]
+
+
+def seed_average(per_subject: pd.DataFrame,
+                 configurations: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The per-subject table with each configuration's seeds averaged per patient.
+
+    Args:
+        per_subject: tidy table, one row per subject, set and model.
+        configurations: evaluated model -> the configuration it is a seed of; a model not
+            listed (a floor, a cascade model) is its own configuration.
+
+    Returns:
+        One row per subject, set and configuration (in ``model``, order of first appearance):
+        ``seeds`` (the seed models averaged) and the mean over them of each score column
+        (NaN skipped). Other columns are dropped.
+    """
+    table = per_subject.copy()
+    table["model"] = configuration_of(table["model"].astype(str).tolist(), configurations)
+    scores = [c for c in SCORE_COLUMNS if c in table.columns]
+    table[scores] = table[scores].apply(pd.to_numeric, errors="coerce")
+    groups = table.groupby(["subject", "set", "model"], sort=False, dropna=False)
+    averaged = groups[scores].mean()
+    averaged.insert(0, "seeds", groups.size())
+    return averaged.reset_index()
+
+
+def between_seed_sd(per_subject: pd.DataFrame,
+                    configurations: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The spread between a configuration's seeds: sd of the per-seed means over patients.
+
+    Args:
+        per_subject: tidy table, one row per subject, set and model.
+        configurations: as for :func:`seed_average`.
+
+    Returns:
+        One row per set and configuration (``set``, ``model``): ``seeds`` (seed models scored
+        on the set) and ``<metric>_seed_sd``, the sample sd (``ddof = 1``) over seeds of each
+        seed's mean over patients; NaN with one seed.
+    """
+    table = per_subject.copy()
+    table["configuration"] = configuration_of(table["model"].astype(str).tolist(),
+                                              configurations)
+    scores = [c for c in SCORE_COLUMNS if c in table.columns]
+    table[scores] = table[scores].apply(pd.to_numeric, errors="coerce")
+    per_seed = table.groupby(["set", "configuration", "model"], sort=False)[scores].mean()
+    groups = per_seed.groupby(level=["set", "configuration"], sort=False)
+    spread = groups.std(ddof=1).add_suffix("_seed_sd")
+    spread.insert(0, "seeds", groups.size())
+    return spread.rename_axis(["set", "model"]).reset_index()
+
+
+def summarise_configurations(per_subject: pd.DataFrame,
+                             configurations: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Per set and configuration: mean over seeds, sd over patients and sd between seeds.
+
+    Returns:
+        :func:`summarise` of the seed-averaged table (:func:`seed_average`) by ``set`` and
+        ``model`` (the configuration), so ``<metric>_sd`` and the bootstrap interval are over
+        patients of the seed-averaged score, with ``seeds`` and ``<metric>_seed_sd``
+        (:func:`between_seed_sd`) beside them.
+    """
+    summary = summarise(seed_average(per_subject, configurations), by=("set", "model"))
+    spread = between_seed_sd(per_subject, configurations)
+    merged = summary.merge(spread, on=["set", "model"], how="left")
+    return merged[["set", "model", "n", "seeds",
+                   *(c for c in merged.columns if c not in ("set", "model", "n", "seeds"))]]
+
+
 # ---------------------------------------------------------------- the evaluation stage
 
 
@@ -301,17 +414,34 @@ def lesion_sensitivity_by_size(lesions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def pairwise_ttests(per_subject: pd.DataFrame) -> pd.DataFrame:
-    """Paired t-tests between every two models, per set and metric, where 2+ pairs exist.
+def pairwise_ttests(per_subject: pd.DataFrame,
+                    configurations: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Paired t-tests between every two configurations, per set and metric, on the patients'
+    seed-averaged scores (:func:`seed_average`), Holm-adjusted per set and metric.
+
+    A pair with 2 or 3 patients is listed as :data:`DESCRIPTIVE` (mean difference, no t or
+    p); with fewer than 2 it is left out. Each (set, metric) is one family of Holm's
+    correction: the comparisons of every two configurations on that metric in that set.
+
+    Args:
+        per_subject: tidy table, one row per subject, set and model.
+        configurations: evaluated model -> configuration (:func:`seed_average`); None: every
+            model is a configuration of one seed.
 
     Returns:
-        Columns ``set``, ``metric``, ``model_a``, ``model_b``, ``n``, ``mean_difference``, ``t``
-        and ``p`` (empty with one model).
+        :data:`TTEST_COLUMNS`: ``seeds_a``/``seeds_b`` seeds averaged, ``n`` patients, ``p``
+        raw, ``p_holm`` adjusted within ``family`` (which names the set, metric and number of
+        tests), ``test`` (:data:`TESTED` or :data:`DESCRIPTIVE`). Empty with one model.
     """
+    averaged = seed_average(per_subject, configurations)
+    seeds = averaged.groupby(["set", "model"], sort=False)["seeds"].max()
     rows = []
-    for set_name, rows_of_set in per_subject.groupby("set", sort=True):
+    for set_name, rows_of_set in averaged.groupby("set", sort=True):
         models = list(dict.fromkeys(rows_of_set["model"]))
         for metric in TESTED_COLUMNS:
+            if metric not in rows_of_set.columns:
+                continue
+            family = []
             for i, model_a in enumerate(models):
                 for model_b in models[i + 1:]:
                     try:
@@ -320,17 +450,49 @@ def pairwise_ttests(per_subject: pd.DataFrame) -> pd.DataFrame:
                             test = paired_ttest(rows_of_set, metric, model_a, model_b)
                     except InputError:
                         continue  # fewer than 2 pairs (e.g. no tumor masks in Set A)
-                    rows.append({"set": set_name, "metric": metric, "model_a": model_a,
-                                 "model_b": model_b, **test})
-    columns = ["set", "metric", "model_a", "model_b", "n", "mean_difference", "t", "p"]
-    return pd.DataFrame(rows, columns=columns)
+                    tested = test["n"] >= MIN_TESTED_PAIRS
+                    family.append({"set": set_name, "metric": metric, "model_a": model_a,
+                                   "model_b": model_b, "seeds_a": int(seeds[(set_name, model_a)]),
+                                   "seeds_b": int(seeds[(set_name, model_b)]), "n": test["n"],
+                                   "mean_difference": test["mean_difference"],
+                                   "t": test["t"] if tested else math.nan,
+                                   "p": test["p"] if tested else math.nan,
+                                   "test": TESTED if tested else DESCRIPTIVE})
+            adjusted = holm([row["p"] for row in family])
+            size = int(np.count_nonzero(~np.isnan([row["p"] for row in family])))
+            for row, p_holm in zip(family, adjusted, strict=True):
+                row["p_holm"] = p_holm
+                row["family"] = f"set {set_name} {metric}: {size} tests"
+            rows += family
+    return pd.DataFrame(rows, columns=list(TTEST_COLUMNS))
+
+
+def with_seed_sd(cell: str, seed_sd: float, seeds: int, digits: int) -> str:
+    """A table cell with the sd between seeds appended, ``28.24±1.26 (±0.12)``; unchanged
+    for a row of one seed (its spread between seeds is n/a)."""
+    if cell == "n/a" or seeds < 2 or math.isnan(seed_sd):
+        return cell
+    return f"{cell} (±{seed_sd:.{digits}f})"
+
+
+def seeds_note(summary: pd.DataFrame) -> str:
+    """The line that says how the rows average seeds (and when there is one seed each)."""
+    seeds = pd.to_numeric(summary.get("seeds", pd.Series([1])), errors="coerce").fillna(1)
+    if seeds.max() < 2:
+        return ("One seed per configuration: the spread between seeds is n/a (training "
+                "variation is not measured; declare `evaluation.seeds` to measure it).\n")
+    return ("Each configuration's seeds are averaged per patient: a cell is the mean over "
+            "seeds ± the sd over patients of the seed-averaged score, (± the sd between seeds "
+            "of the per-seed means over patients); a row of one seed has no spread between "
+            "seeds (n/a).\n")
 
 
 def paper_tables(summary: pd.DataFrame) -> str:
     """Markdown tables in the layout of the paper's Tables I (Set A) and II (Set B).
 
     Args:
-        summary: :func:`summarise` output grouped by ``("set", "model")``.
+        summary: :func:`summarise_configurations` output (or :func:`summarise` output grouped
+            by ``("set", "model")``: one seed per row).
 
     Returns:
         The Markdown text, with the paper's reported values for comparison.
@@ -342,14 +504,19 @@ def paper_tables(summary: pd.DataFrame) -> str:
             continue
         region = "brain" if set_name == "A" else "brain and tumor"
         parts.append(f"## Set {set_name}: {region} (mean±sd over subjects)\n")
-        parts.append("| model | n | " + " | ".join(c[1] for c in columns) + " |")
-        parts.append("|---|---|" + "---|" * len(columns))
-        for row in rows.itertuples(index=False):
-            cells = [format_mean_sd(getattr(row, f"{c}_mean"), getattr(row, f"{c}_sd"), d)
+        parts.append(seeds_note(rows))
+        parts.append("| model | n | seeds | " + " | ".join(c[1] for c in columns) + " |")
+        parts.append("|---|---|---|" + "---|" * len(columns))
+        for row in rows.to_dict("records"):
+            seeds = int(row.get("seeds", 1))
+            cells = [with_seed_sd(format_mean_sd(row.get(f"{c}_mean", math.nan),
+                                                 row.get(f"{c}_sd", math.nan), d),
+                                  row.get(f"{c}_seed_sd", math.nan), seeds, d)
                      for c, _, d in columns]
-            parts.append(f"| {row.model} | {row.n} | " + " | ".join(cells) + " |")
+            parts.append(f"| {row['model']} | {row['n']} | {seeds} | " + " | ".join(cells)
+                         + " |")
         paper = [str(PAPER_REFERENCE.get((set_name, c), "")) for c, _, _ in columns]
-        parts.append("| paper, 3D HR-FCN (UCLA data) | | " + " | ".join(paper) + " |\n")
+        parts.append("| paper, 3D HR-FCN (UCLA data) | | | " + " | ".join(paper) + " |\n")
     return "\n".join(parts)
 
 
@@ -367,7 +534,8 @@ def endpoint_tables(summary: pd.DataFrame, per_subject: pd.DataFrame,
     ``E'`` threshold of each model.
 
     Args:
-        summary: :func:`summarise` output grouped by ``("set", "model")``.
+        summary: :func:`summarise_configurations` output (or :func:`summarise` output grouped
+            by ``("set", "model")``).
         per_subject: the per-subject table (its :data:`THRESHOLD_COLUMNS`).
         by_size: :func:`lesion_sensitivity_by_size` output.
 
@@ -379,15 +547,18 @@ def endpoint_tables(summary: pd.DataFrame, per_subject: pd.DataFrame,
     if rows.empty:
         return ""
     parts = ["## Enhancement, lesions and BraSyn SSIM (mean±sd [95% bootstrap interval over "
-             "subjects])\n"]
+             "subjects], (± sd between seeds))\n"]
     for set_name, rows_of_set in rows.groupby("set", sort=True):
         kept = [c for c in columns if rows_of_set[f"{c[0]}_mean"].notna().any()]
         parts.append(f"### Set {set_name}\n")
         parts.append("| model | n | " + " | ".join(c[1] for c in kept) + " |")
         parts.append("|---|---|" + "---|" * len(kept))
         for row in rows_of_set.to_dict("records"):
-            cells = [format_interval(row[f"{c}_mean"], row[f"{c}_sd"], row[f"{c}_ci_low"],
-                                     row[f"{c}_ci_high"], d) for c, _, d in kept]
+            seeds = int(row.get("seeds", 1))
+            cells = [with_seed_sd(format_interval(row[f"{c}_mean"], row[f"{c}_sd"],
+                                                  row[f"{c}_ci_low"], row[f"{c}_ci_high"], d),
+                                  row.get(f"{c}_seed_sd", math.nan), seeds, d)
+                     for c, _, d in kept]
             parts.append(f"| {row['model']} | {row['n']} | " + " | ".join(cells) + " |")
         parts.append("")
     parts.append(_size_table(by_size))
@@ -422,6 +593,14 @@ def _threshold_table(per_subject: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+TESTS_NOTE = (f"Paired t-tests between configurations (`ttests.tsv`): over patients, on "
+              "each configuration's seed-averaged scores; p raw and Holm-adjusted within each "
+              "family (one set and metric: every two configurations compared on it, named in "
+              f"its `family` column); a comparison of {MIN_TESTED_PAIRS - 1} or fewer patients "
+              "is descriptive (no test).\n")
+"""The tables' line on the paired tests."""
+
+
 def experiment_scores(summary_path: str | os.PathLike, model: str) -> dict[str, float]:
     """One model's mean scores per set from ``summary.tsv``, as flat metric names.
 
@@ -443,45 +622,56 @@ def experiment_scores(summary_path: str | os.PathLike, model: str) -> dict[str, 
 
 
 def tabulate_evaluation(json_paths: Sequence[str | os.PathLike],
-                        out_dir: str | os.PathLike) -> dict[str, Path]:
+                        out_dir: str | os.PathLike,
+                        configurations: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Write the evaluation tables from the per-subject metrics JSONs.
 
     Args:
         json_paths: files written by :func:`cesynth.evaluate.evaluate_subject`.
         out_dir: the evaluation folder.
+        configurations: evaluated model -> the configuration it is a seed of (declared seeds);
+            None or a model not listed: a configuration of its own.
 
     Returns:
         Paths by name: ``metrics`` (one row per subject and model), ``summary`` (mean, sd and
-        bootstrap interval per set and model), ``ttests`` (paired t-tests between models),
-        ``lesions`` (one row per scored lesion, subject and model), ``lesion_sensitivity``
+        bootstrap interval per set and model, each seed its own row), ``configurations``
+        (:func:`summarise_configurations`: per set and configuration, seeds averaged, sd over
+        patients and between seeds), ``ttests`` (:func:`pairwise_ttests`: paired t-tests
+        between configurations on seed-averaged scores, raw and Holm-adjusted p), ``lesions``
+        (one row per scored lesion, subject and model), ``lesion_sensitivity``
         (:func:`lesion_sensitivity_by_size`) and ``tables`` (Markdown: the paper's layout,
-        then the endpoints).
+        then the endpoints, by configuration).
     """
     out = Path(out_dir)
     per_subject = read_subject_metrics(json_paths)
     summary = summarise(per_subject, by=("set", "model"))
+    by_configuration = summarise_configurations(per_subject, configurations)
     lesions = read_lesions(json_paths)
     by_size = lesion_sensitivity_by_size(lesions)
     paths = {"metrics": out / "metrics.tsv", "summary": out / "summary.tsv",
+             "configurations": out / "configurations.tsv",
              "ttests": out / "ttests.tsv", "lesions": out / "lesions.tsv",
              "lesion_sensitivity": out / "lesion_sensitivity.tsv", "tables": out / "tables.md"}
     write_tsv(per_subject, paths["metrics"])
     write_tsv(summary, paths["summary"])
-    write_tsv(pairwise_ttests(per_subject), paths["ttests"])
+    write_tsv(by_configuration, paths["configurations"])
+    write_tsv(pairwise_ttests(per_subject, configurations), paths["ttests"])
     write_tsv(lesions, paths["lesions"])
     write_tsv(by_size, paths["lesion_sensitivity"])
-    text = ("# Synthetic CE-T1 against the real CE-T1\n\n" + paper_tables(summary) + "\n"
-            + endpoint_tables(summary, per_subject, by_size))
+    text = ("# Synthetic CE-T1 against the real CE-T1\n\n" + paper_tables(by_configuration)
+            + "\n" + TESTS_NOTE + "\n" + endpoint_tables(by_configuration, per_subject, by_size))
     with atomic_path(paths["tables"]) as tmp:
         tmp.write_text(text)
     return paths
 
 
 __all__ = [
-    "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "ENDPOINT_TABLE", "LESION_COLUMNS",
-    "PAPER_REFERENCE", "SCORE_COLUMNS", "TABLE_COLUMNS", "TESTED_COLUMNS", "THRESHOLD_COLUMNS",
-    "bootstrap_interval", "bootstrap_ratio", "endpoint_tables", "experiment_scores",
-    "format_interval", "format_mean_sd", "lesion_sensitivity_by_size", "lesion_size_classes",
-    "paired_ttest", "pairwise_ttests", "paper_tables", "read_lesions", "read_subject_metrics",
-    "summarise", "tabulate_evaluation",
+    "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "DESCRIPTIVE", "ENDPOINT_TABLE", "LESION_COLUMNS",
+    "MIN_TESTED_PAIRS", "PAPER_REFERENCE", "SCORE_COLUMNS", "TABLE_COLUMNS", "TESTED",
+    "TESTED_COLUMNS", "TESTS_NOTE", "THRESHOLD_COLUMNS", "TTEST_COLUMNS", "between_seed_sd",
+    "bootstrap_interval", "bootstrap_ratio", "configuration_of", "endpoint_tables",
+    "experiment_scores", "format_interval", "format_mean_sd", "holm",
+    "lesion_sensitivity_by_size", "lesion_size_classes", "paired_ttest", "pairwise_ttests",
+    "paper_tables", "read_lesions", "read_subject_metrics", "seed_average", "seeds_note",
+    "summarise", "summarise_configurations", "tabulate_evaluation", "with_seed_sd",
 ]

@@ -12,7 +12,11 @@ and declares sweeps as grids over training settings (``sweeps: {delta: {delta: [
   paper's sensitivity analysis), every other key is a ``train`` setting;
 * :func:`trunk_id` names the training of every stage but the last: experiments that differ only
   in their last stage share it, so a loss-weight sweep trains stage 1 once and fine-tunes each
-  point from the same checkpoint.
+  point from the same checkpoint;
+* declared seeds (``evaluation.seeds: [0, 1, 2]``) train every configuration once per seed: the
+  first seed keeps the configuration's name (and replaces ``train.seed``), every other seed is
+  a run of its own named ``<configuration>-seed<N>`` (:func:`seed_name`) with its own trunk (the
+  seed is part of the identity). Seeds are declared, never chosen: the tables average over them.
 
 Settings that only change how a job runs (:data:`cesynth.settings.EXECUTION_SETTINGS`, and the
 GPU count) never enter a name, an identity or a trunk, so changing them schedules nothing.
@@ -42,6 +46,8 @@ FLOORS = ("t1", "regression")
 """Predictions without a deep model: the normalised T1 itself, a voxel-wise regression."""
 FLOOR_PREFIX = "floor-"
 ZERO_PREFIX = "zero-"
+SEED_INFIX = "-seed"
+"""Joins a configuration and a further seed in a seed variant's name (``default-seed1``)."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,19 @@ class Experiment:
         name: the run's name (``results/train/<name>/``).
         settings: resolved training settings (the config's ``train`` with overrides).
         sweeps: ``(sweep, point)`` pairs of the sweeps this run is a point of.
+        seed_of: for a further seed of a configuration, the configuration's name (the run of
+            its first seed); None for the first seed.
     """
 
     name: str
     settings: Mapping[str, Any]
     sweeps: tuple[tuple[str, Mapping[str, Any]], ...] = field(default=())
+    seed_of: str | None = None
+
+    @property
+    def configuration(self) -> str:
+        """The configuration this run trains: its own name, or that of its first seed."""
+        return self.seed_of or self.name
 
     @property
     def target(self) -> str:
@@ -130,8 +144,9 @@ def format_value(value: Any) -> str:
 
 
 def expand(train: Mapping[str, Any], experiments: Mapping[str, Mapping[str, Any]],
-           sweeps: Mapping[str, Mapping[str, Sequence[Any]]], base: str) -> dict[str, Experiment]:
-    """Every experiment to train: the declared ones and each sweep's grid points.
+           sweeps: Mapping[str, Mapping[str, Sequence[Any]]], base: str,
+           seeds: Sequence[int] = ()) -> dict[str, Experiment]:
+    """Every experiment to train: the declared ones and each sweep's grid points, per seed.
 
     Args:
         train: the config's ``train`` mapping.
@@ -139,15 +154,22 @@ def expand(train: Mapping[str, Any], experiments: Mapping[str, Mapping[str, Any]
         sweeps: sweep name -> {setting: [values]}; the grid is the product of the lists. A sweep
             set to None is switched off (a profile on top of another leaves it out this way).
         base: the declared experiment every sweep varies.
+        seeds: declared seeds (``evaluation.seeds``); empty: ``train.seed`` alone, as before.
+            The first replaces ``train.seed``; each further one adds a run of every
+            configuration (:func:`with_seeds`).
 
     Returns:
-        Name -> :class:`Experiment`, declared ones first, then sweep points in grid order.
+        Name -> :class:`Experiment`, declared ones first, then sweep points in grid order, then
+        the further seeds' runs (seed by seed, in the same order).
 
     Raises:
-        ValueError: an unknown base, an empty grid, or two different points with one name.
+        ValueError: an unknown base, an empty grid, two different points with one name, seeds
+            listed twice, or a seed set by an experiment or a sweep while seeds are declared.
     """
     if base not in experiments:
         raise ValueError(f"sweep base experiment {base!r} is not declared in experiments")
+    check_seeds(seeds, experiments, switched_on(sweeps))
+    train = seeded_train(train, seeds)
     found = {name: Experiment(name, resolve_settings(train, overrides))
              for name, overrides in experiments.items()}
     by_identity = {identity(e.settings): name for name, e in found.items()}
@@ -161,7 +183,64 @@ def expand(train: Mapping[str, Any], experiments: Mapping[str, Mapping[str, Any]
             previous = found.get(name, Experiment(name, settings))
             found[name] = Experiment(name, previous.settings,
                                      previous.sweeps + ((sweep, dict(point)),))
-    return found
+    return with_seeds(found, seeds)
+
+
+def check_seeds(seeds: Sequence[int], experiments: Mapping[str, Mapping[str, Any]],
+                sweeps: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
+    """Refuse declared seeds that would be ambiguous.
+
+    Raises:
+        ValueError: a seed listed twice, or seeds declared while an experiment or a sweep sets
+            ``seed`` itself (which seed would its runs take?).
+    """
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"evaluation.seeds lists a seed twice: {list(seeds)}")
+    if not seeds:
+        return
+    setting = [f"experiment {name}" for name, overrides in experiments.items()
+               if "seed" in overrides]
+    setting += [f"sweep {name}" for name, grid in sweeps.items() if "seed" in grid]
+    if setting:
+        raise ValueError(f"evaluation.seeds is declared, and {', '.join(setting)} sets seed "
+                         "too: declare seeds in one place")
+
+
+def seeded_train(train: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+    """``train`` with its seed replaced by the first declared seed (unchanged without seeds)."""
+    return {**train, "seed": int(seeds[0])} if seeds else dict(train)
+
+
+def seed_name(configuration: str, seed: int) -> str:
+    """The run of a configuration with a further seed: ``default-seed1``."""
+    return f"{configuration}{SEED_INFIX}{int(seed)}"
+
+
+def with_seeds(found: Mapping[str, Experiment], seeds: Sequence[int]) -> dict[str, Experiment]:
+    """``found`` (trained with the first seed) and a run of each for every further seed.
+
+    A further seed's run has the configuration's settings with ``seed`` replaced, its sweeps
+    (it is a repeat of the same point) and ``seed_of`` set to the configuration's name. Its
+    trunk differs from the first seed's, as the seed is part of :func:`identity`.
+
+    Raises:
+        ValueError: a seed variant's name is already another experiment's.
+    """
+    result = dict(found)
+    for seed in list(seeds)[1:]:
+        for experiment in found.values():
+            name = seed_name(experiment.name, seed)
+            if name in result:
+                raise ValueError(f"seed {seed} of {experiment.name} would be named {name!r}, "
+                                 "which another experiment already uses: rename it")
+            result[name] = Experiment(name, {**experiment.settings, "seed": int(seed)},
+                                      experiment.sweeps, seed_of=experiment.name)
+    return result
+
+
+def seed_variants(found: Mapping[str, Experiment], configuration: str) -> list[str]:
+    """The runs of one configuration, its first seed first."""
+    return [name for name, e in found.items() if e.configuration == configuration]
 
 
 def switched_on(sweeps: Mapping[str, Mapping[str, Sequence[Any]] | None]
@@ -218,18 +297,25 @@ def variant_name(experiment: str, condition: str) -> str:
 
 def catalog_row(model: str, experiment: Experiment | None, variant: str, reference: str
                 ) -> dict[str, Any]:
-    """One evaluated model's row of the catalog :mod:`cesynth.paper` selects table rows from."""
+    """One evaluated model's row of the catalog :mod:`cesynth.paper` selects table rows from.
+
+    ``configuration`` names the configuration the row is a seed of (the evaluated name of its
+    first seed): the tables average a configuration's seeds into one row.
+    """
     if experiment is None:  # a floor
         return {"model": model, "experiment": model, "variant": "full", "architecture": model,
                 "modalities": "T1w+T2w+adc", "l1": None, "l3": None, "delta": None,
-                "seed": None, "reference": False}
+                "seed": None, "reference": False, "configuration": model}
     settings = experiment.settings
     last = dict(settings["stages"][-1])
+    configuration = (experiment.configuration if variant == "full"
+                     else variant_name(experiment.configuration, variant))
     return {"model": model, "experiment": experiment.name, "variant": variant,
             "architecture": settings["model"], "modalities": "+".join(settings["modalities"]),
             "l1": last["l1"], "l3": last["l3"], "delta": settings["delta"],
             "seed": settings["seed"],
-            "reference": experiment.name == reference and variant == "full"}
+            "reference": experiment.name == reference and variant == "full",
+            "configuration": configuration}
 
 
 def sweep_members(found: Mapping[str, Experiment]) -> dict[str, list[dict[str, Any]]]:
@@ -241,6 +327,8 @@ def sweep_members(found: Mapping[str, Experiment]) -> dict[str, list[dict[str, A
     return members
 
 
-__all__ = ["Experiment", "catalog_row", "cascade_experiments", "condition_inputs", "expand",
-           "format_value", "grid_points", "identity", "point_name", "resolve_settings",
-           "sweep_members", "switched_on", "trunk_id", "trunk_settings", "variant_name"]
+__all__ = ["SEED_INFIX", "Experiment", "catalog_row", "cascade_experiments", "check_seeds",
+           "condition_inputs", "expand", "format_value", "grid_points", "identity",
+           "point_name", "resolve_settings", "seed_name", "seed_variants", "seeded_train",
+           "sweep_members", "switched_on", "trunk_id", "trunk_settings", "variant_name",
+           "with_seeds"]

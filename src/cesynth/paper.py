@@ -31,7 +31,17 @@ ignored.
 * ``l1``, ``l3``: the last training stage's MAE and local-loss weights; ``delta``: the local
   loss's threshold; ``seed``;
 * ``reference``: True on exactly one row, the final model every row is compared with (a bool, or
-  the text ``true``/``false`` as a TSV gives it).
+  the text ``true``/``false`` as a TSV gives it);
+* optional ``configuration``: the configuration a row is a seed of (``evaluation.seeds``), the
+  ``model`` of its first seed; without it every row is a configuration of its own.
+
+Seeds
+=====
+
+The rows of one configuration's seeds become one row (:func:`by_configuration`): the first
+seed's catalog row, with ``seeds`` (how many) and per patient the mean over seeds of each
+metric. Selection, means, sds and tests below run on those rows, so a table compares
+configurations, never seeds, and never picks a seed.
 
 Row selection
 =============
@@ -47,14 +57,20 @@ table ends with the reference row, as the paper's tables end with the final mode
 Statistics
 ==========
 
-Each cell is ``mean±sd`` over the subjects a model was scored on (sample sd,
-:func:`cesynth.evaluation_tables.summarise`, :func:`cesynth.evaluation_tables.format_mean_sd`).
+Each cell is ``mean±sd`` over the subjects a configuration was scored on, of its seed-averaged
+scores (sample sd, :func:`cesynth.evaluation_tables.summarise`,
+:func:`cesynth.evaluation_tables.format_mean_sd`); ``<key>_seed_sd`` beside it is the sd between
+seeds of the per-seed means over subjects (NaN with one seed,
+:func:`cesynth.evaluation_tables.between_seed_sd`).
 Each row is compared with the reference by a two-sided paired t-test
-(:func:`cesynth.evaluation_tables.paired_ttest`) on the
+(:func:`cesynth.evaluation_tables.paired_ttest`) on the seed-averaged scores of the
 subjects both were scored on with finite values, for brain PSNR in Set A and tumor PSNR in Set B
 (Table II also brain PSNR in Set B), with the effect size: the mean paired difference
 ``row - reference`` and Cohen's ``d_z = mean difference / sd of the differences``
-(``= t / sqrt(n)``). Fewer than 2 pairs give NaN.
+(``= t / sqrt(n)``). Fewer than 2 pairs give NaN; 2 or 3 pairs
+(:data:`cesynth.evaluation_tables.MIN_TESTED_PAIRS`) are descriptive: the effect without t or
+p. The p-values of one table are one family: ``<key>_p_holm`` is Holm-adjusted over every test
+in the table (:func:`cesynth.evaluation_tables.holm`), and ``holm_family`` says how many.
 
 The paper's own values (:data:`PAPER_VALUES`, its non-public UCLA data) are printed beside ours for
 reference; they are not a target the phantom can reach.
@@ -71,14 +87,23 @@ import numpy as np
 import pandas as pd
 
 from cesynth.evaluate import ID_COLUMNS, METRIC_COLUMNS
-from cesynth.evaluation_tables import paired_ttest, summarise
+from cesynth.evaluation_tables import (
+    DESCRIPTIVE,
+    MIN_TESTED_PAIRS,
+    TESTED,
+    between_seed_sd,
+    holm,
+    paired_ttest,
+    seed_average,
+    summarise,
+)
 from cesynth.io import InputError
 from cesynth.paper_values import PAPER_FINAL_ROW, PAPER_ROWS, PAPER_VALUES
 
 CATALOG_COLUMNS = ("model", "experiment", "variant", "architecture", "modalities", "l1", "l3",
                    "delta", "seed", "reference")
 """Columns the catalog must have (it may have more; they take part in the selection)."""
-IGNORED_COLUMNS = ("model", "experiment", "reference")
+IGNORED_COLUMNS = ("model", "experiment", "reference", "configuration", "seeds")
 """Catalog columns that row selection does not compare."""
 FLOORS = ("floor-t1", "floor-regression")
 """Architectures of the baselines that need no deep model."""
@@ -214,6 +239,44 @@ def _as_bool(value: Any) -> bool:
     return bool(value) if not pd.isna(value) else False
 
 
+# ---------------------------------------------------------------- seeds
+
+
+def by_configuration(per_subject: pd.DataFrame, catalog: pd.DataFrame
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One row per configuration: its seeds averaged (see the module docstring).
+
+    Args:
+        per_subject: the per-subject table (checked).
+        catalog: the model catalog (checked); ``configuration`` optional.
+
+    Returns:
+        ``(per_subject, catalog, spread)``: the seed-averaged per-subject table (``model`` is
+        the configuration), the catalog rows of the first seeds with ``seeds``, and
+        :func:`cesynth.evaluation_tables.between_seed_sd` indexed by ``(set, model)``.
+
+    Raises:
+        InputError: a configuration without a catalog row of its own (its first seed).
+    """
+    if "configuration" in catalog.columns:
+        names = [str(c) if not is_missing(c) else str(m)
+                 for m, c in zip(catalog["model"], catalog["configuration"], strict=True)]
+    else:
+        names = catalog["model"].astype(str).tolist()
+    configurations = dict(zip(catalog["model"], names, strict=True))
+    orphans = sorted(set(names) - set(catalog["model"]))
+    if orphans:
+        raise InputError("model catalog", f"configurations without a row of their own (their "
+                                          f"first seed): {orphans}")
+    scored = per_subject[per_subject["model"].isin(configurations)]
+    counts = pd.Series(names).value_counts()
+    first = catalog[catalog["model"] == pd.Series(names, index=catalog.index)].copy()
+    first["seeds"] = [int(counts[m]) for m in first["model"]]
+    averaged = seed_average(scored, configurations)
+    spread = between_seed_sd(scored, configurations).set_index(["set", "model"])
+    return averaged, first, spread
+
+
 # ---------------------------------------------------------------- row selection
 
 
@@ -333,6 +396,20 @@ def model_score(summary: pd.DataFrame, key: str, model: str) -> tuple[float, flo
     return float(row[f"{column}_mean"]), float(row[f"{column}_sd"]), int(row["n"])
 
 
+def seed_sd(spread: pd.DataFrame, key: str, model: str) -> float:
+    """A configuration's sd between seeds for a metric key (NaN with one seed or no score).
+
+    Args:
+        spread: :func:`by_configuration`'s spread, indexed by ``(set, model)``.
+        key: ``<set>_<region>_<metric>``.
+        model: the configuration.
+    """
+    set_name, column = key.split("_", 1)
+    if (set_name, model) not in spread.index or f"{column}_seed_sd" not in spread.columns:
+        return math.nan
+    return float(spread.loc[(set_name, model), f"{column}_seed_sd"])
+
+
 def paired_effect(per_subject: pd.DataFrame, key: str, model: str,
                   reference: str) -> dict[str, float]:
     """Paired t-test and effect size of ``model - reference`` on the subjects both were scored on.
@@ -346,8 +423,10 @@ def paired_effect(per_subject: pd.DataFrame, key: str, model: str,
     Returns:
         ``n`` (pairs), ``mean_difference`` (mean of ``model - reference``), ``cohen_dz``
         (mean difference / sample sd of the differences), ``t`` and ``p`` (two-sided,
-        :func:`scipy.stats.ttest_rel`); all but ``n`` NaN with fewer than 2 pairs. A pair with
-        a non-finite value (NaN, or the infinite PSNR of an exact prediction) is left out.
+        :func:`scipy.stats.ttest_rel`), ``test`` (``paired t``, or ``descriptive`` with
+        fewer than :data:`~cesynth.evaluation_tables.MIN_TESTED_PAIRS` pairs: t and p NaN);
+        all but ``n`` and ``test`` NaN with fewer than 2 pairs. A pair with a non-finite value
+        (NaN, or the infinite PSNR of an exact prediction) is left out.
     """
     set_name, column = key.split("_", 1)
     rows = per_subject[per_subject["set"] == set_name]
@@ -356,12 +435,15 @@ def paired_effect(per_subject: pd.DataFrame, key: str, model: str,
                 & set(rows["subject"][rows["model"] == reference]))
     if pairs < 2:
         return {"n": pairs, "mean_difference": math.nan, "cohen_dz": math.nan, "t": math.nan,
-                "p": math.nan}
+                "p": math.nan, "test": DESCRIPTIVE}
     test = paired_ttest(rows, column, model, reference)
+    tested = test["n"] >= MIN_TESTED_PAIRS
     # t = mean / (sd / sqrt(n)), so mean / sd = t / sqrt(n)
     return {"n": int(test["n"]), "mean_difference": float(test["mean_difference"]),
-            "cohen_dz": float(test["t"]) / math.sqrt(test["n"]), "t": float(test["t"]),
-            "p": float(test["p"])}
+            "cohen_dz": float(test["t"]) / math.sqrt(test["n"]),
+            "t": float(test["t"]) if tested else math.nan,
+            "p": float(test["p"]) if tested else math.nan,
+            "test": TESTED if tested else DESCRIPTIVE}
 
 
 # ---------------------------------------------------------------- tables
@@ -376,35 +458,49 @@ def build_table(per_subject: pd.DataFrame, catalog: pd.DataFrame, spec: TableSpe
         spec: the table.
 
     Returns:
-        Columns ``model``, ``experiment``, the label column, ``reference``, ``<set>_n``,
-        ``<key>_mean`` and ``<key>_sd`` per metric key, ``<key>_n_pairs``,
-        ``<key>_mean_difference``, ``<key>_cohen_dz``, ``<key>_t``, ``<key>_p`` per tested key
-        (NaN on the reference row), ``paper_row`` and ``paper_<key>_mean``/``_sd`` for the
-        paper's metrics. Empty (no columns) when the table is not run.
+        Columns ``model`` (the configuration), ``experiment``, the label column,
+        ``reference``, ``seeds``, ``<set>_n``, ``<key>_mean``, ``<key>_sd`` (over patients)
+        and ``<key>_seed_sd`` (between seeds) per metric key, ``<key>_n_pairs``,
+        ``<key>_mean_difference``, ``<key>_cohen_dz``, ``<key>_t``, ``<key>_p``,
+        ``<key>_p_holm`` and ``<key>_test`` per tested key (NaN on the reference row),
+        ``holm_family``, ``paper_row`` and ``paper_<key>_mean``/``_sd`` for the paper's
+        metrics. Empty (no columns) when the table is not run.
     """
     per_subject, catalog = check_per_subject(per_subject), check_catalog(catalog)
+    per_subject, catalog, spread = by_configuration(per_subject, catalog)
     rows = table_rows(catalog, spec)
     if rows.empty:
         return pd.DataFrame()
     summary = score_summary(per_subject)
     reference = str(reference_row(catalog)["model"])
-    table = pd.DataFrame([_table_record(row, spec, summary, per_subject, reference)
+    table = pd.DataFrame([_table_record(row, spec, summary, spread, per_subject, reference)
                           for row in rows.to_dict("records")])
     counts = [f"{key}_n_pairs" for key in spec.tests]
     table[counts] = table[counts].astype("Int64")  # the reference row has none
+    p_columns = [f"{key}_p" for key in spec.tests]
+    adjusted = holm(table[p_columns].to_numpy(float).ravel()).reshape(len(table), -1)
+    for index, key in enumerate(spec.tests):
+        table.insert(table.columns.get_loc(f"{key}_p") + 1, f"{key}_p_holm", adjusted[:, index])
+    tests = int(np.count_nonzero(~np.isnan(adjusted)))
+    table.insert(table.columns.get_loc("paper_row"), "holm_family",
+                 f"{spec.name}: {tests} tests")
     return table
 
 
 def _table_record(row: Mapping[str, Any], spec: TableSpec, summary: pd.DataFrame,
-                  per_subject: pd.DataFrame, reference: str) -> dict[str, Any]:
+                  spread: pd.DataFrame, per_subject: pd.DataFrame,
+                  reference: str) -> dict[str, Any]:
     record: dict[str, Any] = {"model": row["model"], "experiment": row["experiment"],
-                              spec.label: row[spec.label], "reference": row["reference"]}
+                              spec.label: row[spec.label], "reference": row["reference"],
+                              "seeds": int(row["seeds"])}
     for set_name in spec.sets:
         record[f"{set_name}_n"] = model_score(summary, f"{set_name}_brain_mae", row["model"])[2]
     for key in spec.metrics:
         record[f"{key}_mean"], record[f"{key}_sd"], _ = model_score(summary, key, row["model"])
+        record[f"{key}_seed_sd"] = seed_sd(spread, key, row["model"])
     for key in spec.tests:
-        effect = (dict.fromkeys(("n", "mean_difference", "cohen_dz", "t", "p"), math.nan)
+        effect = ({**dict.fromkeys(("n", "mean_difference", "cohen_dz", "t", "p"), math.nan),
+                   "test": ""}
                   if row["reference"] else paired_effect(per_subject, key, row["model"], reference))
         record[f"{key}_n_pairs"] = effect.pop("n")
         record.update({f"{key}_{name}": value for name, value in effect.items()})
@@ -439,8 +535,8 @@ def paper_keys(spec: TableSpec) -> list[str]:
 
 __all__ = [
     "CATALOG_COLUMNS", "FLOORS", "FULL_VARIANT", "IGNORED_COLUMNS", "PAPER_FINAL_ROW", "PAPER_ROWS",
-    "PAPER_VALUES", "TABLES", "VARIANT_ORDER", "TableSpec", "build_table", "check_catalog",
-    "check_inputs", "check_per_subject", "differs_only_in", "is_missing", "modality_key",
-    "model_score", "paired_effect", "paper_keys", "reference_row", "score_summary", "table_rows",
-    "with_reference",
+    "PAPER_VALUES", "TABLES", "VARIANT_ORDER", "TableSpec", "build_table", "by_configuration",
+    "check_catalog", "check_inputs", "check_per_subject", "differs_only_in", "is_missing",
+    "modality_key", "model_score", "paired_effect", "paper_keys", "reference_row",
+    "score_summary", "seed_sd", "table_rows", "with_reference",
 ]

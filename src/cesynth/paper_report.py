@@ -13,13 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from cesynth.evaluation_tables import format_mean_sd
+from cesynth.evaluation_tables import DESCRIPTIVE, MIN_TESTED_PAIRS, format_mean_sd, with_seed_sd
 from cesynth.io import atomic_path, write_tsv
 from cesynth.paper import (
     PAPER_VALUES,
     TABLES,
     TableSpec,
     build_table,
+    by_configuration,
     check_inputs,
     is_missing,
     paper_keys,
@@ -49,11 +50,17 @@ def paper_markdown(tables: Mapping[str, pd.DataFrame], reference: str,
         The Markdown text.
     """
     parts = ["# The paper's tables and figures from this run", "",
-             f"Ours: mean±sd over the subjects scored. Each row is compared with the final model "
-             f"(`{reference}`) by a two-sided paired t-test on the subjects both were scored on: "
-             "Δ is the mean paired difference (row - final), d_z = Δ / sd of the differences "
-             "(Cohen's d_z), p the p-value with the number of pairs. \"paper\" columns: the "
-             "paper's values on its UCLA data (not public), for reference only.", ""]
+             "Ours: one row per configuration, its seeds averaged per patient (`seeds`: how "
+             "many; declared, never chosen): mean±sd over the subjects scored, then (±sd "
+             "between seeds of the per-seed means) where a row has 2 or more seeds. Each row is "
+             f"compared with the final model (`{reference}`) by a two-sided paired t-test on "
+             "the seed-averaged scores of the subjects both were scored on: Δ is the mean "
+             "paired difference (row - final), d_z = Δ / sd of the differences (Cohen's d_z), "
+             "p the raw p-value with the number of pairs, p Holm the p-value Holm-adjusted "
+             "within the table (the family: every test in that table). With "
+             f"{MIN_TESTED_PAIRS - 1} or fewer pairs a comparison is descriptive (Δ and d_z, "
+             "no test). \"paper\" columns: the paper's values on its UCLA data (not "
+             "public), for reference only.", ""]
     not_run = []
     for spec in TABLES:
         table = tables.get(spec.name, pd.DataFrame())
@@ -77,25 +84,34 @@ def _why_not_run(spec: TableSpec) -> str:
 
 def _table_markdown(spec: TableSpec, table: pd.DataFrame) -> list[str]:
     keys = paper_keys(spec)
-    heads = ["model", spec.label, *(f"n ({s})" for s in spec.sets),
+    heads = ["model", spec.label, "seeds", *(f"n ({s})" for s in spec.sets),
              *(_heading(k) for k in spec.metrics)]
     for key in spec.tests:
-        heads += [f"Δ {_heading(key)}", "d_z", "p (pairs)"]
+        heads += [f"Δ {_heading(key)}", "d_z", "p (pairs)", "p Holm"]
     if keys:
         heads += ["paper row", *(f"paper {_heading(k)}" for k in keys)]
-    lines = [f"## {spec.title}", "", _md_row(heads), _md_row(["---"] * len(heads))]
+    seeds = pd.to_numeric(table["seeds"], errors="coerce").fillna(1)
+    note = ("One seed per configuration: spread between seeds n/a." if seeds.max() < 2
+            else "Seeds averaged; (±x): sd between seeds.")
+    lines = [f"## {spec.title}", "", f"Holm family: {table['holm_family'].iloc[0]} (this "
+             f"table). {note}", "", _md_row(heads), _md_row(["---"] * len(heads))]
     lines += [_md_row(_table_cells(spec, row, keys)) for row in table.to_dict("records")]
     return [*lines, "", *_unmatched_paper_rows(spec, table)]
 
 
 def _table_cells(spec: TableSpec, row: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     model = f"**{row['model']}** (final)" if row["reference"] else str(row["model"])
-    cells = [model, str(row[spec.label]), *(str(row[f"{s}_n"]) for s in spec.sets)]
-    cells += [format_mean_sd(row[f"{k}_mean"], row[f"{k}_sd"], _digits(k)) for k in spec.metrics]
+    seeds = int(row["seeds"])
+    cells = [model, str(row[spec.label]), str(seeds), *(str(row[f"{s}_n"]) for s in spec.sets)]
+    cells += [with_seed_sd(format_mean_sd(row[f"{k}_mean"], row[f"{k}_sd"], _digits(k)),
+                           row[f"{k}_seed_sd"], seeds, _digits(k)) for k in spec.metrics]
     for key in spec.tests:
+        descriptive = row[f"{key}_test"] == DESCRIPTIVE
         cells += [_signed(row[f"{key}_mean_difference"], _digits(key)),
-                  _number(row[f"{key}_cohen_dz"], 2), _p_cell(row[f"{key}_p"],
-                                                              row[f"{key}_n_pairs"])]
+                  _number(row[f"{key}_cohen_dz"], 2),
+                  _descriptive(row[f"{key}_n_pairs"]) if descriptive
+                  else _p_cell(row[f"{key}_p"], row[f"{key}_n_pairs"]),
+                  "" if descriptive else _p_only(row[f"{key}_p_holm"])]
     if keys:
         cells.append(row["paper_row"] or "-")
         cells += [format_mean_sd(row[f"paper_{k}_mean"], row[f"paper_{k}_sd"], _digits(k))
@@ -150,6 +166,16 @@ def _signed(value: float, digits: int) -> str:
     return "n/a" if is_missing(value) else f"{value:+.{digits}f}"
 
 
+def _p_only(p: float) -> str:
+    if is_missing(p):
+        return "n/a"
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+def _descriptive(pairs: float) -> str:
+    return DESCRIPTIVE if is_missing(pairs) else f"{DESCRIPTIVE} ({int(pairs)})"
+
+
 def _p_cell(p: float, pairs: float) -> str:
     if is_missing(p):
         return "n/a" if is_missing(pairs) else f"n/a ({int(pairs)})"
@@ -186,6 +212,8 @@ def write_paper_outputs(per_subject: pd.DataFrame, catalog: pd.DataFrame,
     out = Path(out_dir)
     written: dict[str, Path] = {}
     tables = {spec.name: build_table(per_subject, catalog, spec) for spec in TABLES}
+    # the figures show configurations too: each one's seeds averaged per patient
+    per_subject, catalog, _ = by_configuration(per_subject, catalog)
     for name, table in tables.items():
         path = out / f"{name}.tsv"
         if table.empty:
