@@ -94,12 +94,16 @@ def get_import_scans():
 
 
 def get_demo_plan():
+    """The demo cohort's plan; the split fractions let its validation subjects hold lesions of
+    every type."""
     demo = config["demo"]
-    return phantom.plan_cohort(demo["subjects"], demo["seed"], demo["set_b_subjects"])
+    return phantom.plan_cohort(
+        demo["subjects"], demo["seed"], demo["set_b_subjects"], fractions=SPLIT_FRACTIONS
+    )
 
 
 def get_demo_plan_row(wildcards):
-    """One demo subject's plan (set, tumors, seed): a param, so other subjects' changes don't
+    """One demo subject's plan (set, lesion types, seed): a param, so other subjects' changes don't
     rerun this subject."""
     plan = get_demo_plan().set_index("participant_id")
     return plan.loc[f"sub-{wildcards.subject}"].to_dict()
@@ -205,6 +209,10 @@ PHANTOM_TRUTH_KEYS = {
     "true_adc": "true_adc",
     "true_mask": "brain_mask",
     "true_enhancing": "enhancing_mask",
+    "true_agent": "agent_map",
+    "true_lesion_dseg": "lesion_dseg",
+    "true_lesion_instances": "lesion_instances",
+    "true_lesion_instances_sidecar": "lesion_instances_sidecar",
     "true_transforms": "transforms",
 }
 
