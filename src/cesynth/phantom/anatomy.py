@@ -340,6 +340,22 @@ def lesion_specs(rng: np.random.Generator, lesion_types: Sequence[str],
     return specs
 
 
+def planned_lesions(subject_seed: int, lesion_types: Sequence[str] | str | int,
+                    voxel_mm: float) -> list[dict[str, Any]]:
+    """The lesions :func:`build_anatomy` will try to place for a subject (types and sizes, no
+    image work): :func:`lesion_specs` on the subject's lesion stream.
+
+    Args:
+        subject_seed: the subject's seed.
+        lesion_types: as for :func:`build_anatomy`.
+        voxel_mm: anatomy voxel size.
+
+    Returns:
+        One dict per lesion, in order.
+    """
+    return lesion_specs(_stream(subject_seed, "tumors"), lesion_types_of(lesion_types), voxel_mm)
+
+
 # Shape of each archetype: (lesion irregularity, edema irregularity, local box reach / extent).
 # The rim keeps the phantom's original shape; a solid lesion is rounder; lgg and gliosis are the
 # most irregular (their box reaches further so they are not cut flat).
