@@ -224,6 +224,11 @@ def test_cohort_files_follow_bids_names(cohort: tuple[Path, pd.DataFrame]) -> No
     assert description["DatasetType"] == "raw" and "BIDSVersion" in description
     derivative = json.loads((root / "derivatives/phantom/dataset_description.json").read_text())
     assert derivative["DatasetType"] == "derivative"
+    assert derivative["LesionTypes"] == ALL_TYPES and "lesion_dseg" in derivative["Description"]
+    masks = json.loads((root / "derivatives/tumor_masks/dataset_description.json").read_text())
+    assert "BraTS labels 4 and 1" in masks["Description"]
+    readme = (root / "README").read_text()
+    assert "t2abnormality" in readme and "sub-01: set A, no lesion" in readme
     assert (root / "README").read_text().strip()
     for sub in plan["participant_id"]:
         for relative in (f"anat/{sub}_T1w.nii.gz", f"anat/{sub}_ce-gadolinium_T1w.nii.gz",

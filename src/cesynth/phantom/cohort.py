@@ -58,6 +58,17 @@ B_VECTORS = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (0, 1, 0), (
 # Where the ground truth goes, relative to the dataset root (see truth_files).
 TRUTH_DIR = "derivatives/phantom"
 TUMOR_MASK_DIR = "derivatives/tumor_masks"
+# What derivatives/phantom holds (its dataset_description.json).
+TRUTH_DESCRIPTION = (
+    "Ground truth of the synthetic phantom. Lesion types: rim (enhancing rim, necrotic core, "
+    "edema), solid (solid enhancing, metastasis-like, 3-30 mm, thin edema), nonenhancing "
+    "(low-grade-glioma-like, no contrast agent), t2abnormality (treatment-effect-like gliosis, "
+    "no contrast agent). On the ce-gadolinium T1w grid: desc-brain_mask; desc-enhancing_mask "
+    "(enhancing lesion tissue: rim and solid lesions, not vessels); desc-agent_map (noise-free "
+    "contrast agent, mM, lesions and vessels); desc-lesion_dseg (BraTS 2018 labels: 4 enhancing "
+    "tumor, 1 necrotic core or non-enhancing tumor, 2 edema or T2 abnormality); desc-lesions_dseg "
+    "(lesion i of the parameters' tumors = i over its whole extent, with a JSON table of type, "
+    "enhancing, diameter_mm). Also the true ADC (DWI grid), transforms and parameters.")
 # What a Set B tumor mask covers (BraTS labels 4 and 1 of the lesion_dseg truth).
 TUMOR_MASK_DESCRIPTION = (
     "Tumor = the enhancing and non-enhancing tumor parts: enhancing rim and necrotic core of "
@@ -283,6 +294,7 @@ def write_dataset_files(bids_dir: str | Path, plan: pd.DataFrame,
     derivative = {"BIDSVersion": "1.9.0", "DatasetType": "derivative",
                   "GeneratedBy": _generated_by()}
     write_json({**derivative, "Name": "cesynth phantom ground truth",
+                "Description": TRUTH_DESCRIPTION, "LesionTypes": list(LESION_TYPES),
                 "PhantomSettings": asdict(settings)},
                root / TRUTH_DIR / "dataset_description.json")
     if (plan["set"] == "B").any():
