@@ -94,12 +94,16 @@ def get_import_scans():
 
 
 def get_demo_plan():
+    """The demo cohort's plan; the split fractions let its validation subjects hold lesions of
+    every type."""
     demo = config["demo"]
-    return phantom.plan_cohort(demo["subjects"], demo["seed"], demo["set_b_subjects"])
+    return phantom.plan_cohort(
+        demo["subjects"], demo["seed"], demo["set_b_subjects"], fractions=SPLIT_FRACTIONS
+    )
 
 
 def get_demo_plan_row(wildcards):
-    """One demo subject's plan (set, tumors, seed): a param, so other subjects' changes don't
+    """One demo subject's plan (set, lesion types, seed): a param, so other subjects' changes don't
     rerun this subject."""
     plan = get_demo_plan().set_index("participant_id")
     return plan.loc[f"sub-{wildcards.subject}"].to_dict()

@@ -12,6 +12,7 @@ rule make_demo_dataset_files:
         f"{BENCH}/make_demo_dataset_files.tsv"
     params:
         demo=config["demo"],
+        sets=config["sets"],
     threads: 1
     resources:
         mem_mb=grows_with_attempt(1000),

@@ -10,12 +10,16 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import ndimage
 
 from cesynth import phantom
 from cesynth.io import InputError
+from cesynth.splits import SplitFractions, participant_split
 
 SETTINGS = phantom.PhantomSettings(voxel_mm=4.0)
+REPO = Path(__file__).resolve().parents[1]
+ALL_TYPES = ["rim", "solid", "nonenhancing", "t2abnormality"]
 
 # The SPEC "Phantom physics" table, written out independently of the module's constants:
 # tissue -> (T1 ms, T2 ms, PD, ADC 1e-3 mm2/s, agent mM), each a (low, high) range.
@@ -29,18 +33,44 @@ SPEC_TABLE = {
     "vessel": ((1650, 1900), (150, 150), (0.85, 0.85), (2.0, 2.0), (0.8, 1.2)),
     "fat": ((370, 400), (60, 130), (0.90, 0.90), (0.05, 0.05), (0, 0)),
     "skull": ((1000, 1000), (1, 1), (0.05, 0.05), (0.1, 0.1), (0, 0)),
+    "solid": ((1200, 1600), (80, 120), (0.85, 0.85), (0.8, 1.2), (0.2, 0.6)),
+    "lgg": ((1400, 1900), (120, 200), (0.88, 0.88), (1.2, 1.7), (0, 0)),
+    "gliosis": ((1300, 1700), (100, 160), (0.85, 0.85), (1.1, 1.5), (0, 0)),
 }
+# Each lesion type: the tissues of its extent, and its signature tissue (the lesion proper's part
+# that shows the type: the enhancing rim, the solid lesion, lgg, gliosis) with its BraTS label.
+TYPE_TISSUES = {"rim": {"rim", "core", "edema"}, "solid": {"solid", "edema"},
+                "nonenhancing": {"lgg"}, "t2abnormality": {"gliosis"}}
+SIGNATURE = {"rim": ("rim", 4), "solid": ("solid", 4), "nonenhancing": ("lgg", 1),
+             "t2abnormality": ("gliosis", 2)}
 
 
 @pytest.fixture(scope="module")
 def anatomy() -> phantom.Anatomy:
-    return phantom.build_anatomy(subject_seed=7, n_tumors=2, settings=SETTINGS)
+    return phantom.build_anatomy(subject_seed=7, lesion_types=2, settings=SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def archetypes() -> phantom.Anatomy:
+    """A head with a lesion of every type (and a second solid one)."""
+    return phantom.build_anatomy(11, ALL_TYPES + ["solid"], SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def archetype_subject(tmp_path_factory: pytest.TempPathFactory
+                      ) -> tuple[dict[str, Path], phantom.SubjectScans]:
+    """A Set B subject with every lesion type, written to disk, and its simulation."""
+    row = {"participant_id": "sub-09", "set": "B", "n_tumors": 5,
+           "lesion_types": ";".join(ALL_TYPES + ["solid"]), "subject_seed": 11}
+    paths = phantom.write_subject(tmp_path_factory.mktemp("archetypes"), row, SETTINGS)
+    return paths, phantom.simulate_subject(11, row["lesion_types"], SETTINGS)
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     root = tmp_path_factory.mktemp("bids")
-    plan = phantom.make_cohort(root, n_subjects=3, seed=0, n_set_b=1, settings=SETTINGS)
+    plan = phantom.make_cohort(root, n_subjects=3, seed=0, n_set_b=1, settings=SETTINGS,
+                               fractions=SplitFractions())
     return root, plan
 
 
@@ -133,6 +163,10 @@ def test_anatomy_has_tumor_parts_and_head_shells(anatomy: phantom.Anatomy) -> No
     for name in ("csf", "gm", "wm", "edema", "rim", "core", "vessel", "fat", "skull"):
         assert counts[phantom.LABEL[name]] > 0, name
     assert len(anatomy.tumors) == 2
+    # A count still means that many rim-enhancing lesions, as the phantom's tumors always were.
+    assert [tumor["type"] for tumor in anatomy.tumors] == ["rim", "rim"]
+    for name in ("solid", "lgg", "gliosis"):
+        assert counts[phantom.LABEL[name]] == 0, name
     brain = anatomy.indicators["brain"] > 0
     # Skull and scalp are outside the brain mask; rim and core inside it.
     assert not np.any(brain & np.isin(anatomy.labels, [phantom.LABEL["skull"],
@@ -167,7 +201,13 @@ def test_scalp_is_bright_and_separated_from_brain_by_dark_skull(
 
 def test_plan_cohort_rules() -> None:
     plan = phantom.plan_cohort(12, seed=3, n_set_b=3)
-    assert list(plan.columns) == ["participant_id", "set", "n_tumors", "subject_seed"]
+    assert list(plan.columns) == ["participant_id", "set", "n_tumors", "lesion_types",
+                                  "subject_seed"]
+    types = plan["lesion_types"].str.split(";").map(lambda kinds: [k for k in kinds if k])
+    assert (types.map(len) == plan["n_tumors"]).all()
+    assert set().union(*types) <= set(phantom.LESION_TYPES)
+    # Set B: a mixture led by a rim-enhancing lesion (its tumor mask holds enhancing tumor).
+    assert all(kinds[0] == "rim" and len(set(kinds)) >= 2 for kinds in types[plan["set"] == "B"])
     assert plan["participant_id"].tolist()[:2] == ["sub-01", "sub-02"]
     assert plan["set"].tolist() == ["A"] * 9 + ["B"] * 3
     assert plan.loc[0, "n_tumors"] == 0 and plan.loc[1, "n_tumors"] >= 1
@@ -184,6 +224,11 @@ def test_cohort_files_follow_bids_names(cohort: tuple[Path, pd.DataFrame]) -> No
     assert description["DatasetType"] == "raw" and "BIDSVersion" in description
     derivative = json.loads((root / "derivatives/phantom/dataset_description.json").read_text())
     assert derivative["DatasetType"] == "derivative"
+    assert derivative["LesionTypes"] == ALL_TYPES and "lesion_dseg" in derivative["Description"]
+    masks = json.loads((root / "derivatives/tumor_masks/dataset_description.json").read_text())
+    assert "BraTS labels 4 and 1" in masks["Description"]
+    readme = (root / "README").read_text()
+    assert "t2abnormality" in readme and "sub-01: set A, no lesion" in readme
     assert (root / "README").read_text().strip()
     for sub in plan["participant_id"]:
         for relative in (f"anat/{sub}_T1w.nii.gz", f"anat/{sub}_ce-gadolinium_T1w.nii.gz",
@@ -203,7 +248,8 @@ def test_participants_and_plan_match(cohort: tuple[Path, pd.DataFrame]) -> None:
     participants = pd.read_csv(root / "participants.tsv", sep="\t", dtype=str)
     assert participants["participant_id"].tolist() == plan["participant_id"].tolist()
     assert participants["set"].tolist() == ["A", "A", "B"]
-    pd.testing.assert_frame_equal(plan, phantom.plan_cohort(3, seed=0, n_set_b=1))
+    pd.testing.assert_frame_equal(plan, phantom.plan_cohort(3, seed=0, n_set_b=1,
+                                                            fractions=SplitFractions()))
     assert "set" in json.loads((root / "participants.json").read_text())
 
 
@@ -279,7 +325,7 @@ def test_set_b_tumor_mask_on_ce_grid(cohort: tuple[Path, pd.DataFrame]) -> None:
 def test_true_adc_file_is_the_resampled_parameter_map(cohort: tuple[Path, pd.DataFrame]) -> None:
     root, plan = cohort
     row = plan.iloc[1]
-    scans = phantom.simulate_subject(int(row["subject_seed"]), int(row["n_tumors"]), SETTINGS)
+    scans = phantom.simulate_subject(int(row["subject_seed"]), row["lesion_types"], SETTINGS)
     sub = row["participant_id"]
     saved = nib.load(str(root / f"derivatives/phantom/{sub}/{sub}_desc-trueadc_adc.nii.gz"))
     dwi = nib.load(str(root / sub / "dwi" / f"{sub}_dwi.nii.gz"))
@@ -368,3 +414,250 @@ def test_guard_demo_target_protects_other_datasets(cohort: tuple[Path, pd.DataFr
     (unlabelled / "sub-01").mkdir(parents=True)
     with pytest.raises(InputError):
         phantom.guard_demo_target(unlabelled)
+
+
+# ----------------------------------------------------------------------------- lesion archetypes
+
+
+def test_new_tissues_are_drawn_after_the_old_ones() -> None:
+    # One generator draws the tissues in TISSUE_RANGES order: the archetypes' tissues come last,
+    # so a subject's earlier tissues keep the values they had before the archetypes existed.
+    names = list(phantom.TISSUE_RANGES)
+    assert names[-3:] == ["solid", "lgg", "gliosis"]
+    assert names[:-3] == ["wm", "gm", "csf", "edema", "rim", "core", "vessel", "fat", "skull"]
+    rng = np.random.default_rng(5)
+    before = {name: {key: float(rng.uniform(low, high)) for key, (low, high) in ranges.items()}
+              for name, ranges in list(phantom.TISSUE_RANGES.items())[:-3]}
+    tissues = phantom.tissue_parameters(np.random.default_rng(5))
+    for name, values in before.items():
+        assert phantom.TissueParams(**values) == tissues[name], name
+    # Labels were appended too: the older indices did not move.
+    assert phantom.LABELS[:10] == ("background", "csf", "gm", "wm", "edema", "rim", "core",
+                                   "vessel", "fat", "skull")
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES)
+def test_archetype_parameters_within_spec_ranges(archetypes: phantom.Anatomy, kind: str) -> None:
+    placed = [i for i, tumor in enumerate(archetypes.tumors, start=1) if tumor["type"] == kind]
+    assert placed, kind
+    label_names = np.array(phantom.LABELS)
+    for index in placed:
+        region = archetypes.lesion_ids == index
+        tissues = set(label_names[np.unique(archetypes.labels[region])])
+        assert tissues <= TYPE_TISSUES[kind] and SIGNATURE[kind][0] in tissues, tissues
+        for tissue in tissues:
+            inside = region & (archetypes.labels == phantom.LABEL[tissue])
+            t1, t2, _, adc, agent = SPEC_TABLE[tissue]
+            for name, (low, high), scale in (("t1_ms", t1, 1), ("t2_ms", t2, 1),
+                                             ("adc_mm2_s", adc, 1e-3), ("agent_mM", agent, 1)):
+                values = archetypes.maps[name][inside]
+                assert values.min() >= low * scale * (1 - 1e-6), (tissue, name)
+                assert values.max() <= high * scale * (1 + 1e-6), (tissue, name)
+        agent = archetypes.maps["agent_mM"][region]
+        enhancing_part = np.isin(archetypes.labels[region],
+                                 [phantom.LABEL["rim"], phantom.LABEL["solid"]])
+        # Agent exactly in the enhancing part: rim and solid lesions only, never their edema
+        # or necrotic core, never a non-enhancing lesion.
+        np.testing.assert_array_equal(agent > 0, enhancing_part)
+        assert enhancing_part.any() == (kind in ("rim", "solid"))
+
+
+def test_lesions_do_not_overlap_and_records_match_the_plan(archetypes: phantom.Anatomy) -> None:
+    planned = phantom.planned_lesions(11, ALL_TYPES + ["solid"], SETTINGS.voxel_mm)
+    assert len(archetypes.tumors) == len(planned) == 5
+    for tumor, plan in zip(archetypes.tumors, planned, strict=True):
+        assert tumor["type"] == plan["type"]
+        assert tumor["diameter_mm"] == pytest.approx(plan["diameter_mm"])
+        assert {"center_voxel", "center_mm", "radius_mm", "extent_radius_mm"} <= set(tumor)
+    # Each lesion's extent is its own (one id per voxel) and holds its centre.
+    ids = archetypes.lesion_ids
+    for index, tumor in enumerate(archetypes.tumors, start=1):
+        assert ids[tuple(tumor["center_voxel"])] == index
+        assert (ids == index).sum() == tumor["anatomy_voxels"] > 0
+    lesion_tissue = np.isin(archetypes.labels, [phantom.LABEL[t] for t in (
+        "edema", "rim", "core", "solid", "lgg", "gliosis")])
+    np.testing.assert_array_equal(lesion_tissue, ids > 0)
+
+
+def test_solid_lesions_include_small_ones_across_a_cohort_plan() -> None:
+    plan = phantom.plan_cohort(40, seed=1, n_set_b=10, fractions=SplitFractions(0.1, 0.35))
+    diameters = [lesion["diameter_mm"] for row in plan.itertuples()
+                 for lesion in phantom.planned_lesions(row.subject_seed, row.lesion_types, 2.0)
+                 if lesion["type"] == "solid"]
+    assert len(diameters) >= 10
+    assert all(3.0 <= d <= 30.0 for d in diameters)
+    assert sum(d <= 10.0 for d in diameters) >= 3
+    assert sum(d > 10.0 for d in diameters) >= 3
+
+
+def test_small_solid_lesion_keeps_a_voxel_at_demo_resolution() -> None:
+    settings = phantom.PhantomSettings(voxel_mm=2.0)
+    seed = next(s for s in range(1000)
+                if phantom.planned_lesions(s, ["solid"], 2.0)[0]["diameter_mm"] < 4.0)
+    anatomy = phantom.build_anatomy(seed, ["solid"], settings)
+    (tumor,) = anatomy.tumors
+    assert tumor["diameter_mm"] < 4.0
+    assert ((anatomy.lesion_ids == 1) & (anatomy.labels == phantom.LABEL["solid"])).sum() >= 1
+    grid = phantom.acquisition_grids(settings)["ceT1w"]
+    pose = phantom.rigid_matrix([5.0, -4.0, 3.0], [1.3, -0.7, 0.4])
+    dseg, instances = phantom.sample_lesion_truth(anatomy, grid, pose)
+    agent = phantom.sample_parameter_maps(anatomy, grid, pose, names=("agent_mM",))["agent_mM"]
+    enhancing = (instances == 1) & (dseg == 4)
+    assert enhancing.sum() >= 1 and np.all(agent[enhancing] > 0)
+
+
+def _fractions_on(anatomy: phantom.Anatomy, region: np.ndarray, grid: phantom.Grid,
+                  pose: np.ndarray) -> np.ndarray:
+    return phantom.sample_on_grid({"r": region.astype(np.float32)}, anatomy.grid, grid,
+                                  pose)["r"]
+
+
+def test_written_images_show_each_archetypes_signature(
+        archetype_subject: tuple[dict[str, Path], phantom.SubjectScans]) -> None:
+    """Per lesion: its signature tissue against the white matter around it, each scan on its own
+    grid (so no resampling of images): CE-T1 over T1 shows enhancement only for rim and solid
+    lesions; T2 is bright in the non-enhancing lesion and the T2 abnormality."""
+    paths, scans = archetype_subject
+    anatomy = scans.anatomy
+    images = {modality: _load(paths[modality]).astype(np.float64)
+              for modality in ("T1w", "ceT1w", "T2w")}
+    tested = set()
+    for index, tumor in enumerate(anatomy.tumors, start=1):
+        tissue, _ = SIGNATURE[tumor["type"]]
+        extent = anatomy.lesion_ids == index
+        lesion = extent & (anatomy.labels == phantom.LABEL[tissue])
+        around = (ndimage.binary_dilation(extent, iterations=4)
+                  & ~ndimage.binary_dilation(extent, iterations=1)
+                  & (anatomy.labels == phantom.LABEL["wm"]))
+        ratio = {}
+        enhancing = tumor["type"] in ("rim", "solid")
+        for modality in ("T1w", "ceT1w") if enhancing else ("T1w", "ceT1w", "T2w"):
+            grid, pose, image = scans.grids[modality], scans.poses[modality], images[modality]
+            inside = _fractions_on(anatomy, lesion, grid, pose) >= 0.75
+            reference = _fractions_on(anatomy, around, grid, pose) >= 0.75
+            if not inside.any() or reference.sum() < 5:
+                break
+            ratio[modality] = np.median(image[inside]) / np.median(image[reference])
+        else:
+            enhancement = ratio["ceT1w"] / ratio["T1w"]
+            if enhancing:
+                assert enhancement > 1.3, (tumor["type"], enhancement)
+            else:
+                assert abs(enhancement - 1) < 0.1, (tumor["type"], enhancement)
+                assert ratio["T2w"] > 1.3, (tumor["type"], ratio["T2w"])
+            tested.add(tumor["type"])
+    assert tested == set(ALL_TYPES)
+
+
+def test_lesion_truth_files_agree(
+        archetype_subject: tuple[dict[str, Path], phantom.SubjectScans]) -> None:
+    paths, scans = archetype_subject
+    images = {key: nib.load(str(paths[key])) for key in (
+        "ceT1w", "enhancing_mask", "agent_map", "lesion_dseg", "lesion_instances", "tumor_mask")}
+    for key, image in images.items():
+        assert image.shape == images["ceT1w"].shape, key
+        np.testing.assert_allclose(image.affine, images["ceT1w"].affine, err_msg=key)
+    data = {key: np.asarray(image.dataobj) for key, image in images.items()}
+    assert data["agent_map"].dtype == np.float32
+    assert data["lesion_dseg"].dtype == np.uint8 and data["lesion_instances"].dtype == np.uint16
+    assert data["enhancing_mask"].dtype == np.uint8
+    dseg, instances, agent = data["lesion_dseg"], data["lesion_instances"], data["agent_map"]
+    assert set(np.unique(dseg)) == {0, 1, 2, 4}
+    # The agent map is the noise-free agent on the CE-T1 grid: lesions and vessels.
+    expected = phantom.sample_parameter_maps(scans.anatomy, scans.grids["ceT1w"],
+                                             scans.poses["ceT1w"], names=("agent_mM",))
+    np.testing.assert_array_equal(agent, expected["agent_mM"].astype(np.float32))
+    assert np.all(agent[dseg == 4] > 0)
+    assert (agent[dseg == 0] > 0).sum() > 0  # vessels enhance but are no lesion
+    np.testing.assert_array_equal(data["enhancing_mask"], (dseg == 4).astype(np.uint8))
+    np.testing.assert_array_equal(data["tumor_mask"] > 0, np.isin(dseg, (4, 1)))
+    assert np.all(instances[dseg > 0] > 0)
+    sidecar = json.loads(paths["lesion_instances_sidecar"].read_text())
+    parameters = json.loads(paths["parameters"].read_text())
+    types = [tumor["type"] for tumor in scans.anatomy.tumors]
+    assert [lesion["type"] for lesion in sidecar["lesions"]] == types
+    assert [tumor["type"] for tumor in parameters["tumors"]] == types
+    assert parameters["lesion_types_requested"] == ALL_TYPES + ["solid"]
+    for lesion in sidecar["lesions"]:
+        classes = set(np.unique(dseg[instances == lesion["label"]]))
+        assert lesion["enhancing"] == (lesion["type"] in ("rim", "solid"))
+        assert lesion["diameter_mm"] > 0 and lesion["voxels"] >= 1
+        # Every lesion is in the truth with its signature class, and only with its classes.
+        assert SIGNATURE[lesion["type"]][1] in classes, lesion
+        allowed = {"rim": {0, 1, 2, 4}, "solid": {0, 2, 4}, "nonenhancing": {0, 1},
+                   "t2abnormality": {0, 2}}[lesion["type"]]
+        assert classes <= allowed, lesion
+        if not lesion["enhancing"]:
+            assert np.mean(agent[instances == lesion["label"]] > 0) < 0.05, lesion
+
+
+def test_truth_files_names_and_workflow_keys() -> None:
+    truth = phantom.truth_files("sub-01")
+    prefix = "derivatives/phantom/sub-01/sub-01_space-ceT1w_desc-"
+    assert truth["agent_map"] == prefix + "agent_map.nii.gz"
+    assert truth["lesion_dseg"] == prefix + "lesion_dseg.nii.gz"
+    assert truth["lesion_instances"] == prefix + "lesions_dseg.nii.gz"
+    assert truth["lesion_instances_sidecar"] == prefix + "lesions_dseg.json"
+    assert truth["enhancing_mask"] == prefix + "enhancing_mask.nii.gz"
+    common = (REPO / "rules" / "common.smk").read_text()
+    for rule_key, key in (("true_agent", "agent_map"), ("true_lesion_dseg", "lesion_dseg"),
+                          ("true_lesion_instances", "lesion_instances"),
+                          ("true_lesion_instances_sidecar", "lesion_instances_sidecar")):
+        assert f'"{rule_key}": "{key}"' in common
+
+
+def _demo_configs() -> list[tuple[str, dict]]:
+    """(name, demo and sets) of config.yaml and of every profile that builds the demo."""
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    configs = [("config.yaml", base)]
+    for path in sorted((REPO / "config" / "profiles").glob("*.yaml")):
+        profile = yaml.safe_load(path.read_text()) or {}
+        merged = {section: {**base.get(section, {}), **(profile.get(section) or {})}
+                  for section in ("demo", "sets")}
+        if merged["demo"].get("enabled"):
+            configs.append((path.name, merged))
+    return configs
+
+
+def _check_validation_coverage(plan: pd.DataFrame, fractions: SplitFractions) -> int:
+    """Assert the stratification rules; return the number of validation subjects."""
+    splits = []
+    for row in plan.itertuples():
+        split = "test" if row.set == "B" else participant_split(
+            row.participant_id.removeprefix("sub-"), fractions)
+        splits.append(split)
+        kinds = [kind for kind in row.lesion_types.split(";") if kind]
+        assert len(kinds) == row.n_tumors
+        if split == "validation":
+            assert kinds, row
+        elif row.Index == 0 and row.set == "A":
+            assert not kinds, "sub-01 stays lesion-free unless it is a validation subject"
+        elif split == "test":
+            assert len(set(kinds)) >= 2, row  # test subjects and Set B hold mixtures
+    validation = plan[[split == "validation" for split in splits]]
+    if len(validation):
+        covered = {kind for kinds in validation["lesion_types"] for kind in kinds.split(";")}
+        assert covered == set(phantom.LESION_TYPES)
+    return len(validation)
+
+
+@pytest.mark.parametrize("name, config", _demo_configs(), ids=lambda value: str(value)[:20])
+def test_validation_subjects_of_the_demo_configs_hold_every_lesion_type(name: str,
+                                                                       config: dict) -> None:
+    demo = config["demo"]
+    fractions = SplitFractions.from_config(config["sets"])
+    plan = phantom.plan_cohort(demo["subjects"], demo["seed"], demo["set_b_subjects"],
+                               fractions=fractions)
+    _check_validation_coverage(plan, fractions)
+
+
+def test_validation_coverage_for_many_cohort_sizes() -> None:
+    with_validation = 0
+    for fractions in (SplitFractions(0.1, 0.35), SplitFractions(0.12, 0.2),
+                      SplitFractions(0.3, 0.3)):
+        for n_subjects in range(1, 41):
+            n_set_b = n_subjects // 4
+            plan = phantom.plan_cohort(n_subjects, seed=n_subjects, n_set_b=n_set_b,
+                                       fractions=fractions)
+            with_validation += _check_validation_coverage(plan, fractions) > 0
+    assert with_validation > 60  # the rule was exercised, not vacuously true

@@ -16,7 +16,8 @@ plan_row = {**params.plan, "participant_id": f"sub-{snakemake.wildcards.subject}
 def work():
     settings = phantom.PhantomSettings(voxel_mm=params.voxel_mm)
     phantom.write_subject(bids_dir, plan_row, settings)
-    return {"n_tumors": int(plan_row["n_tumors"]), "set_b": plan_row["set"] == "B"}
+    return {"n_tumors": int(plan_row["n_tumors"]), "lesion_types": plan_row["lesion_types"],
+            "set_b": plan_row["set"] == "B"}
 
 
 run_job(Job.of(snakemake), work, params={**plan_row, "voxel_mm": params.voxel_mm})

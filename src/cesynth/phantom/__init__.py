@@ -1,8 +1,10 @@
 """Physics-based synthetic brain-tumor cohort, written as a BIDS dataset.
 
 Each subject is a head built from the MNI ICBM152 2009a tissue maps, warped, wrapped in CSF,
-skull and scalp fat, with tumors and enhancing vessels painted in; each scan is acquired on its
+skull and scalp fat, with lesions and enhancing vessels painted in; each scan is acquired on its
 own grid and head pose from the resampled parameter maps, with a bias field and Rician noise.
+Lesions come in four archetypes (``LESION_TYPES``: rim, solid, nonenhancing, t2abnormality),
+mixed within subjects, so that enhancement endpoints can be tested for specificity.
 
 One concern per module, lower layers never importing higher ones:
 
@@ -17,18 +19,26 @@ Every public name is re-exported here, so ``from cesynth.phantom import X`` keep
 """
 
 from cesynth.phantom.anatomy import (
+    BRATS_CLASSES,
+    ENHANCING_TYPES,
     LABEL,
     LABELS,
+    LESION_TYPES,
     PARAMETER_NAMES,
     Anatomy,
     build_anatomy,
+    lesion_specs,
+    lesion_types_of,
+    planned_lesions,
     sample_indicators,
+    sample_lesion_truth,
     sample_parameter_maps,
     smooth_random_field,
 )
 from cesynth.phantom.cohort import (
     B_VECTORS,
     TRUTH_DIR,
+    TUMOR_MASK_DESCRIPTION,
     TUMOR_MASK_DIR,
     SubjectScans,
     guard_demo_target,
@@ -75,14 +85,17 @@ from cesynth.phantom.physics import (
 from cesynth.phantom.settings import PhantomSettings
 
 __all__ = [
-    "B_VALUES", "B_VECTORS", "DWI_SE", "GADOLINIUM_R1_PER_MM_S", "HEAD_CENTER", "LABEL", "LABELS",
-    "LAYERS_MM", "MODALITIES", "MOVING_MODALITIES", "PARAMETER_NAMES", "REFERENCE_MODALITY",
-    "SPGR", "T2_SE", "TISSUE_RANGES", "TRUTH_DIR", "TUMOR_MASK_DIR", "WM_SCANNER_SIGNAL",
+    "BRATS_CLASSES", "B_VALUES", "B_VECTORS", "DWI_SE", "ENHANCING_TYPES",
+    "GADOLINIUM_R1_PER_MM_S", "HEAD_CENTER", "LABEL", "LABELS", "LAYERS_MM", "LESION_TYPES",
+    "MODALITIES", "MOVING_MODALITIES", "PARAMETER_NAMES", "REFERENCE_MODALITY",
+    "SPGR", "T2_SE", "TISSUE_RANGES", "TRUTH_DIR", "TUMOR_MASK_DESCRIPTION", "TUMOR_MASK_DIR",
+    "WM_SCANNER_SIGNAL",
     "Anatomy", "Grid", "PhantomSettings", "SubjectScans", "TissueParams",
     "acquisition_grids", "add_rician_noise", "anatomy_grid", "bias_field", "build_anatomy",
-    "dwi_signal", "guard_demo_target", "head_poses", "make_cohort", "noise_free_image",
-    "plan_cohort", "rigid_matrix", "sample_indicators", "sample_on_grid",
-    "sample_parameter_maps", "simulate_subject", "smooth_random_field", "spgr_signal",
+    "dwi_signal", "guard_demo_target", "head_poses", "lesion_specs", "lesion_types_of",
+    "make_cohort", "noise_free_image", "plan_cohort", "planned_lesions", "rigid_matrix",
+    "sample_indicators", "sample_lesion_truth", "sample_on_grid", "sample_parameter_maps",
+    "simulate_subject", "smooth_random_field", "spgr_signal",
     "spin_echo_signal", "subject_paths", "t1_post_contrast", "tissue_parameters",
     "true_transforms", "truth_files", "write_dataset_files", "write_subject",
 ]

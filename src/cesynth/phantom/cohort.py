@@ -2,14 +2,16 @@
 
 Each scan is acquired on its own grid with its own rigid head pose: the parameter maps are
 resampled onto the scan's grid and only then put through the signal equation; a smooth bias
-field and Rician noise finish the images. The ground truth (true ADC, masks, transforms) goes to
-``derivatives/phantom`` under the names of :func:`truth_files`.
+field and Rician noise finish the images. The ground truth (true ADC, masks, the agent map, the
+lesions' BraTS classes and instances, transforms) goes to ``derivatives/phantom`` under the names
+of :func:`truth_files`. The cohort plan mixes the lesion archetypes
+(:data:`~cesynth.phantom.anatomy.LESION_TYPES`) and puts every type into the validation split.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,14 @@ import pandas as pd
 from cesynth import __version__
 from cesynth.io import InputError, atomic_path, save_nifti, write_json, write_tsv
 from cesynth.phantom.anatomy import (
+    ENHANCING_TYPES,
+    LESION_TYPES,
     Anatomy,
     _stream,
     build_anatomy,
+    lesion_types_of,
     sample_indicators,
+    sample_lesion_truth,
     sample_parameter_maps,
 )
 from cesynth.phantom.grids import (
@@ -46,18 +52,43 @@ from cesynth.phantom.physics import (
     noise_free_image,
 )
 from cesynth.phantom.settings import PhantomSettings
+from cesynth.splits import SplitFractions, participant_split
 
 B_VECTORS = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1))
 # Where the ground truth goes, relative to the dataset root (see truth_files).
 TRUTH_DIR = "derivatives/phantom"
 TUMOR_MASK_DIR = "derivatives/tumor_masks"
+# What derivatives/phantom holds (its dataset_description.json).
+TRUTH_DESCRIPTION = (
+    "Ground truth of the synthetic phantom. Lesion types: rim (enhancing rim, necrotic core, "
+    "edema), solid (solid enhancing, metastasis-like, 3-30 mm, thin edema), nonenhancing "
+    "(low-grade-glioma-like, no contrast agent), t2abnormality (treatment-effect-like gliosis, "
+    "no contrast agent). On the ce-gadolinium T1w grid: desc-brain_mask; desc-enhancing_mask "
+    "(enhancing lesion tissue: rim and solid lesions, not vessels); desc-agent_map (noise-free "
+    "contrast agent, mM, lesions and vessels); desc-lesion_dseg (BraTS 2018 labels: 4 enhancing "
+    "tumor, 1 necrotic core or non-enhancing tumor, 2 edema or T2 abnormality); desc-lesions_dseg "
+    "(lesion i of the parameters' tumors = i over its whole extent, with a JSON table of type, "
+    "enhancing, diameter_mm). Also the true ADC (DWI grid), transforms and parameters.")
+# What a Set B tumor mask covers (BraTS labels 4 and 1 of the lesion_dseg truth).
+TUMOR_MASK_DESCRIPTION = (
+    "Tumor = the enhancing and non-enhancing tumor parts: enhancing rim and necrotic core of "
+    "rim-enhancing lesions, solid enhancing lesions, non-enhancing (low-grade-glioma-like) "
+    "lesions; i.e. BraTS labels 4 and 1 of derivatives/phantom's lesion_dseg. Edema and "
+    "non-enhancing T2 abnormalities (gliosis) are not tumor.")
 # The default settings (a frozen dataclass, shared safely as an argument default).
 _DEFAULT_SETTINGS = PhantomSettings()
+_DEFAULT_FRACTIONS = SplitFractions()
 
 
 @dataclass
 class SubjectScans:
-    """The simulated scans of one subject and their ground truth (all on the scans' grids)."""
+    """The simulated scans of one subject and their ground truth (all on the scans' grids).
+
+    ``masks`` (on the CE-T1 grid) holds ``brain``, ``enhancing`` (BraTS 4: rim + solid),
+    ``tumor`` (BraTS 4 and 1: rim, core, solid, lgg), ``lesion_dseg`` (BraTS 4/1/2) and
+    ``lesion_instances`` (lesion ``i`` of ``anatomy.tumors`` = ``i + 1``); ``true_agent`` is the
+    noise-free agent concentration (mM) on the CE-T1 grid.
+    """
 
     grids: dict[str, Grid]
     poses: dict[str, np.ndarray]
@@ -65,20 +96,23 @@ class SubjectScans:
     true_adc: np.ndarray
     masks: dict[str, np.ndarray]
     anatomy: Anatomy
+    true_agent: np.ndarray | None = None
 
 
-def simulate_subject(subject_seed: int, n_tumors: int, settings: PhantomSettings) -> SubjectScans:
+def simulate_subject(subject_seed: int, lesion_types: Sequence[str] | str | int,
+                     settings: PhantomSettings) -> SubjectScans:
     """Build the anatomy and acquire T1w, CE-T1, T2w and DWI with bias field and Rician noise.
 
     Args:
         subject_seed: the subject's seed.
-        n_tumors: number of tumors.
+        lesion_types: the lesions' types (see :func:`~cesynth.phantom.anatomy.build_anatomy`;
+            a count gives that many rim-enhancing lesions).
         settings: phantom settings.
 
     Returns:
-        The scans (float32) and ground truth; masks are on the CE-T1 grid.
+        The scans (float32) and ground truth; masks and the agent map are on the CE-T1 grid.
     """
-    anatomy = build_anatomy(subject_seed, n_tumors, settings)
+    anatomy = build_anatomy(subject_seed, lesion_types, settings)
     grids = acquisition_grids(settings)
     poses = head_poses(_stream(subject_seed, "poses"), settings)
     bias_rng = _stream(subject_seed, "bias")
@@ -86,6 +120,7 @@ def simulate_subject(subject_seed: int, n_tumors: int, settings: PhantomSettings
     sigma = WM_SCANNER_SIGNAL / settings.snr
     images: dict[str, np.ndarray] = {}
     true_adc = np.zeros(0)
+    true_agent = np.zeros(0)
     for modality in MODALITIES:
         names = ("pd", "t1_ms", "t2_ms") + {"ceT1w": ("agent_mM",),
                                              "dwi": ("adc_mm2_s",)}.get(modality, ())
@@ -97,28 +132,46 @@ def simulate_subject(subject_seed: int, n_tumors: int, settings: PhantomSettings
         images[modality] = add_rician_noise(clean * field_, sigma, noise_rng)
         if modality == "dwi":
             true_adc = maps["adc_mm2_s"].astype(np.float32)
-    masks = sample_indicators(anatomy, grids[REFERENCE_MODALITY], poses[REFERENCE_MODALITY])
-    return SubjectScans(grids, poses, images, true_adc, masks, anatomy)
+        if modality == REFERENCE_MODALITY:
+            true_agent = maps["agent_mM"].astype(np.float32)
+    reference, pose = grids[REFERENCE_MODALITY], poses[REFERENCE_MODALITY]
+    masks = sample_indicators(anatomy, reference, pose, names=("brain",))
+    dseg, instances = sample_lesion_truth(anatomy, reference, pose)
+    masks.update(enhancing=(dseg == 4).astype(np.uint8),
+                 tumor=np.isin(dseg, (4, 1)).astype(np.uint8),
+                 lesion_dseg=dseg, lesion_instances=instances)
+    return SubjectScans(grids, poses, images, true_adc, masks, anatomy, true_agent)
 
 
 # ----------------------------------------------------------------------------- BIDS dataset
 
 
 def plan_cohort(n_subjects: int, seed: int = 0, n_set_b: int = 0, *,
-                max_tumors: int = PhantomSettings.max_tumors) -> pd.DataFrame:
-    """Subjects of the cohort, cheaply (no images): identifiers, sets, tumor counts, seeds.
+                max_tumors: int = PhantomSettings.max_tumors,
+                fractions: SplitFractions | None = None) -> pd.DataFrame:
+    """Subjects of the cohort, cheaply (no images): identifiers, sets, lesion types, seeds.
 
-    sub-01 has no tumor and sub-02 at least one (unless Set B rules say otherwise: every Set B
-    subject, the last ``n_set_b``, has at least one).
+    Each subject draws 0 to ``max_tumors`` lesions whose types are distinct draws from
+    :data:`~cesynth.phantom.anatomy.LESION_TYPES` (mixtures). sub-01 has no lesion and sub-02 at
+    least one. Every Set B subject (the last ``n_set_b``) has at least two lesions (one if
+    ``max_tumors`` is 1), the first rim-enhancing, so its expert-style tumor mask holds an
+    enhancing tumor. With ``fractions``, each Set A subject's split is known
+    (:func:`~cesynth.splits.participant_split`): test subjects get at least two lesions too, and
+    the validation subjects at least one each and, together, lesions of every type (a type they
+    miss replaces a repeated one, or is added to the validation subject with the fewest lesions,
+    past ``max_tumors`` if need be; sub-01 included when it is a validation subject).
 
     Args:
         n_subjects: number of subjects (>= 1).
         seed: cohort seed.
         n_set_b: how many of the last subjects form Set B (with tumor masks).
-        max_tumors: most tumors per subject.
+        max_tumors: most lesions per subject (before the validation split's coverage); 0 makes
+            a lesion-free cohort.
+        fractions: the workflow's split fractions; None: splits unknown, no stratification.
 
     Returns:
-        Columns participant_id, set, n_tumors, subject_seed.
+        Columns participant_id, set, n_tumors (number of lesions), lesion_types (``;``-joined,
+        one entry per lesion in placement order, empty for none), subject_seed.
     """
     if n_subjects < 1 or not 0 <= n_set_b <= n_subjects:
         raise ValueError(f"need n_subjects >= 1 and 0 <= n_set_b <= n_subjects, "
@@ -130,13 +183,57 @@ def plan_cohort(n_subjects: int, seed: int = 0, n_set_b: int = 0, *,
     for index in range(n_subjects):
         rng = np.random.default_rng([int(seed), index])
         subject_seed = int(rng.integers(0, 2**31 - 1))
+        label = f"{index + 1:0{width}d}"
         in_set_b = index >= n_subjects - n_set_b
-        fewest = 1 if (in_set_b or index == 1) and max_tumors >= 1 else 0
-        n_tumors = 0 if index == 0 and not in_set_b else int(rng.integers(fewest, max_tumors + 1))
-        rows.append({"participant_id": f"sub-{index + 1:0{width}d}",
-                     "set": "B" if in_set_b else "A", "n_tumors": n_tumors,
+        split = ("test" if in_set_b else
+                 participant_split(label, fractions) if fractions is not None else None)
+        if split == "test":
+            fewest = min(2, max_tumors)
+        elif split == "validation" or index == 1:
+            fewest = min(1, max_tumors)
+        else:
+            fewest = 0
+        lesion_free = index == 0 and not in_set_b and split != "validation"
+        count = 0 if lesion_free else int(rng.integers(fewest, max_tumors + 1))
+        rows.append({"participant_id": f"sub-{label}", "set": "B" if in_set_b else "A",
+                     "split": split, "types": _draw_lesion_types(rng, count, in_set_b),
                      "subject_seed": subject_seed})
-    return pd.DataFrame(rows, columns=["participant_id", "set", "n_tumors", "subject_seed"])
+    validation = [row for row in rows if row["split"] == "validation"]
+    if validation and max_tumors >= 1:
+        _cover_lesion_types(validation)
+    return pd.DataFrame(
+        [{"participant_id": row["participant_id"], "set": row["set"],
+          "n_tumors": len(row["types"]), "lesion_types": ";".join(row["types"]),
+          "subject_seed": row["subject_seed"]} for row in rows],
+        columns=["participant_id", "set", "n_tumors", "lesion_types", "subject_seed"])
+
+
+def _draw_lesion_types(rng: np.random.Generator, count: int, rim_first: bool) -> list[str]:
+    """``count`` lesion types, distinct up to four; a Set B subject's first is rim-enhancing."""
+    order = [str(kind) for kind in rng.permutation(LESION_TYPES)]
+    if rim_first:
+        order.remove("rim")
+        order.insert(0, "rim")
+    return [order[k % len(order)] for k in range(count)]
+
+
+def _cover_lesion_types(validation: list[dict[str, Any]]) -> None:
+    """Give the validation subjects (in place) at least one lesion each and every type."""
+    for row in validation:
+        if not row["types"]:
+            present = {kind for other in validation for kind in other["types"]}
+            row["types"] = [next((k for k in LESION_TYPES if k not in present), LESION_TYPES[0])]
+    for kind in LESION_TYPES:
+        if any(kind in row["types"] for row in validation):
+            continue
+        repeated = [(row, position) for row in validation
+                    for position, other in enumerate(row["types"])
+                    if row["types"].count(other) > 1]
+        if repeated:
+            row, position = repeated[-1]
+            row["types"][position] = kind
+        else:
+            min(validation, key=lambda row: len(row["types"]))["types"].append(kind)
 
 
 def guard_demo_target(bids_dir: str | Path) -> None:
@@ -197,26 +294,45 @@ def write_dataset_files(bids_dir: str | Path, plan: pd.DataFrame,
     derivative = {"BIDSVersion": "1.9.0", "DatasetType": "derivative",
                   "GeneratedBy": _generated_by()}
     write_json({**derivative, "Name": "cesynth phantom ground truth",
+                "Description": TRUTH_DESCRIPTION, "LesionTypes": list(LESION_TYPES),
                 "PhantomSettings": asdict(settings)},
                root / TRUTH_DIR / "dataset_description.json")
     if (plan["set"] == "B").any():
-        write_json({**derivative, "Name": "tumor masks (enhancing rim + necrotic core)"},
+        write_json({**derivative, "Name": "expert-style tumor masks",
+                    "Description": TUMOR_MASK_DESCRIPTION},
                    root / TUMOR_MASK_DIR / "dataset_description.json")
 
 
 def _readme(plan: pd.DataFrame) -> str:
-    counts = ", ".join(f"{row.participant_id}: {row.n_tumors} tumor(s), set {row.set}"
-                       for row in plan.itertuples())
+    counts = ", ".join(
+        f"{row.participant_id}: set {row.set}, "
+        + (f"lesions {row.lesion_types.replace(';', ', ')}" if row.lesion_types else "no lesion")
+        for row in _with_lesion_types(plan).itertuples())
     return (
         "cesynth synthetic phantom cohort\n\n"
         "SYNTHETIC data, not acquired from any person. Heads built from the MNI ICBM152 2009a "
-        "tissue maps with a random smooth deformation, skull and scalp; tumors with necrotic "
-        "core, enhancing rim and edema; enhancing vessels. Images follow the SPGR (T1w, "
-        "ce-gadolinium T1w), spin-echo (T2w) and diffusion (DWI, b = 0, 500, 1000) signal "
-        "equations, each scan with its own grid, head pose, bias field and Rician noise.\n\n"
-        f"Subjects: {counts}.\n"
-        "Ground truth (true ADC, brain and enhancing masks, transforms) is in "
-        "derivatives/phantom; Set B tumor masks in derivatives/tumor_masks.\n")
+        "tissue maps with a random smooth deformation, skull and scalp; enhancing vessels; "
+        "lesions of four types, mixed within subjects: rim (enhancing rim, necrotic core, "
+        "edema), solid (solid enhancing, metastasis-like, 3-30 mm, thin edema), nonenhancing "
+        "(low-grade-glioma-like, no contrast agent) and t2abnormality (treatment-effect-like "
+        "gliosis, no contrast agent). Images follow the SPGR (T1w, ce-gadolinium T1w), "
+        "spin-echo (T2w) and diffusion (DWI, b = 0, 500, 1000) signal equations, each scan with "
+        "its own grid, head pose, bias field and Rician noise.\n\n"
+        f"Subjects: {counts}.\n\n"
+        "Ground truth is in derivatives/phantom: true ADC, transforms, parameters, and on the "
+        "ce-gadolinium T1w grid the brain mask, the enhancing-lesion mask (rim and solid "
+        "lesions, not vessels), the contrast-agent map in mM (lesions and vessels; "
+        "desc-agent_map), the lesions' BraTS-2018 labels (desc-lesion_dseg: 4 enhancing, 1 "
+        "non-enhancing tumor or necrosis, 2 edema or T2 abnormality) and one label per lesion "
+        "(desc-lesions_dseg, with a JSON table of each lesion's type, enhancement and "
+        "diameter). Set B tumor masks are in derivatives/tumor_masks (BraTS labels 4 and 1).\n")
+
+
+def _with_lesion_types(plan: pd.DataFrame) -> pd.DataFrame:
+    """The plan with a ``lesion_types`` column (an older plan of counts: rim lesions)."""
+    if "lesion_types" in plan:
+        return plan.fillna({"lesion_types": ""})
+    return plan.assign(lesion_types=[";".join(lesion_types_of(int(n))) for n in plan["n_tumors"]])
 
 
 def _write_text(text: str, path: Path) -> Path:
@@ -250,14 +366,21 @@ def truth_files(participant_id: str) -> dict[str, str]:
     """The ground-truth files the phantom writes for a subject: the one place they are named.
 
     :func:`subject_paths` (so the writer) and the workflow's rules (``rules/common.smk``) take
-    the names from here. Only Set B subjects get ``tumor_mask``.
+    the names from here. Only Set B subjects get ``tumor_mask``. On the CE-T1 grid:
+    ``brain_mask``, ``enhancing_mask`` (enhancing lesion tissue: rim and solid lesions, not
+    vessels; uint8), ``agent_map`` (noise-free agent in mM, lesions and vessels; float32),
+    ``lesion_dseg`` (BraTS 2018: 4 enhancing, 1 non-enhancing tumor, 2 edema or T2
+    abnormality; uint8), ``lesion_instances`` (lesion ``i`` of the parameters' ``tumors`` = ``i``
+    over its whole extent; uint16) with ``lesion_instances_sidecar`` (``lesions``: label, type,
+    enhancing, diameter_mm) and ``tumor_mask`` (BraTS 4 and 1).
 
     Args:
         participant_id: e.g. ``sub-01``; a Snakemake pattern such as ``sub-{subject}`` works too.
 
     Returns:
-        Key (true_adc, brain_mask, enhancing_mask, transforms, parameters, tumor_mask) -> path
-        relative to the dataset root, with ``/`` separators.
+        Key (true_adc, brain_mask, enhancing_mask, agent_map, lesion_dseg, lesion_instances,
+        lesion_instances_sidecar, transforms, parameters, tumor_mask) -> path relative to the
+        dataset root, with ``/`` separators.
     """
     sub = participant_id
     truth = f"{TRUTH_DIR}/{sub}/{sub}"
@@ -265,6 +388,10 @@ def truth_files(participant_id: str) -> dict[str, str]:
         "true_adc": f"{truth}_desc-trueadc_adc.nii.gz",
         "brain_mask": f"{truth}_space-ceT1w_desc-brain_mask.nii.gz",
         "enhancing_mask": f"{truth}_space-ceT1w_desc-enhancing_mask.nii.gz",
+        "agent_map": f"{truth}_space-ceT1w_desc-agent_map.nii.gz",
+        "lesion_dseg": f"{truth}_space-ceT1w_desc-lesion_dseg.nii.gz",
+        "lesion_instances": f"{truth}_space-ceT1w_desc-lesions_dseg.nii.gz",
+        "lesion_instances_sidecar": f"{truth}_space-ceT1w_desc-lesions_dseg.json",
         "transforms": f"{truth}_desc-transforms.json",
         "parameters": f"{truth}_desc-phantom_parameters.json",
         "tumor_mask": f"{TUMOR_MASK_DIR}/{sub}/anat/{sub}_desc-tumor_mask.nii.gz",
@@ -301,14 +428,17 @@ def write_subject(bids_dir: str | Path, plan_row: Mapping[str, Any],
 
     Args:
         bids_dir: dataset root.
-        plan_row: one row of :func:`plan_cohort` (participant_id, set, n_tumors, subject_seed).
+        plan_row: one row of :func:`plan_cohort` (participant_id, set, lesion_types,
+            subject_seed; a row with n_tumors and no lesion_types places rim lesions).
         settings: phantom settings.
 
     Returns:
         Key -> path of every file written.
     """
     sub = str(plan_row["participant_id"])
-    scans = simulate_subject(int(plan_row["subject_seed"]), int(plan_row["n_tumors"]), settings)
+    requested = lesion_types_of(plan_row["lesion_types"] if "lesion_types" in plan_row
+                                else int(plan_row["n_tumors"]))
+    scans = simulate_subject(int(plan_row["subject_seed"]), requested, settings)
     paths = subject_paths(bids_dir, sub)
     if plan_row["set"] != "B":
         del paths["tumor_mask"]
@@ -323,11 +453,25 @@ def write_subject(bids_dir: str | Path, plan_row: Mapping[str, Any],
     save_nifti(scans.true_adc, scans.grids["dwi"].affine, paths["true_adc"])
     save_nifti(scans.masks["brain"], reference, paths["brain_mask"], dtype=np.uint8)
     save_nifti(scans.masks["enhancing"], reference, paths["enhancing_mask"], dtype=np.uint8)
+    save_nifti(scans.true_agent, reference, paths["agent_map"], dtype=np.float32)
+    save_nifti(scans.masks["lesion_dseg"], reference, paths["lesion_dseg"], dtype=np.uint8)
+    instances = scans.masks["lesion_instances"]
+    save_nifti(instances, reference, paths["lesion_instances"], dtype=np.uint16)
+    voxels = np.bincount(instances.ravel(), minlength=len(scans.anatomy.tumors) + 1)
+    write_json({"Description": "one label per phantom lesion over its whole extent (edema "
+                               "included), in the order of the parameters' tumors",
+                "lesions": [{"label": i, "type": tumor["type"],
+                             "enhancing": tumor["type"] in ENHANCING_TYPES,
+                             "diameter_mm": round(float(tumor["diameter_mm"]), 3),
+                             "voxels": int(voxels[i])}
+                            for i, tumor in enumerate(scans.anatomy.tumors, start=1)]},
+               paths["lesion_instances_sidecar"])
     if "tumor_mask" in paths:
         save_nifti(scans.masks["tumor"], reference, paths["tumor_mask"], dtype=np.uint8)
     write_json(true_transforms(scans.poses), paths["transforms"])
     write_json({"subject_seed": int(plan_row["subject_seed"]),
-                "n_tumors_requested": int(plan_row["n_tumors"]),
+                "n_tumors_requested": len(requested),
+                "lesion_types_requested": requested,
                 "tumors": scans.anatomy.tumors,
                 "tissues": {name: asdict(t) for name, t in scans.anatomy.tissues.items()},
                 "units": {"t1_ms": "ms", "t2_ms": "ms", "adc_mm2_s": "mm2/s", "agent_mM": "mM"},
@@ -336,7 +480,8 @@ def write_subject(bids_dir: str | Path, plan_row: Mapping[str, Any],
 
 
 def make_cohort(out_dir: str | Path, n_subjects: int, seed: int = 0, n_set_b: int | None = None,
-                settings: PhantomSettings = _DEFAULT_SETTINGS) -> pd.DataFrame:
+                settings: PhantomSettings = _DEFAULT_SETTINGS,
+                fractions: SplitFractions | None = _DEFAULT_FRACTIONS) -> pd.DataFrame:
     """Write a whole phantom cohort as a BIDS dataset.
 
     Args:
@@ -345,13 +490,16 @@ def make_cohort(out_dir: str | Path, n_subjects: int, seed: int = 0, n_set_b: in
         seed: cohort seed.
         n_set_b: Set B size; default max(1, round(0.25 n)) for n >= 2, else 0.
         settings: phantom settings.
+        fractions: the split fractions the cohort will be split with (default the config's
+            defaults), so its validation subjects hold every lesion type; None: unstratified.
 
     Returns:
         The cohort plan (see :func:`plan_cohort`).
     """
     if n_set_b is None:
         n_set_b = max(1, round(0.25 * n_subjects)) if n_subjects >= 2 else 0
-    plan = plan_cohort(n_subjects, seed, n_set_b, max_tumors=settings.max_tumors)
+    plan = plan_cohort(n_subjects, seed, n_set_b, max_tumors=settings.max_tumors,
+                       fractions=fractions)
     write_dataset_files(out_dir, plan, settings)
     for _, row in plan.iterrows():
         write_subject(out_dir, row, settings)

@@ -2,10 +2,10 @@
 
 Each case is one phantom head (:func:`~cesynth.phantom.anatomy.build_anatomy`) imaged on its
 anatomy grid: every contrast on one grid (co-registered), skull-stripped, with Rician noise; an
-ADC map instead of DWI (UCSF-PDGM also gets a DTI MD map); and the tumor as a multi-label
-segmentation in the layout's label convention (1 necrotic core, 2 edema, enhancing rim 3 in
-BraTS 2023 naming, 4 in UCSF-PDGM and older BraTS). Header free-text fields carry text, so the
-import's cleaning shows.
+ADC map instead of DWI (UCSF-PDGM also gets a DTI MD map); and the lesions as a multi-label
+segmentation in the layout's label convention (1 necrotic core or non-enhancing tumor, 2 edema or
+T2 abnormality, enhancing tumor 3 in BraTS 2023 naming, 4 in UCSF-PDGM and older BraTS). Header
+free-text fields carry text, so the import's cleaning shows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from cesynth.io import InputError, atomic_path
-from cesynth.phantom.anatomy import LABEL, _stream, build_anatomy
+from cesynth.phantom.anatomy import BRATS_CLASSES, LABEL, _stream, build_anatomy
 from cesynth.phantom.cohort import plan_cohort
 from cesynth.phantom.physics import WM_SCANNER_SIGNAL, add_rician_noise, noise_free_image
 from cesynth.phantom.settings import PhantomSettings
@@ -46,7 +46,7 @@ def write_layout_cohort(out_dir: str | Path, layout: str, n_cases: int, seed: in
     Args:
         out_dir: the cohort folder (missing, empty, or an earlier phantom layout cohort).
         layout: ``ucsf-pdgm`` or ``brats``.
-        n_cases: number of cases (each with at least one tumor).
+        n_cases: number of cases (each with a rim-enhancing lesion and a mixture of others).
         seed: cohort seed.
         settings: phantom settings (default 2 mm voxels).
         naming: BraTS file naming, ``2023`` (``-t1n``...) or ``2017`` (``_t1``...).
@@ -73,13 +73,13 @@ def write_layout_cohort(out_dir: str | Path, layout: str, n_cases: int, seed: in
     folders = []
     for case, row in zip(case_ids(layout, n_cases, naming), plan.itertuples(), strict=True):
         folders.append(_write_case(root, layout, naming, case, int(row.subject_seed),
-                                   int(row.n_tumors), settings))
+                                   row.lesion_types, settings))
     return folders
 
 
 def _write_case(root: Path, layout: str, naming: str, case: str, subject_seed: int,
-                n_tumors: int, settings: PhantomSettings) -> Path:
-    anatomy = build_anatomy(subject_seed, n_tumors, settings)
+                lesion_types: str, settings: PhantomSettings) -> Path:
+    anatomy = build_anatomy(subject_seed, lesion_types, settings)
     brain = anatomy.indicators["brain"] > 0.5
     rng = _stream(subject_seed, "noise")
     sigma = WM_SCANNER_SIGNAL / settings.snr
@@ -92,9 +92,9 @@ def _write_case(root: Path, layout: str, naming: str, case: str, subject_seed: i
     adc = np.where(brain, anatomy.maps["adc_mm2_s"], 0.0).astype(np.float32)
     enhancing = 3 if layout == "brats" and naming == "2023" else 4
     seg = np.zeros(anatomy.labels.shape, np.uint8)
-    seg[anatomy.labels == LABEL["core"]] = 1
-    seg[anatomy.labels == LABEL["edema"]] = 2
-    seg[anatomy.labels == LABEL["rim"]] = enhancing
+    for label, tissues in BRATS_CLASSES.items():
+        in_class = np.isin(anatomy.labels, [LABEL[t] for t in tissues])
+        seg[in_class] = enhancing if label == 4 else label
     seg[~brain] = 0
     affine = anatomy.grid.affine
     if layout == "ucsf-pdgm":

@@ -22,7 +22,9 @@ GADOLINIUM_R1_PER_MM_S = 4.0
 # Signal level of white matter after scaling (b = 0 for DWI): a plausible scanner range.
 WM_SCANNER_SIGNAL = 1000.0
 
-# SPEC "Phantom physics" table: (low, high) per parameter; ADC in mm2/s, agent in mM.
+# SPEC "Phantom physics" table: (low, high) per parameter; ADC in mm2/s, agent in mM. ``solid``
+# is the solid enhancing (metastasis-like) lesion, ``lgg`` the non-enhancing low-grade-glioma-like
+# lesion, ``gliosis`` the treatment-effect T2 abnormality.
 TISSUE_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "wm": {"t1_ms": (830, 1100), "t2_ms": (70, 80), "pd": (0.69, 0.69),
            "adc_mm2_s": (0.70e-3, 0.80e-3), "agent_mM": (0, 0)},
@@ -42,6 +44,14 @@ TISSUE_RANGES: dict[str, dict[str, tuple[float, float]]] = {
             "adc_mm2_s": (0.05e-3, 0.05e-3), "agent_mM": (0, 0)},
     "skull": {"t1_ms": (1000, 1000), "t2_ms": (1, 1), "pd": (0.05, 0.05),
               "adc_mm2_s": (0.1e-3, 0.1e-3), "agent_mM": (0, 0)},
+    # The lesion archetypes' tissues come last: a subject's draws for the tissues above (one
+    # generator, in this order) stay what they were before these were added.
+    "solid": {"t1_ms": (1200, 1600), "t2_ms": (80, 120), "pd": (0.85, 0.85),
+              "adc_mm2_s": (0.8e-3, 1.2e-3), "agent_mM": (0.2, 0.6)},
+    "lgg": {"t1_ms": (1400, 1900), "t2_ms": (120, 200), "pd": (0.88, 0.88),
+            "adc_mm2_s": (1.2e-3, 1.7e-3), "agent_mM": (0, 0)},
+    "gliosis": {"t1_ms": (1300, 1700), "t2_ms": (100, 160), "pd": (0.85, 0.85),
+                "adc_mm2_s": (1.1e-3, 1.5e-3), "agent_mM": (0, 0)},
 }
 # Air: no signal. T1/T2 stay positive so the signal equations never divide by zero.
 _BACKGROUND = {"t1_ms": 1000.0, "t2_ms": 1.0, "pd": 0.0, "adc_mm2_s": 0.0, "agent_mM": 0.0}

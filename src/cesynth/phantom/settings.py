@@ -10,7 +10,9 @@ class PhantomSettings:
     """Size, resolution and acquisition imperfections of the phantom.
 
     T2w and DWI voxel sizes left as ``None`` follow ``voxel_mm``: T2w in-plane = voxel_mm,
-    slices 2.5 x voxel_mm; DWI in-plane 1.25 x voxel_mm, slices 2.5 x voxel_mm.
+    slices 2.5 x voxel_mm; DWI in-plane 1.25 x voxel_mm, slices 2.5 x voxel_mm. ``max_tumors``
+    is the most lesions a subject draws (the cohort plan may give validation subjects more, so
+    that together they hold every lesion type).
     """
 
     voxel_mm: float = 2.0
@@ -23,7 +25,7 @@ class PhantomSettings:
     deformation_mm: float = 3.0
     snr: float = 40.0
     bias_field: float = 0.15
-    max_tumors: int = 2
+    max_tumors: int = 3
     head_scale_range: tuple[float, float] = (0.86, 0.94)
 
     def __post_init__(self) -> None:
