@@ -50,7 +50,8 @@ def test_the_record_holds_everything_that_shapes_the_inputs_resolved(tmp_path):
     assert record["format"] == RECORD_FORMAT
     assert record["model_grid"] == [64, 80, 64]
     assert (record["orientation"], record["slice_axis"]) == ("RAS", 2)
-    assert record["normalise"] == "histeq" and record["normalise_options"] == {"nbins": None, "bias_correction": "none"}
+    assert record["normalise"] == "histeq"
+    assert record["normalise_options"] == {"nbins": None, "bias_correction": "none"}
     assert record["brainmask"] == "deepbet" and record["brainmask_requested"] == "auto"
     assert record["brainmask_reference"] == "ceT1w"
     assert record["adc"] == {"b_values": [0.0, 500.0, 1000.0], "b_tolerance": 50.0,
@@ -106,7 +107,8 @@ def test_an_old_record_reads_as_what_the_workflow_did_then():
     assert {k: record[k] for k in old} == old  # the old keys, as they were
     assert record["format"] == 1 and record["brainmask_reference"] == "ceT1w"
     assert record["adc"] == ADC_DEFAULTS and record["registration"] == {"seed": 0}
-    assert record["normalise_options"] == {"nbins": None, "bias_correction": "none"} and record["cesynth_version"] is None
+    assert record["normalise_options"] == {"nbins": None, "bias_correction": "none"}
+    assert record["cesynth_version"] is None
     assert read_record({}) == {} and read_record(None) == {}
     new = {"format": RECORD_FORMAT, "model_grid": [8, 8, 8], "brainmask": "deepbet"}
     assert read_record(new) == new
