@@ -19,7 +19,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers.bids_builder import AFFINE, add_subject, ellipsoid, make_dataset, save
+from helpers.bids_builder import (
+    AFFINE,
+    add_subject,
+    ellipsoid,
+    make_dataset,
+    save,
+    tree_fingerprint,
+)
 from helpers.workflow import CESYNTH, snakemake
 
 from cesynth import cli, predict
@@ -415,3 +422,38 @@ def test_sigterm_stops_a_command_in_one_line_without_hidden_files(tmp_path):
     assert process.returncode == EXIT_TERMINATED, stderr
     assert stderr.strip().splitlines() == ["error: cesynth phantom: terminated (SIGTERM)"]
     assert [p for p in out.rglob(".*")] == []
+
+
+def _dicom_t1(root: Path, label: str, seed: int = 0) -> Path:
+    """``root/<label>``: one patient's T1 series in a study of its own."""
+    from helpers.dicom_writer import write_series_from_volume
+    from pydicom.uid import generate_uid
+
+    write_series_from_volume(np.rint(ellipsoid(seed=seed) + 50), AFFINE, root / label / "s2",
+                             series_description="T1 MPRAGE pre", series_number=2,
+                             study_uid=generate_uid())
+    return root
+
+
+def test_dicom2bids_refuses_a_subject_holding_another_patients_data(capsys, tmp_path):
+    """Issue 26: a second DICOM folder ``01`` (another patient) replaced sub-01's images."""
+    first = _dicom_t1(tmp_path / "first", "01", seed=1)
+    out = tmp_path / "bids"
+    assert run_cli(capsys, "dicom2bids", "--dicom", first, "--out", out)[0] == 0
+    other = _dicom_t1(tmp_path / "other", "01", seed=2)
+    before, source = tree_fingerprint(out), tree_fingerprint(other)
+    code, lines = run_cli(capsys, "dicom2bids", "--dicom", other, "--out", out)
+    assert_one_line(code, lines, f"{out / 'sub-01'}: ", "another DICOM study",
+                    "refusing to mix two patients")
+    assert (tree_fingerprint(out), tree_fingerprint(other)) == (before, source)
+    assert run_cli(capsys, "dicom2bids", "--dicom", first, "--out", out)[0] == 0  # a re-run
+
+
+def test_dicom2bids_refuses_a_dataset_it_did_not_write(capsys, dataset):
+    """The same check as ``cesynth import``: only a missing or empty folder, or an earlier
+    ``cesynth dicom2bids`` dataset."""
+    dicom = _dicom_t1(dataset.parent / "dicom", "01")
+    before = tree_fingerprint(dataset)
+    code, lines = run_cli(capsys, "dicom2bids", "--dicom", dicom, "--out", dataset)
+    assert_one_line(code, lines, f"{dataset}: ", "not written by cesynth dicom2bids")
+    assert tree_fingerprint(dataset) == before

@@ -44,7 +44,13 @@ from cesynth.import_layouts import (
     plan_import,
     resolve_tumor_labels,
 )
-from cesynth.io import InputError, check_same_grid, read_json, write_json, write_tsv
+from cesynth.io import (
+    InputError,
+    check_same_grid,
+    guard_dataset_target,
+    write_json,
+    write_tsv,
+)
 
 IMPORT_GENERATOR = "cesynth import"
 CLEARED_HEADER_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
@@ -135,7 +141,7 @@ def import_layout(
         raise InputError("--set", f"{set_mode!r}: expected one of {', '.join(SET_MODES)}")
     _refuse_inside_source(source, out)
     plans = plan_import(source, layout, patterns)
-    _guard_target(out)
+    guard_dataset_target(out, IMPORT_GENERATOR)
     spec = layout_spec(layout, patterns)
     for variant in spec["variants"].values():
         resolve_tumor_labels(tumor_labels, variant)  # a bad value stops before any writing
@@ -182,24 +188,6 @@ def _refuse_inside_source(source: Path, out: Path) -> None:
     if out_real == source_real or source_real in out_real.parents:
         raise InputError(out, f"is inside the source folder {source}; refusing to write into "
                               "the source")
-
-
-def _guard_target(out: Path) -> None:
-    """Write only into a missing or empty folder, or an earlier ``cesynth import`` dataset."""
-    description = out / "dataset_description.json"
-    if description.is_file():
-        try:
-            content = read_json(description)
-        except InputError:
-            content = {}
-        generators = content.get("GeneratedBy", []) if isinstance(content, dict) else []
-        names = {g.get("Name") for g in generators if isinstance(g, dict)}
-        if IMPORT_GENERATOR not in names:
-            raise InputError(out, "holds a dataset not written by cesynth import; refusing to "
-                                  "write over it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise InputError(out, "is not empty and holds no cesynth import dataset; refusing to "
-                              "write into it")
 
 
 def _import_case(plan: CasePlan, out: Path, variant: Mapping[str, Any],

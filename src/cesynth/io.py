@@ -205,6 +205,46 @@ def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | o
         seen.add(key)
 
 
+def dataset_generators(root: str | os.PathLike) -> set[str] | None:
+    """The ``GeneratedBy`` names of the dataset at ``root`` (None: no dataset_description.json;
+    an unreadable one names none)."""
+    description = Path(root) / "dataset_description.json"
+    if not description.is_file():
+        return None
+    try:
+        content = read_json(description)
+    except InputError:
+        content = {}
+    generators = content.get("GeneratedBy", []) if isinstance(content, dict) else []
+    return {g.get("Name") for g in generators if isinstance(g, dict)}
+
+
+def guard_dataset_target(root: str | os.PathLike, generator: str,
+                         also: Iterable[dict[str, Any]] = ()) -> None:
+    """Fail before any work unless ``root`` is missing, empty, or a dataset that ``generator``
+    wrote (its dataset_description.json names it in ``GeneratedBy``, or equals one of
+    ``also``): a writer never mixes its subjects into somebody else's dataset.
+
+    Raises:
+        InputError: on ``root``.
+    """
+    out = Path(root)
+    names = dataset_generators(out)
+    if names is not None:
+        if generator in names:
+            return
+        try:
+            content = read_json(out / "dataset_description.json")
+        except InputError:
+            content = None
+        if content not in list(also):
+            raise InputError(out, f"holds a dataset not written by {generator}; refusing to "
+                                  "write over it")
+    elif out.is_dir() and any(out.iterdir()):
+        raise InputError(out, f"is not empty and holds no {generator} dataset; refusing to "
+                              "write into it")
+
+
 def check_output_file(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
     """Fail before any work when an output file cannot be written at ``path``: a name without
     one of ``suffixes``, an existing folder, or a folder that cannot be written.
