@@ -132,6 +132,40 @@ def test_failing_predict_keeps_the_file_that_was_at_out(capsys, images, tmp_path
     assert out.read_bytes() == b"an earlier result"
 
 
+@pytest.mark.parametrize("case", ["out-is-model", "sidecar-is-model", "sidecar-is-cascade",
+                                  "grid-sidecar-is-model", "out-is-sibling-cascade"])
+def test_predict_never_writes_over_its_checkpoints(case, capsys, images, tmp_path):
+    """Issue 26: ``--out`` (or a sidecar) equal to ``--model`` or a cascade checkpoint replaced
+    the checkpoint; refused before any work."""
+    train = tmp_path / "train"
+    files = {"model.nii.gz": train / "exp" / "model.nii.gz",
+             "model.json": train / "exp" / "model.json",
+             "cascade.json": tmp_path / "cascade.json",
+             "sibling": train / "cascade-T2w" / "model.nii.gz"}
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a checkpoint")
+    out = tmp_path / "o.nii.gz"
+    args, named = {
+        "out-is-model": (["--model", files["model.nii.gz"], "--out", files["model.nii.gz"]],
+                         files["model.nii.gz"]),
+        "sidecar-is-model": (["--model", files["model.json"], "--out",
+                              files["model.json"].with_name("model.nii.gz")], files["model.json"]),
+        "sidecar-is-cascade": (["--model", files["model.nii.gz"], "--cascade-t2",
+                                files["cascade.json"], "--out", tmp_path / "cascade.nii.gz"],
+                               files["cascade.json"]),
+        "grid-sidecar-is-model": (["--model", files["model.json"], "--out", out,
+                                   "--out-model-grid", files["model.json"].with_name("model.nii")],
+                                  files["model.json"]),
+        "out-is-sibling-cascade": (["--model", files["model.nii.gz"], "--out", files["sibling"]],
+                                   files["sibling"]),
+    }[case]
+    before = tree_fingerprint(tmp_path)
+    code, lines = run_cli(capsys, "predict", "--t1", images["t1"], *args)
+    assert_one_line(code, lines, f"{named}: ", "output would overwrite an input")
+    assert tree_fingerprint(tmp_path) == before
+
+
 def test_failing_predict_write_keeps_the_files_that_were_there(tmp_path):
     """The last output (the DICOM series) fails: the image and sidecar written before it must
     not replace, nor delete, the files that were at their paths."""
