@@ -314,6 +314,42 @@ def test_segmentation_without_the_chosen_labels_gives_no_mask_and_set_a(tmp_path
     assert whole["imported"]["BraTSGLI00009000"]["set"] == "B"
 
 
+def _small_case(root: Path, case: str, seg: np.ndarray, names: tuple[str, ...]) -> Path:
+    """A case of 2x2x2 images (T1, T1c, segmentation) under ``root/<folder>``."""
+    image = np.arange(8, dtype=np.int16).reshape(2, 2, 2)
+    folder, t1, t1c, seg_name = names
+    for name, data in ((t1, image), (t1c, image),
+                       (seg_name, seg.reshape(2, 2, 2).astype(np.uint8))):
+        _write(root / folder.format(case=case) / f"{case}{name}.nii.gz", data)
+    return root / folder.format(case=case) / f"{case}{seg_name}.nii.gz"
+
+
+@pytest.mark.parametrize("case", ["asked-label-unknown", "map-label-unknown"])
+def test_tumor_labels_the_layout_does_not_know_stop_with_one_line(case, tmp_path):
+    """Issue 26: ``--tumor-labels 9``, or a UCSF-PDGM map using label 3 (BraTS 2023's
+    enhancing label), gave no mask and put the patients in Set A (training) with exit 0."""
+    if case == "asked-label-unknown":
+        layout, names, labels = "brats", ("{case}", "-t1n", "-t1c", "-seg"), "9"
+        seg_case = "BraTS-GLI-00001-000"  # the first of two: neither is written
+        seg = _small_case(tmp_path / "src", seg_case, np.array([0, 1, 2, 3] * 2), names)
+        _small_case(tmp_path / "src", "BraTS-GLI-00009-000", np.array([0, 1, 2, 3] * 2), names)
+        problem = f"{seg.name}: tumor labels 9 asked, labels found 1, 2, 3"
+    else:
+        layout, names, labels = "ucsf-pdgm", ("{case}_nifti", "_T1", "_T1c",
+                                              "_tumor_segmentation"), "enhancing"
+        seg_case = "UCSF-PDGM-0001"
+        seg = _small_case(tmp_path / "src", seg_case, np.array([0, 1, 2, 3] * 2), names)
+        problem = f"{seg.name}: labels found 1, 2, 3, tumor labels 4 asked; label 3"
+    before = tree_fingerprint(tmp_path / "src")
+    result = cesynth("import", "--layout", layout, tmp_path / "src", "--out", tmp_path / "bids",
+                     "--tumor-labels", labels)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {seg_case}: {problem}"), lines
+    assert not (tmp_path / "bids").exists()
+    assert tree_fingerprint(tmp_path / "src") == before
+
+
 # Per layout: the inputs the model can use, the ADC source and brain mask QC records (BraTS
 # publishes no diffusion and no brain mask: the model learns from T1 and T2, the mask is the
 # nonzero region of the skull-stripped CE-T1). Cases: enough for the ID hash to put one in the

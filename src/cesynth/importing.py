@@ -154,6 +154,8 @@ def import_layout(
             seg_pattern = spec["variants"][plan.variant]["patterns"]["seg"]
             problem = (f"{expected_name(plan.case, seg_pattern)}: missing (--set B needs a "
                        "tumor segmentation)")
+        if problem is None and plan.has_segmentation:
+            problem = _label_problem(plan, spec["variants"][plan.variant], tumor_labels)
         if problem is None:
             todo.append(plan)
             continue
@@ -188,6 +190,39 @@ def _refuse_inside_source(source: Path, out: Path) -> None:
     if out_real == source_real or source_real in out_real.parents:
         raise InputError(out, f"is inside the source folder {source}; refusing to write into "
                               "the source")
+
+
+def _label_problem(plan: CasePlan, variant: Mapping[str, Any],
+                   tumor_labels: str | Iterable[int] | None) -> str | None:
+    """What is wrong with the case's segmentation labels, read before any case is written: a
+    tumor label asked that the layout does not define, or a label in the map that the layout
+    does not define (a map of another release's labelling would give a wrong mask, or none
+    and the patient in Set A); None when fine or unreadable (the import reports that)."""
+    try:
+        data = np.asanyarray(_load(plan, "seg").dataobj)
+    except InputError:
+        return None
+    if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+        return None  # not a label map: the import says so
+    asked = resolve_tumor_labels(tumor_labels, variant)
+    present = sorted(int(v) for v in np.unique(data) if v != 0)
+    known = sorted(int(v) for v in variant["labels"])
+
+    def shown(values: Iterable[int]) -> str:
+        return ", ".join(str(v) for v in values) or "none"
+
+    seg = plan.files["seg"].name
+    unknown_asked = [v for v in asked if v not in known]
+    if unknown_asked:
+        return (f"{seg}: tumor labels {shown(asked)} asked, labels found {shown(present)}; "
+                f"{shown(unknown_asked)} not a label of the {plan.variant} layout "
+                f"({shown(known)})")
+    unknown_present = [v for v in present if v not in known]
+    if unknown_present:
+        return (f"{seg}: labels found {shown(present)}, tumor labels {shown(asked)} asked; "
+                f"label {shown(unknown_present)} is not a label of the {plan.variant} layout "
+                f"({shown(known)}): another release's labelling or the wrong --layout")
+    return None
 
 
 def _import_case(plan: CasePlan, out: Path, variant: Mapping[str, Any],
