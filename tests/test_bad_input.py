@@ -220,6 +220,20 @@ def test_voxel_size_zero_or_negative_is_refused(sizes, capsys, dataset, tmp_path
     assert_one_line(code, lines, str(t1), f"voxel size (pixdim) {shown}")
 
 
+@pytest.mark.parametrize("scale, problem", [
+    (0.1, "ADC median 0.1 is in no known unit"), (-1e-3, "ADC map has no positive voxel")])
+def test_validate_refuses_an_adc_map_predict_refuses(scale, problem, capsys, dataset):
+    """Issue 26: validate passed an ADC map in no known unit (x100) or negative."""
+    add_subject(dataset, "03", modalities=("T1w", "ceT1w", "T2w"), seed=3)
+    adc = save((scale * (1 + ellipsoid() / 1000)).astype(np.float32),
+               dataset / "sub-03/dwi/sub-03_adc.nii.gz")
+    before = tree_fingerprint(dataset)
+    code, lines = run_cli(capsys, "validate", "--bids", dataset)
+    assert code == 1
+    assert lines[0].startswith(f"error: sub-03: {adc.name}: {problem}"), lines
+    assert tree_fingerprint(dataset) == before
+
+
 def test_one_image_as_both_nii_and_nii_gz_is_refused(capsys, dataset):
     t2 = dataset / "sub-02/anat/sub-02_T2w.nii.gz"
     nib.save(nib.load(str(t2)), str(t2.with_name("sub-02_T2w.nii")))

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from cesynth import __version__
+from cesynth.adc_maps import detect_adc_unit
 from cesynth.import_layouts import (
     LAYOUTS,
     CasePlan,
@@ -47,7 +48,9 @@ from cesynth.import_layouts import (
 from cesynth.io import (
     InputError,
     check_same_grid,
+    check_voxel_sizes,
     guard_dataset_target,
+    quiet_nibabel,
     write_json,
     write_tsv,
 )
@@ -254,6 +257,10 @@ def _import_case(plan: CasePlan, out: Path, variant: Mapping[str, Any],
         else:
             source_kind, path = diffusion
             img = _load(plan, "adc" if source_kind == "ADC" else "md")
+            try:  # the unit predict and the workflow would read the map in, or none
+                detect_adc_unit(np.asanyarray(img.get_fdata(dtype=np.float32)))
+            except InputError as err:
+                raise InputError(plan.case, f"{path.name}: {err.problem}") from err
             relative = Path(sub) / "dwi" / f"{sub}_adc.nii.gz"
             _save_clean(img, stage / relative)
             write_json({"Source": source_kind, "SourceFile": path.name,
@@ -358,11 +365,16 @@ def _move_into_place(stage: Path, out: Path, sub: str) -> None:
 def _load(plan: CasePlan, key: str) -> nib.Nifti1Image:
     path = plan.files[key]
     try:
-        img = nib.load(str(path))
+        with quiet_nibabel():  # its header repairs are checked below, as written
+            img = nib.load(str(path))
         np.asanyarray(img.dataobj)  # full read: a truncated file fails here, on this case
     except Exception as err:  # nibabel raises many types for corrupt files
         raise InputError(plan.case, f"{path.name}: unreadable NIfTI "
                                     f"({type(err).__name__}: {err})") from err
+    try:  # nibabel reads a pixdim of 0 as 1 mm: the written image would claim that size
+        check_voxel_sizes(img, path.name)
+    except InputError as err:
+        raise InputError(plan.case, f"{path.name}: {err.problem}") from err
     if not isinstance(img, nib.Nifti1Image):  # NIfTI-2 and others: convert to NIfTI-1
         img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
     return img

@@ -100,7 +100,7 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
     try:
         # nibabel logs (to stderr) each header field it repairs, such as a pixdim of 0 read as
         # 1; the callers that care check those fields as written (check_voxel_sizes)
-        with _quiet_nibabel():
+        with quiet_nibabel():
             img = nib.load(str(path))
         img.get_fdata(dtype=np.float32)  # force a full read so truncated files fail here
     except FileNotFoundError as err:
@@ -111,7 +111,7 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
 
 
 @contextlib.contextmanager
-def _quiet_nibabel() -> Iterator[None]:
+def quiet_nibabel() -> Iterator[None]:
     """Silence nibabel's header-repair messages (below ERROR) for the block."""
     nib_logger = nib.imageglobals.logger
     level = nib_logger.level
