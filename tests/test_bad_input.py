@@ -234,6 +234,43 @@ def test_validate_refuses_an_adc_map_predict_refuses(scale, problem, capsys, dat
     assert tree_fingerprint(dataset) == before
 
 
+@pytest.mark.parametrize("case, named, problem", [
+    ("nan", "dwi", "non-finite voxels (NaN or inf)"),
+    ("zero", "dwi", "b=0 signal is zero or negative in every voxel"),
+    ("negative", "dwi", "b=0 signal is zero or negative in every voxel"),
+    ("empty-mask", "mask", "empty mask (no nonzero voxel)"),
+    ("b0-negative-in-mask", "dwi", "b=0 signal is zero or negative in every voxel of the mask"),
+    ("mostly-clipped", "dwi", "of the fitted voxels clipped"),
+])
+def test_adc_refuses_dwi_it_cannot_fit(case, named, problem, capsys, images, tmp_path):
+    """Issue 26: NaN, zero or negative DWI, or an empty mask, gave exit 0 and an all-zero (or
+    mostly clipped) ADC map."""
+    img = nib.load(images["dwi"])
+    dwi = np.asarray(img.get_fdata(dtype=np.float32))
+    mask = np.zeros(dwi.shape[:3], np.uint8)
+    mask[4:8, 5:9, 3:7] = 1
+    if case == "nan":
+        dwi[2, 3, 4, 1] = np.nan
+    elif case in ("zero", "negative"):
+        dwi[:] = 0.0 if case == "zero" else -dwi
+    elif case == "empty-mask":
+        mask[:] = 0
+    elif case == "b0-negative-in-mask":
+        dwi[mask > 0, 0] = -1.0
+    else:  # the signal rises with b: a negative ADC, clipped to 0, in most voxels
+        dwi = dwi[..., ::-1].copy()
+    files = {"dwi": save(dwi, tmp_path / "case" / "dwi.nii.gz"),
+             "mask": save(mask, tmp_path / "case" / "mask.nii.gz")}
+    out = tmp_path / "out" / "adc.nii.gz"
+    before = tree_fingerprint(tmp_path / "case")
+    code, lines = run_cli(capsys, "adc", "--dwi", files["dwi"], "--bval", images["bval"],
+                          "--bvec", images["bvec"], "--out", out,
+                          *(["--mask", files["mask"]] if "mask" in case else []))
+    assert_one_line(code, lines, f"{files[named]}: ", problem)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    assert tree_fingerprint(tmp_path / "case") == before
+
+
 def test_one_image_as_both_nii_and_nii_gz_is_refused(capsys, dataset):
     t2 = dataset / "sub-02/anat/sub-02_T2w.nii.gz"
     nib.save(nib.load(str(t2)), str(t2.with_name("sub-02_T2w.nii")))
