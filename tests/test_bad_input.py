@@ -271,6 +271,20 @@ def test_adc_refuses_dwi_it_cannot_fit(case, named, problem, capsys, images, tmp
     assert tree_fingerprint(tmp_path / "case") == before
 
 
+def test_an_image_of_fewer_than_3_voxels_along_an_axis_is_refused(capsys, dataset, tmp_path):
+    """Issue 26: a one-slice T1 passed validate; register and predict then failed in ITK."""
+    t1 = save(ellipsoid()[:, :, 4:5], dataset / "sub-01/anat/sub-01_T1w.nii.gz")
+    problem = "shape 12 x 14 x 1: 1 voxel along axis 3 (at least 3 along each spatial axis)"
+    code, lines = run_cli(capsys, "validate", "--bids", dataset)
+    assert code == 1
+    assert lines[0] == f"error: sub-01: {t1.name}: {problem}"
+    out = tmp_path / "out" / "o.nii.gz"
+    code, lines = run_cli(capsys, "predict", "--t1", t1, "--model", tmp_path / "m.pt",
+                          "--out", out)
+    assert_one_line(code, lines, f"{t1}: ", problem)
+    assert not out.parent.exists()
+
+
 def test_one_image_as_both_nii_and_nii_gz_is_refused(capsys, dataset):
     t2 = dataset / "sub-02/anat/sub-02_T2w.nii.gz"
     nib.save(nib.load(str(t2)), str(t2.with_name("sub-02_T2w.nii")))

@@ -123,14 +123,16 @@ def quiet_nibabel() -> Iterator[None]:
 
 
 def load_checked_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
-    """Load a NIfTI image for processing: readable, positive voxel sizes, finite voxels.
+    """Load a NIfTI image for processing: readable, positive voxel sizes, at least
+    :data:`MIN_VOXELS_PER_AXIS` voxels along each spatial axis, finite voxels.
 
     Raises:
-        InputError: on the file, as :func:`load_nifti`, :func:`check_voxel_sizes` and
-            :func:`check_finite` do.
+        InputError: on the file, as :func:`load_nifti`, :func:`check_voxel_sizes`,
+            :func:`check_min_extent` and :func:`check_finite` do.
     """
     img = load_nifti(path)
     check_voxel_sizes(img, path)
+    check_min_extent(img, path)
     check_finite(img.get_fdata(dtype=np.float32), path)
     return img
 
@@ -161,6 +163,23 @@ def check_voxel_sizes(img: Any, who: str | os.PathLike) -> None:
     if not np.all(np.isfinite(sizes) & (sizes > 0)):
         shown = " x ".join(f"{size:g}" for size in sizes)
         raise InputError(who, f"voxel size (pixdim) {shown}: every size must be positive")
+
+
+MIN_VOXELS_PER_AXIS = 3
+"""Fewest voxels along each spatial axis an image may have: registration (ITK) and the model's
+3-slice patches need at least this many."""
+
+
+def check_min_extent(img: Any, who: str | os.PathLike,
+                     minimum: int = MIN_VOXELS_PER_AXIS) -> None:
+    """Raise unless the image has at least ``minimum`` voxels along each of its 3 spatial axes
+    (a missing axis counts as 1 voxel)."""
+    shape = tuple(int(n) for n in img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
+    for axis, n in enumerate(shape, start=1):
+        if n < minimum:
+            shown = " x ".join(str(v) for v in shape)
+            raise InputError(who, f"shape {shown}: {n} voxel{'s' if n != 1 else ''} along axis "
+                                  f"{axis} (at least {minimum} along each spatial axis)")
 
 
 def other_nifti_copy(path: str | os.PathLike) -> Path | None:
