@@ -19,7 +19,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers.bids_builder import AFFINE, add_subject, ellipsoid, make_dataset, save
+from helpers.bids_builder import (
+    AFFINE,
+    add_subject,
+    ellipsoid,
+    make_dataset,
+    save,
+    tree_fingerprint,
+)
 from helpers.workflow import CESYNTH, snakemake
 
 from cesynth import cli, predict
@@ -125,6 +132,40 @@ def test_failing_predict_keeps_the_file_that_was_at_out(capsys, images, tmp_path
     assert out.read_bytes() == b"an earlier result"
 
 
+@pytest.mark.parametrize("case", ["out-is-model", "sidecar-is-model", "sidecar-is-cascade",
+                                  "grid-sidecar-is-model", "out-is-sibling-cascade"])
+def test_predict_never_writes_over_its_checkpoints(case, capsys, images, tmp_path):
+    """Issue 26: ``--out`` (or a sidecar) equal to ``--model`` or a cascade checkpoint replaced
+    the checkpoint; refused before any work."""
+    train = tmp_path / "train"
+    files = {"model.nii.gz": train / "exp" / "model.nii.gz",
+             "model.json": train / "exp" / "model.json",
+             "cascade.json": tmp_path / "cascade.json",
+             "sibling": train / "cascade-T2w" / "model.nii.gz"}
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a checkpoint")
+    out = tmp_path / "o.nii.gz"
+    args, named = {
+        "out-is-model": (["--model", files["model.nii.gz"], "--out", files["model.nii.gz"]],
+                         files["model.nii.gz"]),
+        "sidecar-is-model": (["--model", files["model.json"], "--out",
+                              files["model.json"].with_name("model.nii.gz")], files["model.json"]),
+        "sidecar-is-cascade": (["--model", files["model.nii.gz"], "--cascade-t2",
+                                files["cascade.json"], "--out", tmp_path / "cascade.nii.gz"],
+                               files["cascade.json"]),
+        "grid-sidecar-is-model": (["--model", files["model.json"], "--out", out,
+                                   "--out-model-grid", files["model.json"].with_name("model.nii")],
+                                  files["model.json"]),
+        "out-is-sibling-cascade": (["--model", files["model.nii.gz"], "--out", files["sibling"]],
+                                   files["sibling"]),
+    }[case]
+    before = tree_fingerprint(tmp_path)
+    code, lines = run_cli(capsys, "predict", "--t1", images["t1"], *args)
+    assert_one_line(code, lines, f"{named}: ", "output would overwrite an input")
+    assert tree_fingerprint(tmp_path) == before
+
+
 def test_failing_predict_write_keeps_the_files_that_were_there(tmp_path):
     """The last output (the DICOM series) fails: the image and sidecar written before it must
     not replace, nor delete, the files that were at their paths."""
@@ -177,6 +218,71 @@ def test_voxel_size_zero_or_negative_is_refused(sizes, capsys, dataset, tmp_path
     code, lines = run_cli(capsys, "brainmask", "--image", t1, "--out", tmp_path / "m.nii.gz",
                           "--method", "nonzero")
     assert_one_line(code, lines, str(t1), f"voxel size (pixdim) {shown}")
+
+
+@pytest.mark.parametrize("scale, problem", [
+    (0.1, "ADC median 0.1 is in no known unit"), (-1e-3, "ADC map has no positive voxel")])
+def test_validate_refuses_an_adc_map_predict_refuses(scale, problem, capsys, dataset):
+    """Issue 26: validate passed an ADC map in no known unit (x100) or negative."""
+    add_subject(dataset, "03", modalities=("T1w", "ceT1w", "T2w"), seed=3)
+    adc = save((scale * (1 + ellipsoid() / 1000)).astype(np.float32),
+               dataset / "sub-03/dwi/sub-03_adc.nii.gz")
+    before = tree_fingerprint(dataset)
+    code, lines = run_cli(capsys, "validate", "--bids", dataset)
+    assert code == 1
+    assert lines[0].startswith(f"error: sub-03: {adc.name}: {problem}"), lines
+    assert tree_fingerprint(dataset) == before
+
+
+@pytest.mark.parametrize("case, named, problem", [
+    ("nan", "dwi", "non-finite voxels (NaN or inf)"),
+    ("zero", "dwi", "b=0 signal is zero or negative in every voxel"),
+    ("negative", "dwi", "b=0 signal is zero or negative in every voxel"),
+    ("empty-mask", "mask", "empty mask (no nonzero voxel)"),
+    ("b0-negative-in-mask", "dwi", "b=0 signal is zero or negative in every voxel of the mask"),
+    ("mostly-clipped", "dwi", "of the fitted voxels clipped"),
+])
+def test_adc_refuses_dwi_it_cannot_fit(case, named, problem, capsys, images, tmp_path):
+    """Issue 26: NaN, zero or negative DWI, or an empty mask, gave exit 0 and an all-zero (or
+    mostly clipped) ADC map."""
+    img = nib.load(images["dwi"])
+    dwi = np.asarray(img.get_fdata(dtype=np.float32))
+    mask = np.zeros(dwi.shape[:3], np.uint8)
+    mask[4:8, 5:9, 3:7] = 1
+    if case == "nan":
+        dwi[2, 3, 4, 1] = np.nan
+    elif case in ("zero", "negative"):
+        dwi[:] = 0.0 if case == "zero" else -dwi
+    elif case == "empty-mask":
+        mask[:] = 0
+    elif case == "b0-negative-in-mask":
+        dwi[mask > 0, 0] = -1.0
+    else:  # the signal rises with b: a negative ADC, clipped to 0, in most voxels
+        dwi = dwi[..., ::-1].copy()
+    files = {"dwi": save(dwi, tmp_path / "case" / "dwi.nii.gz"),
+             "mask": save(mask, tmp_path / "case" / "mask.nii.gz")}
+    out = tmp_path / "out" / "adc.nii.gz"
+    before = tree_fingerprint(tmp_path / "case")
+    code, lines = run_cli(capsys, "adc", "--dwi", files["dwi"], "--bval", images["bval"],
+                          "--bvec", images["bvec"], "--out", out,
+                          *(["--mask", files["mask"]] if "mask" in case else []))
+    assert_one_line(code, lines, f"{files[named]}: ", problem)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    assert tree_fingerprint(tmp_path / "case") == before
+
+
+def test_an_image_of_fewer_than_3_voxels_along_an_axis_is_refused(capsys, dataset, tmp_path):
+    """Issue 26: a one-slice T1 passed validate; register and predict then failed in ITK."""
+    t1 = save(ellipsoid()[:, :, 4:5], dataset / "sub-01/anat/sub-01_T1w.nii.gz")
+    problem = "shape 12 x 14 x 1: 1 voxel along axis 3 (at least 3 along each spatial axis)"
+    code, lines = run_cli(capsys, "validate", "--bids", dataset)
+    assert code == 1
+    assert lines[0] == f"error: sub-01: {t1.name}: {problem}"
+    out = tmp_path / "out" / "o.nii.gz"
+    code, lines = run_cli(capsys, "predict", "--t1", t1, "--model", tmp_path / "m.pt",
+                          "--out", out)
+    assert_one_line(code, lines, f"{t1}: ", problem)
+    assert not out.parent.exists()
 
 
 def test_one_image_as_both_nii_and_nii_gz_is_refused(capsys, dataset):
@@ -415,3 +521,38 @@ def test_sigterm_stops_a_command_in_one_line_without_hidden_files(tmp_path):
     assert process.returncode == EXIT_TERMINATED, stderr
     assert stderr.strip().splitlines() == ["error: cesynth phantom: terminated (SIGTERM)"]
     assert [p for p in out.rglob(".*")] == []
+
+
+def _dicom_t1(root: Path, label: str, seed: int = 0) -> Path:
+    """``root/<label>``: one patient's T1 series in a study of its own."""
+    from helpers.dicom_writer import write_series_from_volume
+    from pydicom.uid import generate_uid
+
+    write_series_from_volume(np.rint(ellipsoid(seed=seed) + 50), AFFINE, root / label / "s2",
+                             series_description="T1 MPRAGE pre", series_number=2,
+                             study_uid=generate_uid())
+    return root
+
+
+def test_dicom2bids_refuses_a_subject_holding_another_patients_data(capsys, tmp_path):
+    """Issue 26: a second DICOM folder ``01`` (another patient) replaced sub-01's images."""
+    first = _dicom_t1(tmp_path / "first", "01", seed=1)
+    out = tmp_path / "bids"
+    assert run_cli(capsys, "dicom2bids", "--dicom", first, "--out", out)[0] == 0
+    other = _dicom_t1(tmp_path / "other", "01", seed=2)
+    before, source = tree_fingerprint(out), tree_fingerprint(other)
+    code, lines = run_cli(capsys, "dicom2bids", "--dicom", other, "--out", out)
+    assert_one_line(code, lines, f"{out / 'sub-01'}: ", "another DICOM study",
+                    "refusing to mix two patients")
+    assert (tree_fingerprint(out), tree_fingerprint(other)) == (before, source)
+    assert run_cli(capsys, "dicom2bids", "--dicom", first, "--out", out)[0] == 0  # a re-run
+
+
+def test_dicom2bids_refuses_a_dataset_it_did_not_write(capsys, dataset):
+    """The same check as ``cesynth import``: only a missing or empty folder, or an earlier
+    ``cesynth dicom2bids`` dataset."""
+    dicom = _dicom_t1(dataset.parent / "dicom", "01")
+    before = tree_fingerprint(dataset)
+    code, lines = run_cli(capsys, "dicom2bids", "--dicom", dicom, "--out", dataset)
+    assert_one_line(code, lines, f"{dataset}: ", "not written by cesynth dicom2bids")
+    assert tree_fingerprint(dataset) == before

@@ -97,7 +97,8 @@ def test_outputs_have_spec_names(converted):
         assert path.is_file()
         assert path.with_name(path.name.replace(".nii.gz", ".json")).is_file()
     names = sorted(p.name for p in bids.rglob("*") if p.is_file())
-    assert names == ["dataset_description.json", "sub-P001_T1w.json", "sub-P001_T1w.nii.gz",
+    assert names == [".cesynth-dicom-source.json",  # the studies' digest (another patient)
+                     "dataset_description.json", "sub-P001_T1w.json", "sub-P001_T1w.nii.gz",
                      "sub-P001_T2w.json", "sub-P001_T2w.nii.gz",
                      "sub-P001_ce-gadolinium_T1w.json", "sub-P001_ce-gadolinium_T1w.nii.gz",
                      "sub-P001_dwi.bval", "sub-P001_dwi.bvec", "sub-P001_dwi.json",

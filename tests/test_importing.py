@@ -314,6 +314,72 @@ def test_segmentation_without_the_chosen_labels_gives_no_mask_and_set_a(tmp_path
     assert whole["imported"]["BraTSGLI00009000"]["set"] == "B"
 
 
+def _small_case(root: Path, case: str, seg: np.ndarray, names: tuple[str, ...]) -> Path:
+    """A case of 2x2x2 images (T1, T1c, segmentation) under ``root/<folder>``."""
+    image = np.arange(8, dtype=np.int16).reshape(2, 2, 2)
+    folder, t1, t1c, seg_name = names
+    for name, data in ((t1, image), (t1c, image),
+                       (seg_name, seg.reshape(2, 2, 2).astype(np.uint8))):
+        _write(root / folder.format(case=case) / f"{case}{name}.nii.gz", data)
+    return root / folder.format(case=case) / f"{case}{seg_name}.nii.gz"
+
+
+@pytest.mark.parametrize("case", ["asked-label-unknown", "map-label-unknown"])
+def test_tumor_labels_the_layout_does_not_know_stop_with_one_line(case, tmp_path):
+    """Issue 26: ``--tumor-labels 9``, or a UCSF-PDGM map using label 3 (BraTS 2023's
+    enhancing label), gave no mask and put the patients in Set A (training) with exit 0."""
+    if case == "asked-label-unknown":
+        layout, names, labels = "brats", ("{case}", "-t1n", "-t1c", "-seg"), "9"
+        seg_case = "BraTS-GLI-00001-000"  # the first of two: neither is written
+        seg = _small_case(tmp_path / "src", seg_case, np.array([0, 1, 2, 3] * 2), names)
+        _small_case(tmp_path / "src", "BraTS-GLI-00009-000", np.array([0, 1, 2, 3] * 2), names)
+        problem = f"{seg.name}: tumor labels 9 asked, labels found 1, 2, 3"
+    else:
+        layout, names, labels = "ucsf-pdgm", ("{case}_nifti", "_T1", "_T1c",
+                                              "_tumor_segmentation"), "enhancing"
+        seg_case = "UCSF-PDGM-0001"
+        seg = _small_case(tmp_path / "src", seg_case, np.array([0, 1, 2, 3] * 2), names)
+        problem = f"{seg.name}: labels found 1, 2, 3, tumor labels 4 asked; label 3"
+    before = tree_fingerprint(tmp_path / "src")
+    result = cesynth("import", "--layout", layout, tmp_path / "src", "--out", tmp_path / "bids",
+                     "--tumor-labels", labels)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {seg_case}: {problem}"), lines
+    assert not (tmp_path / "bids").exists()
+    assert tree_fingerprint(tmp_path / "src") == before
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("adc-x100", "UCSF-PDGM-0001_ADC.nii.gz: ADC median 0.13 is in no known unit"),
+    ("adc-negative", "UCSF-PDGM-0001_ADC.nii.gz: ADC map has no positive voxel"),
+    ("pixdim-zero", "UCSF-PDGM-0001_T1.nii.gz: voxel size (pixdim) 0 x 1 x 1: every size "
+                    "must be positive"),
+])
+def test_import_refuses_adc_in_no_unit_and_zero_voxel_size(case, problem, tmp_path):
+    """Issue 26: import passed an ADC map x100 or negative (predict refuses it) and wrote a
+    pixdim of 0 as 1 mm."""
+    names = ("{case}_nifti", "_T1", "_T1c", "_tumor_segmentation")
+    folder = _small_case(tmp_path / "src", "UCSF-PDGM-0001", np.array([0, 4] * 4), names).parent
+    adc = {"adc-x100": 0.1, "adc-negative": -1e-3}.get(case, 1e-3)
+    _write(folder / "UCSF-PDGM-0001_ADC.nii.gz",
+           (adc * (1 + np.arange(8) / 10)).reshape(2, 2, 2).astype(np.float32))
+    if case == "pixdim-zero":
+        t1 = folder / "UCSF-PDGM-0001_T1.nii.gz"
+        img = nib.load(t1)
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
+        img.header["pixdim"][1:4] = (0.0, 1.0, 1.0)
+        img.to_filename(str(t1))
+    before = tree_fingerprint(tmp_path / "src")
+    result = cesynth("import", "--layout", "ucsf-pdgm", tmp_path / "src", "--out",
+                     tmp_path / "bids")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: UCSF-PDGM-0001: {problem}"), lines
+    assert not (tmp_path / "bids").exists()
+    assert tree_fingerprint(tmp_path / "src") == before
+
+
 # Per layout: the inputs the model can use, the ADC source and brain mask QC records (BraTS
 # publishes no diffusion and no brain mask: the model learns from T1 and T2, the mask is the
 # nonzero region of the skull-stripped CE-T1). Cases: enough for the ID hash to put one in the

@@ -40,6 +40,7 @@ shell grouping, the vectorised fit and its file wrapper share the conventions ab
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -50,6 +51,7 @@ import numpy as np
 
 from cesynth.io import (
     InputError,
+    check_finite,
     check_output_file,
     check_outputs,
     check_same_grid,
@@ -64,6 +66,10 @@ PathLike = str | os.PathLike
 SIGNAL_FLOOR = 1e-6
 #: Automatic noise threshold: this fraction of the 99th percentile of the b=0 signal.
 AUTO_THRESHOLD_FRACTION = 0.05
+#: A fit clipping more of its voxels than this is refused (the map would be the clip limits).
+MAX_CLIPPED_FRACTION = 0.5
+#: A fit clipping more of its voxels than this is logged as a warning.
+WARN_CLIPPED_FRACTION = 0.1
 _PERCENTILE_SAMPLE = 1_000_003  # at most this many voxels feed the automatic threshold
 
 
@@ -431,7 +437,10 @@ def fit_adc_file(
         InputError: the output is an input, a folder, not writable or not ``.nii``/``.nii.gz``
             (checked first); a file is unreadable, the DWI is not 4-D or has a voxel size that
             is not positive, the gradient files do not match it, a required shell is missing
-            (names the ``.bval`` file) or the mask is on another grid.
+            (names the ``.bval`` file) or the mask is on another grid; the DWI has NaN or
+            inf voxels, no positive b=0 signal (in the mask), or the fit clips more than
+            :data:`MAX_CLIPPED_FRACTION` of its voxels; the mask is empty. Nothing is written
+            then.
     """
     if weighting not in ("shell", "volume"):
         raise ValueError(f"weighting must be 'shell' or 'volume', not {weighting!r}")
@@ -443,11 +452,14 @@ def fit_adc_file(
     if len(img.shape) != 4 or img.shape[3] < 2:
         raise InputError(dwi_path, f"expected a 4-D DWI with several volumes, shape {img.shape}")
     dwi = img.get_fdata(dtype=np.float32)
+    check_finite(dwi, dwi_path)
     bvals, _ = read_bvals_bvecs(bval_path, bvec_path, img.shape[3])
     shells = _select_shells(bvals, required_b, b_tolerance, bval_path)
     mask = _load_mask(mask_path, img) if mask_path is not None else None
+    _check_b0_signal(dwi, shells[0], mask, dwi_path)
     adc, stats = fit_dwi_shells(dwi, bvals, shells, mask, min_adc=min_adc, max_adc=max_adc,
                                 weighting=weighting)
+    _check_clipping(stats, min_adc, max_adc, dwi_path)
     header = nib.Nifti1Header()
     header["intent_name"] = b"ADC mm2/s"  # save_nifti owns descrip; units go here
     save_nifti(adc, img.affine, out_path, dtype=np.float32, header=header)
@@ -515,6 +527,34 @@ def _select_shells(
     return chosen
 
 
+def _check_b0_signal(dwi: np.ndarray, b0_volumes: np.ndarray, mask: np.ndarray | None,
+                     dwi_path: PathLike) -> None:
+    """Refuse a DWI whose b=0 signal is nowhere positive (in the mask): every voxel would be
+    left unfitted and the map all zero."""
+    b0 = dwi[..., b0_volumes].mean(axis=-1)
+    region = b0 if mask is None else b0[mask]
+    if not np.any(region > 0):
+        where = "every voxel" if mask is None else "every voxel of the mask"
+        raise InputError(dwi_path, f"b=0 signal is zero or negative in {where}; nothing to fit")
+
+
+def _check_clipping(stats: AdcStats, min_adc: float, max_adc: float,
+                    dwi_path: PathLike) -> None:
+    """Refuse a fit with no voxel, or with most voxels clipped (wrong b-values, volume order or
+    scaling: the map would be the clip limits); warn when many are."""
+    if stats.n_voxels_fitted == 0:
+        raise InputError(dwi_path, "no voxel above the noise threshold; nothing fitted")
+    clipped = stats.n_clipped_low + stats.n_clipped_high
+    share = clipped / stats.n_voxels_fitted
+    text = (f"{100 * share:.0f}% of the fitted voxels clipped to [{min_adc:g}, {max_adc:g}] "
+            f"mm2/s ({stats.n_clipped_low} below, {stats.n_clipped_high} above)")
+    if share > MAX_CLIPPED_FRACTION:
+        raise InputError(dwi_path, f"{text}: check the b-values, the volume order and the "
+                                   "signal scaling")
+    if share > WARN_CLIPPED_FRACTION:
+        logging.getLogger(__name__).warning("%s: %s", dwi_path, text)
+
+
 def _load_mask(mask_path: PathLike, dwi_img) -> np.ndarray:
     mask_img = load_nifti(mask_path)
     if any(n != 1 for n in mask_img.shape[3:]):
@@ -522,6 +562,8 @@ def _load_mask(mask_path: PathLike, dwi_img) -> np.ndarray:
                                     f"{dwi_img.shape[:3]}")
     check_same_grid(mask_img, dwi_img, mask_path, "the DWI")
     data = np.asanyarray(mask_img.dataobj).reshape(dwi_img.shape[:3])
+    if not np.any(data != 0):
+        raise InputError(mask_path, "empty mask (no nonzero voxel)")
     return data != 0
 
 

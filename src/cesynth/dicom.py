@@ -15,6 +15,7 @@ way (``cesynth predict`` takes DICOM series folders as inputs).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -28,15 +29,22 @@ from typing import Any
 
 import nibabel as nib
 
-from cesynth.ingest import list_dicom_subjects, write_dataset_description
+from cesynth import __version__
+from cesynth.ingest import DATASET_DESCRIPTION, list_dicom_subjects
 from cesynth.io import (
     InputError,
     atomic_path,
     check_outputs,
     check_writable_folder,
+    guard_dataset_target,
     read_json,
     write_json,
 )
+
+DICOM2BIDS_GENERATOR = "cesynth dicom2bids"
+SOURCE_RECORD = ".cesynth-dicom-source.json"
+"""Hidden file in each converted ``sub-<label>`` folder: a digest of the DICOM studies it came
+from, so a later conversion refuses to put another patient's series into the same subject."""
 
 DEFAULT_SERIES_PATTERNS: dict[str, str] = {
     "ceT1w": r"(post|\+c|gad|gd|contrast|ce[-_ ]?t1)",
@@ -134,14 +142,17 @@ def convert_dicom_subject(
         "duplicates": {modality: [descriptions of the series not kept]}}``.
 
     Raises:
-        InputError: bad label, no DICOM folder, dcm2niix failure, or no series matched T1w;
-            nothing of the subject is written then.
+        InputError: bad label, no DICOM folder, dcm2niix failure, no series matched T1w, or
+            ``sub-<subject>`` already holds data of other DICOM studies (another patient) or
+            not converted from DICOM; nothing of the subject is written then.
     """
     root = Path(bids_dir)
+    studies = _guard_subject(root, subject, Path(subject_dir))
     with _staging(root) as stage:
         result = _convert_subject(subject_dir, stage, subject, patterns, work_dir)
+        _write_source_record(stage, subject, studies)
         _move_into_place(stage, root)
-        write_dataset_description(root)
+        _write_dataset_description(root)
     return _rerooted(result, stage, root)
 
 
@@ -172,8 +183,10 @@ def convert_dicom_dataset(
         reason}}``.
 
     Raises:
-        InputError: no subject folders, an output inside the DICOM folder or not writable, or
-            (without ``keep_going``) the first failing subject.
+        InputError: no subject folders, an output inside the DICOM folder or not writable, an
+            output holding a dataset not written by ``cesynth dicom2bids`` or a subject of
+            other DICOM studies (another patient), or (without ``keep_going``) the first
+            failing subject; all but the last before any work.
     """
     source, root = Path(dicom_dir), Path(bids_dir)
     labels = list_dicom_subjects(source)
@@ -181,6 +194,8 @@ def convert_dicom_dataset(
     if root.is_file():
         raise InputError(root, "output is a file; give a folder for the BIDS dataset")
     check_writable_folder(root / "dataset_description.json")
+    guard_dataset_target(root, DICOM2BIDS_GENERATOR, also=[DATASET_DESCRIPTION])
+    studies = {label: _guard_subject(root, label, source / label) for label in labels}
     converted: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     with _staging(root, tidy=True) as stage:
@@ -188,6 +203,7 @@ def convert_dicom_dataset(
             try:
                 converted[label] = _convert_subject(source / label, stage / label, label,
                                                     patterns)
+                _write_source_record(stage / label, label, studies[label])
             except InputError as err:
                 if not keep_going:
                     raise
@@ -199,7 +215,7 @@ def convert_dicom_dataset(
             _move_into_place(stage / label, root)
             converted[label] = _rerooted(converted[label], stage / label, root)
         if converted:
-            write_dataset_description(root)
+            _write_dataset_description(root)
     return {"converted": converted, "skipped": skipped}
 
 
@@ -223,6 +239,62 @@ def _convert_subject(subject_dir: str | os.PathLike, out_root: Path, subject: st
         files = {modality: _install(item, out_root, subject, modality)
                  for modality, item in kept.items()}
     return {"modalities": files, "unmatched": unmatched, "duplicates": duplicates}
+
+
+def dicom_studies_digest(folder: str | os.PathLike) -> str:
+    """SHA-256 of the sorted StudyInstanceUIDs of the DICOM files under ``folder`` (the UIDs
+    themselves are never written: the digest only tells one patient's studies from another's).
+    """
+    import pydicom
+
+    uids = set()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        except Exception:  # not a DICOM file: dcm2niix skips it too
+            continue
+        uid = getattr(ds, "StudyInstanceUID", None)
+        if uid:
+            uids.add(str(uid))
+    return hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()
+
+
+def _guard_subject(root: Path, subject: str, subject_dir: Path) -> str:
+    """Refuse (before any work) to convert into a ``sub-<subject>`` that holds data of other
+    DICOM studies, or data not converted from DICOM; return the digest of ``subject_dir``'s
+    studies."""
+    studies = dicom_studies_digest(subject_dir) if subject_dir.is_dir() else ""
+    folder = root / f"sub-{subject}"
+    if not folder.exists():
+        return studies
+    record_path = folder / SOURCE_RECORD
+    try:
+        record = read_json(record_path) if record_path.is_file() else None
+    except InputError:
+        record = None
+    if not isinstance(record, dict) or "dicom_studies_sha256" not in record:
+        raise InputError(folder, f"already holds data not converted by {DICOM2BIDS_GENERATOR} "
+                                 f"from {subject_dir}; refusing to mix two patients in one "
+                                 "subject (remove the folder or give another --out)")
+    if record["dicom_studies_sha256"] != studies:
+        raise InputError(folder, f"already holds data of another DICOM study than {subject_dir} "
+                                 "(another patient?); refusing to mix two patients in one "
+                                 "subject (remove the folder or give another --out)")
+    return studies
+
+
+def _write_source_record(stage: Path, subject: str, studies: str) -> None:
+    write_json({"GeneratedBy": DICOM2BIDS_GENERATOR, "dicom_studies_sha256": studies},
+               stage / f"sub-{subject}" / SOURCE_RECORD)
+
+
+def _write_dataset_description(root: Path) -> None:
+    """``dataset_description.json`` naming ``cesynth dicom2bids``, if the dataset has none."""
+    description = root / "dataset_description.json"
+    if not description.is_file():
+        write_json({**DATASET_DESCRIPTION,
+                    "GeneratedBy": [{"Name": DICOM2BIDS_GENERATOR, "Version": __version__}]},
+                   description)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from cesynth import __version__
+from cesynth.adc_maps import detect_adc_unit
 from cesynth.import_layouts import (
     LAYOUTS,
     CasePlan,
@@ -44,7 +45,15 @@ from cesynth.import_layouts import (
     plan_import,
     resolve_tumor_labels,
 )
-from cesynth.io import InputError, check_same_grid, read_json, write_json, write_tsv
+from cesynth.io import (
+    InputError,
+    check_same_grid,
+    check_voxel_sizes,
+    guard_dataset_target,
+    quiet_nibabel,
+    write_json,
+    write_tsv,
+)
 
 IMPORT_GENERATOR = "cesynth import"
 CLEARED_HEADER_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
@@ -138,7 +147,7 @@ def import_layout(
         raise InputError("--set", f"{set_mode!r}: expected one of {', '.join(SET_MODES)}")
     _refuse_inside_source(source, out)
     plans = plan_import(source, layout, patterns)
-    _guard_target(out)
+    guard_dataset_target(out, IMPORT_GENERATOR)
     spec = layout_spec(layout, patterns)
     for variant in spec["variants"].values():
         resolve_tumor_labels(tumor_labels, variant)  # a bad value stops before any writing
@@ -151,6 +160,8 @@ def import_layout(
             seg_pattern = spec["variants"][plan.variant]["patterns"]["seg"]
             problem = (f"{expected_name(plan.case, seg_pattern)}: missing (--set B needs a "
                        "tumor segmentation)")
+        if problem is None and plan.has_segmentation:
+            problem = _label_problem(plan, spec["variants"][plan.variant], tumor_labels)
         if problem is None:
             todo.append(plan)
             continue
@@ -187,22 +198,37 @@ def _refuse_inside_source(source: Path, out: Path) -> None:
                               "the source")
 
 
-def _guard_target(out: Path) -> None:
-    """Write only into a missing or empty folder, or an earlier ``cesynth import`` dataset."""
-    description = out / "dataset_description.json"
-    if description.is_file():
-        try:
-            content = read_json(description)
-        except InputError:
-            content = {}
-        generators = content.get("GeneratedBy", []) if isinstance(content, dict) else []
-        names = {g.get("Name") for g in generators if isinstance(g, dict)}
-        if IMPORT_GENERATOR not in names:
-            raise InputError(out, "holds a dataset not written by cesynth import; refusing to "
-                                  "write over it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise InputError(out, "is not empty and holds no cesynth import dataset; refusing to "
-                              "write into it")
+def _label_problem(plan: CasePlan, variant: Mapping[str, Any],
+                   tumor_labels: str | Iterable[int] | None) -> str | None:
+    """What is wrong with the case's segmentation labels, read before any case is written: a
+    tumor label asked that the layout does not define, or a label in the map that the layout
+    does not define (a map of another release's labelling would give a wrong mask, or none
+    and the patient in Set A); None when fine or unreadable (the import reports that)."""
+    try:
+        data = np.asanyarray(_load(plan, "seg").dataobj)
+    except InputError:
+        return None
+    if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+        return None  # not a label map: the import says so
+    asked = resolve_tumor_labels(tumor_labels, variant)
+    present = sorted(int(v) for v in np.unique(data) if v != 0)
+    known = sorted(int(v) for v in variant["labels"])
+
+    def shown(values: Iterable[int]) -> str:
+        return ", ".join(str(v) for v in values) or "none"
+
+    seg = plan.files["seg"].name
+    unknown_asked = [v for v in asked if v not in known]
+    if unknown_asked:
+        return (f"{seg}: tumor labels {shown(asked)} asked, labels found {shown(present)}; "
+                f"{shown(unknown_asked)} not a label of the {plan.variant} layout "
+                f"({shown(known)})")
+    unknown_present = [v for v in present if v not in known]
+    if unknown_present:
+        return (f"{seg}: labels found {shown(present)}, tumor labels {shown(asked)} asked; "
+                f"label {shown(unknown_present)} is not a label of the {plan.variant} layout "
+                f"({shown(known)}): another release's labelling or the wrong --layout")
+    return None
 
 
 def _import_case(plan: CasePlan, out: Path, variant: Mapping[str, Any],
@@ -234,6 +260,10 @@ def _import_case(plan: CasePlan, out: Path, variant: Mapping[str, Any],
         else:
             source_kind, path = diffusion
             img = _load(plan, "adc" if source_kind == "ADC" else "md")
+            try:  # the unit predict and the workflow would read the map in, or none
+                detect_adc_unit(np.asanyarray(img.get_fdata(dtype=np.float32)))
+            except InputError as err:
+                raise InputError(plan.case, f"{path.name}: {err.problem}") from err
             relative = Path(sub) / "dwi" / f"{sub}_adc.nii.gz"
             _save_clean(img, stage / relative)
             write_json({"Source": source_kind, "SourceFile": path.name,
@@ -338,11 +368,16 @@ def _move_into_place(stage: Path, out: Path, sub: str) -> None:
 def _load(plan: CasePlan, key: str) -> nib.Nifti1Image:
     path = plan.files[key]
     try:
-        img = nib.load(str(path))
+        with quiet_nibabel():  # its header repairs are checked below, as written
+            img = nib.load(str(path))
         np.asanyarray(img.dataobj)  # full read: a truncated file fails here, on this case
     except Exception as err:  # nibabel raises many types for corrupt files
         raise InputError(plan.case, f"{path.name}: unreadable NIfTI "
                                     f"({type(err).__name__}: {err})") from err
+    try:  # nibabel reads a pixdim of 0 as 1 mm: the written image would claim that size
+        check_voxel_sizes(img, path.name)
+    except InputError as err:
+        raise InputError(plan.case, f"{path.name}: {err.problem}") from err
     if not isinstance(img, nib.Nifti1Image):  # NIfTI-2 and others: convert to NIfTI-1
         img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
     return img

@@ -35,7 +35,7 @@ SCAN_ID_PATTERN = r"[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?"
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ENTITIES = re.compile(r"^sub-([A-Za-z0-9]+)(?:_ses-([A-Za-z0-9]+))?_")
-_DATASET_DESCRIPTION = {"Name": "cesynth input", "BIDSVersion": "1.9.0", "DatasetType": "raw"}
+DATASET_DESCRIPTION = {"Name": "cesynth input", "BIDSVersion": "1.9.0", "DatasetType": "raw"}
 _ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
 
 
@@ -290,7 +290,7 @@ def write_dataset_description(bids_dir: str | os.PathLike) -> None:
     """
     description = Path(bids_dir) / "dataset_description.json"
     if not description.is_file():
-        write_json(_DATASET_DESCRIPTION, description)
+        write_json(DATASET_DESCRIPTION, description)
 
 
 def _read_participant_sets(tsv: Path) -> dict[str, str]:

@@ -100,7 +100,7 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
     try:
         # nibabel logs (to stderr) each header field it repairs, such as a pixdim of 0 read as
         # 1; the callers that care check those fields as written (check_voxel_sizes)
-        with _quiet_nibabel():
+        with quiet_nibabel():
             img = nib.load(str(path))
         img.get_fdata(dtype=np.float32)  # force a full read so truncated files fail here
     except FileNotFoundError as err:
@@ -111,7 +111,7 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
 
 
 @contextlib.contextmanager
-def _quiet_nibabel() -> Iterator[None]:
+def quiet_nibabel() -> Iterator[None]:
     """Silence nibabel's header-repair messages (below ERROR) for the block."""
     nib_logger = nib.imageglobals.logger
     level = nib_logger.level
@@ -123,14 +123,16 @@ def _quiet_nibabel() -> Iterator[None]:
 
 
 def load_checked_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
-    """Load a NIfTI image for processing: readable, positive voxel sizes, finite voxels.
+    """Load a NIfTI image for processing: readable, positive voxel sizes, at least
+    :data:`MIN_VOXELS_PER_AXIS` voxels along each spatial axis, finite voxels.
 
     Raises:
-        InputError: on the file, as :func:`load_nifti`, :func:`check_voxel_sizes` and
-            :func:`check_finite` do.
+        InputError: on the file, as :func:`load_nifti`, :func:`check_voxel_sizes`,
+            :func:`check_min_extent` and :func:`check_finite` do.
     """
     img = load_nifti(path)
     check_voxel_sizes(img, path)
+    check_min_extent(img, path)
     check_finite(img.get_fdata(dtype=np.float32), path)
     return img
 
@@ -161,6 +163,23 @@ def check_voxel_sizes(img: Any, who: str | os.PathLike) -> None:
     if not np.all(np.isfinite(sizes) & (sizes > 0)):
         shown = " x ".join(f"{size:g}" for size in sizes)
         raise InputError(who, f"voxel size (pixdim) {shown}: every size must be positive")
+
+
+MIN_VOXELS_PER_AXIS = 3
+"""Fewest voxels along each spatial axis an image may have: registration (ITK) and the model's
+3-slice patches need at least this many."""
+
+
+def check_min_extent(img: Any, who: str | os.PathLike,
+                     minimum: int = MIN_VOXELS_PER_AXIS) -> None:
+    """Raise unless the image has at least ``minimum`` voxels along each of its 3 spatial axes
+    (a missing axis counts as 1 voxel)."""
+    shape = tuple(int(n) for n in img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
+    for axis, n in enumerate(shape, start=1):
+        if n < minimum:
+            shown = " x ".join(str(v) for v in shape)
+            raise InputError(who, f"shape {shown}: {n} voxel{'s' if n != 1 else ''} along axis "
+                                  f"{axis} (at least {minimum} along each spatial axis)")
 
 
 def other_nifti_copy(path: str | os.PathLike) -> Path | None:
@@ -203,6 +222,46 @@ def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | o
         if key in seen:
             raise InputError(path, "two outputs share this path")
         seen.add(key)
+
+
+def dataset_generators(root: str | os.PathLike) -> set[str] | None:
+    """The ``GeneratedBy`` names of the dataset at ``root`` (None: no dataset_description.json;
+    an unreadable one names none)."""
+    description = Path(root) / "dataset_description.json"
+    if not description.is_file():
+        return None
+    try:
+        content = read_json(description)
+    except InputError:
+        content = {}
+    generators = content.get("GeneratedBy", []) if isinstance(content, dict) else []
+    return {g.get("Name") for g in generators if isinstance(g, dict)}
+
+
+def guard_dataset_target(root: str | os.PathLike, generator: str,
+                         also: Iterable[dict[str, Any]] = ()) -> None:
+    """Fail before any work unless ``root`` is missing, empty, or a dataset that ``generator``
+    wrote (its dataset_description.json names it in ``GeneratedBy``, or equals one of
+    ``also``): a writer never mixes its subjects into somebody else's dataset.
+
+    Raises:
+        InputError: on ``root``.
+    """
+    out = Path(root)
+    names = dataset_generators(out)
+    if names is not None:
+        if generator in names:
+            return
+        try:
+            content = read_json(out / "dataset_description.json")
+        except InputError:
+            content = None
+        if content not in list(also):
+            raise InputError(out, f"holds a dataset not written by {generator}; refusing to "
+                                  "write over it")
+    elif out.is_dir() and any(out.iterdir()):
+        raise InputError(out, f"is not empty and holds no {generator} dataset; refusing to "
+                              "write into it")
 
 
 def check_output_file(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:

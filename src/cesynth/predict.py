@@ -178,7 +178,8 @@ def predict_patient(
     with _work_folder(work_dir) as work:
         with timer("dicom"):
             scans = check_scans(**_converted_series(given, work / "dicom"))
-        targets = _output_paths(out, out_model_grid, scans, out_dicom, series_dirs)
+        targets = _output_paths(out, out_model_grid, scans, out_dicom, series_dirs,
+                                checkpoints=_checkpoint_files(model, explicit, use_cascade))
         t1_img = load_nifti(scans.t1)
         with timer("load_model"):
             generator = load_model(model, work / "model", device)
@@ -256,19 +257,35 @@ def _dicom_study(t1: PathLike, out_dicom: PathLike | None) -> dict[str, str]:
     return synthetic_dicom.study_identity(t1)
 
 
+def _checkpoint_files(model: PathLike, explicit: Mapping[str, Path], use_cascade: bool
+                      ) -> list[Path]:
+    """The local checkpoint files predict reads: the model (unless an MLflow URI), the cascade
+    checkpoints given by hand and, for a model file, the sibling cascades it would use."""
+    files = list(explicit.values())
+    if not is_mlflow_uri(model):
+        files.append(Path(model))
+        if use_cascade and Path(model).is_file():
+            from cesynth.release import resolve_cascade
+
+            files.extend(resolve_cascade(model).values())
+    return files
+
+
 def _output_paths(out: PathLike, out_model_grid: PathLike | None, scans: Scans,
                   out_dicom: PathLike | None = None,
-                  series_dirs: Sequence[Path] = ()) -> dict[str, Path]:
+                  series_dirs: Sequence[Path] = (),
+                  checkpoints: Sequence[Path] = ()) -> dict[str, Path]:
     """The output files by summary key, checked against each other and against the inputs
-    (files, and DICOM series folders: nothing may be written inside one), and each checked to
-    be writable (a file name with the right suffix in a folder that can be written)."""
+    (files, the model and cascade checkpoints, and DICOM series folders: nothing may be
+    written inside one), and each checked to be writable (a file name with the right suffix
+    in a folder that can be written)."""
     targets = {"output": Path(out), "sidecar": sidecar_path(out)}
     if out_model_grid is not None:
         targets.update(output_model_grid=Path(out_model_grid),
                        sidecar_model_grid=sidecar_path(out_model_grid))
     if out_dicom is not None:
         targets["output_dicom"] = Path(out_dicom)
-    check_outputs(targets.values(), scans.files(), series_dirs)
+    check_outputs(targets.values(), [*scans.files(), *checkpoints], series_dirs)
     for key, path in targets.items():
         if key != "output_dicom":
             check_output_file(path, (".json",) if key.startswith("sidecar") else NIFTI_SUFFIXES)

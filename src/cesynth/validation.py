@@ -199,10 +199,16 @@ def _check_b_values(who: str, path: Path, bvals: np.ndarray, required_b: Sequenc
 
 
 def _check_adc_map(who: str, path: Path) -> dict[str, Any]:
-    """A given ADC (or MD) map: finite, 3D, sane voxel size, not constant (its unit is decided
-    when it is converted, :func:`cesynth.adc_maps.convert_adc_map_file`)."""
+    """A given ADC (or MD) map: finite, 3D, sane voxel size, not constant, in a known unit
+    (the detection :func:`cesynth.adc_maps.convert_adc_map_file` applies when it converts)."""
+    from cesynth.adc_maps import detect_adc_unit
+
     img, data = _load_checked(who, path)
     _check_anatomy(who, path, img, data)
+    try:
+        detect_adc_unit(data, path.name)
+    except InputError as err:
+        raise _fail(who, path, err.problem) from err
     return _file_entry(path, img)
 
 
