@@ -203,8 +203,9 @@ class ScanInfo:
 
     ``modalities`` (from ``T1w``, ``ceT1w``, ``T2w``, ``dwi``, and ``adc`` for a given ADC map
     in place of the DWI) is None while the scan has not been validated; ``excluded`` is the
-    reason its validation gave, when it failed; ``phantom_truth``: the phantom's ground truth
-    exists, so its enhancing lesions are moved to the model grid for the evaluation.
+    reason its validation gave, when it failed; ``phantom_truth``: the scan has enhancement truth
+    (the phantom's agent map, or expert lesion labels), so it is moved to the model grid for the
+    evaluation, and a validation scan is synthesized to choose the thresholds.
     """
 
     scan_id: str
@@ -287,10 +288,13 @@ def stage_jobs(scan: ScanInfo, models: Sequence[str] = ()) -> dict[str, list[Job
         if evaluation and scan.tumor_mask:
             evaluation.insert(0, job("resample_tumor_mask_to_model_grid"))
         jobs["evaluation"] = list(dict.fromkeys(evaluation))
-    elif scan.split in _SELECTION_SPLITS:  # synthesized to choose thresholds, never scored
+    elif scan.split in _SELECTION_SPLITS and scan.phantom_truth:
+        # synthesized to choose thresholds against its enhancement truth, never scored
         evaluation = [j for model in models if not model.startswith(_CASCADE_PREFIX)
                       for j in _evaluation_jobs(model, grid, job)
                       if j.rule != "score_evaluation_subject"]
+        if evaluation:
+            evaluation.insert(0, job("resample_enhancing_truth_to_model_grid"))
         jobs["evaluation"] = list(dict.fromkeys(evaluation))
     return jobs
 
