@@ -294,6 +294,37 @@ def test_one_image_as_both_nii_and_nii_gz_is_refused(capsys, dataset):
                         "in two files); keep one")
 
 
+@pytest.mark.parametrize("option, values, dtype, shown", [
+    ("--mask", (0.0, 0.5), np.float32, "0.5"),
+    ("--tumor-mask", (0.0, 0.5), np.float32, "0.5"),
+    ("--tumor-mask", (0, 2), np.int16, "2"),
+    ("--mask", (0.0, 0.999), np.float64, "0.999"),
+])
+def test_metrics_refuses_a_mask_that_is_not_binary(option, values, dtype, shown, capsys,
+                                                   tmp_path):
+    """Issue 26: a 0.5-valued mask was accepted and scored."""
+    pred = save(ellipsoid() / 1000, tmp_path / "pred.nii.gz")
+    target = save(ellipsoid(seed=1) / 1000, tmp_path / "target.nii.gz")
+    inside = ellipsoid() > 500
+    good = save(inside.astype(np.uint8), tmp_path / "brain.nii.gz")
+    bad = save(np.where(inside, values[1], values[0]).astype(dtype), tmp_path / "bad.nii.gz")
+    masks = {"--mask": good, "--tumor-mask": good, option: bad}
+    code, lines = run_cli(capsys, "metrics", "--pred", pred, "--target", target,
+                          *(arg for pair in masks.items() for arg in pair))
+    assert (code, lines) == (1, [f"error: {bad}: not a binary mask (values other than 0 and 1: "
+                                 f"{shown})"])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32, np.float64])
+def test_metrics_takes_a_0_1_mask_of_any_integer_or_float_type(dtype, capsys, tmp_path):
+    pred = save(ellipsoid() / 1000, tmp_path / "pred.nii.gz")
+    target = save(ellipsoid(seed=1) / 1000, tmp_path / "target.nii.gz")
+    mask = save((ellipsoid() > 500).astype(dtype), tmp_path / "brain.nii.gz")
+    code, lines = run_cli(capsys, "metrics", "--pred", pred, "--target", target, "--mask", mask,
+                          "--tumor-mask", mask)
+    assert (code, lines) == (0, [])
+
+
 # ---------------------------------------------------------------- one line, never a traceback
 
 

@@ -300,8 +300,14 @@ def _add_metrics(parser: argparse.ArgumentParser) -> None:
 
 def run_metrics(args: argparse.Namespace) -> dict:
     """MAE, PSNR and slice SSIM of a synthetic CE-T1 in the brain (and tumor), as JSON."""
-    from cesynth import evaluate
+    import numpy as np
 
+    from cesynth import evaluate
+    from cesynth.io import check_binary_mask, load_nifti
+
+    for mask in (args.mask, args.tumor_mask):
+        if mask is not None:
+            check_binary_mask(np.asanyarray(load_nifti(mask).dataobj), mask)
     return evaluate.evaluate_files(args.pred, args.target, args.mask, args.tumor_mask)
 
 
