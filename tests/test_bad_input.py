@@ -344,6 +344,40 @@ def test_bad_participants_tsv_is_one_line(content, problem, capsys, dataset):
     assert lines == [f"error: {tsv}: {problem}"]
 
 
+def test_a_declared_set_b_participant_without_a_tumor_mask_is_refused(capsys, dataset,
+                                                                       tmp_path):
+    """Issue 26: a participant that participants.tsv puts in Set B but that has no tumor mask
+    was accepted and scored on the brain alone. Refused by ``cesynth validate`` and by the
+    workflow's per-subject validation; a participant with a mask in another session is Set B
+    through that mask (the tumor-mask rule) and stays accepted."""
+    from cesynth import ingest, ingest_report
+
+    add_subject(dataset, "03", seed=3)
+    add_subject(dataset, "04", session="pre", seed=4)
+    add_subject(dataset, "04", session="post", seed=5, tumor_mask=True)
+    (dataset / "participants.tsv").write_text("participant_id\tset\nsub-01\tA\nsub-02\tB\n"
+                                              "sub-03\tB\nsub-04\tB\n")
+    problem = ("sub-03: sub-03_desc-tumor_mask.nii.gz: missing (participants.tsv puts sub-03 in "
+               "Set B, which is scored in its expert tumor mask)")
+    before = tree_fingerprint(dataset)
+    code, lines = run_cli(capsys, "validate", "--bids", dataset, "--out", tmp_path / "v.tsv")
+    assert (code, lines) == (1, [f"error: {problem}", f"error: {dataset}: 1 of 5 subjects "
+                                                      "excluded"])
+    assert read_tsv(tmp_path / "v.tsv").set_index("scan_id")["status"].to_dict() == {
+        "01": "included", "02": "included", "03": "excluded", "04_ses-post": "included",
+        "04_ses-pre": "included"}
+    scan = {s.scan_id: s for s in ingest.discover_bids(dataset)}["03"]  # the workflow's job
+    inputs = {"t1w": scan.t1w, "cet1w": scan.cet1w, "t2w": scan.t2w, "dwi": scan.dwi,
+              "bval": scan.bval, "bvec": scan.bvec}
+    report = tmp_path / "qc" / "sub-03.json"
+    with pytest.raises(InputError) as raised:
+        ingest_report.validate_and_report(ingest.scan_from_rule_inputs("03", inputs, scan.set),
+                                          report)
+    assert str(raised.value) == problem
+    assert not report.exists() and ingest_report.excluded_report_path(report).is_file()
+    assert tree_fingerprint(dataset) == before
+
+
 @pytest.mark.parametrize("case, problem", [
     ("brainmask-folder", "output must end in .nii or .nii.gz"),
     ("brainmask-folder-named-nii", "output is a folder; give a file name"),
