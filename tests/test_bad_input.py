@@ -335,6 +335,12 @@ def test_metrics_takes_a_0_1_mask_of_any_integer_or_float_type(dtype, capsys, tm
                                                             "header 2"),
     (b"participant_id\tset\nsub-01\tA\nsub-02\n", "row 2 (line 3) has 1 fields, the header 2"),
     (b"participant_id\tset\nsub-01\tA\n\tB\n", "row 2 (line 3) has no participant_id"),
+    (b"participant_id\tset\nsub-01\tA\nsub-02\tB\nsub-01\tB\n",
+     "sub-01 is listed twice (rows 1 and 3); give each participant one row"),
+    (b"participant_id\tset\nsub-01\tA\n01\tA\n",
+     "sub-01 is listed twice (rows 1 and 2); give each participant one row"),
+    (b"participant_id\tset\nsub-01\tn/a\nsub-01\tB\n",
+     "sub-01 is listed twice (rows 1 and 2); give each participant one row"),
 ])
 def test_bad_participants_tsv_is_one_line(content, problem, capsys, dataset):
     tsv = dataset / "participants.tsv"
