@@ -468,6 +468,33 @@ def test_an_unexpected_failure_is_one_line(capsys, images, monkeypatch, tmp_path
                      "traceback)"]
 
 
+@pytest.mark.parametrize("content, what", [
+    ('{"scan_id": "03", "participant": "0', "malformed JSON"),
+    ("", "malformed JSON"),
+    ('["03"]', "not a scan report"),
+])
+def test_status_counts_a_corrupt_ingest_record_as_failed(content, what, capsys, tmp_path):
+    """Issue 26: a truncated qc/ingest/sub-XX.json (the validation's output exists) was counted
+    as done."""
+    from cesynth import ingest_report
+
+    results = tmp_path / "results"
+    ingest_report.write_scan_report({"scan_id": "01", "participant": "01", "set": "A",
+                                     "status": "included", "modalities": ["T1w", "ceT1w"],
+                                     "files": {}}, results / "qc" / "ingest" / "sub-01.json")
+    record = results / "qc" / "ingest" / "sub-03.json"
+    record.write_text(content)
+    code, lines = run_cli(capsys, "status", "--results", results, "--check")
+    assert (code, lines) == (1, [f"error: {results}: 1 of 16 scan stages failed"])
+    table = read_tsv(results / "qc" / "status.tsv").set_index(["scan_id", "stage"])
+    assert table.loc[("03", "ingest"), "state"] == "failed"
+    assert table.loc[("03", "ingest"), "reason"] == (f"corrupt record qc/ingest/sub-03.json "
+                                                     f"({what}); remove it to validate the "
+                                                     "scan again")
+    assert table.loc[("03", "brainmask"), "state"] == "not run"
+    assert table.loc[("01", "ingest"), "state"] == "done"
+
+
 # Snakemake prints this on every run of the workflow, before the Snakefile is read, because
 # profiles/default exists (README, "Cluster"); the error itself is the one line after it.
 SNAKEMAKE_PROFILE_NOTICE = ("Using workflow specific profile profiles/default for setting default "
