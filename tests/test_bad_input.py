@@ -166,6 +166,50 @@ def test_predict_never_writes_over_its_checkpoints(case, capsys, images, tmp_pat
     assert tree_fingerprint(tmp_path) == before
 
 
+@pytest.mark.parametrize("case", ["t1-folder", "inside-t1-folder", "inside-bval-folder",
+                                  "inside-model-folder", "inside-cascade-folder",
+                                  "inside-dicom-series"])
+def test_predict_keep_work_inside_an_input_folder_is_refused(case, capsys, images, tmp_path):
+    """Issue 26: ``--keep-work`` pointed into a folder holding an input (or the model) wrote
+    the work files there; refused before any work, nothing created."""
+    model = tmp_path / "train" / "exp" / "model.pt"
+    cascade = tmp_path / "cascades" / "t2.pt"
+    for path in (model, cascade):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a checkpoint")
+    series = tmp_path / "dicom" / "t1_series"
+    series.mkdir(parents=True)
+    (series / "1.dcm").write_bytes(b"a slice")
+    t1 = series if case == "inside-dicom-series" else images["t1"]
+    work, holder = {
+        "t1-folder": (images["t1"].parent, images["t1"].parent),
+        "inside-t1-folder": (images["t1"].parent / "work", images["t1"].parent),
+        "inside-bval-folder": (images["bval"].parent / "w" / "work", images["bval"].parent),
+        "inside-model-folder": (model.parent / "work", model.parent),
+        "inside-cascade-folder": (cascade.parent / "work", cascade.parent),
+        "inside-dicom-series": (series / "work", series),
+    }[case]
+    before = tree_fingerprint(tmp_path)
+    code, lines = run_cli(capsys, "predict", "--t1", t1, "--dwi", images["dwi"], "--bval",
+                          images["bval"], "--bvec", images["bvec"], "--model", model,
+                          "--cascade-t2", cascade, "--out", tmp_path / "out" / "o.nii.gz",
+                          "--keep-work", work)
+    assert_one_line(code, lines, f"{work}: ", f"--keep-work lies inside the input folder "
+                                              f"{holder}")
+    assert tree_fingerprint(tmp_path) == before
+
+
+def test_predict_keep_work_beside_the_inputs_is_taken(capsys, images, tmp_path):
+    model = tmp_path / "train" / "exp" / "model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"not a checkpoint")
+    code, lines = run_cli(capsys, "predict", "--t1", images["t1"], "--model", model,
+                          "--out", tmp_path / "out" / "o.nii.gz",
+                          "--keep-work", tmp_path / "train" / "work")
+    assert_one_line(code, lines, str(model))  # it got as far as reading the model
+    assert (tmp_path / "train" / "work").is_dir()
+
+
 def test_failing_predict_write_keeps_the_files_that_were_there(tmp_path):
     """The last output (the DICOM series) fails: the image and sidecar written before it must
     not replace, nor delete, the files that were at their paths."""
