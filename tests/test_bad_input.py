@@ -166,6 +166,50 @@ def test_predict_never_writes_over_its_checkpoints(case, capsys, images, tmp_pat
     assert tree_fingerprint(tmp_path) == before
 
 
+@pytest.mark.parametrize("case", ["t1-folder", "inside-t1-folder", "inside-bval-folder",
+                                  "inside-model-folder", "inside-cascade-folder",
+                                  "inside-dicom-series"])
+def test_predict_keep_work_inside_an_input_folder_is_refused(case, capsys, images, tmp_path):
+    """Issue 26: ``--keep-work`` pointed into a folder holding an input (or the model) wrote
+    the work files there; refused before any work, nothing created."""
+    model = tmp_path / "train" / "exp" / "model.pt"
+    cascade = tmp_path / "cascades" / "t2.pt"
+    for path in (model, cascade):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a checkpoint")
+    series = tmp_path / "dicom" / "t1_series"
+    series.mkdir(parents=True)
+    (series / "1.dcm").write_bytes(b"a slice")
+    t1 = series if case == "inside-dicom-series" else images["t1"]
+    work, holder = {
+        "t1-folder": (images["t1"].parent, images["t1"].parent),
+        "inside-t1-folder": (images["t1"].parent / "work", images["t1"].parent),
+        "inside-bval-folder": (images["bval"].parent / "w" / "work", images["bval"].parent),
+        "inside-model-folder": (model.parent / "work", model.parent),
+        "inside-cascade-folder": (cascade.parent / "work", cascade.parent),
+        "inside-dicom-series": (series / "work", series),
+    }[case]
+    before = tree_fingerprint(tmp_path)
+    code, lines = run_cli(capsys, "predict", "--t1", t1, "--dwi", images["dwi"], "--bval",
+                          images["bval"], "--bvec", images["bvec"], "--model", model,
+                          "--cascade-t2", cascade, "--out", tmp_path / "out" / "o.nii.gz",
+                          "--keep-work", work)
+    assert_one_line(code, lines, f"{work}: ", f"--keep-work lies inside the input folder "
+                                              f"{holder}")
+    assert tree_fingerprint(tmp_path) == before
+
+
+def test_predict_keep_work_beside_the_inputs_is_taken(capsys, images, tmp_path):
+    model = tmp_path / "train" / "exp" / "model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"not a checkpoint")
+    code, lines = run_cli(capsys, "predict", "--t1", images["t1"], "--model", model,
+                          "--out", tmp_path / "out" / "o.nii.gz",
+                          "--keep-work", tmp_path / "train" / "work")
+    assert_one_line(code, lines, str(model))  # it got as far as reading the model
+    assert (tmp_path / "train" / "work").is_dir()
+
+
 def test_failing_predict_write_keeps_the_files_that_were_there(tmp_path):
     """The last output (the DICOM series) fails: the image and sidecar written before it must
     not replace, nor delete, the files that were at their paths."""
@@ -294,6 +338,37 @@ def test_one_image_as_both_nii_and_nii_gz_is_refused(capsys, dataset):
                         "in two files); keep one")
 
 
+@pytest.mark.parametrize("option, values, dtype, shown", [
+    ("--mask", (0.0, 0.5), np.float32, "0.5"),
+    ("--tumor-mask", (0.0, 0.5), np.float32, "0.5"),
+    ("--tumor-mask", (0, 2), np.int16, "2"),
+    ("--mask", (0.0, 0.999), np.float64, "0.999"),
+])
+def test_metrics_refuses_a_mask_that_is_not_binary(option, values, dtype, shown, capsys,
+                                                   tmp_path):
+    """Issue 26: a 0.5-valued mask was accepted and scored."""
+    pred = save(ellipsoid() / 1000, tmp_path / "pred.nii.gz")
+    target = save(ellipsoid(seed=1) / 1000, tmp_path / "target.nii.gz")
+    inside = ellipsoid() > 500
+    good = save(inside.astype(np.uint8), tmp_path / "brain.nii.gz")
+    bad = save(np.where(inside, values[1], values[0]).astype(dtype), tmp_path / "bad.nii.gz")
+    masks = {"--mask": good, "--tumor-mask": good, option: bad}
+    code, lines = run_cli(capsys, "metrics", "--pred", pred, "--target", target,
+                          *(arg for pair in masks.items() for arg in pair))
+    assert (code, lines) == (1, [f"error: {bad}: not a binary mask (values other than 0 and 1: "
+                                 f"{shown})"])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32, np.float64])
+def test_metrics_takes_a_0_1_mask_of_any_integer_or_float_type(dtype, capsys, tmp_path):
+    pred = save(ellipsoid() / 1000, tmp_path / "pred.nii.gz")
+    target = save(ellipsoid(seed=1) / 1000, tmp_path / "target.nii.gz")
+    mask = save((ellipsoid() > 500).astype(dtype), tmp_path / "brain.nii.gz")
+    code, lines = run_cli(capsys, "metrics", "--pred", pred, "--target", target, "--mask", mask,
+                          "--tumor-mask", mask)
+    assert (code, lines) == (0, [])
+
+
 # ---------------------------------------------------------------- one line, never a traceback
 
 
@@ -304,6 +379,12 @@ def test_one_image_as_both_nii_and_nii_gz_is_refused(capsys, dataset):
                                                             "header 2"),
     (b"participant_id\tset\nsub-01\tA\nsub-02\n", "row 2 (line 3) has 1 fields, the header 2"),
     (b"participant_id\tset\nsub-01\tA\n\tB\n", "row 2 (line 3) has no participant_id"),
+    (b"participant_id\tset\nsub-01\tA\nsub-02\tB\nsub-01\tB\n",
+     "sub-01 is listed twice (rows 1 and 3); give each participant one row"),
+    (b"participant_id\tset\nsub-01\tA\n01\tA\n",
+     "sub-01 is listed twice (rows 1 and 2); give each participant one row"),
+    (b"participant_id\tset\nsub-01\tn/a\nsub-01\tB\n",
+     "sub-01 is listed twice (rows 1 and 2); give each participant one row"),
 ])
 def test_bad_participants_tsv_is_one_line(content, problem, capsys, dataset):
     tsv = dataset / "participants.tsv"
@@ -311,6 +392,40 @@ def test_bad_participants_tsv_is_one_line(content, problem, capsys, dataset):
     code, lines = run_cli(capsys, "validate", "--bids", dataset)
     assert code == 1
     assert lines == [f"error: {tsv}: {problem}"]
+
+
+def test_a_declared_set_b_participant_without_a_tumor_mask_is_refused(capsys, dataset,
+                                                                       tmp_path):
+    """Issue 26: a participant that participants.tsv puts in Set B but that has no tumor mask
+    was accepted and scored on the brain alone. Refused by ``cesynth validate`` and by the
+    workflow's per-subject validation; a participant with a mask in another session is Set B
+    through that mask (the tumor-mask rule) and stays accepted."""
+    from cesynth import ingest, ingest_report
+
+    add_subject(dataset, "03", seed=3)
+    add_subject(dataset, "04", session="pre", seed=4)
+    add_subject(dataset, "04", session="post", seed=5, tumor_mask=True)
+    (dataset / "participants.tsv").write_text("participant_id\tset\nsub-01\tA\nsub-02\tB\n"
+                                              "sub-03\tB\nsub-04\tB\n")
+    problem = ("sub-03: sub-03_desc-tumor_mask.nii.gz: missing (participants.tsv puts sub-03 in "
+               "Set B, which is scored in its expert tumor mask)")
+    before = tree_fingerprint(dataset)
+    code, lines = run_cli(capsys, "validate", "--bids", dataset, "--out", tmp_path / "v.tsv")
+    assert (code, lines) == (1, [f"error: {problem}", f"error: {dataset}: 1 of 5 subjects "
+                                                      "excluded"])
+    assert read_tsv(tmp_path / "v.tsv").set_index("scan_id")["status"].to_dict() == {
+        "01": "included", "02": "included", "03": "excluded", "04_ses-post": "included",
+        "04_ses-pre": "included"}
+    scan = {s.scan_id: s for s in ingest.discover_bids(dataset)}["03"]  # the workflow's job
+    inputs = {"t1w": scan.t1w, "cet1w": scan.cet1w, "t2w": scan.t2w, "dwi": scan.dwi,
+              "bval": scan.bval, "bvec": scan.bvec}
+    report = tmp_path / "qc" / "sub-03.json"
+    with pytest.raises(InputError) as raised:
+        ingest_report.validate_and_report(ingest.scan_from_rule_inputs("03", inputs, scan.set),
+                                          report)
+    assert str(raised.value) == problem
+    assert not report.exists() and ingest_report.excluded_report_path(report).is_file()
+    assert tree_fingerprint(dataset) == before
 
 
 @pytest.mark.parametrize("case, problem", [
@@ -395,6 +510,33 @@ def test_an_unexpected_failure_is_one_line(capsys, images, monkeypatch, tmp_path
     assert code == 1
     assert lines == ["error: cesynth brainmask: RuntimeError: a bug over two lines (-v shows the "
                      "traceback)"]
+
+
+@pytest.mark.parametrize("content, what", [
+    ('{"scan_id": "03", "participant": "0', "malformed JSON"),
+    ("", "malformed JSON"),
+    ('["03"]', "not a scan report"),
+])
+def test_status_counts_a_corrupt_ingest_record_as_failed(content, what, capsys, tmp_path):
+    """Issue 26: a truncated qc/ingest/sub-XX.json (the validation's output exists) was counted
+    as done."""
+    from cesynth import ingest_report
+
+    results = tmp_path / "results"
+    ingest_report.write_scan_report({"scan_id": "01", "participant": "01", "set": "A",
+                                     "status": "included", "modalities": ["T1w", "ceT1w"],
+                                     "files": {}}, results / "qc" / "ingest" / "sub-01.json")
+    record = results / "qc" / "ingest" / "sub-03.json"
+    record.write_text(content)
+    code, lines = run_cli(capsys, "status", "--results", results, "--check")
+    assert (code, lines) == (1, [f"error: {results}: 1 of 16 scan stages failed"])
+    table = read_tsv(results / "qc" / "status.tsv").set_index(["scan_id", "stage"])
+    assert table.loc[("03", "ingest"), "state"] == "failed"
+    assert table.loc[("03", "ingest"), "reason"] == (f"corrupt record qc/ingest/sub-03.json "
+                                                     f"({what}); remove it to validate the "
+                                                     "scan again")
+    assert table.loc[("03", "brainmask"), "state"] == "not run"
+    assert table.loc[("01", "ingest"), "state"] == "done"
 
 
 # Snakemake prints this on every run of the workflow, before the Snakefile is read, because

@@ -300,8 +300,14 @@ def _add_metrics(parser: argparse.ArgumentParser) -> None:
 
 def run_metrics(args: argparse.Namespace) -> dict:
     """MAE, PSNR and slice SSIM of a synthetic CE-T1 in the brain (and tumor), as JSON."""
-    from cesynth import evaluate
+    import numpy as np
 
+    from cesynth import evaluate
+    from cesynth.io import check_binary_mask, load_nifti
+
+    for mask in (args.mask, args.tumor_mask):
+        if mask is not None:
+            check_binary_mask(np.asanyarray(load_nifti(mask).dataobj), mask)
     return evaluate.evaluate_files(args.pred, args.target, args.mask, args.tumor_mask)
 
 
@@ -349,7 +355,9 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalise", choices=("histeq", "percentile"),
                         help="default: the checkpoint's (needed for checkpoints without it)")
     parser.add_argument("--keep-work", type=Path, metavar="DIR",
-                        help="keep the intermediate files in DIR (default: a removed temp folder)")
+                        help="keep the intermediate files in DIR, which may not lie in a "
+                             "folder holding an input or the model (default: a removed temp "
+                             "folder)")
     parser.add_argument("--cascade-t2", type=Path, metavar="F",
                         help="T1->T2 cascade checkpoint for a missing T2 (default: the model's)")
     parser.add_argument("--cascade-adc", type=Path, metavar="F",

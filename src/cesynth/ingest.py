@@ -295,7 +295,9 @@ def write_dataset_description(bids_dir: str | os.PathLike) -> None:
 
 def _read_participant_sets(tsv: Path) -> dict[str, str]:
     """Map participant label to set from ``participants.tsv`` (empty if absent or no column);
-    a file that is not UTF-8, empty or ragged is an :class:`InputError` (:func:`read_tsv`)."""
+    a file that is not UTF-8, empty or ragged is an :class:`InputError` (:func:`read_tsv`), and
+    so is a participant on two rows (``sub-01`` and ``01`` are one): which set would win is
+    not for the order of the rows to say."""
     if not tsv.is_file():
         return {}
     table = read_tsv(tsv)
@@ -303,11 +305,16 @@ def _read_participant_sets(tsv: Path) -> dict[str, str]:
         return {}
     if "participant_id" not in table.columns:
         raise InputError(tsv, "has a set column but no participant_id column")
-    sets = {}
+    sets, rows = {}, {}
     for row, (participant_id, value) in enumerate(zip(table["participant_id"], table["set"],
                                                       strict=True), start=1):
         if pd.isna(participant_id) or not participant_id.strip():
             raise InputError(tsv, f"row {row} (line {row + 1}) has no participant_id")
+        label = participant_id.strip().removeprefix("sub-")
+        if label in rows:
+            raise InputError(tsv, f"sub-{label} is listed twice (rows {rows[label]} and {row}); "
+                                  "give each participant one row")
+        rows[label] = row
         if pd.isna(value):
             continue
         if value.strip().upper() not in SETS:

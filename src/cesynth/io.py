@@ -144,6 +144,20 @@ def check_finite(data: np.ndarray, who: str | os.PathLike) -> None:
         raise InputError(who, f"{n_bad} non-finite voxels (NaN or inf)")
 
 
+def check_binary_mask(data: np.ndarray, who: str | os.PathLike) -> None:
+    """Raise unless every voxel is exactly 0 or 1 (integer or float; no tolerance, so a mask
+    resampled with linear interpolation or a probability map is refused, not thresholded).
+
+    Raises:
+        InputError: on ``who``, naming up to three of the other values.
+    """
+    values = np.asarray(data)
+    other = (values != 0) & (values != 1)
+    if np.any(other):
+        shown = ", ".join(f"{v:g}" for v in np.unique(values[other])[:3])
+        raise InputError(who, f"not a binary mask (values other than 0 and 1: {shown})")
+
+
 def check_voxel_sizes(img: Any, who: str | os.PathLike) -> None:
     """Raise unless the header's spatial voxel sizes (``pixdim``) are finite and positive.
 

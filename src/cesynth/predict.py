@@ -65,6 +65,7 @@ from cesynth.io import (
     check_outputs,
     load_nifti,
     read_json,
+    same_file_key,
     save_nifti,
     write_json,
 )
@@ -172,6 +173,9 @@ def predict_patient(
     explicit = check_cascade_files(cascade, use_cascade=use_cascade)
     given = {"t1": t1, "t2": t2, "adc": adc, "dwi": dwi, "bval": bval, "bvec": bvec}
     series_dirs = [Path(p) for p in given.values() if p is not None and Path(p).is_dir()]
+    checkpoints = _checkpoint_files(model, explicit, use_cascade)
+    if work_dir is not None:
+        _check_work_folder(work_dir, [p for p in given.values() if p is not None], checkpoints)
     if out_dicom is not None:
         synthetic_dicom.check_output_folder(out_dicom)
     study = _dicom_study(t1, out_dicom) if dicom_study_from_t1 else None
@@ -179,7 +183,7 @@ def predict_patient(
         with timer("dicom"):
             scans = check_scans(**_converted_series(given, work / "dicom"))
         targets = _output_paths(out, out_model_grid, scans, out_dicom, series_dirs,
-                                checkpoints=_checkpoint_files(model, explicit, use_cascade))
+                                checkpoints=checkpoints)
         t1_img = load_nifti(scans.t1)
         with timer("load_model"):
             generator = load_model(model, work / "model", device)
@@ -269,6 +273,23 @@ def _checkpoint_files(model: PathLike, explicit: Mapping[str, Path], use_cascade
 
             files.extend(resolve_cascade(model).values())
     return files
+
+
+def _check_work_folder(work_dir: PathLike, inputs: Sequence[PathLike],
+                       checkpoints: Sequence[Path]) -> None:
+    """Fail before any work when the kept work folder lies in (or is) a folder holding an
+    input: the folder of an input file, model or cascade checkpoint, or a DICOM series folder.
+
+    Raises:
+        InputError: on ``work_dir``, naming that folder.
+    """
+    work = Path(same_file_key(work_dir))
+    for source in [*inputs, *checkpoints]:
+        path = Path(source)
+        holder = path if path.is_dir() else path.parent
+        if work.is_relative_to(same_file_key(holder)):
+            raise InputError(work_dir, f"--keep-work lies inside the input folder {holder} "
+                                       f"(it holds {path.name}); give it a folder of its own")
 
 
 def _output_paths(out: PathLike, out_model_grid: PathLike | None, scans: Scans,

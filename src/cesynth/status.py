@@ -203,9 +203,10 @@ class ScanInfo:
 
     ``modalities`` (from ``T1w``, ``ceT1w``, ``T2w``, ``dwi``, and ``adc`` for a given ADC map
     in place of the DWI) is None while the scan has not been validated; ``excluded`` is the
-    reason its validation gave, when it failed; ``phantom_truth``: the scan has enhancement truth
-    (the phantom's agent map, or expert lesion labels), so it is moved to the model grid for the
-    evaluation, and a validation scan is synthesized to choose the thresholds.
+    reason its validation gave, when it failed; ``corrupt_record`` what is wrong with its ingest
+    report when that cannot be read (truncated, not a report); ``phantom_truth``: the scan has
+    enhancement truth (the phantom's agent map, or expert lesion labels), so it is moved to the
+    model grid for the evaluation, and a validation scan is synthesized to choose the thresholds.
     """
 
     scan_id: str
@@ -217,6 +218,7 @@ class ScanInfo:
     tumor_mask: bool = False
     excluded: str | None = None
     phantom_truth: bool = False
+    corrupt_record: str | None = None
 
 
 @dataclass
@@ -444,14 +446,24 @@ def known_scans(results_dir: str | os.PathLike, scans: Iterable[ScanInfo] = ()) 
 
 
 def _merge_report(path: Path, found: dict[str, ScanInfo]) -> None:
-    try:
-        report = json.loads(path.read_text())
-        scan_id = str(report["scan_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # a report being written or broken: its job's state says so
     if path.name.endswith(".excluded.json") and path.with_name(
             path.name.removesuffix(".excluded.json") + ".json").exists():
         return  # validated since (a passing validation removes this report; a race otherwise)
+    try:
+        report = json.loads(path.read_text())
+    except ValueError:
+        report = None  # reports are written atomically: a partial one is a broken file
+    except OSError:
+        return  # removed since it was listed
+    if not isinstance(report, dict) or "scan_id" not in report:
+        scan_id = path.name.removeprefix("sub-").removesuffix(".json").removesuffix(".excluded")
+        what = "malformed JSON" if report is None else "not a scan report"
+        scan = found.get(scan_id, ScanInfo(scan_id))
+        found[scan_id] = replace(scan, corrupt_record=(
+            f"corrupt record qc/ingest/{path.name} ({what}); remove it to validate the scan "
+            "again"))
+        return
+    scan_id = str(report["scan_id"])
     excluded = report.get("status") == "excluded"
     scan = found.get(scan_id, ScanInfo(scan_id))
     found[scan_id] = replace(
@@ -516,6 +528,8 @@ def status_table(results_dir: str | os.PathLike, scans: Iterable[ScanInfo] = (),
                 state = _ingest_state(scan, jobs[stage], results_dir, files)
             elif scan.excluded is not None:
                 state = StageState(NOT_RUN, reason="excluded at ingest")
+            elif scan.corrupt_record is not None:
+                state = StageState(NOT_RUN, reason="its ingest record is corrupt")
             elif scan.modalities is None:
                 state = StageState(NOT_RUN, reason="not validated yet")
             else:
@@ -531,9 +545,10 @@ def status_table(results_dir: str | os.PathLike, scans: Iterable[ScanInfo] = (),
 
 def _ingest_state(scan: ScanInfo, jobs: Sequence[Job], results_dir: str | os.PathLike,
                   files: FileIndex) -> StageState:
-    if scan.excluded is not None:
-        _, log = jobs[0].paths(results_dir)
-        return StageState(FAILED, "0/1", scan.excluded, log)
+    for reason in (scan.corrupt_record, scan.excluded):
+        if reason is not None:
+            _, log = jobs[0].paths(results_dir)
+            return StageState(FAILED, "0/1", reason, log)
     return stage_state(jobs, results_dir, files)
 
 

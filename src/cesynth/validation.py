@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cesynth.ingest import ScanFiles
+from cesynth.ingest import TUMOR_MASK_DERIVATIVE, ScanFiles
 from cesynth.io import (
     InputError,
     check_same_grid,
@@ -35,6 +35,8 @@ def validate_scan(
 ) -> dict[str, Any]:
     """Check every input file of a scan (full read) before any work is done on it.
 
+    A scan in Set B needs a tumor mask unless its participant has one in another session.
+
     Args:
         scan: the scan's files.
         b_values: diffusion weightings that must each be present (s/mm2).
@@ -52,6 +54,10 @@ def validate_scan(
     _require(scan, who, "T1w", scan.t1w, "missing (T1w is always required)")
     if require_target:
         _require(scan, who, "ceT1w", scan.cet1w, "missing (the CE-T1 target is required)")
+    if scan.set == "B" and scan.tumor_mask is None and not _has_tumor_mask(scan):
+        _require(scan, who, "tumor_mask", None, f"missing (participants.tsv puts "
+                                                f"sub-{scan.participant} in Set B, which is "
+                                                "scored in its expert tumor mask)")
     files: dict[str, dict[str, Any]] = {}
     grids: dict[str, Any] = {}
     for modality, path in (("T1w", scan.t1w), ("ceT1w", scan.cet1w), ("T2w", scan.t2w)):
@@ -83,6 +89,16 @@ def validate_scan(
 def _require(scan: ScanFiles, who: str, modality: str, path: Path | None, problem: str) -> None:
     if path is None:
         raise InputError(who, f"{scan.expected_name(modality)}: {problem}")
+
+
+def _has_tumor_mask(scan: ScanFiles) -> bool:
+    """Whether the participant has a tumor mask in any session: a participant is in Set B with
+    all its sessions when one has a mask (:func:`cesynth.ingest.discover_bids`), declared or
+    not, so only a Set B participant without any mask is refused."""
+    if scan.bids_dir is None:
+        return False
+    folder = scan.bids_dir / TUMOR_MASK_DERIVATIVE / f"sub-{scan.participant}"
+    return any(folder.glob(f"**/sub-{scan.participant}_*desc-tumor_mask.nii*"))
 
 
 def _fail(who: str, path: Path, problem: str) -> InputError:
