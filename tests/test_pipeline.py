@@ -212,9 +212,13 @@ def test_enhancement_endpoints_are_tabulated_at_a_stated_threshold(demo_run):
     assert "no validation subjects" in threshold["note"]
     record = read_json(evaluation / "default" / "sub-03" / "sub-03_metrics.json")
     enhancement = record["enhancement"]
-    assert enhancement["lesion_truth"] == "phantom enhancing mask"
+    # truth from the phantom's agent map and lesion labels, moved to the model grid
+    truth = read_json(workdir / "results-small" / "preproc" / "sub-03" / "anat" /
+                      "sub-03_space-model_desc-lesions_dseg.json")
+    assert truth["lesions"] and {"type", "enhancing", "scored"} <= set(truth["lesions"][0])
     assert enhancement["lesions"]["scored"] + enhancement["lesions"]["not_scored"] >= 1
     assert 0.0 <= enhancement["auc"] <= 1.0 and enhancement["false_positives"] >= 0
+    assert enhancement["lesion_auc"] is None or 0.0 <= enhancement["lesion_auc"] <= 1.0
     assert set(record["brasyn"]) == {"tumor", "outside"}
     assert "enhancement" not in read_json(evaluation / "cascade-T2w" / "sub-03" /
                                           "sub-03_metrics.json")
@@ -404,7 +408,8 @@ def test_the_snakemake_report_gathers_qc_training_evaluation_and_release(demo_ru
     montages = {f"sub-{subject}_desc-montage.png" for subject in SUBJECTS}
     assert montages | {"training_curve.png", "default_model_card.md", "summary.tsv",
                        "ttests.tsv", "fig4_synthesis.png", "registration.tsv",
-                       "lesion_sensitivity.png", "lesion_sensitivity.tsv"} <= names
+                       "lesion_sensitivity.png", "lesion_sensitivity.tsv",
+                       "lesion_panels.png"} <= names
     for category in ("Quality control", "Training", "Evaluation", "Release"):
         assert category in html, category
 
@@ -441,7 +446,7 @@ def test_new_subjects_rerun_only_what_depends_on_them(demo_run, tmp_path):
                   "synthesize_floor": 2, "score_evaluation_subject": 8,
                   "tabulate_evaluation": 1, "tabulate_paper": 1, "plot_synthesis_panel": 1,
                   "resample_enhancing_truth_to_model_grid": 1, "plot_lesion_sensitivity": 1,
-                  "release_model": 1}
+                  "plot_lesion_panels": 1, "release_model": 1}
     gathering = {"assign_sets": 1, "tabulate_qc": 4, "all": 1}
     assert jobs == {**preprocessing, **evaluation, **gathering}
 
