@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from cesynth.io import InputError, atomic_path, load_nifti, read_json
 from cesynth.lesion_truth import ENHANCING, NON_ENHANCING
+from cesynth.paper_figures import prepare_panel
 
 LESIONS_PER_TYPE = 2
 """Lesions drawn per lesion type (the largest scored ones)."""
@@ -75,11 +76,7 @@ def lesion_panels(subjects: Mapping[str, Mapping[str, Any]], models: Sequence[st
         crops, outline = _lesion_crops(subjects[subject], lesion, models)
         for col, crop in enumerate(crops):
             ax = axes[row, col]
-            ax.set_xticks([]), ax.set_yticks([])
-            if row == 0:
-                ax.set_title(titles[col], fontsize=8)
-            if crop is None:
-                ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes)
+            if not prepare_panel(ax, titles[col] if row == 0 else None, crop is not None, 8):
                 continue
             ax.imshow(np.rot90(crop), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             if col == 0 and outline.any():

@@ -329,6 +329,20 @@ def _slice(volume: np.ndarray, index: int, who: str) -> np.ndarray:
     return volume[:, :, index]
 
 
+def prepare_panel(ax: Any, title: str | None, present: bool, fontsize: int = 9) -> bool:
+    """An image axis without ticks, titled on the first row; "absent" where there is no image.
+
+    Returns:
+        Whether an image is to be drawn on it.
+    """
+    ax.set_xticks([]), ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=fontsize)
+    if not present:
+        ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes)
+    return present
+
+
 def _image_grid(rows: Mapping[str, Sequence[np.ndarray | None]], titles: Sequence[str],
                 first_error: int, title: str | None = None) -> Figure:
     """One row of images per subject, titles on the first row, subject labels on the left.
@@ -342,11 +356,7 @@ def _image_grid(rows: Mapping[str, Sequence[np.ndarray | None]], titles: Sequenc
     for r, (subject, panels) in enumerate(rows.items()):
         for c, panel in enumerate(panels):
             ax = axes[r, c]
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=9)
-            if panel is None:
-                ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes)
+            if not prepare_panel(ax, titles[c] if r == 0 else None, panel is not None):
                 continue
             error = c >= first_error
             # rot90: anterior up, as the README's figures show slices
@@ -365,5 +375,5 @@ def _image_grid(rows: Mapping[str, Sequence[np.ndarray | None]], titles: Sequenc
 __all__ = [
     "ERROR_VMAX", "FIGURES", "FIGURE_TEXT", "INPUT_PANELS", "TRUTH_KEY", "ImageSource",
     "largest_region_slice", "plot_delta", "plot_loss_weights", "plot_missing_inputs",
-    "synthesis_panel",
+    "prepare_panel", "synthesis_panel",
 ]
