@@ -634,15 +634,18 @@ def _check_validation_coverage(plan: pd.DataFrame, fractions: SplitFractions) ->
             assert not kinds, "sub-01 stays lesion-free unless it is a validation subject"
         elif split == "test":
             assert len(set(kinds)) >= 2, row  # test subjects and Set B hold mixtures
-    validation = plan[[split == "validation" for split in splits]]
-    if len(validation):
-        covered = {kind for kinds in validation["lesion_types"] for kind in kinds.split(";")}
-        assert covered == set(phantom.LESION_TYPES)
-    return len(validation)
+    for name in ("validation", "train"):
+        subjects = plan[[split == name for split in splits]]
+        if name == "train" and len(subjects) < 2:  # sub-01 alone stays lesion-free
+            continue
+        if len(subjects):
+            covered = {kind for kinds in subjects["lesion_types"] for kind in kinds.split(";")}
+            assert covered - {""} == set(phantom.LESION_TYPES), name
+    return sum(split == "validation" for split in splits)
 
 
 @pytest.mark.parametrize("name, config", _demo_configs(), ids=lambda value: str(value)[:20])
-def test_validation_subjects_of_the_demo_configs_hold_every_lesion_type(name: str,
+def test_validation_and_training_subjects_of_the_demo_configs_hold_every_lesion_type(name: str,
                                                                        config: dict) -> None:
     demo = config["demo"]
     fractions = SplitFractions.from_config(config["sets"])

@@ -159,7 +159,9 @@ def plan_cohort(n_subjects: int, seed: int = 0, n_set_b: int = 0, *,
     (:func:`~cesynth.splits.participant_split`): test subjects get at least two lesions too, and
     the validation subjects at least one each and, together, lesions of every type (a type they
     miss replaces a repeated one, or is added to the validation subject with the fewest lesions,
-    past ``max_tumors`` if need be; sub-01 included when it is a validation subject).
+    past ``max_tumors`` if need be; sub-01 included when it is a validation subject). The
+    training subjects (sub-01 aside) also hold every type together, so no type the reported
+    subjects have is new to the model.
 
     Args:
         n_subjects: number of subjects (>= 1).
@@ -201,6 +203,9 @@ def plan_cohort(n_subjects: int, seed: int = 0, n_set_b: int = 0, *,
     validation = [row for row in rows if row["split"] == "validation"]
     if validation and max_tumors >= 1:
         _cover_lesion_types(validation)
+    training = [row for row in rows[1:] if row["split"] == "train"]  # sub-01 stays lesion-free
+    if training and max_tumors >= 1:
+        _cover_lesion_types(training, each=False)
     return pd.DataFrame(
         [{"participant_id": row["participant_id"], "set": row["set"],
           "n_tumors": len(row["types"]), "lesion_types": ";".join(row["types"]),
@@ -217,9 +222,10 @@ def _draw_lesion_types(rng: np.random.Generator, count: int, rim_first: bool) ->
     return [order[k % len(order)] for k in range(count)]
 
 
-def _cover_lesion_types(validation: list[dict[str, Any]]) -> None:
-    """Give the validation subjects (in place) at least one lesion each and every type."""
-    for row in validation:
+def _cover_lesion_types(validation: list[dict[str, Any]], each: bool = True) -> None:
+    """Give the subjects of a split (in place) every lesion type together and, with ``each``,
+    at least one lesion each."""
+    for row in validation if each else ():
         if not row["types"]:
             present = {kind for other in validation for kind in other["types"]}
             row["types"] = [next((k for k in LESION_TYPES if k not in present), LESION_TYPES[0])]
