@@ -37,6 +37,9 @@ FLIPPED_X = np.array([[-1.5, 0, 0, 10], [0, 2.0, 0, -14], [0, 0, 3.0, -15], [0, 
 BVALS = np.array([0, 500, 500, 500, 1000, 1000, 1000], float)
 DIRECTIONS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1],
                        [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+T2_TAGS = {"RepetitionTime": 4000.0, "EchoTime": 100.0, "ScanningSequence": "SE"}
+FLAIR_TAGS = {"RepetitionTime": 9000.0, "EchoTime": 120.0, "InversionTime": 2500.0,
+              "ScanningSequence": ["SE", "IR"]}
 IDENTIFYING_STRINGS = [part for value in FAKE_IDENTIFIERS.values() for part in value.split("^")]
 
 
@@ -70,7 +73,8 @@ def converted(tmp_path_factory) -> dict:
                              series_description="T1 +C thick slices", series_number=10,
                              study_uid=study)
     write_series_from_volume(volumes["T2w"], FLIPPED_X, subject_dir / "t2",
-                             series_description="Ax T2 FSE", series_number=4, study_uid=study)
+                             series_description="Ax T2 FSE", series_number=4, study_uid=study,
+                             tags=T2_TAGS)
     write_series_from_volume(volumes["dwi"], AXIAL, subject_dir / "dwi",
                              series_description="DWI 0 500 1000", series_number=5,
                              study_uid=study, b_values=BVALS, b_vectors=DIRECTIONS)
@@ -102,7 +106,7 @@ def test_outputs_have_spec_names(converted):
                      "sub-P001_T2w.json", "sub-P001_T2w.nii.gz",
                      "sub-P001_ce-gadolinium_T1w.json", "sub-P001_ce-gadolinium_T1w.nii.gz",
                      "sub-P001_dwi.bval", "sub-P001_dwi.bvec", "sub-P001_dwi.json",
-                     "sub-P001_dwi.nii.gz"]
+                     "sub-P001_dwi.nii.gz", "sub-P001_series.tsv"]  # the roles and why
 
 
 @pytest.mark.parametrize("modality, affine", [("T1w", AXIAL), ("ceT1w", AXIAL),
@@ -179,13 +183,17 @@ def test_missing_t1w_is_an_error_naming_the_series(tmp_path):
     subject_dir = tmp_path / "dicom" / "P002"
     study = generate_uid()
     write_series_from_volume(_volume(1), AXIAL, subject_dir / "s4",
-                             series_description="Ax T2 FSE", series_number=4, study_uid=study)
+                             series_description="Ax T2 FSE", series_number=4, study_uid=study,
+                             tags=T2_TAGS)
     write_series_from_volume(_volume(2), AXIAL, subject_dir / "s7",
-                             series_description="FLAIR", series_number=7, study_uid=study)
+                             series_description="FLAIR", series_number=7, study_uid=study,
+                             tags=FLAIR_TAGS)
     with pytest.raises(InputError) as caught:
         convert_dicom_subject(subject_dir, tmp_path / "bids", "P002")
-    assert str(caught.value) == ("sub-P002: no series matched T1w "
-                                 "(SeriesDescriptions: Ax T2 FSE; FLAIR)")
+    assert str(caught.value) == (
+        "sub-P002: no pre-contrast T1 series (series: 4 (Ax T2 FSE, 10:15:20): T2; "
+        "7 (FLAIR, 10:15:20): FLAIR); pin one with --series T1w=<SeriesNumber> or config "
+        "ingest.dicom_series: {P002: {T1w: <SeriesNumber>}}")
     assert not (tmp_path / "bids" / "sub-P002").exists()
 
 
