@@ -750,8 +750,8 @@ def _choose(role: str, pool: Sequence[Classified], who: str, subject: str, prefe
         raise InputError(who, f"{len(tied)} plausible {role} series: {names} (alike in "
                               f"{_rank_words(role)}); {_how_to_pin(role, subject)}")
     for c, key in zip(ranked[1:], keys[1:], strict=True):
-        c.decision = f"rejected as {role}: {_lost_on(role, keys[0], key, prefer)} than " \
-                     f"series {ranked[0].info.number}"
+        c.decision = (f"rejected as {role}: series {ranked[0].info.number} preferred "
+                      f"({_lost_on(role, keys[0], key, prefer)})")
     return ranked[0]
 
 
@@ -783,12 +783,13 @@ def _rank_words(role: str) -> str:
 
 
 def _lost_on(role: str, best: tuple, key: tuple, prefer: str) -> str:
+    """Why the best-ranked series won over one ranked below it (the first key that differs)."""
     if role in ("DWI", "ADC"):
-        words = ("lacks the preferred shells", "has no b=0", "has fewer shells",
-                 "is not ImageType ADC")
+        words = ("it has the preferred shells", "it has b=0", "it has more shells",
+                 "ImageType ADC")
     else:
-        words = ("post-contrast rather", f"not {prefer.upper()} (ingest.dicom_prefer) rather",
-                 "coarser voxels", "less coverage")
+        words = ("pre-contrast", f"{prefer.upper()}, ingest.dicom_prefer", "finer voxels",
+                 "more coverage")
     index = next((i for i, (a, b) in enumerate(zip(best, key, strict=True)) if a != b), 0)
     return words[index]
 
