@@ -244,7 +244,10 @@ def _converted_series(given: Mapping[str, PathLike | None], folder: Path
     for name in ("t1", "t2", "adc", "dwi"):
         if given[name] is None or not Path(given[name]).is_dir():
             continue
-        converted = dicom.convert_series(given[name], folder / f"{name}_from-dicom")
+        # a scanner's ADC map is in its unit only with display scaling (Philips precise-float
+        # values are not): then adc_maps.detect_adc_unit reads the unit as for any given map
+        converted = dicom.convert_series(given[name], folder / f"{name}_from-dicom",
+                                         display_scaling=name == "adc")
         files[name] = converted["image"]
         if name == "dwi":
             for gradients in ("bval", "bvec"):
