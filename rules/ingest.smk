@@ -46,6 +46,7 @@ rule validate_subject:
         set=get_scan_set,
         b_values=config["ingest"]["b_values"],
         b_tolerance=config["ingest"]["b_tolerance"],
+        required_b_values=config["ingest"]["required_b_values"],
     threads: 1
     resources:
         mem_mb=grows_with_attempt(2000),
