@@ -1,4 +1,5 @@
-# ADC fitting from DWI at b = 0, 500, 1000 (log-linear least squares on the DWI grid), or a
+# ADC fitting from DWI at b = 0, 500, 1000 (log-linear least squares on the DWI grid; a DWI with
+# b = 0 and other shells is fitted from the shells it has: ingest.required_b_values), or a
 # given ADC (or MD) map brought to mm2/s for scans that have no raw DWI.
 
 
@@ -20,6 +21,7 @@ rule fit_adc:
     params:
         b_values=config["ingest"]["b_values"],
         b_tolerance=config["ingest"]["b_tolerance"],
+        required_b_values=config["ingest"]["required_b_values"],
         min_adc=config["adc"]["min_adc"],
         max_adc=config["adc"]["max_adc"],
     threads: 1

@@ -2,11 +2,13 @@
 
 
 checkpoint convert_dicom:
-    """One subject's DICOM series converted with dcm2niix into the BIDS layout, anonymised."""
+    """One subject's DICOM series given roles from their tags and acquisition order (recorded in
+    the series table; an ambiguity stops the subject), converted with dcm2niix, anonymised."""
     input:
         dicom=get_dicom_subject_dir,
     output:
         report=f"{RESULTS}/ingest/dicom/sub-{{subject}}.json",
+        series=f"{QC}/ingest/sub-{{subject}}_series.tsv",
     log:
         f"{LOGS}/convert_dicom/sub-{{subject}}.log",
     benchmark:
@@ -16,6 +18,10 @@ checkpoint convert_dicom:
     params:
         bids_dir=BIDS,
         patterns=config["ingest"]["dicom_series_patterns"],
+        prefer=config["ingest"]["dicom_prefer"],
+        overrides=config["ingest"]["dicom_series"],
+        b_values=config["ingest"]["b_values"],
+        b_tolerance=config["ingest"]["b_tolerance"],
     threads: 1
     resources:
         mem_mb=grows_with_attempt(2000),
@@ -40,6 +46,7 @@ rule validate_subject:
         set=get_scan_set,
         b_values=config["ingest"]["b_values"],
         b_tolerance=config["ingest"]["b_tolerance"],
+        required_b_values=config["ingest"]["required_b_values"],
     threads: 1
     resources:
         mem_mb=grows_with_attempt(2000),

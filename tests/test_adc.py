@@ -201,8 +201,8 @@ def test_qc_row_of_a_fit_with_the_true_adc(tmp_path):
     assert list(row) == [
         "scan_id", "stage", "source", "unit_conversion", "n_voxels_fitted", "n_clipped_low",
         "n_clipped_high", "n_nonpositive_signal", "median_in_mask", "b_values",
-        "truth_median_abs_error", "truth_mean_abs_error", "truth_median_rel_error",
-        "truth_n_voxels", "flagged",
+        "preferred_shells", "truth_median_abs_error", "truth_mean_abs_error",
+        "truth_median_rel_error", "truth_n_voxels", "flagged",
     ]
     assert row == {"scan_id": "07", "stage": "adc", **{k: str(v) for k, v in metrics.items()},
                    "flagged": "False"}
@@ -247,10 +247,51 @@ def test_missing_shell_names_bval_file(tmp_path):
     dwi = simulate(three_tissue_adc(), bvals=bvals)
     dwi_path, bval_path, bvec_path = write_dataset(tmp_path, dwi, bvals, BVECS[:, :4])
     out = tmp_path / "adc.nii.gz"
-    with pytest.raises(InputError, match="b=1000") as info:
-        fit_adc_file(dwi_path, bval_path, bvec_path, out)
+    with pytest.raises(InputError, match="b=1000") as info:  # the paper's shells all required
+        fit_adc_file(dwi_path, bval_path, bvec_path, out, accept_b=(0, 500, 1000))
     assert info.value.who == str(bval_path)
     assert not out.exists()
+    no_b0 = np.array([500, 500, 1000, 1000], dtype=float)
+    (tmp_path / "nob0").mkdir()
+    files = write_dataset(tmp_path / "nob0", simulate(three_tissue_adc(), bvals=no_b0), no_b0,
+                          BVECS[:, :4])
+    with pytest.raises(InputError, match=r"^.*: no b=0 s/mm2 shell \(shells present: "
+                                         r"\[500, 1000\]; required: \[0\.0\]\)$"):
+        fit_adc_file(*files, out)
+    assert not out.exists()
+
+
+def test_two_shell_dwi_is_fitted_from_the_shells_present(tmp_path, caplog):
+    true = three_tissue_adc()
+    bvals = np.array([0, 1000, 1000, 1000], dtype=float)
+    dwi = simulate(true, bvals=bvals)
+    dwi_path, bval_path, bvec_path = write_dataset(tmp_path, dwi, bvals, BVECS[:, :4])
+    with caplog.at_level("WARNING", logger="cesynth.adc"):
+        stats = fit_adc_file(dwi_path, bval_path, bvec_path, tmp_path / "adc.nii.gz")
+    assert stats.b_values == (0.0, 1000.0) and stats.preferred_shells is False
+    # two points: ADC = -ln(S1000 / S0) / 1000, exactly the truth of the noiseless simulation
+    fitted = nib.load(str(tmp_path / "adc.nii.gz")).get_fdata()
+    np.testing.assert_allclose(fitted[true > 0], true[true > 0], rtol=1e-4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "fitted from b = 0/1000 s/mm2" in warnings[0] and "b = 0/500/1000" in warnings[0]
+
+
+def test_preferred_shells_are_fitted_alone_when_all_present(tmp_path):
+    # 0/500/1000 data gives the same map with or without an extra b=2000 shell beside it
+    true = three_tissue_adc()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    stats_plain = fit_adc_file(*write_dataset(tmp_path / "a", simulate(true)),
+                               tmp_path / "a.nii.gz")
+    bvals = np.array([0, 500, 500, 500, 1000, 1000, 1000, 2000], dtype=float)
+    vecs = np.concatenate([BVECS, BVECS[:, 1:2]], axis=1)
+    stats_extra = fit_adc_file(*write_dataset(tmp_path / "b", simulate(true, bvals=bvals),
+                                              bvals, vecs), tmp_path / "b.nii.gz")
+    assert stats_plain.preferred_shells and stats_extra.preferred_shells
+    assert stats_extra.b_values == (0.0, 500.0, 1000.0)
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "a.nii.gz")).get_fdata(),
+                                  nib.load(str(tmp_path / "b.nii.gz")).get_fdata())
 
 
 def test_gradient_length_mismatch(tmp_path):

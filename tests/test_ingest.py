@@ -51,13 +51,13 @@ def _one_scan(root: Path) -> ScanFiles:
 
 
 def _validation_error(tmp_path: Path, corrupt: Callable[[dict[str, Path]], None],
-                      **subject_options) -> str:
+                      validation_options: dict | None = None, **subject_options) -> str:
     """Build subject 07, apply ``corrupt`` to its files, and return the validation message."""
     root = make_dataset(tmp_path / "bids")
     paths = add_subject(root, "07", **subject_options)
     corrupt(paths)
     with pytest.raises(InputError) as caught:
-        validate_scan(_one_scan(root))
+        validate_scan(_one_scan(root), **(validation_options or {}))
     assert caught.value.who == "sub-07"
     return str(caught.value)
 
@@ -152,18 +152,40 @@ def test_missing_bval_file_is_reported(tmp_path):
     assert message == "sub-07: sub-07_dwi.bval: missing (required with sub-07_dwi.nii.gz)"
 
 
-def test_missing_b1000_is_reported(tmp_path):
+STRICT_SHELLS = {"required_b_values": (0, 500, 1000)}  # the paper's shells all required
+
+
+def test_missing_b1000_is_reported_when_required(tmp_path):
     message = _validation_error(
-        tmp_path, lambda p: p["bval"].write_text("0 500 500 500 500 500 500\n"))
+        tmp_path, lambda p: p["bval"].write_text("0 500 500 500 500 500 500\n"), STRICT_SHELLS)
     assert message == ("sub-07: sub-07_dwi.bval: no volume at b=1000 (within 50); "
                        "b-values found: 0, 500")
 
 
-def test_b_value_outside_tolerance_is_reported(tmp_path):
+def test_b_value_outside_tolerance_is_reported_when_required(tmp_path):
     message = _validation_error(
-        tmp_path, lambda p: p["bval"].write_text("0 500 500 500 1080 1080 1080\n"))
+        tmp_path, lambda p: p["bval"].write_text("0 500 500 500 1080 1080 1080\n"),
+        STRICT_SHELLS)
     assert message == ("sub-07: sub-07_dwi.bval: no volume at b=1000 (within 50); "
                        "b-values found: 0, 500, 1080")
+
+
+@pytest.mark.parametrize("bvals, fitted", [("0 1000 1000 1000 1000 1000 1000", [0, 1000]),
+                                           ("0 500 500 500 1080 1080 1080", [0, 500, 1080]),
+                                           ("0 500 500 500 1000 1000 1000", [0, 500, 1000]),
+                                           ("0 0 500 800 1000 1000 1000", [0, 500, 1000])])
+def test_b0_plus_any_shell_is_accepted_by_default(tmp_path, bvals, fitted):
+    root = make_dataset(tmp_path / "bids")
+    add_subject(root, "07")["bval"].write_text(bvals + "\n")
+    assert validate_scan(_one_scan(root))["adc_b_values"] == fitted
+
+
+@pytest.mark.parametrize("bvals, problem", [
+    ("500 500 500 1000 1000 1000 1000", "no volume at b=0 (within 50); b-values found: 500, 1000"),
+    ("0 0 0 0 0 0 0", "one b-value only (the ADC needs two shells); b-values found: 0")])
+def test_dwi_without_b0_or_second_shell_is_reported(tmp_path, bvals, problem):
+    message = _validation_error(tmp_path, lambda p: p["bval"].write_text(bvals + "\n"))
+    assert message == f"sub-07: sub-07_dwi.bval: {problem}"
 
 
 def test_b_value_inside_tolerance_is_accepted(tmp_path):

@@ -495,9 +495,13 @@ def write_subject_as_dicom(bids: Path, subject: str, out: Path) -> None:
             gradient = str(path).removesuffix(".nii.gz")
             diffusion = {"b_values": np.loadtxt(f"{gradient}.bval"),
                          "b_vectors": np.loadtxt(f"{gradient}.bvec").T}
+        # roles come from the tags: the T2 needs a T2's TR and TE (the writer's are a T1's)
+        tags = ({"RepetitionTime": 4000.0, "EchoTime": 100.0, "ScanningSequence": "SE"}
+                if description.startswith("T2") else {})
         write_series_from_volume(scaled, img.affine, out / f"series{number}",
                                  series_description=description, series_number=number,
-                                 study_uid=f"1.2.826.0.1.3680043.8.498.{int(subject)}", **diffusion)
+                                 study_uid=f"1.2.826.0.1.3680043.8.498.{int(subject)}",
+                                 tags=tags, **diffusion)
 
 
 def test_dicom_input_is_converted_validated_and_split(tmp_path):
@@ -516,6 +520,7 @@ def test_dicom_input_is_converted_validated_and_split(tmp_path):
     for name in ("anat/sub-01_T1w.nii.gz", "anat/sub-01_ce-gadolinium_T1w.nii.gz",
                  "anat/sub-01_T2w.nii.gz", "dwi/sub-01_dwi.nii.gz", "dwi/sub-01_dwi.bval"):
         assert (tmp_path / "converted" / "sub-01" / name).is_file(), name
+    assert (tmp_path / "out/qc/ingest/sub-01_series.tsv").is_file()  # the roles and why
     sets = read_tsv(tmp_path / "out/ingest/sets.tsv")
     assert sets["scan_id"].tolist() == ["01", "02"]
     assert sets["has_dwi"].tolist() == ["True", "True"]

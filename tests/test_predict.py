@@ -322,7 +322,8 @@ def test_a_recorded_mask_method_not_installed_here_is_refused_unless_overridden(
 
 def test_the_recorded_b_values_are_the_ones_fitted(cohort, checkpoint, tmp_path):
     model = with_record(checkpoint, tmp_path / "b1500",
-                        adc={**PREPROCESSING["adc"], "b_values": [0.0, 500.0, 1500.0]})
+                        adc={**PREPROCESSING["adc"], "b_values": [0.0, 500.0, 1500.0],
+                             "required_b_values": [0.0, 500.0, 1500.0]})
     files = scans(cohort, "sub-01")
     out = tmp_path / "synthetic.nii.gz"
     with pytest.raises(InputError, match=r"no b=1500 s/mm2 shell") as caught:

@@ -55,7 +55,8 @@ def test_the_record_holds_everything_that_shapes_the_inputs_resolved(tmp_path):
     assert record["brainmask"] == "deepbet" and record["brainmask_requested"] == "auto"
     assert record["brainmask_reference"] == "ceT1w"
     assert record["adc"] == {"b_values": [0.0, 500.0, 1000.0], "b_tolerance": 50.0,
-                             "min_adc": 0.0, "max_adc": 4e-3, "weighting": "shell"}
+                             "min_adc": 0.0, "max_adc": 4e-3, "weighting": "shell",
+                             "required_b_values": [0.0]}
     assert record["modalities"] == ["T1w", "T2w", "adc"] and record["target"] == "ceT1w"
     assert record["registration"] == {"seed": 0, **registration.method_record()}
     assert record["cesynth_version"] == __version__

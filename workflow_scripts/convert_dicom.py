@@ -11,8 +11,14 @@ subject = snakemake.wildcards.subject
 
 
 def work():
+    params = snakemake.params
+    options = dicom.RoleOptions(
+        prefer=params.prefer, b_values=tuple(float(b) for b in params.b_values),
+        b_tolerance=float(params.b_tolerance), overrides=dict(params.overrides),
+    )
     converted = dicom.convert_dicom_subject(
-        snakemake.input.dicom, snakemake.params.bids_dir, subject, snakemake.params.patterns
+        snakemake.input.dicom, params.bids_dir, subject, params.patterns, options=options,
+        series_table=snakemake.output.series,
     )
     write_json(converted, snakemake.output.report)
     return {f"has_{name}": True for name in converted.get("modalities", {})}

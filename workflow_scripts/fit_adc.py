@@ -13,6 +13,7 @@ def work():
     stats = adc.fit_adc_file(
         inputs.dwi, inputs.bval, inputs.bvec, snakemake.output.adc,
         required_b=params.b_values, b_tolerance=params.b_tolerance,
+        accept_b=params.required_b_values,
         min_adc=params.min_adc, max_adc=params.max_adc,
     )
     return adc_qc.write_qc_row(

@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -85,6 +85,9 @@ class AdcStats:
             not finite (its shell's mean was clamped to the signal floor before the log).
         median_in_mask: median ADC (mm2/s) over the fitted voxels, after clipping (0 if none).
         b_values: the shell b-values (s/mm2) used in the fit.
+        preferred_shells: True when they are the preferred set (``ingest.b_values``, the
+            paper's 0/500/1000); False when that set was incomplete and every shell present
+            was fitted (:func:`choose_shells`).
     """
 
     n_voxels_fitted: int
@@ -93,6 +96,7 @@ class AdcStats:
     n_nonpositive_signal: int
     median_in_mask: float
     b_values: tuple[float, ...]
+    preferred_shells: bool = True
 
     def to_dict(self) -> dict:
         """The statistics as a JSON-ready dictionary."""
@@ -179,6 +183,84 @@ def group_shells(bvals: np.ndarray, tolerance: float = 50.0) -> list[np.ndarray]
     order = np.argsort(bvals, kind="stable")
     breaks = np.flatnonzero(np.diff(bvals[order]) > tolerance) + 1
     return [np.sort(idx) for idx in np.split(order, breaks)]
+
+
+DEFAULT_REQUIRED_B: tuple[float, ...] = (0.0,)
+"""The shells a DWI must have when the preferred ones are not all there (``ingest.
+required_b_values``): b = 0, plus at least one other shell."""
+
+
+class ShellError(ValueError):
+    """A DWI lacks a shell the rule requires (:func:`choose_shells`).
+
+    Attributes:
+        missing: the required b-value not found (None: only one shell at all).
+        present: the rounded b-value of every shell present.
+        required: what was required.
+    """
+
+    def __init__(self, missing: float | None, present: list[int], required: Sequence[float]):
+        self.missing, self.present, self.required = missing, present, list(required)
+        what = f"no b={missing:g} s/mm2 shell" if missing is not None else "only one shell"
+        super().__init__(f"{what} (shells present: {present}; required: {self.required})")
+
+
+@dataclass(frozen=True)
+class ShellChoice:
+    """The shells an ADC fit uses: volume indices per shell, their mean b-values, and whether
+    they are the preferred set."""
+
+    shells: list[np.ndarray]
+    b_values: tuple[float, ...]
+    preferred: bool
+
+
+def choose_shells(
+    bvals: np.ndarray,
+    preferred_b: Sequence[float] = (0, 500, 1000),
+    tolerance: float = 50.0,
+    required_b: Sequence[float] = DEFAULT_REQUIRED_B,
+) -> ShellChoice:
+    """The one rule, for the workflow (validation, fit) and ``cesynth predict``, of which shells
+    a DWI's ADC is fitted from.
+
+    When every preferred shell is present, exactly those are fitted (the paper's 0/500/1000 by
+    default; other shells are ignored). Otherwise the DWI must have the ``required_b`` shells
+    and at least two shells, and every shell present is fitted (two-point for 0/1000). With
+    ``required_b`` equal to ``preferred_b`` the preferred shells are all required.
+
+    Args:
+        bvals: b-value of each volume (s/mm2).
+        preferred_b: the preferred shells (``ingest.b_values``).
+        tolerance: s/mm2 within which a volume belongs to a shell and a shell matches a b-value.
+        required_b: shells that must be present when the preferred are not all there.
+
+    Returns:
+        The :class:`ShellChoice`.
+
+    Raises:
+        ShellError: a required (or, with all required, a preferred) shell is missing, or the
+            DWI has one shell only.
+    """
+    shells = group_shells(bvals, tolerance)
+    centres = np.array([np.mean(np.asarray(bvals, dtype=float)[idx]) for idx in shells])
+    present = sorted({round(float(c)) for c in centres})
+
+    def match(b: float) -> int | None:
+        k = int(np.argmin(np.abs(centres - b)))
+        return k if abs(centres[k] - b) <= tolerance else None
+
+    preferred = [match(b) for b in sorted(preferred_b)]
+    if all(k is not None for k in preferred) and len(set(preferred)) == len(preferred):
+        chosen = [shells[k] for k in preferred if k is not None]
+        return ShellChoice(chosen, tuple(float(centres[k]) for k in preferred if k is not None),
+                           True)
+    for b in sorted(required_b):
+        if match(b) is None:
+            raise ShellError(b, present, required_b)
+    if len(shells) < 2:
+        raise ShellError(None, present, required_b)
+    return ShellChoice(list(shells), tuple(float(c) for c in centres), False)
 
 
 def shell_means(
@@ -409,10 +491,14 @@ def fit_adc_file(
     min_adc: float = 0.0,
     max_adc: float = 4e-3,
     weighting: str = "shell",
+    accept_b: Sequence[float] = DEFAULT_REQUIRED_B,
 ) -> AdcStats:
     """Fit the ADC map of a DWI file and write it (float32, mm2/s, DWI grid) atomically.
 
-    Only the shells matching ``required_b`` enter the fit; other shells are ignored.
+    The shells are chosen by :func:`choose_shells`: those matching ``required_b`` (the
+    preferred set) when all are present, other shells ignored; else, when the DWI has the
+    ``accept_b`` shells and another, every shell present, with a warning (the method was
+    described with the preferred set) and ``preferred_shells`` False in the stats.
     Without a mask, voxels whose b=0 signal exceeds the automatic noise threshold
     (:func:`auto_noise_threshold`) are fitted; with one, that threshold is taken inside it.
 
@@ -423,12 +509,15 @@ def fit_adc_file(
         out_path: output ADC NIfTI (3-D, same shape and affine as the DWI's first 3 axes;
             header ``intent_name`` "ADC mm2/s").
         mask_path: optional brain mask on the DWI grid (non-zero = inside).
-        required_b: b-values (s/mm2) that must be present as shells; the fit uses these.
+        required_b: the preferred b-values (s/mm2); the fit uses these when all are present.
         b_tolerance: b-value tolerance for grouping and matching shells (s/mm2).
         min_adc: lower ADC limit (mm2/s), values below are clipped and counted.
         max_adc: upper ADC limit (mm2/s), values above are clipped and counted.
         weighting: ``"shell"`` (each shell one point, the method's definition) or ``"volume"``
             (shells weighted by their volume count: the all-volume fit of MRtrix3 ``dwi2adc``).
+        accept_b: shells that must be present when ``required_b`` are not all there
+            (``ingest.required_b_values``; default b = 0); equal to ``required_b``: all
+            required.
 
     Returns:
         The fit's :class:`AdcStats`.
@@ -454,12 +543,19 @@ def fit_adc_file(
     dwi = img.get_fdata(dtype=np.float32)
     check_finite(dwi, dwi_path)
     bvals, _ = read_bvals_bvecs(bval_path, bvec_path, img.shape[3])
-    shells = _select_shells(bvals, required_b, b_tolerance, bval_path)
+    choice = _select_shells(bvals, required_b, b_tolerance, bval_path, accept_b)
+    shells = choice.shells
     mask = _load_mask(mask_path, img) if mask_path is not None else None
     _check_b0_signal(dwi, shells[0], mask, dwi_path)
     adc, stats = fit_dwi_shells(dwi, bvals, shells, mask, min_adc=min_adc, max_adc=max_adc,
                                 weighting=weighting)
     _check_clipping(stats, min_adc, max_adc, dwi_path)
+    if not choice.preferred:
+        stats = replace(stats, preferred_shells=False)
+        logging.getLogger(__name__).warning(
+            "%s: ADC fitted from b = %s s/mm2 (the shells present); the method was described "
+            "with b = %s (ingest.b_values)", dwi_path, _shell_text(stats.b_values),
+            _shell_text(required_b))
     header = nib.Nifti1Header()
     header["intent_name"] = b"ADC mm2/s"  # save_nifti owns descrip; units go here
     save_nifti(adc, img.affine, out_path, dtype=np.float32, header=header)
@@ -508,23 +604,18 @@ def fit_dwi_shells(
 
 
 def _select_shells(
-    bvals: np.ndarray, required_b: Sequence[float], tolerance: float, bval_path: PathLike
-) -> list[np.ndarray]:
-    """The shells matching ``required_b``, in that order; InputError naming the file if missing."""
-    shells = group_shells(bvals, tolerance)
-    centres = np.array([np.mean(bvals[idx]) for idx in shells])
-    present = sorted({round(float(c)) for c in centres})
-    chosen = []
-    for b in sorted(required_b):
-        k = int(np.argmin(np.abs(centres - b)))
-        if abs(centres[k] - b) > tolerance:
-            raise InputError(bval_path, f"no b={b:g} s/mm2 shell (shells present: {present}; "
-                                        f"required: {list(required_b)})")
-        chosen.append(shells[k])
-    if len({id(s) for s in chosen}) != len(chosen):
-        raise InputError(bval_path, f"required b-values {list(required_b)} are not distinct "
-                                    f"shells at tolerance {tolerance:g}")
-    return chosen
+    bvals: np.ndarray, required_b: Sequence[float], tolerance: float, bval_path: PathLike,
+    accept_b: Sequence[float] = DEFAULT_REQUIRED_B,
+) -> ShellChoice:
+    """:func:`choose_shells`, an InputError naming the file when a shell is missing."""
+    try:
+        return choose_shells(bvals, required_b, tolerance, accept_b)
+    except ShellError as err:
+        raise InputError(bval_path, str(err)) from err
+
+
+def _shell_text(b_values: Sequence[float]) -> str:
+    return "/".join(f"{b:g}" for b in sorted(round(float(b)) for b in b_values))
 
 
 def _check_b0_signal(dwi: np.ndarray, b0_volumes: np.ndarray, mask: np.ndarray | None,
@@ -567,6 +658,6 @@ def _load_mask(mask_path: PathLike, dwi_img) -> np.ndarray:
     return data != 0
 
 
-__all__ = ["AUTO_THRESHOLD_FRACTION", "SIGNAL_FLOOR", "AdcStats", "auto_noise_threshold",
-           "fit_adc", "fit_adc_file", "fit_dwi_shells", "group_shells", "read_bvals_bvecs",
-           "shell_means"]
+__all__ = ["AUTO_THRESHOLD_FRACTION", "DEFAULT_REQUIRED_B", "SIGNAL_FLOOR", "AdcStats",
+           "ShellChoice", "ShellError", "auto_noise_threshold", "choose_shells", "fit_adc",
+           "fit_adc_file", "fit_dwi_shells", "group_shells", "read_bvals_bvecs", "shell_means"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -173,17 +174,54 @@ def _add_dicom2bids(parser: argparse.ArgumentParser) -> None:
                         help="report a failing subject and convert the others (exit 1 at the "
                              "end); without it a failing subject stops the conversion and "
                              "nothing is written")
+    parser.add_argument("--prefer", choices=("3d", "2d"), default="3d",
+                        help="which acquisition wins between candidates of one role "
+                             "(default 3d; config ingest.dicom_prefer)")
+    parser.add_argument("--series", action="append", default=[], metavar="[SUBJECT:]ROLE=N",
+                        help="pin a series to a role where the rules cannot settle it: ROLE "
+                             "one of T1w, ceT1w, T2w, FLAIR, DWI, ADC; N a SeriesNumber, a "
+                             "SeriesInstanceUID or 'none'; SUBJECT may be left out when "
+                             "--dicom holds one subject (repeatable)")
+
+
+def series_overrides(entries: list[str], labels: list[str]) -> dict[str, dict[str, str]]:
+    """``--series [SUBJECT:]ROLE=N`` entries as subject -> role -> value.
+
+    Raises:
+        InputError: a malformed entry, or one without a subject when there are several.
+    """
+    overrides: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        match = re.fullmatch(r"(?:(?:sub-)?([A-Za-z0-9]+):)?([A-Za-z0-9]+)=(\S+)", entry)
+        if match is None:
+            raise InputError("--series", f"{entry!r} is not [SUBJECT:]ROLE=SeriesNumber")
+        subject, role, value = match.groups()
+        if subject is None:
+            if len(labels) != 1:
+                raise InputError("--series", f"{entry!r} names no subject and --dicom holds "
+                                             f"{len(labels)}; write SUBJECT:{entry}")
+            subject = labels[0]
+        overrides.setdefault(subject, {})[role] = value
+    return overrides
 
 
 def run_dicom2bids(args: argparse.Namespace) -> dict:
-    """Convert DICOM series (one folder per subject) to the BIDS layout, anonymised."""
+    """Convert DICOM series (one folder per subject) to the BIDS layout, anonymised; each
+    series' role is decided from its tags and recorded in
+    ``<out>/derivatives/cesynth-dicom/sub-<label>_series.tsv``."""
     from cesynth import dicom
+    from cesynth.ingest import list_dicom_subjects
 
     def report(err: InputError) -> None:
         print(f"error: {err.who}: {err.problem}", file=sys.stderr)
 
+    def summary(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    overrides = series_overrides(args.series, list_dicom_subjects(args.dicom))
+    options = dicom.RoleOptions(prefer=args.prefer, overrides=overrides)
     result = dicom.convert_dicom_dataset(args.dicom, args.out, keep_going=args.keep_going,
-                                         on_error=report)
+                                         on_error=report, options=options, on_subject=summary)
     if result["skipped"]:
         print(json.dumps(result, indent=2, default=str))
         n_subjects = len(result["skipped"]) + len(result["converted"])

@@ -244,7 +244,10 @@ def _converted_series(given: Mapping[str, PathLike | None], folder: Path
     for name in ("t1", "t2", "adc", "dwi"):
         if given[name] is None or not Path(given[name]).is_dir():
             continue
-        converted = dicom.convert_series(given[name], folder / f"{name}_from-dicom")
+        # a scanner's ADC map is in its unit only with display scaling (Philips precise-float
+        # values are not): then adc_maps.detect_adc_unit reads the unit as for any given map
+        converted = dicom.convert_series(given[name], folder / f"{name}_from-dicom",
+                                         display_scaling=name == "adc")
         files[name] = converted["image"]
         if name == "dwi":
             for gradients in ("bval", "bvec"):
@@ -405,7 +408,11 @@ def _model_label(model: PathLike) -> str:
 def _adc_label(scans: Scans, settings: Mapping[str, Any],
                info: Mapping[str, Any] | None = None) -> str | None:
     if scans.dwi is not None:
-        shells = ", ".join(f"{b:g}" for b in settings["b_values"])
+        used = (info or {}).get("b_values") or settings["b_values"]
+        shells = ", ".join(f"{round(b):g}" for b in used)
+        if info is not None and info.get("preferred_shells") is False:
+            preferred = ", ".join(f"{b:g}" for b in settings["b_values"])
+            shells += f": the shells present; the method's are {preferred}"
         return (f"fitted from the DWI (b = {shells} s/mm2, tolerance "
                 f"{settings['b_tolerance']:g}), clipped to [{settings['min_adc']:g}, "
                 f"{settings['max_adc']:g}] mm2/s, carried by its b0 registration")

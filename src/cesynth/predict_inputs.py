@@ -364,14 +364,17 @@ def _register_adc(scans: Scans, out_path: Path, work: Path, timer: StepTimer, *,
                 "unit_conversion": stats.unit_conversion}
     dwi_adc = work / "adc.nii.gz"
     with timer("fit_adc"):
-        adc_fit.fit_adc_file(scans.dwi, scans.bval, scans.bvec, dwi_adc,
-                             required_b=settings["b_values"], b_tolerance=settings["b_tolerance"],
-                             min_adc=settings["min_adc"], max_adc=settings["max_adc"],
-                             weighting=settings["weighting"])
+        stats = adc_fit.fit_adc_file(
+            scans.dwi, scans.bval, scans.bvec, dwi_adc, required_b=settings["b_values"],
+            b_tolerance=settings["b_tolerance"], min_adc=settings["min_adc"],
+            max_adc=settings["max_adc"], weighting=settings["weighting"],
+            accept_b=settings["required_b_values"])
     with timer("register_dwi"):
-        return _mi(registration.register_dwi_to_reference(
+        return {**_mi(registration.register_dwi_to_reference(
             scans.t1, scans.dwi, scans.bval, dwi_adc, out_path, work / "from-dwi_to-T1w_xfm.mat",
-            threads=threads, seed=seed))
+            threads=threads, seed=seed)),
+            "b_values": [float(b) for b in stats.b_values],
+            "preferred_shells": stats.preferred_shells}
 
 
 def _mi(result: registration.RegistrationResult) -> dict[str, float]:

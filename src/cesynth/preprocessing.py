@@ -55,8 +55,11 @@ RECORD_FORMAT = 2
 """Version of the record's layout; records without ``format`` are format 1 (before this module)."""
 
 ADC_DEFAULTS: dict[str, Any] = {"b_values": [0.0, 500.0, 1000.0], "b_tolerance": 50.0,
-                                "min_adc": 0.0, "max_adc": 4e-3, "weighting": "shell"}
-"""The ADC fit's settings when a record does not hold them (those every version has used)."""
+                                "min_adc": 0.0, "max_adc": 4e-3, "weighting": "shell",
+                                "required_b_values": [0.0]}
+"""The ADC fit's settings when a record does not hold them (those every version has used;
+``required_b_values`` [0], b = 0 plus any other shell, since issue 24: records before it
+required ``b_values`` all)."""
 
 LEGACY_REFERENCE = "ceT1w"
 """The image the training masks of a format-1 record were computed from (the CE-T1, always)."""
@@ -89,6 +92,7 @@ def requested_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "brainmask": SKULL_STRIPPED if skull_stripped else config["brainmask"]["method"],
         "brainmask_reference": config["brainmask"]["reference"],
         "adc": {"b_values": [float(b) for b in ingest["b_values"]],
+                "required_b_values": [float(b) for b in ingest.get("required_b_values", [0])],
                 "b_tolerance": float(ingest["b_tolerance"]),
                 "min_adc": float(adc["min_adc"]), "max_adc": float(adc["max_adc"])},
         "registration": {"seed": int(config["registration"]["seed"])},
@@ -140,7 +144,8 @@ def preprocessing_record(
         "brainmask_reference": masks["reference"],
         "adc": {"b_values": [float(b) for b in adc["b_values"]],
                 "b_tolerance": float(adc["b_tolerance"]), "min_adc": float(adc["min_adc"]),
-                "max_adc": float(adc["max_adc"]), "weighting": str(adc["weighting"])},
+                "max_adc": float(adc["max_adc"]), "weighting": str(adc["weighting"]),
+                "required_b_values": [float(b) for b in adc["required_b_values"]]},
         "modalities": list(modalities),
         "target": target,
         "registration": {"seed": seed, **registration.method_record()},

@@ -32,6 +32,7 @@ def validate_scan(
     b_values: Sequence[float] = (0, 500, 1000),
     b_tolerance: float = 50.0,
     require_target: bool = True,
+    required_b_values: Sequence[float] = (0,),
 ) -> dict[str, Any]:
     """Check every input file of a scan (full read) before any work is done on it.
 
@@ -39,8 +40,11 @@ def validate_scan(
 
     Args:
         scan: the scan's files.
-        b_values: diffusion weightings that must each be present (s/mm2).
+        b_values: the preferred diffusion weightings (s/mm2, ``ingest.b_values``).
         b_tolerance: how far a measured b-value may be from a required one.
+        required_b_values: those that must be present when the preferred are not all there
+            (``ingest.required_b_values``): the ADC fit's rule,
+            :func:`cesynth.adc.choose_shells`.
         require_target: the CE-T1 must be present (training and evaluation scans).
 
     Returns:
@@ -68,7 +72,7 @@ def validate_scan(
             grids[modality] = img
     report: dict[str, Any] = {"dwi_volumes": None, "b_values": None}
     if scan.dwi is not None:
-        report.update(_check_dwi(scan, who, b_values, b_tolerance))
+        report.update(_check_dwi(scan, who, b_values, b_tolerance, required_b_values))
         files["dwi"] = report.pop("file")
     elif scan.adc is not None:
         files["adc"] = _check_adc_map(who, scan.adc)
@@ -150,8 +154,8 @@ def _file_entry(path: Path, img: Any) -> dict[str, Any]:
             "voxel_size_mm": [round(float(z), 4) for z in zooms]}
 
 
-def _check_dwi(scan: ScanFiles, who: str, required_b: Sequence[float],
-               tolerance: float) -> dict[str, Any]:
+def _check_dwi(scan: ScanFiles, who: str, preferred_b: Sequence[float],
+               tolerance: float, required_b: Sequence[float]) -> dict[str, Any]:
     assert scan.dwi is not None
     img, data = _load_checked(who, scan.dwi)
     if data.ndim != 4 or data.shape[3] < 2:
@@ -163,8 +167,9 @@ def _check_dwi(scan: ScanFiles, who: str, required_b: Sequence[float],
     assert scan.bval is not None and scan.bvec is not None
     bvals = _read_bval(who, scan.bval, n_volumes)
     _read_bvec(who, scan.bvec, n_volumes)
-    shells = _check_b_values(who, scan.bval, bvals, required_b, tolerance)
-    return {"file": _file_entry(scan.dwi, img), "dwi_volumes": n_volumes, "b_values": shells}
+    shells, fitted = _check_b_values(who, scan.bval, bvals, preferred_b, tolerance, required_b)
+    return {"file": _file_entry(scan.dwi, img), "dwi_volumes": n_volumes, "b_values": shells,
+            "adc_b_values": fitted}
 
 
 def _read_numbers(who: str, path: Path) -> list[list[float]]:
@@ -203,15 +208,22 @@ def _read_bvec(who: str, path: Path, n_volumes: int) -> np.ndarray:
     return bvecs
 
 
-def _check_b_values(who: str, path: Path, bvals: np.ndarray, required_b: Sequence[float],
-                    tolerance: float) -> list[float]:
+def _check_b_values(who: str, path: Path, bvals: np.ndarray, preferred_b: Sequence[float],
+                    tolerance: float, required_b: Sequence[float]
+                    ) -> tuple[list[float], list[float]]:
+    """The b-values present and those the ADC fit will use (:func:`cesynth.adc.choose_shells`,
+    the fit's own rule); a missing required shell fails the scan."""
+    from cesynth.adc import ShellError, choose_shells
+
     shells = sorted({round(float(b)) for b in bvals})
-    for b in required_b:
-        if not np.any(np.abs(bvals - b) <= tolerance):
-            found = ", ".join(f"{s:g}" for s in shells)
-            raise _fail(who, path, f"no volume at b={b:g} (within {tolerance:g}); "
-                                   f"b-values found: {found}")
-    return shells
+    try:
+        choice = choose_shells(bvals, preferred_b, tolerance, required_b)
+    except ShellError as err:
+        found = ", ".join(f"{s:g}" for s in shells)
+        what = (f"no volume at b={err.missing:g} (within {tolerance:g})"
+                if err.missing is not None else "one b-value only (the ADC needs two shells)")
+        raise _fail(who, path, f"{what}; b-values found: {found}") from err
+    return shells, sorted(round(b) for b in choice.b_values)
 
 
 def _check_adc_map(who: str, path: Path) -> dict[str, Any]:

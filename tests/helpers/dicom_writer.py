@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -43,6 +44,8 @@ def write_series_from_volume(
     b_values: Sequence[float] | None = None,
     b_vectors: np.ndarray | None = None,
     manufacturer: str = "GE MEDICAL SYSTEMS",
+    tags: Mapping[str, Any] | None = None,
+    private: Sequence[tuple[tuple[int, int], str, Any]] = (),
 ) -> list[Path]:
     """Write ``data`` (3D, or 4D DWI with ``b_values``/``b_vectors``) as one DICOM file per slice.
 
@@ -60,6 +63,10 @@ def write_series_from_volume(
         b_values: per-volume b-values (4D only).
         b_vectors: (volumes, 3) unit gradient directions in the image frame (4D only).
         manufacturer: Manufacturer tag; selects which diffusion tags dcm2niix reads.
+        tags: DICOM keywords to set on every file (RepetitionTime, ImageType, AcquisitionTime,
+            ContrastBolusAgent, ...), after the defaults; a value of None deletes the tag.
+        private: ``((group, element), VR, value)`` elements to add (vendor private tags; a
+            private creator for the block is added).
 
     Returns:
         The written file paths.
@@ -90,6 +97,15 @@ def write_series_from_volume(
             ds.PixelData = np.ascontiguousarray(pixels).tobytes()
             if b_values is not None:
                 _add_diffusion(ds, float(b_values[vol]), np.asarray(b_vectors)[vol])
+            for keyword, value in (tags or {}).items():
+                if value is None:
+                    if keyword in ds:
+                        delattr(ds, keyword)
+                else:
+                    setattr(ds, keyword, value)
+            for (group, element), vr, value in private:
+                ds.add_new((group, 0x0010), "LO", "cesynth test vendor")
+                ds.add_new((group, element), vr, value)
             path = out_dir / f"IM{series_number:03d}_{instance:05d}"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
