@@ -191,8 +191,8 @@ def test_missing_t1w_is_an_error_naming_the_series(tmp_path):
     with pytest.raises(InputError) as caught:
         convert_dicom_subject(subject_dir, tmp_path / "bids", "P002")
     assert str(caught.value) == (
-        "sub-P002: no pre-contrast T1 series (series: 4 (Ax T2 FSE, 10:15:20): T2; "
-        "7 (FLAIR, 10:15:20): FLAIR); pin one with --series T1w=<SeriesNumber> or config "
+        "sub-P002: no pre-contrast T1 series (series: 4 (Ax T2 FSE): T2; "
+        "7 (FLAIR): FLAIR); pin one with --series T1w=<SeriesNumber> or config "
         "ingest.dicom_series: {P002: {T1w: <SeriesNumber>}}")
     assert not (tmp_path / "bids" / "sub-P002").exists()
 
@@ -291,7 +291,8 @@ def test_philips_series_table_records_every_choice(philips):
     rows = _table(path)
     assert list(rows) == ["101", "201", "301", "401", "501", "502", "503", "504", "601", "701",
                           "801", "901", "1001"]  # acquisition order
-    assert rows["201"]["acquisition_time"] == "10:02:00"
+    assert rows["101"]["acquired_after_first"] == "+00:00:00"  # no time of day is kept
+    assert rows["201"]["acquired_after_first"] == "+00:02:00"
     assert rows["801"]["role"] == "ceT1w" and rows["801"]["contrast"] == "post"
     assert "acquired after the injection" in rows["801"]["signals"]
     assert rows["1001"]["decision"] == ("rejected as ceT1w: series 801 preferred "
@@ -381,8 +382,8 @@ def test_two_plausible_ce_t1_stop_the_subject_with_one_line(tmp_path):
     with pytest.raises(InputError) as caught:
         convert_dicom_subject(tmp_path / "dicom" / "X", tmp_path / "bids", "X")
     message = str(caught.value)
-    assert message.startswith("sub-X: 2 plausible ceT1w series: 5 (3D T1 AX, 10:12:00), "
-                              "6 (3D T1 SAG, 10:14:00)")
+    assert message.startswith("sub-X: 2 plausible ceT1w series: 5 (3D T1 AX), "
+                              "6 (3D T1 SAG)")
     assert "--series ceT1w=<SeriesNumber>" in message and "ingest.dicom_series" in message
     assert "\n" not in message
     assert not (tmp_path / "bids" / "sub-X").exists()
@@ -406,7 +407,7 @@ def test_cli_reports_the_ambiguity_and_takes_the_override(tmp_path):
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: sub-X: cannot tell pre- from post-contrast T1 among "
-                               "series 3 (T1 SE, 10:00:00): pre or post?, 5 (T1 3D, 10:10:00)")
+                               "series 3 (T1 SE): pre or post?, 5 (T1 3D)")
     assert not (tmp_path / "bids").exists()
     done = subprocess.run(list(map(str, [*args, "--series", "T1w=3", "--series",
                                          "X:ceT1w=5"])), capture_output=True, text=True)

@@ -127,14 +127,18 @@ class SeriesInfo:
 
     @property
     def label(self) -> str:
-        """``12 (T1W_3D_TFE, 10:31:02)``: how an error names the series."""
+        """``12 (T1W_3D_TFE)``: how an error names the series (no time of day, as no
+        output carries one)."""
         number = "?" if self.number is None else str(self.number)
-        time = f", {self.time_text}" if self.time_text else ""
-        return f"{number} ({self.description or 'no description'}{time})"
+        return f"{number} ({self.description or 'no description'})"
 
-    @property
-    def time_text(self) -> str:
-        return self.acquired.strftime("%H:%M:%S") if self.acquired else ""
+    def time_after(self, start: Any) -> str:
+        """``+00:12:31``: when it was acquired after ``start`` (the study's first series), so
+        the order is recorded without the time of day."""
+        if not self.acquired or start is None:
+            return ""
+        seconds = int((self.acquired - start).total_seconds())
+        return f"+{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
     @property
     def voxel_volume(self) -> float:
@@ -818,7 +822,7 @@ def _how_to_pin(role: str, subject: str) -> str:
 # --------------------------------------------------------------------------- record
 
 
-TABLE_COLUMNS = ("series_number", "description", "acquisition_time", "kind", "weighting",
+TABLE_COLUMNS = ("series_number", "description", "acquired_after_first", "kind", "weighting",
                  "contrast", "acquisition", "b_values", "role", "decision", "signals")
 
 
@@ -834,6 +838,8 @@ def series_table(assignment: Assignment, outputs: Mapping[str, str] | None = Non
         Rows with :data:`TABLE_COLUMNS` (no identifiers: no names, IDs, dates or UIDs).
     """
     rows = []
+    times = [c.info.acquired for c in assignment.series if c.info.acquired]
+    start = min(times) if times else None
     for c in assignment.series:
         info = c.info
         decision = c.decision
@@ -842,7 +848,7 @@ def series_table(assignment: Assignment, outputs: Mapping[str, str] | None = Non
         rows.append({
             "series_number": "" if info.number is None else str(info.number),
             "description": info.description,
-            "acquisition_time": info.time_text,
+            "acquired_after_first": info.time_after(start),
             "kind": c.kind,
             "weighting": c.weighting or "",
             "contrast": c.phase or "",
