@@ -604,12 +604,15 @@ def _dicom_cohort(root: Path) -> Path:
     from pydicom.uid import generate_uid
 
     volume = np.rint(ellipsoid() + 50)
-    for label, descriptions in (("P1", ["T1 MPRAGE pre"]), ("P2", ["Ax T2 FSE", "FLAIR"])):
+    t2 = {"RepetitionTime": 4000.0, "EchoTime": 100.0}  # roles come from the tags first
+    flair = {"RepetitionTime": 9000.0, "EchoTime": 120.0, "InversionTime": 2500.0}
+    for label, series in (("P1", [("T1 MPRAGE pre", {})]),
+                          ("P2", [("Ax T2 FSE", t2), ("FLAIR", flair)])):
         study = generate_uid()
-        for number, description in enumerate(descriptions, start=2):
+        for number, (description, tags) in enumerate(series, start=2):
             write_series_from_volume(volume, AFFINE, root / label / f"s{number}",
                                      series_description=description, series_number=number,
-                                     study_uid=study)
+                                     study_uid=study, tags=tags)
     return root
 
 
@@ -624,14 +627,18 @@ def test_dicom2bids_is_all_or_nothing_unless_asked_to_keep_going(keep_going, tmp
                              *(["--keep-going"] if keep_going else [])],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 1
-    failure = "error: sub-P2: no series matched T1w (SeriesDescriptions: Ax T2 FSE; FLAIR)"
+    failure = ("error: sub-P2: no pre-contrast T1 series (series: 2 (Ax T2 FSE): T2; 3 (FLAIR): "
+               "FLAIR); pin one with --series T1w=<SeriesNumber> or config ingest.dicom_series: "
+               "{P2: {T1w: <SeriesNumber>}}")
+    summary, *errors = result.stderr.strip().splitlines()  # P1's roles, then the one line
+    assert summary.startswith("sub-P1: T1w=2;")
     if keep_going:
-        assert result.stderr.strip().splitlines() == [
-            failure, f"error: {dicom}: 1 of 2 subjects skipped"]
-        assert sorted(p.name for p in out.iterdir()) == ["dataset_description.json", "sub-P1"]
+        assert errors == [failure, f"error: {dicom}: 1 of 2 subjects skipped"]
+        assert sorted(p.name for p in out.iterdir()) == ["dataset_description.json", "derivatives",
+                                                         "sub-P1"]  # derivatives: the series table
         assert (out / "sub-P1/anat/sub-P1_T1w.nii.gz").is_file()
     else:
-        assert result.stderr.strip().splitlines() == [failure]
+        assert errors == [failure]
         assert not out.exists()  # P1 converted first, but nothing lands when P2 fails
 
 

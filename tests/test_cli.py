@@ -84,10 +84,12 @@ def test_adc_fits_the_phantom_dwi(cohort, tmp_path):
     assert np.median(np.abs(fitted - np.asarray(true_adc.dataobj)[inside])) < 1e-4
 
 
-def test_adc_without_b1000_is_one_line_and_leaves_nothing(cohort, tmp_path):
+def test_adc_without_b0_is_one_line_and_leaves_nothing(cohort, tmp_path):
+    """b = 0 plus any other shell is fitted (ingest.required_b_values: [0]); without b = 0 the
+    DWI cannot be fitted."""
     dwi = cohort / "sub-01/dwi/sub-01_dwi"
     bval = tmp_path / "bad.bval"
-    bval.write_text("0 500 500 500 500 500 500\n")
+    bval.write_text("500 500 500 1000 1000 1000 1000\n")
     out = tmp_path / "adc.nii.gz"
     result = cesynth("adc", "--dwi", f"{dwi}.nii.gz", "--bval", bval, "--bvec", f"{dwi}.bvec",
                      "--out", out)
