@@ -16,6 +16,7 @@ from cesynth.data import (
     PatchDataset,
     ValidationVolumes,
     make_loader,
+    slab_enhancement,
 )
 from cesynth.io import InputError, save_nifti, write_json
 from cesynth.normalise import to_slice_major
@@ -283,3 +284,54 @@ def test_validation_volumes_hold_the_foreground_slices(cached):
     window = slice(FOREGROUND[0], FOREGROUND[1] + 1)
     expected = to_slice_major(cached[0][1]["T1w"])[window]
     np.testing.assert_array_equal(first.inputs[0], expected)
+
+
+# ---------------------------------------------------------------- sampling through enhancement
+
+
+def test_slab_enhancement_weighs_enhancement_beyond_delta_only():
+    t1 = np.zeros((8, 4, 4))
+    target = t1 + 0.05  # a uniform brightening below delta counts for nothing
+    target[5, 1, 1] = 0.6
+    mask = np.ones_like(t1)
+    per_slab = slab_enhancement(target, t1, mask, delta=0.1)
+    assert per_slab.shape == (6,)
+    np.testing.assert_allclose(per_slab, [0, 0, 0, 0.5, 0.5, 0.5])
+    mask[5] = 0  # outside the brain it does not count either
+    assert not slab_enhancement(target, t1, mask, delta=0.1).any()
+
+
+def _subject_enhancing_at(root, out, name: str, enhancing_slice: int):
+    """A cached subject whose CE-T1 equals its T1 except one enhancing spot in one slice."""
+    rng = np.random.default_rng(3)
+    t1 = rng.random(GRID, dtype=np.float32)
+    ce = t1.copy()
+    ce[8, 10, enhancing_slice] += 0.8
+    images = {"T1w": t1, "T2w": t1, "adc": t1, "ceT1w": ce}
+    paths = {modality: save_nifti(image, AFFINE, root / f"{name}_{modality}.nii.gz")
+             for modality, image in images.items()}
+    mask = np.zeros(GRID, dtype=np.uint8)
+    mask[3:13, 4:16, FOREGROUND[0]:FOREGROUND[1] + 1] = 1
+    mask_path = save_nifti(mask, AFFINE, root / f"{name}_mask.nii.gz", dtype=np.uint8)
+    sidecar = write_json({"foreground_slices": list(FOREGROUND)}, root / f"{name}_mask.json")
+    return cache_subject(paths, mask_path, sidecar, out)
+
+
+def test_enhancing_share_draws_slabs_through_the_enhancement(tmp_path):
+    cache = _subject_enhancing_at(tmp_path, tmp_path / "cache", "sub-01", enhancing_slice=6)
+    always = PatchDataset([cache], patches_per_subject=60, enhancing_share=1.0)
+    starts = {always.patch_location(i)[1] for i in range(len(always))}
+    assert starts == {4, 5, 6}  # every slab that holds slice 6, none other
+    half = PatchDataset([cache], patches_per_subject=200, enhancing_share=0.5)
+    through = np.mean([4 <= half.patch_location(i)[1] <= 6 for i in range(len(half))])
+    uniform = PatchDataset([cache], patches_per_subject=200)
+    through_uniform = np.mean([4 <= uniform.patch_location(i)[1] <= 6 for i in range(200)])
+    assert through_uniform < 0.8 < through  # 3 of 4 slabs uniformly; half of the rest added
+
+
+def test_a_subject_without_enhancement_is_sampled_uniformly(tmp_path):
+    rng_free = _subject_enhancing_at(tmp_path, tmp_path / "cache", "sub-01", enhancing_slice=0)
+    dataset = PatchDataset([rng_free], patches_per_subject=40, enhancing_share=1.0)
+    assert dataset.slab_weights == [None]  # slice 0 is outside the foreground slices
+    starts = {dataset.patch_location(i)[1] for i in range(len(dataset))}
+    assert starts == set(range(FOREGROUND[0], FOREGROUND[1] - 1))

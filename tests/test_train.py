@@ -460,3 +460,18 @@ def test_a_run_without_training_subjects_says_why():
     with pytest.raises(InputError, match="no Set A training scans: every scan is in Set B"):
         check_training_subjects([])
     check_training_subjects(["results/train/cache/sub-01"])
+
+
+def test_training_subjects_trains_on_the_first_subjects_only(caches, tmp_path):
+    torch.set_num_threads(1)
+    settings = {**SETTINGS, "stages": [[1, 1.0, 1.0, 1.0, 3e-3]], "checkpoint_every_steps": 0}
+    first_two = train(caches["train"][:2], caches["val"], tmp_path / "two",
+                      TrainSettings.from_dict(settings))
+    limited = train(caches["train"][::-1], caches["val"], tmp_path / "limited",
+                    TrainSettings.from_dict({**settings, "training_subjects": 2}))
+    assert first_two["global_step"] == limited["global_step"] == 3  # 8 patches in batches of 3
+    _assert_same_weights(_weights(tmp_path / "two" / CHECKPOINT_FINAL),
+                         _weights(tmp_path / "limited" / CHECKPOINT_FINAL))
+    with pytest.raises(InputError, match="training_subjects is 4 but the training split has 3"):
+        train(caches["train"], caches["val"], tmp_path / "four",
+              TrainSettings.from_dict({**settings, "training_subjects": 4}))

@@ -101,6 +101,28 @@ class Augmentation:
     jitter: float = 0.05
 
 
+def slab_enhancement(target: np.ndarray, t1: np.ndarray, mask: np.ndarray, delta: float,
+                     slab_slices: int = PATCH_SLICES) -> np.ndarray:
+    """Enhancement held by each slab of ``slab_slices`` consecutive slices.
+
+    A slab's enhancement is ``sum(max(Y - X_T1 - delta, 0))`` inside the brain: by how much the
+    target exceeds the T1 beyond the local loss's threshold. Unlike a count of voxels above
+    ``delta``, it is not dominated by the many flat-tissue voxels whose equalised intensity moved
+    a little (issue 22's finding); lesion slabs, whose enhancement is large, weigh most.
+
+    Args:
+        target, t1, mask: slice-major ``(Z, Y, X)`` arrays of one subject.
+        delta: threshold on ``Y - X_T1``.
+        slab_slices: slices per slab.
+
+    Returns:
+        ``(Z - slab_slices + 1,)`` float64 enhancement per slab start.
+    """
+    excess = np.clip(np.asarray(target, np.float64) - np.asarray(t1, np.float64) - delta, 0, None)
+    per_slice = (excess * (np.asarray(mask) > 0)).reshape(excess.shape[0], -1).sum(axis=1)
+    return np.convolve(per_slice, np.ones(slab_slices), mode="valid")
+
+
 class PatchDataset(Dataset):
     """Random 3-slice patches from the foreground slices of cached subjects.
 
@@ -115,6 +137,11 @@ class PatchDataset(Dataset):
         seed: base seed of patch sampling.
         augmentation: optional random flip and intensity jitter.
         patch_slices: slices per patch (3 in the paper).
+        enhancing_share: share of patches whose first slice is drawn with probability
+            proportional to the slab's enhancement (:func:`slab_enhancement`); the others, and
+            every patch of a subject without enhancement, are drawn uniformly. 0 leaves the
+            random stream exactly as uniform sampling draws it.
+        delta: the enhancement threshold of :func:`slab_enhancement` (the local loss's).
 
     Raises:
         InputError: no subjects, a missing cache file, or a subject with fewer foreground
@@ -129,6 +156,8 @@ class PatchDataset(Dataset):
         seed: int = 0,
         augmentation: Augmentation | None = None,
         patch_slices: int = PATCH_SLICES,
+        enhancing_share: float = 0.0,
+        delta: float = 0.1,
     ):
         if not cache_paths:
             raise InputError("PatchDataset", "no cached subjects")
@@ -146,6 +175,9 @@ class PatchDataset(Dataset):
         self.patch_slices = int(patch_slices)
         self._open: dict[int, dict[str, np.ndarray]] = {}
         self.patch_shapes = self._common_patch_shapes()
+        self.enhancing_share = float(enhancing_share)
+        self.slab_weights = ([self._slab_weights(i, delta) for i in range(len(self.subjects))]
+                             if self.enhancing_share > 0 else [])
 
     def __len__(self) -> int:
         return len(self.subjects) * self.patches_per_subject
@@ -228,7 +260,22 @@ class PatchDataset(Dataset):
 
     def _start(self, subject_id: int, rng: np.random.Generator) -> int:
         subject = self.subjects[subject_id]
+        if self.enhancing_share > 0 and rng.random() < self.enhancing_share:
+            weights = self.slab_weights[subject_id]
+            if weights is not None:
+                return subject.first + int(rng.choice(len(weights), p=weights))
         return int(rng.integers(subject.first, subject.last - self.patch_slices + 2))
+
+    def _slab_weights(self, subject_id: int, delta: float) -> np.ndarray | None:
+        """Drawing probabilities of the subject's slab starts (None: no enhancement)."""
+        subject, arrays = self.subjects[subject_id], self._arrays(subject_id)
+        window = slice(subject.first, subject.last + 1)
+        per_slab = slab_enhancement(arrays["target"][0, window],
+                                    arrays["inputs"][T1_CHANNEL, window],
+                                    arrays["mask"][0, window], delta, self.patch_slices)
+        self._open.clear()
+        total = per_slab.sum()
+        return per_slab / total if total > 0 else None
 
     def _arrays(self, subject_id: int) -> dict[str, np.ndarray]:
         if subject_id not in self._open:

@@ -59,6 +59,11 @@ class TrainSettings:
         delta: enhancement-mask threshold of the local loss.
         batch_size: patches per step and rank (3 in the paper).
         patches_per_subject: random patches drawn per training subject and epoch.
+        training_subjects: train on the first N training subjects in name order (nested
+            subsets for a learning curve); 0 = all of them.
+        enhancing_patch_share: share of each epoch's patches whose slab is drawn in proportion
+            to the enhancement it holds (:func:`cesynth.data.slab_enhancement`) instead of
+            uniformly; 0 = uniform (the paper's sampling).
         checkpoint_every_steps: steps between ``checkpoint_latest.pt`` writes (0 = epoch ends
             only).
         seed: seeds model initialisation, patch sampling and per-step randomness.
@@ -81,6 +86,8 @@ class TrainSettings:
     delta: float = 0.1
     batch_size: int = 3
     patches_per_subject: int = 8
+    training_subjects: int = 0
+    enhancing_patch_share: float = 0.0
     checkpoint_every_steps: int = 200
     seed: int = 0
     workers: int = 0
@@ -157,6 +164,8 @@ def _setting_problems(settings: TrainSettings) -> list[str]:
         "unet_levels must be >= 1": settings.unet_levels >= 1,
         "batch_size must be >= 1": settings.batch_size >= 1,
         "patches_per_subject must be >= 1": settings.patches_per_subject >= 1,
+        "training_subjects must be >= 0": settings.training_subjects >= 0,
+        "enhancing_patch_share must be in [0, 1]": 0 <= settings.enhancing_patch_share <= 1,
         "checkpoint_every_steps must be >= 0": settings.checkpoint_every_steps >= 0,
         "workers must be >= 0": settings.workers >= 0,
         "device must be auto, cpu or cuda": settings.device in ("auto", "cpu", "cuda"),

@@ -226,7 +226,9 @@ class Trainer:
         self.context = context or DistContext.from_env()
         self.tracker = tracker if tracker is not None else default_tracker()
         self.device = resolve_device(settings.device, self.context)
-        self.train_caches = usable_caches([Path(p) for p in train_caches], settings.target)
+        self.train_caches = first_training_subjects(
+            usable_caches([Path(p) for p in train_caches], settings.target),
+            settings.training_subjects)
         self.val_caches = usable_caches([Path(p) for p in val_caches], settings.target)
         self.channels = ChannelSelection.for_caches(self.train_caches + self.val_caches, settings)
         self.state = TrainState()
@@ -282,7 +284,8 @@ class Trainer:
         self.model = self._wrap_model(self.raw_model)
         self.dataset = PatchDataset(
             self.train_caches, patches_per_subject=self.settings.patches_per_subject,
-            seed=self.settings.seed, augmentation=Augmentation() if self.settings.augment else None)
+            seed=self.settings.seed, augmentation=Augmentation() if self.settings.augment else None,
+            enhancing_share=self.settings.enhancing_patch_share, delta=self.settings.delta)
         _check_grid_fits(self.raw_model, self.dataset, self.settings)
         if self.latest_path.exists():
             self.load_checkpoint(self.latest_path)
@@ -697,6 +700,21 @@ def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
         trainer = Trainer(train_caches, val_caches, out_dir, settings, tracker=tracker,
                           context=context, preprocessing=preprocessing, start_from=start_from)
         return trainer.fit()
+
+
+def first_training_subjects(caches: Sequence[Path], count: int) -> list[Path]:
+    """The first ``count`` training caches in subject order (all of them when ``count`` is 0).
+
+    Subsets for a learning curve are nested: the first 3 subjects hold the first 2.
+
+    Raises:
+        InputError: ``count`` is larger than the number of training subjects.
+    """
+    ordered = sorted(caches, key=lambda path: (path.parent.name, path.name))
+    if count > len(ordered):
+        raise InputError("training", f"train.training_subjects is {count} but the training "
+                                     f"split has {len(ordered)} subjects")
+    return ordered[:count] if count else list(caches)
 
 
 def check_training_subjects(train_caches: Sequence[str | Path]) -> None:
