@@ -34,6 +34,7 @@ localrules:
     assign_sets,
     tabulate_qc,
     tabulate_evaluation,
+    tabulate_validation,
     tabulate_paper,
 
 

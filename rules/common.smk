@@ -697,7 +697,7 @@ def get_threshold_inputs(wildcards):
     """Per validation scan with enhancement truth, aligned lists: the model's synthetic CE-T1,
     the normalised T1, the brain mask and the truth's class map (the enhancement threshold is
     chosen on them only)."""
-    scans = [s for s in get_validation_scans() if has_lesion_truth(s)]
+    scans = get_selection_scans()
     norm = rules.normalise_to_model_grid.output.image
     return {
         "synthetic": [get_synthetic_path(wildcards.model, s) for s in scans],
@@ -769,6 +769,17 @@ def get_evaluation_metrics(wildcards):
         pairs += [(model, s) for s in get_evaluation_scans(EXPERIMENTS[model].target)]
     metrics = rules.score_evaluation_subject.output.metrics
     return [path_of(metrics, model=model, subject=s) for model, s in pairs]
+
+
+def get_selection_scans():
+    """The validation scans with enhancement truth: they choose thresholds and recipes."""
+    return [s for s in get_validation_scans() if has_lesion_truth(s)]
+
+
+def get_validation_metrics(wildcards=None):
+    """Every CE-T1 model's threshold-free scores on each validation scan with truth."""
+    metrics = rules.score_validation_subject.output.metrics
+    return [path_of(metrics, model=m, subject=s) for m in EVALUATED for s in get_selection_scans()]
 
 
 def get_catalog():
@@ -855,6 +866,7 @@ def get_study_targets():
         path_of(rules.plot_synthesis_panel.output.panel),
         path_of(rules.plot_lesion_sensitivity.output.figure),
         *([path_of(rules.plot_lesion_panels.output.panel)] if get_lesion_panel_layout() else []),
+        *([path_of(rules.tabulate_validation.output.summary)] if get_selection_scans() else []),
     ]
 
 

@@ -350,3 +350,55 @@ rule plot_lesion_sensitivity:
         "../envs/cesynth.yaml"
     script:
         "../workflow_scripts/plot_lesion_sensitivity.py"
+
+
+rule score_validation_subject:
+    """The threshold-free scores of one validation subject's synthesis: they choose between
+    recipes (a study's curves), never report."""
+    input:
+        unpack(get_scored_image),
+        unpack(get_enhancement_inputs),
+        mask=rules.resample_mask_to_model_grid.output.mask,
+    output:
+        metrics=f"{EVAL}/validation/{{model}}/sub-{{subject}}_metrics.json",
+    log:
+        f"{LOGS}/score_validation_subject/{{model}}_sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/score_validation_subject/{{model}}_sub-{{subject}}.tsv"
+    wildcard_constraints:
+        model=_constraint(EVALUATED),
+    params:
+        set_name="validation",  # cesynth.validation_scores.VALIDATION_SET
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(10),
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/score_evaluation_subject.py"
+
+
+rule tabulate_validation:
+    """Every model's threshold-free scores on the validation subjects, per subject and mean."""
+    input:
+        metrics=get_validation_metrics,
+    output:
+        metrics=f"{EVAL}/validation/metrics.tsv",
+        summary=report(
+            f"{EVAL}/validation/summary.tsv",
+            category="Evaluation",
+            labels={"table": "validation (selection only)"},
+        ),
+    log:
+        f"{LOGS}/tabulate_validation/tabulate_validation.log",
+    benchmark:
+        f"{BENCH}/tabulate_validation/tabulate_validation.tsv"
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(1000),
+        runtime=grows_with_attempt(5),
+    conda:
+        "../envs/cesynth.yaml"
+    script:
+        "../workflow_scripts/tabulate_validation.py"

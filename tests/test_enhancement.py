@@ -413,3 +413,32 @@ def test_lesion_panels_draw_every_lesion_type_zoomed(tmp_path):
     assert sorted(lesion["type"] for _, lesion in chosen) == ["nonenhancing", "rim", "solid"]
     png = lesion_panels({"sub-01": panels}, ["perfect"], tmp_path / "lesions.png")
     assert png.stat().st_size > 5000
+
+
+def test_validation_table_keeps_threshold_free_scores_only(tmp_path):
+    from cesynth.validation_scores import SELECTION_COLUMNS, tabulate_validation
+
+    subject = lesion_subject()
+    brightened = subject["t1"] + 0.3 * subject["brain"]  # uniform brightening, no lesion contrast
+    threshold = tmp_path / "threshold.json"
+    threshold.write_text(json.dumps(THRESHOLD))
+    jsons = []
+    for model, synthetic in (("perfect", subject["cet1"]), ("brightened", brightened)):
+        for label in ("01", "02"):
+            files = write_subject(tmp_path, f"{model}{label}", subject, synthetic)
+            out = tmp_path / f"{model}{label}.json"
+            evaluate_subject(files["synthetic"], files["cet1"], files["mask"], out,
+                             subject=label, set_name="validation", model=model,
+                             t1_path=files["t1"], threshold_path=threshold,
+                             classes_path=files["classes"], instances_path=files["instances"],
+                             lesion_sidecar_path=files["sidecar"])
+            jsons.append(out)
+    paths = tabulate_validation(jsons, tmp_path / "validation")
+    metrics = pd.read_csv(paths["metrics"], sep="\t")
+    assert list(metrics.columns) == ["subject", "set", "model", *SELECTION_COLUMNS]
+    summary = pd.read_csv(paths["summary"], sep="\t").set_index("model")
+    assert (summary["set"] == "validation").all() and (summary["n"] == 2).all()
+    assert summary.loc["perfect", "enh_lesion_auc_mean"] == 1.0
+    assert summary.loc["perfect", "enh_recovered_share_mean"] == pytest.approx(1.0)
+    assert summary.loc["brightened", "enh_lesion_auc_mean"] == pytest.approx(0.5)
+    assert "lesion_sensitivity_mean" not in summary.columns  # in-sample at this threshold

@@ -117,6 +117,9 @@ JOB_PATHS: dict[str, JobPaths] = {
     "score_evaluation_subject": JobPaths(
         ("eval/{model}/sub-{subject}/sub-{subject}_metrics.json",),
         "logs/score_evaluation_subject/{model}_sub-{subject}.log"),
+    "score_validation_subject": JobPaths(
+        ("eval/validation/{model}/sub-{subject}_metrics.json",),
+        "logs/score_validation_subject/{model}_sub-{subject}.log"),
 }
 """Every per-scan rule the table follows. Per-scan rules it leaves out on purpose: the demo
 cohort's (``make_demo_subject*``) and DICOM conversion (``convert_dicom``), which make inputs."""
@@ -291,10 +294,11 @@ def stage_jobs(scan: ScanInfo, models: Sequence[str] = ()) -> dict[str, list[Job
             evaluation.insert(0, job("resample_tumor_mask_to_model_grid"))
         jobs["evaluation"] = list(dict.fromkeys(evaluation))
     elif scan.split in _SELECTION_SPLITS and scan.phantom_truth:
-        # synthesized to choose thresholds against its enhancement truth, never scored
-        evaluation = [j for model in models if not model.startswith(_CASCADE_PREFIX)
-                      for j in _evaluation_jobs(model, grid, job)
-                      if j.rule != "score_evaluation_subject"]
+        # synthesized to choose thresholds and scored to choose recipes, never reported
+        evaluation = [job("score_validation_subject", model=dict(j.wildcards)["model"])
+                      if j.rule == "score_evaluation_subject" else j
+                      for model in models if not model.startswith(_CASCADE_PREFIX)
+                      for j in _evaluation_jobs(model, grid, job)]
         if evaluation:
             evaluation.insert(0, job("resample_enhancing_truth_to_model_grid"))
         jobs["evaluation"] = list(dict.fromkeys(evaluation))
