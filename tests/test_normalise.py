@@ -296,7 +296,8 @@ def test_prepare_subject_rejects_off_grid_image_and_writes_nothing(tmp_path):
 # ---------------------------------------------------------------- QC row
 
 STAT_COLUMNS = ["brain_n_voxels", "brain_mean", "brain_std", "brain_min", "brain_p0.5",
-                "brain_median", "brain_p99.5", "brain_max"]
+                "brain_median", "brain_p99.5", "brain_max", "brain_saturated_share",
+                "brain_saturated_excluded"]
 
 
 def _qc_row_of(tmp_path, modality, values):

@@ -358,7 +358,8 @@ def test_what_predict_cannot_do_as_recorded_is_named(checkpoint):
     chosen = resolve_preprocessing(generator, "model.pt", seed=3, normalise="percentile")
     assert chosen.overrides == {"RegistrationSeed": {"Recorded": 0, "Used": 3},
                                 "Normalisation": {"Recorded": "histeq", "Used": "percentile"}}
-    assert chosen.normalise_options == {"p_low": 0.5, "p_high": 99.5, "bias_correction": "none"}
+    assert chosen.normalise_options == {"p_low": 0.5, "p_high": 99.5, "bias_correction": "none",
+                                        "saturation": "exclude", "saturation_min_share": 1e-4}
     assert resolve_preprocessing(generator, "model.pt", seed=0).overrides == {}
     assert PREPROCESSING["registration"] == {"seed": 0, **registration.method_record()}
 
