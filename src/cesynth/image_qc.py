@@ -7,7 +7,8 @@ native CE-T1 grid inside the brain mask (what the normalisation reads):
 * **Stored range and type**: ``stored_dtype``, ``stored_min``, ``stored_max`` (int16 with
   different ranges per site is the rule in published cohorts); ``brain_levels``, the distinct
   intensities inside the brain (histogram equalisation of a coarsely quantised image is coarse).
-* **Saturation**: ``saturated_share``, the share of brain voxels at the image's maximum
+* **Saturation**: ``saturated_voxels`` and ``saturated_share``, the brain voxels at the image's
+  maximum
   (:func:`cesynth.normalise.saturation`). A continuous image holds its maximum in a voxel or a
   few; a CE-T1 clipped at 32767 holds it in every voxel brighter than the clip.
 * **Through-plane resolution**: ``stored_voxel_mm`` and ``stored_slice_mm`` (the largest voxel
@@ -65,7 +66,8 @@ class Thresholds:
     passes).
 
     Args:
-        max_saturated_share: flag ``saturated`` above this share of brain voxels at the maximum.
+        max_saturated_share: flag ``saturated`` above this share of brain voxels at the maximum
+            (and more than one voxel).
         max_slice_mm: flag ``thick_slices`` where the stored voxel size exceeds this (mm).
         min_slice_hf_ratio: flag ``resampled_slices`` below this stripe statistic.
         min_brain_levels: flag ``coarse_levels`` below this many distinct brain intensities.
@@ -211,15 +213,16 @@ def measure_image(stored_path: str | os.PathLike, image_path: str | os.PathLike,
     if not mask.any():
         raise InputError(mask_path, "brain mask is empty")
     data = np.asarray(image.dataobj, dtype=np.float64)
-    level, share = saturation(data, mask)
+    saturated = saturation(data, mask)
     hf_ratio, hf_axis = stripe_statistic(data, mask)
     brain = data[mask]
     outside = data[~mask]
     return {
         **_stored_metrics(stored),
         "brain_levels": int(np.unique(brain[np.isfinite(brain)]).size),
-        "saturation_level": level,
-        "saturated_share": share,
+        "saturation_level": saturated.level,
+        "saturated_voxels": saturated.voxels,
+        "saturated_share": saturated.share,
         "slice_hf_ratio": hf_ratio,
         "slice_hf_axis": hf_axis,
         "background_zero_share": (float(np.count_nonzero(outside == 0)) / outside.size
@@ -289,7 +292,8 @@ def row_flags(row: Mapping[str, Any], thresholds: Thresholds, skull_stripped: bo
     background = number("background_zero_share")
     looks_stripped = background >= thresholds.stripped_background_share
     return {
-        "saturated": number("saturated_share") > thresholds.max_saturated_share,
+        "saturated": (number("saturated_voxels") > 1
+                      and number("saturated_share") > thresholds.max_saturated_share),
         "thick_slices": number("stored_slice_mm") > thresholds.max_slice_mm,
         "resampled_slices": number("slice_hf_ratio") < thresholds.min_slice_hf_ratio,
         "coarse_levels": number("brain_levels") < thresholds.min_brain_levels,

@@ -20,11 +20,12 @@ empirical CDF of the in-mask intensities, scaled to [0, 1]) or percentile scalin
 mask. The same :func:`normalise` is applied to every modality, ADC and the CE-T1 target included.
 
 Saturation (option ``saturation``, default ``exclude``): where more than ``saturation_min_share``
-of the brain's voxels sit at the image's maximum on the native grid (a CE-T1 clipped at 32767),
-those voxels are left out of the method's reference statistics (the CDF, the percentiles) and set
-to 1, the top of the scale; the rest is normalised as if they were absent. Detection runs before
-any bias correction, and the saturated voxels reach the model grid as a mask (nearest
-neighbour). An image without saturation is normalised exactly as before the option existed.
+of the brain's voxels (and more than one) sit at the image's maximum on the native grid (a CE-T1
+clipped at 32767), those voxels are left out of the method's reference statistics (the CDF, the
+percentiles) and set to 1, the top of the scale; the rest is normalised as if they were absent.
+Detection runs before any bias correction, and the saturated voxels reach the model grid as a
+mask (nearest neighbour). An image without saturation is normalised exactly as before the option
+existed.
 
 The module is about 600 lines on purpose: the grid convention and the normalisation are
 kept in one place (with :func:`prepare_subject`, which applies both) so that training and
@@ -37,7 +38,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -352,26 +353,38 @@ def in_mask_stats(data: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     }
 
 
-def saturation(data: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """The image's maximum and the share of brain voxels at it.
+class Saturation(NamedTuple):
+    """An image's maximum (``level``), and its brain voxels at it: how many and what share."""
+
+    level: float
+    voxels: int
+    share: float
+
+    def found(self, min_share: float) -> bool:
+        """Saturated: more than ``min_share`` of the brain, and more than one voxel, at the
+        maximum (a lone brightest voxel is no plateau however small the brain)."""
+        return self.voxels > 1 and self.share > min_share
+
+
+def saturation(data: np.ndarray, mask: np.ndarray) -> Saturation:
+    """The image's maximum and the brain voxels at it.
 
     Args:
         data: the image (non-finite voxels ignored).
         mask: the brain mask, same shape.
 
     Returns:
-        ``(level, share)``: the largest finite value of the whole image and the share of finite
+        The largest finite value of the whole image, and the count and share of the finite
         brain voxels equal to it (0 for an empty brain).
     """
     finite = np.isfinite(data)
     if not finite.any():
-        return math.nan, 0.0
+        return Saturation(math.nan, 0, 0.0)
     level = float(data[finite].max())
     brain = np.asarray(mask, dtype=bool) & finite
     n_brain = int(brain.sum())
-    if n_brain == 0:
-        return level, 0.0
-    return level, float(np.count_nonzero(data[brain] >= level)) / n_brain
+    voxels = int(np.count_nonzero(data[brain] >= level)) if n_brain else 0
+    return Saturation(level, voxels, voxels / n_brain if n_brain else 0.0)
 
 
 def prepare_subject(
@@ -591,12 +604,12 @@ def _saturated_voxels(native: nib.Nifti1Image, native_mask: nib.Nifti1Image, gri
                                                  f"{list(SATURATION_HANDLING)}")
     data = np.asarray(native.dataobj, dtype=np.float64)
     brain = np.asarray(native_mask.dataobj) != 0
-    level, share = saturation(data, brain)
+    found = saturation(data, brain)
     limit = float(options.get("saturation_min_share", SATURATION_MIN_SHARE))
-    if handling == "keep" or share <= limit:
-        return share, None
-    at_level = nib.Nifti1Image((data >= level).astype(np.uint8), native.affine)
-    return share, np.asarray(grid.resample(at_level, is_mask=True).dataobj)
+    if handling == "keep" or not found.found(limit):
+        return found.share, None
+    at_level = nib.Nifti1Image((data >= found.level).astype(np.uint8), native.affine)
+    return found.share, np.asarray(grid.resample(at_level, is_mask=True).dataobj)
 
 
 def _check_modalities(
