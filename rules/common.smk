@@ -131,7 +131,10 @@ def get_scans():
 
 
 SCANS = get_scans()
-splits.check_assigned(SPLIT_FRACTIONS, {s.participant: s.set for s in SCANS.values()})
+try:
+    splits.check_assigned(SPLIT_FRACTIONS, {s.participant: s.set for s in SCANS.values()})
+except ValueError as err:
+    workflow_config.exit_on_config_error(str(err))
 
 
 def get_seeds():
