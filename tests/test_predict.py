@@ -279,7 +279,9 @@ def test_dwi_prediction_applies_the_recorded_preprocessing_exactly(dwi_run):
     assert sidecar["PreprocessingOverrides"] == {} and sidecar["PreprocessingDifferences"] == {}
     applied = sidecar["Preprocessing"]
     assert applied["BrainMaskMethod"] == MASK_METHOD and applied["BrainMaskReference"] == "T1w"
-    assert applied["NormalisationOptions"] == {"nbins": None, "bias_correction": "none"}
+    assert applied["NormalisationOptions"] == {"nbins": None, "bias_correction": "none",
+                                               "saturation": "exclude",
+                                               "saturation_min_share": 1e-4}
     assert applied["RegistrationSeed"] == 0
     assert "b = 0, 500, 1000 s/mm2" in applied["ADC"] and "0.0025] mm2/s" in applied["ADC"]
     # the ADC fitted here is clipped at the recorded limit, not at the function's default
