@@ -131,6 +131,10 @@ def get_scans():
 
 
 SCANS = get_scans()
+try:
+    splits.check_assigned(SPLIT_FRACTIONS, {s.participant: s.set for s in SCANS.values()})
+except ValueError as err:
+    workflow_config.exit_on_config_error(str(err))
 
 
 def get_seeds():
@@ -419,7 +423,7 @@ def get_registered_images(wildcards):
 
 def get_normalise_options():
     """The normalisation's options beyond its method (what the preprocessing record stores)."""
-    return {"bias_correction": config["normalise"]["bias_correction"]}
+    return preprocessing.normalise_image_options(config["normalise"])
 
 
 def get_image_to_normalise(wildcards):
@@ -441,7 +445,23 @@ def get_subject_targets(scan_id):
     ]
 
 
-QC_STAGES = ("adc", "registration", "brainmask", "normalise")
+QC_STAGES = ("adc", "registration", "brainmask", "normalise", "images")
+
+
+def get_stored_image(wildcards):
+    """An image as the dataset stores it (its data type, range and slice thickness): the raw
+    file, or for the ADC the map as fitted or converted, on the DWI's grid."""
+    if wildcards.modality == "adc":
+        return path_of(rules.fit_adc.output.adc, subject=wildcards.subject)
+    return get_raw_inputs(wildcards)[wildcards.modality.lower()]
+
+
+def get_qc_flagging(wildcards):
+    """The thresholds that flag a stage's gathered table (a param: only the images table is
+    re-flagged when they change)."""
+    if wildcards.stage != "images":
+        return {}
+    return {"thresholds": config["qc"], "skull_stripped": config["ingest"]["skull_stripped"]}
 
 
 def get_qc_rows(wildcards):
@@ -461,6 +481,7 @@ def get_qc_rows(wildcards):
             "normalise": [
                 (rules.normalise_to_model_grid.output.qc, {"modality": m}) for m in modalities
             ],
+            "images": [(rules.check_image_quality.output.qc, {"modality": m}) for m in modalities],
         }[wildcards.stage]
         rows += [path_of(qc, subject=scan_id, **job) for qc, job in per_job]
     return rows

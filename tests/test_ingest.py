@@ -41,7 +41,7 @@ from cesynth.ingest_report import (
     write_sets_table,
 )
 from cesynth.io import InputError, read_json, read_tsv
-from cesynth.splits import SplitFractions, assign_splits, participant_split
+from cesynth.splits import SplitFractions, assign_splits, check_assigned, participant_split
 from cesynth.validation import validate_scan
 
 
@@ -390,6 +390,20 @@ def test_split_is_sha256_of_the_participant_label():
             expected = ("validation" if position < validation else
                         "test" if position < validation + test else "train")
             assert participant_split(label, SplitFractions(validation, test)) == expected
+
+
+def test_a_declared_split_wins_over_the_hash_and_names_participants_as_written():
+    sets = {"validation_fraction": 0.0, "test_fraction": 0.0,
+            "assigned": {"Brats18_2013_2_1": "validation", "sub-07": "test"}}
+    fractions = SplitFractions.from_config(sets)
+    assert participant_split("Brats18201321", fractions) == "validation"
+    assert participant_split("07", fractions) == "test"
+    assert participant_split("08", fractions) == "train"  # not declared: the hash
+    check_assigned(fractions, {"Brats18201321": "A", "07": "A", "08": "A"})
+    with pytest.raises(ValueError, match="07: a Set B participant is always test, not train"):
+        check_assigned(SplitFractions(assigned=(("07", "train"),)), {"07": "B"})
+    with pytest.raises(ValueError, match="unknown splits"):
+        SplitFractions(assigned=(("07", "holdout"),))
 
 
 @pytest.mark.parametrize(("validation", "test"), [(1.5, 0.1), (-0.1, 0.1), (0.6, 0.5)])

@@ -296,7 +296,8 @@ def test_prepare_subject_rejects_off_grid_image_and_writes_nothing(tmp_path):
 # ---------------------------------------------------------------- QC row
 
 STAT_COLUMNS = ["brain_n_voxels", "brain_mean", "brain_std", "brain_min", "brain_p0.5",
-                "brain_median", "brain_p99.5", "brain_max"]
+                "brain_median", "brain_p99.5", "brain_max", "brain_saturated_share",
+                "brain_saturated_excluded"]
 
 
 def _qc_row_of(tmp_path, modality, values):
@@ -373,3 +374,88 @@ def test_an_unknown_bias_correction_stops_with_one_line(tmp_path):
         prepare_image(paths["image"], paths["mask"], tmp_path / "x.nii.gz", (20, 20, 15),
                       modality="T1w", bias_correction="n3")
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+# ---------------------------------------------------------------- saturation
+
+
+def _saturated_tissue(tmp_path, saturated_share=0.02):
+    """The biased tissue ball stored as int16 with its brightest ``saturated_share`` clipped at
+    32767 (a CE-T1 as one BraTS case stores it), and its mask."""
+    paths, ball = _biased_tissue(tmp_path)
+    image = np.asarray(load_nifti(paths["image"]).dataobj, dtype=float)
+    clip = np.percentile(image[ball], 100 * (1 - saturated_share))
+    stored = np.clip(np.rint(image * 32767 / clip), 0, 32767).astype(np.int16)
+    paths["saturated"] = save_nifti(stored, load_nifti(paths["image"]).affine,
+                                    tmp_path / "saturated.nii.gz", dtype=np.int16)
+    return paths, ball
+
+
+@pytest.mark.parametrize("method", ["histeq", "percentile"])
+def test_saturated_voxels_are_left_out_of_the_reference_and_set_to_one(method):
+    rng = np.random.default_rng(3)
+    mask = _ellipsoid_mask()
+    data = np.where(mask, rng.gamma(4.0, 100.0, mask.shape), 0.0)
+    level = np.percentile(data[mask > 0], 97.0)
+    clipped = np.minimum(data, level)
+    saturated = (clipped >= level) & (mask > 0)
+    out = normalise(clipped, mask, method, saturated=saturated)
+    assert np.all(out[saturated] == 1.0)
+    rest = (mask > 0) & ~saturated
+    alone = NORMALISERS[method](clipped[rest].astype(np.float64))
+    np.testing.assert_array_equal(out[rest], np.clip(alone, 0, 1))
+    kept = normalise(clipped, mask, method)
+    assert not np.array_equal(kept[rest], out[rest])  # the plateau moved the others
+    # no saturated voxel: the very same output as without the argument
+    np.testing.assert_array_equal(normalise(data, mask, method, saturated=np.zeros_like(mask)),
+                                  normalise(data, mask, method))
+
+
+def test_a_saturated_ce_t1_is_detected_on_its_native_grid_and_excluded(tmp_path):
+    paths, ball = _saturated_tissue(tmp_path)
+    outputs, stats = {}, {}
+    for handling in ("exclude", "keep"):
+        outputs[handling] = tmp_path / f"{handling}.nii.gz"
+        stats[handling] = prepare_image(paths["saturated"], paths["mask"], outputs[handling],
+                                        (40, 40, 30), "percentile", modality="ceT1w",
+                                        saturation=handling)
+    for handling in ("exclude", "keep"):
+        assert stats[handling]["saturated_share"] == pytest.approx(0.02, rel=0.1)
+    assert stats["exclude"]["saturated_excluded"] > 0.015 * ball.sum()
+    assert stats["keep"]["saturated_excluded"] == 0
+    excluded = np.asarray(load_nifti(outputs["exclude"]).dataobj)[ball]
+    kept = np.asarray(load_nifti(outputs["keep"]).dataobj)[ball]
+    # the percentiles come from the unsaturated voxels: the 99.5th no longer sits on the plateau
+    assert np.mean(excluded == 1.0) == pytest.approx(0.02 + 0.005 * 0.98, abs=0.004)
+    assert np.mean(kept == 1.0) > np.mean(excluded == 1.0) - 0.005
+    assert np.median(excluded) != np.median(kept)
+    # the limit decides: a 2 % plateau under a 5 % limit is not saturation
+    below = prepare_image(paths["saturated"], paths["mask"], tmp_path / "below.nii.gz",
+                          (40, 40, 30), "percentile", modality="ceT1w",
+                          saturation_min_share=0.05)
+    assert below["saturated_excluded"] == 0
+    np.testing.assert_array_equal(np.asarray(load_nifti(tmp_path / "below.nii.gz").dataobj),
+                                  np.asarray(load_nifti(outputs["keep"]).dataobj))
+
+
+def test_saturation_is_found_before_the_bias_correction_flattens_it(tmp_path):
+    paths, ball = _saturated_tissue(tmp_path)
+    stats = prepare_image(paths["saturated"], paths["mask"], tmp_path / "n4.nii.gz",
+                          (40, 40, 30), "histeq", modality="ceT1w", bias_correction="n4")
+    assert stats["saturated_excluded"] > 0.015 * ball.sum()
+    out = np.asarray(load_nifti(tmp_path / "n4.nii.gz").dataobj)[ball]
+    assert np.mean(out == 1.0) == pytest.approx(0.02, abs=0.004)
+
+
+def test_an_image_without_saturation_is_normalised_as_before_the_option(tmp_path):
+    """The default (exclude) must not change an image that has no plateau: the phantom's."""
+    paths, _ = _biased_tissue(tmp_path)
+    for method in ("histeq", "percentile"):
+        for handling in ("exclude", "keep"):
+            prepare_image(paths["image"], paths["mask"], tmp_path / f"{method}_{handling}.nii.gz",
+                          (40, 40, 30), method, modality="T1w", saturation=handling)
+        assert (load_nifti(tmp_path / f"{method}_exclude.nii.gz").get_fdata()
+                == load_nifti(tmp_path / f"{method}_keep.nii.gz").get_fdata()).all()
+    with pytest.raises(InputError, match="normalise.saturation: 'clip': choose one of"):
+        prepare_image(paths["image"], paths["mask"], tmp_path / "x.nii.gz", (40, 40, 30),
+                      modality="T1w", saturation="clip")

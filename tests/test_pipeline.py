@@ -440,14 +440,14 @@ def test_new_subjects_rerun_only_what_depends_on_them(demo_run, tmp_path):
     preprocessing = {"validate_subject": 1, "fit_adc": 1, "mask_brain": 1,
                      "register_anat_to_cet1w": 2, "register_dwi_to_cet1w": 1,
                      "resample_mask_to_model_grid": 1, "normalise_to_model_grid": 4,
-                     "plot_qc_montage": 1}
+                     "check_image_quality": 4, "plot_qc_montage": 1}
     # every model synthesizes the new reported subject; nothing is retrained
     evaluation = {"synthesize_evaluation_subject": 4, "synthesize_input_condition": 2,
                   "synthesize_floor": 2, "score_evaluation_subject": 8,
                   "tabulate_evaluation": 1, "tabulate_paper": 1, "plot_synthesis_panel": 1,
                   "resample_enhancing_truth_to_model_grid": 1, "plot_lesion_sensitivity": 1,
                   "plot_lesion_panels": 1, "release_model": 1}
-    gathering = {"assign_sets": 1, "tabulate_qc": 4, "all": 1}
+    gathering = {"assign_sets": 1, "tabulate_qc": 5, "all": 1}
     assert jobs == {**preprocessing, **evaluation, **gathering}
 
     add("05")  # a Set A *training* subject: its cache, and every model is retrained

@@ -279,7 +279,9 @@ def test_dwi_prediction_applies_the_recorded_preprocessing_exactly(dwi_run):
     assert sidecar["PreprocessingOverrides"] == {} and sidecar["PreprocessingDifferences"] == {}
     applied = sidecar["Preprocessing"]
     assert applied["BrainMaskMethod"] == MASK_METHOD and applied["BrainMaskReference"] == "T1w"
-    assert applied["NormalisationOptions"] == {"nbins": None, "bias_correction": "none"}
+    assert applied["NormalisationOptions"] == {"nbins": None, "bias_correction": "none",
+                                               "saturation": "exclude",
+                                               "saturation_min_share": 1e-4}
     assert applied["RegistrationSeed"] == 0
     assert "b = 0, 500, 1000 s/mm2" in applied["ADC"] and "0.0025] mm2/s" in applied["ADC"]
     # the ADC fitted here is clipped at the recorded limit, not at the function's default
@@ -358,7 +360,8 @@ def test_what_predict_cannot_do_as_recorded_is_named(checkpoint):
     chosen = resolve_preprocessing(generator, "model.pt", seed=3, normalise="percentile")
     assert chosen.overrides == {"RegistrationSeed": {"Recorded": 0, "Used": 3},
                                 "Normalisation": {"Recorded": "histeq", "Used": "percentile"}}
-    assert chosen.normalise_options == {"p_low": 0.5, "p_high": 99.5, "bias_correction": "none"}
+    assert chosen.normalise_options == {"p_low": 0.5, "p_high": 99.5, "bias_correction": "none",
+                                        "saturation": "exclude", "saturation_min_share": 1e-4}
     assert resolve_preprocessing(generator, "model.pt", seed=0).overrides == {}
     assert PREPROCESSING["registration"] == {"seed": 0, **registration.method_record()}
 

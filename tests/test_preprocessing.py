@@ -29,6 +29,9 @@ def config(**brainmask) -> dict:
     return loaded
 
 
+SATURATION_EXCLUDED = {"saturation": "exclude", "saturation_min_share": 1e-4}
+
+
 def sidecars(root: Path, methods: dict[str, str], reference: str = "ceT1w") -> list[Path]:
     return [write_json({"Method": method, "RequestedMethod": "auto", "Reference": reference},
                        root / f"sub-{subject}_desc-brain_mask.json")
@@ -51,7 +54,8 @@ def test_the_record_holds_everything_that_shapes_the_inputs_resolved(tmp_path):
     assert record["model_grid"] == [64, 80, 64]
     assert (record["orientation"], record["slice_axis"]) == ("RAS", 2)
     assert record["normalise"] == "histeq"
-    assert record["normalise_options"] == {"nbins": None, "bias_correction": "none"}
+    assert record["normalise_options"] == {"nbins": None, "bias_correction": "none",
+                                           **SATURATION_EXCLUDED}
     assert record["brainmask"] == "deepbet" and record["brainmask_requested"] == "auto"
     assert record["brainmask_reference"] == "ceT1w"
     assert record["adc"] == {"b_values": [0.0, 500.0, 1000.0], "b_tolerance": 50.0,
@@ -74,7 +78,8 @@ def test_the_configured_values_reach_the_record(tmp_path):
                                                          reference="ceT1w"))
     assert record["brainmask"] == "bet-python" and record["brainmask_reference"] == "ceT1w"
     assert record["adc"]["max_adc"] == 3.0e-3 and record["registration"]["seed"] == 7
-    assert record["normalise_options"] == {"p_low": 0.5, "p_high": 99.5, "bias_correction": "none"}
+    assert record["normalise_options"] == {"p_low": 0.5, "p_high": 99.5, "bias_correction": "none",
+                                           **SATURATION_EXCLUDED}
     assert (record["modalities"], record["target"]) == (["T1w"], "T2w")
 
 
@@ -108,8 +113,22 @@ def test_an_old_record_reads_as_what_the_workflow_did_then():
     assert {k: record[k] for k in old} == old  # the old keys, as they were
     assert record["format"] == 1 and record["brainmask_reference"] == "ceT1w"
     assert record["adc"] == ADC_DEFAULTS and record["registration"] == {"seed": 0}
-    assert record["normalise_options"] == {"nbins": None, "bias_correction": "none"}
+    assert record["normalise_options"] == {"nbins": None, "bias_correction": "none",
+                                           "saturation": "keep", "saturation_min_share": 1e-4}
     assert record["cesynth_version"] is None
     assert read_record({}) == {} and read_record(None) == {}
     new = {"format": RECORD_FORMAT, "model_grid": [8, 8, 8], "brainmask": "deepbet"}
     assert read_record(new) == new
+
+
+def test_a_record_from_before_the_saturation_option_keeps_saturated_voxels():
+    """Models trained before saturated voxels were excluded normalised every voxel: predict
+    must redo that, not today's default."""
+    before = {"format": RECORD_FORMAT, "normalise": "histeq",
+              "normalise_options": {"nbins": None, "bias_correction": "n4"}}
+    assert read_record(before)["normalise_options"] == {"nbins": None, "bias_correction": "n4",
+                                                        "saturation": "keep"}
+    assert before["normalise_options"] == {"nbins": None, "bias_correction": "n4"}  # not changed
+    today = {**before, "normalise_options": {"nbins": None, "bias_correction": "n4",
+                                             **SATURATION_EXCLUDED}}
+    assert read_record(today) == today

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.bids_builder import add_subject, make_dataset
-from helpers.workflow import CESYNTH, REPO, snakemake
+from helpers.workflow import CESYNTH, REPO, dry_run_job_paths, snakemake
 
 from cesynth import ingest_report, phantom, splits, status
 from cesynth.ingest import expected_scan
@@ -317,7 +317,7 @@ def test_cli_check_exits_non_zero_with_one_line_when_a_stage_failed(results, cap
 
     assert main(["status", "--results", str(results["dir"]), "--check"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {results['dir']}: 3 of 32 scan stages failed"]
+    assert err == [f"error: {results['dir']}: 3 of {4 * len(status.STAGES)} scan stages failed"]
 
 
 def test_cli_check_passes_when_nothing_failed(tmp_path, capsys):
@@ -343,26 +343,6 @@ def test_cli_errors_on_a_missing_or_empty_results_folder(tmp_path, make):
 
 
 # --------------------------------------------------------------------------- against the rules
-
-
-def dry_run_job_paths(workdir: Path, *args: str) -> list[dict]:
-    """Every job of a dry run: rule, outputs, log and wildcards, as Snakemake prints them."""
-    out = snakemake(workdir, "--dry-run", *args).stdout
-    jobs, job = [], None
-    for line in out.splitlines():
-        stripped = line.strip()
-        if line.startswith(("rule ", "localrule ")):
-            job = {"rule": line.split()[1].rstrip(":"), "outputs": [], "log": None,
-                   "wildcards": {}}
-            jobs.append(job)
-        elif job is not None and stripped.startswith("output: "):
-            job["outputs"] = stripped.removeprefix("output: ").split(", ")
-        elif job is not None and stripped.startswith("log: "):
-            job["log"] = stripped.removeprefix("log: ")
-        elif job is not None and stripped.startswith("wildcards: "):
-            pairs = stripped.removeprefix("wildcards: ").split(", ")
-            job["wildcards"] = dict(pair.split("=", 1) for pair in pairs)
-    return jobs
 
 
 UNTRACKED_PER_SCAN = {"make_demo_subject", "make_demo_subject_set_b", "convert_dicom"}

@@ -83,9 +83,10 @@ def test_dry_run_of_the_demo_dag_has_every_stage(tmp_path):
     assert jobs["register_dwi_to_cet1w"] == subjects
     assert jobs["mask_brain"] == subjects
     assert jobs["normalise_to_model_grid"] == 4 * subjects
+    assert jobs["check_image_quality"] == 4 * subjects
     assert jobs["resample_mask_to_model_grid"] == subjects
     assert jobs["plot_qc_montage"] == subjects
-    assert jobs["tabulate_qc"] == 4
+    assert jobs["tabulate_qc"] == 5  # adc, registration, brainmask, normalise, images
     assert jobs["assign_sets"] == 1
     assert jobs["cache_training_subject"] == 2  # Set A; sub-03 is Set B (test only)
     assert jobs["train_trunk"] == 1 and jobs["train_model"] == 1

@@ -464,6 +464,8 @@ def import_report(result: Mapping[str, Any]) -> dict[str, Any]:
             "imported": len(imported), "skipped": result["skipped"],
             "set": {label: record["set"] for label, record in imported.items()},
             "adc_source": {label: record.get("adc_source") for label, record in imported.items()},
+            "labels_present": {label: record["labels_present"]
+                               for label, record in imported.items() if "labels_present" in record},
             "missing": {label: record["missing"] for label, record in imported.items()
                         if record["missing"]}}
 

@@ -19,17 +19,26 @@ empirical CDF of the in-mask intensities, scaled to [0, 1]) or percentile scalin
 (``"percentile"``: clip to the (0.5, 99.5) percentiles, then scale to [0, 1]); zero outside the
 mask. The same :func:`normalise` is applied to every modality, ADC and the CE-T1 target included.
 
-The module is a little over 500 lines on purpose: the grid convention and the normalisation are
+Saturation (option ``saturation``, default ``exclude``): where more than ``saturation_min_share``
+of the brain's voxels (and more than one) sit at the image's maximum on the native grid (a CE-T1
+clipped at 32767), those voxels are left out of the method's reference statistics (the CDF, the
+percentiles) and set to 1, the top of the scale; the rest is normalised as if they were absent.
+Detection runs before any bias correction, and the saturated voxels reach the model grid as a
+mask (nearest neighbour). An image without saturation is normalised exactly as before the option
+existed.
+
+The module is about 600 lines on purpose: the grid convention and the normalisation are
 kept in one place (with :func:`prepare_subject`, which applies both) so that training and
 ``cesynth predict`` cannot drift apart.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -232,16 +241,26 @@ NORMALISERS: dict[str, Normaliser] = {"histeq": _histeq, "percentile": _percenti
 """Normalisation methods by name: each maps the 1D in-mask intensities to [0, 1]."""
 
 
+SATURATION_HANDLING = ("exclude", "keep")
+"""``exclude``: saturated voxels are left out of the reference statistics and set to 1;
+``keep``: they are normalised like any other voxel (what records before the option did)."""
+SATURATION_MIN_SHARE = 1e-4
+"""Share of the brain's voxels at the image maximum above which the image counts as saturated
+(a continuous image holds its maximum in one voxel or a few: 6e-7 of a 1 mm phantom brain)."""
+_IMAGE_OPTIONS = {"bias_correction": "none", "saturation": "exclude",
+                  "saturation_min_share": SATURATION_MIN_SHARE}
+
 NORMALISER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "histeq": {"nbins": None, "bias_correction": "none"},
+    "histeq": {"nbins": None, **_IMAGE_OPTIONS},
     "percentile": {"p_low": PERCENTILE_DEFAULTS[0], "p_high": PERCENTILE_DEFAULTS[1],
-                   "bias_correction": "none"},
+                   **_IMAGE_OPTIONS},
 }
 """Every option of each method with its default (``nbins=None``: the exact empirical CDF;
 ``bias_correction``: ``none`` or ``n4``, applied on the native grid before resampling,
-:mod:`cesynth.bias_field`)."""
-_GRID_OPTIONS = ("bias_correction",)
-"""Options applied before the image reaches the model grid, not by :func:`normalise`."""
+:mod:`cesynth.bias_field`; ``saturation`` and ``saturation_min_share``: see the module
+docstring)."""
+_GRID_OPTIONS = tuple(_IMAGE_OPTIONS)
+"""Options applied to the native image before it reaches the model grid, not by the method."""
 
 
 def normaliser_options(method: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -268,7 +287,8 @@ def normaliser_options(method: str, options: Mapping[str, Any] | None = None) ->
 
 
 def normalise(
-    data: np.ndarray, mask: np.ndarray, method: str = "histeq", **options: Any
+    data: np.ndarray, mask: np.ndarray, method: str = "histeq",
+    saturated: np.ndarray | None = None, **options: Any
 ) -> np.ndarray:
     """Normalise intensities inside ``mask`` to [0, 1]; zero outside.
 
@@ -276,6 +296,9 @@ def normalise(
         data: the image array.
         mask: the brain mask, same shape (non-zero = brain).
         method: a key of :data:`NORMALISERS` (``"histeq"`` or ``"percentile"``).
+        saturated: voxels (same shape, non-zero = saturated) left out of the method's reference
+            statistics and set to 1; None, or a mask covering no brain voxel or all of them,
+            leaves every voxel in.
         **options: method options (``nbins`` for histeq; ``p_low``, ``p_high`` for percentile).
 
     Returns:
@@ -297,7 +320,14 @@ def normalise(
     values = np.nan_to_num(data[inside].astype(np.float64), nan=0.0)
     out = np.zeros(data.shape, dtype=np.float32)
     method_options = {key: value for key, value in options.items() if key not in _GRID_OPTIONS}
-    out[inside] = np.clip(NORMALISERS[method](values, **method_options), 0.0, 1.0)
+    excluded = None if saturated is None else np.asarray(saturated)[inside] != 0
+    if excluded is None or excluded.all() or not excluded.any():
+        out[inside] = np.clip(NORMALISERS[method](values, **method_options), 0.0, 1.0)
+        return out
+    scaled = np.ones(values.shape, dtype=np.float32)
+    scaled[~excluded] = np.clip(NORMALISERS[method](values[~excluded], **method_options),
+                                0.0, 1.0)
+    out[inside] = scaled
     return out
 
 
@@ -321,6 +351,40 @@ def in_mask_stats(data: np.ndarray, mask: np.ndarray) -> dict[str, float]:
         "min": float(values.min()), "p0.5": float(p_low), "median": float(median),
         "p99.5": float(p_high), "max": float(values.max()),
     }
+
+
+class Saturation(NamedTuple):
+    """An image's maximum (``level``), and its brain voxels at it: how many and what share."""
+
+    level: float
+    voxels: int
+    share: float
+
+    def found(self, min_share: float) -> bool:
+        """Saturated: more than ``min_share`` of the brain, and more than one voxel, at the
+        maximum (a lone brightest voxel is no plateau however small the brain)."""
+        return self.voxels > 1 and self.share > min_share
+
+
+def saturation(data: np.ndarray, mask: np.ndarray) -> Saturation:
+    """The image's maximum and the brain voxels at it.
+
+    Args:
+        data: the image (non-finite voxels ignored).
+        mask: the brain mask, same shape.
+
+    Returns:
+        The largest finite value of the whole image, and the count and share of the finite
+        brain voxels equal to it (0 for an empty brain).
+    """
+    finite = np.isfinite(data)
+    if not finite.any():
+        return Saturation(math.nan, 0, 0.0)
+    level = float(data[finite].max())
+    brain = np.asarray(mask, dtype=bool) & finite
+    n_brain = int(brain.sum())
+    voxels = int(np.count_nonzero(data[brain] >= level)) if n_brain else 0
+    return Saturation(level, voxels, voxels / n_brain if n_brain else 0.0)
 
 
 def prepare_subject(
@@ -511,6 +575,8 @@ def _model_mask(mask_path: str | Path, grid: ModelGrid) -> tuple[nib.Nifti1Image
 def _normalised(path: str | Path, native_mask: nib.Nifti1Image, grid: ModelGrid, mask: np.ndarray,
                 method: str, options: Mapping[str, Any], *, modality: str | None = None
                 ) -> tuple[np.ndarray, dict[str, float]]:
+    """The model-grid image normalised, and its in-mask statistics with its saturation
+    (``saturated_share`` on the native grid, ``saturated_excluded`` model-grid voxels)."""
     native = load_nifti(path)
     check_same_grid(native, native_mask, path, "the CE-T1 brain mask",
                     hint="register it first")
@@ -518,10 +584,32 @@ def _normalised(path: str | Path, native_mask: nib.Nifti1Image, grid: ModelGrid,
     if correction not in BIAS_CORRECTIONS:
         raise InputError("normalise.bias_correction", f"{correction!r}: choose one of "
                                                       f"{list(BIAS_CORRECTIONS)}")
+    share, saturated = _saturated_voxels(native, native_mask, grid, options)
     if correction == "n4" and modality in CORRECTED_MODALITIES:
         native = nib.Nifti1Image(n4_corrected(native, native_mask), native.affine, native.header)
     data = np.asarray(grid.resample(native).dataobj)
-    return normalise(data, mask, method, **options), in_mask_stats(data, mask)
+    excluded = 0 if saturated is None else int(np.count_nonzero((saturated != 0) & (mask != 0)))
+    stats = {**in_mask_stats(data, mask), "saturated_share": share,
+             "saturated_excluded": excluded}
+    return normalise(data, mask, method, saturated=saturated, **options), stats
+
+
+def _saturated_voxels(native: nib.Nifti1Image, native_mask: nib.Nifti1Image, grid: ModelGrid,
+                      options: Mapping[str, Any]) -> tuple[float, np.ndarray | None]:
+    """The native image's share of brain voxels at its maximum, and the voxels to exclude on
+    the model grid (None unless ``saturation: exclude`` and the share exceeds the limit)."""
+    handling = options.get("saturation", _IMAGE_OPTIONS["saturation"])
+    if handling not in SATURATION_HANDLING:
+        raise InputError("normalise.saturation", f"{handling!r}: choose one of "
+                                                 f"{list(SATURATION_HANDLING)}")
+    data = np.asarray(native.dataobj, dtype=np.float64)
+    brain = np.asarray(native_mask.dataobj) != 0
+    found = saturation(data, brain)
+    limit = float(options.get("saturation_min_share", SATURATION_MIN_SHARE))
+    if handling == "keep" or not found.found(limit):
+        return found.share, None
+    at_level = nib.Nifti1Image((data >= found.level).astype(np.uint8), native.affine)
+    return found.share, np.asarray(grid.resample(at_level, is_mask=True).dataobj)
 
 
 def _check_modalities(

@@ -47,7 +47,7 @@ from cesynth.brainmask import (
     SKULL_STRIPPED,
 )
 from cesynth.io import InputError, read_json
-from cesynth.normalise import SLICE_AXIS, normaliser_options
+from cesynth.normalise import SATURATION_MIN_SHARE, SLICE_AXIS, normaliser_options
 
 PathLike = str | os.PathLike
 
@@ -65,6 +65,9 @@ LEGACY_REFERENCE = "ceT1w"
 """The image the training masks of a format-1 record were computed from (the CE-T1, always)."""
 
 LEGACY_REGISTRATION_SEED = 0
+
+LEGACY_SATURATION = {"saturation": "keep"}
+"""How records written before the ``saturation`` option normalised: every voxel kept."""
 
 _NAMES_SHOWN = 3  # files named per method in an error, then "and N more"
 
@@ -87,8 +90,7 @@ def requested_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "model_grid": [int(n) for n in config["model_grid"]["shape"]],
         "normalise": config["normalise"]["method"],
-        "normalise_options": {"bias_correction": config["normalise"].get("bias_correction",
-                                                                         "none")},
+        "normalise_options": normalise_image_options(config["normalise"]),
         "brainmask": SKULL_STRIPPED if skull_stripped else config["brainmask"]["method"],
         "brainmask_reference": config["brainmask"]["reference"],
         "adc": {"b_values": [float(b) for b in ingest["b_values"]],
@@ -97,6 +99,15 @@ def requested_settings(config: Mapping[str, Any]) -> dict[str, Any]:
                 "min_adc": float(adc["min_adc"]), "max_adc": float(adc["max_adc"])},
         "registration": {"seed": int(config["registration"]["seed"])},
     }
+
+
+def normalise_image_options(normalise: Mapping[str, Any]) -> dict[str, Any]:
+    """The normalisation's options beyond its method from config ``normalise`` (what the
+    workflow's normalisation applies and the record stores); absent keys take the defaults."""
+    return {"bias_correction": normalise.get("bias_correction", "none"),
+            "saturation": normalise.get("saturation", "exclude"),
+            "saturation_min_share": float(normalise.get("saturation_min_share",
+                                                        SATURATION_MIN_SHARE))}
 
 
 def preprocessing_record(
@@ -231,10 +242,11 @@ def read_record(stored: Mapping[str, Any] | None) -> dict[str, Any]:
         A copy; for a record without ``format``: ``format`` 1, ``brainmask_reference``
         :data:`LEGACY_REFERENCE`, ``adc`` :data:`ADC_DEFAULTS`, ``registration`` with seed 0 (no
         method: it was not recorded), ``normalise_options`` the method's defaults and
-        ``cesynth_version`` None. Keys it lacks (``model_grid``, ``normalise``, ``brainmask``)
-        stay absent. An empty record stays empty.
+        ``cesynth_version`` None; normalisation options without ``saturation`` (every record
+        before it) get ``saturation: keep``, what they did. Keys it lacks (``model_grid``,
+        ``normalise``, ``brainmask``) stay absent. An empty record stays empty.
     """
-    record = dict(stored or {})
+    record = _saturation_as_before(dict(stored or {}))
     if not record or record.get("format", 1) >= RECORD_FORMAT:
         return record
     legacy: dict[str, Any] = {
@@ -247,11 +259,20 @@ def read_record(stored: Mapping[str, Any] | None) -> dict[str, Any]:
     method = record.get("normalise")
     if method is not None:
         try:
-            legacy["normalise_options"] = normaliser_options(method)
+            legacy["normalise_options"] = normaliser_options(method, LEGACY_SATURATION)
         except InputError:
             pass  # an unknown method is refused where it is applied
     return {**legacy, **record}
 
 
-__all__ = ["ADC_DEFAULTS", "LEGACY_REFERENCE", "RECORD_FORMAT", "preprocessing_record",
+def _saturation_as_before(record: dict[str, Any]) -> dict[str, Any]:
+    """A record whose normalisation options predate ``saturation`` kept saturated voxels."""
+    options = record.get("normalise_options")
+    if isinstance(options, Mapping) and "saturation" not in options:
+        record["normalise_options"] = {**options, **LEGACY_SATURATION}
+    return record
+
+
+__all__ = ["ADC_DEFAULTS", "LEGACY_REFERENCE", "LEGACY_SATURATION", "RECORD_FORMAT",
+           "normalise_image_options", "preprocessing_record",
            "read_record", "requested_settings", "resolve_training_masks"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,8 @@ def count_flagged(table: pd.DataFrame) -> int:
     return int(table["flagged"].astype(str).str.lower().eq("true").sum())
 
 
-def gather_tables(paths: Iterable[str | os.PathLike], out_tsv: str | os.PathLike) -> pd.DataFrame:
+def gather_tables(paths: Iterable[str | os.PathLike], out_tsv: str | os.PathLike,
+                  flag: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
     """Concatenate per-job QC tables into one, sorted by ``scan_id`` (then ``stage``).
 
     Columns are the union over the inputs, in first-seen order; missing cells become ``n/a``.
@@ -142,6 +143,8 @@ def gather_tables(paths: Iterable[str | os.PathLike], out_tsv: str | os.PathLike
     Args:
         paths: the per-job TSVs.
         out_tsv: the aggregate TSV to write (atomically).
+        flag: sets flags on the gathered rows before they are written (thresholds applied at
+            gathering, e.g. :func:`cesynth.image_qc.flag_table`).
 
     Returns:
         The aggregate table (values as strings, as read back from TSV).
@@ -161,6 +164,8 @@ def gather_tables(paths: Iterable[str | os.PathLike], out_tsv: str | os.PathLike
         gathered = pd.concat(tables, ignore_index=True, sort=False)
         keys = [c for c in ID_COLUMNS if c in gathered.columns]
         gathered = gathered.sort_values(keys, kind="stable").reset_index(drop=True)
+        if flag is not None:
+            gathered = flag(gathered)
     else:
         gathered = pd.DataFrame(columns=list(ID_COLUMNS))
     write_tsv(gathered, out_tsv)

@@ -11,7 +11,9 @@ last line of its log); *not run* otherwise. A stage is failed when any of its jo
 when all are done, not run otherwise, and *not needed* when none of its jobs applies to the scan
 (the ADC of a scan without DWI, the training cache of a reported scan, the evaluation of a
 training scan). A validation scan's evaluation stage is the syntheses that choose each CE-T1
-model's enhancement threshold, never scored.
+model's enhancement threshold, never scored. Beside its state, each scan and stage carries the
+QC flags its gathered QC table sets (``qc_flags``: a saturated CE-T1, a T2w resampled from
+thick slices), so a stage can be done and still need a look.
 
 The path templates below are the rules' outputs and logs relative to the results folder; a test
 checks them against a dry run of the workflow, so they cannot drift from the rules silently.
@@ -36,11 +38,16 @@ STATUS_JSON = "qc/status.json"
 
 DONE, FAILED, NOT_RUN, NOT_NEEDED = "done", "failed", "not run", "not needed"
 STATES = (DONE, FAILED, NOT_RUN, NOT_NEEDED)
-STAGES = ("ingest", "adc", "brainmask", "registration", "model_grid", "qc_montage", "cache",
-          "evaluation")
+STAGES = ("ingest", "adc", "brainmask", "registration", "image_qc", "model_grid", "qc_montage",
+          "cache", "evaluation")
 """The per-scan stages, in pipeline order."""
 COLUMNS = ["scan_id", "participant", "session", "set", "split", "stage", "state", "jobs",
-           "reason", "log"]
+           "reason", "log", "qc_flags"]
+
+QC_TABLES = {"qc/adc.tsv": "adc", "qc/brainmask.tsv": "brainmask",
+             "qc/registration.tsv": "registration", "qc/images.tsv": "image_qc",
+             "qc/normalise.tsv": "model_grid"}
+"""The gathered QC tables (relative to results) whose flags the table shows, by stage."""
 
 _ANAT = "preproc/sub-{subject}/anat/sub-{subject}"
 _SYNTHETIC = "eval/{model}/sub-{subject}/sub-{subject}_space-model_desc-synthetic_{target}"
@@ -91,6 +98,9 @@ JOB_PATHS: dict[str, JobPaths] = {
         (f"{_ANAT}_space-model_desc-norm_{{modality}}.nii.gz",
          "qc/normalise/sub-{subject}_{modality}.tsv"),
         "logs/normalise_to_model_grid/sub-{subject}_{modality}.log"),
+    "check_image_quality": JobPaths(
+        ("qc/images/sub-{subject}_{modality}.tsv",),
+        "logs/check_image_quality/sub-{subject}_{modality}.log"),
     "plot_qc_montage": JobPaths(
         ("qc/sub-{subject}/sub-{subject}_desc-montage.png",),
         "logs/plot_qc_montage/sub-{subject}.log"),
@@ -276,6 +286,7 @@ def stage_jobs(scan: ScanInfo, models: Sequence[str] = ()) -> dict[str, list[Job
         "registration": [job("register_anat_to_cet1w", modality=m) for m in ("T1w", "T2w")
                          if m in modalities]
         + ([job("register_dwi_to_cet1w")] if diffusion else []),
+        "image_qc": [job("check_image_quality", modality=m) for m in grid],
         "model_grid": [job("resample_mask_to_model_grid")]
         + [job("normalise_to_model_grid", modality=m) for m in grid],
         "qc_montage": [job("plot_qc_montage")],
@@ -478,7 +489,7 @@ def _merge_report(path: Path, found: dict[str, ScanInfo]) -> None:
         excluded=_one_line(str(report.get("reason") or "excluded")) if excluded else None)
 
 
-def _table_rows(path: Path) -> list[dict[str, str | None]]:
+def _table_rows(path: Path, unique: bool = True) -> list[dict[str, str | None]]:
     if not path.is_file():
         return []
     try:
@@ -488,7 +499,7 @@ def _table_rows(path: Path) -> list[dict[str, str | None]]:
     if "scan_id" not in table.columns:
         return []
     table = table.astype(object).where(table.notna(), None)
-    return table.drop_duplicates("scan_id").to_dict("records")
+    return (table.drop_duplicates("scan_id") if unique else table).to_dict("records")
 
 
 def discover_models(results_dir: str | os.PathLike) -> list[str]:
@@ -524,7 +535,7 @@ def status_table(results_dir: str | os.PathLike, scans: Iterable[ScanInfo] = (),
     if models is None:
         models = discover_models(results_dir)
     results_dir = str(Path(results_dir))  # normalised once: the paths in the table start so
-    rows, files = [], FileIndex()
+    rows, files, flags = [], FileIndex(), qc_flags(results_dir)
     for scan in known_scans(results_dir, scans):
         jobs = stage_jobs(scan, models)
         for stage in STAGES:
@@ -542,9 +553,33 @@ def status_table(results_dir: str | os.PathLike, scans: Iterable[ScanInfo] = (),
                 "scan_id": scan.scan_id, "participant": scan.participant,
                 "session": scan.session, "set": scan.set, "split": scan.split, "stage": stage,
                 "state": state.state, "jobs": state.jobs, "reason": state.reason,
-                "log": state.log,
+                "log": state.log, "qc_flags": flags.get((scan.scan_id, stage)),
             })
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def qc_flags(results_dir: str | os.PathLike) -> dict[tuple[str, str], str]:
+    """The QC flags set for each scan and stage, from the gathered QC tables (:data:`QC_TABLES`).
+
+    A flag is a column holding ``True`` in a row whose ``flagged`` is ``True`` (the QC tables'
+    convention: measurements are numbers or text, flags booleans). A row of one image names it:
+    ``ceT1w: saturated; T2w: thick_slices, resampled_slices``. A table not gathered yet (or
+    unreadable) gives none.
+
+    Returns:
+        ``(scan_id, stage) -> flags``, only where some flag is set.
+    """
+    found: dict[tuple[str, str], list[str]] = {}
+    for name, stage in QC_TABLES.items():
+        for row in _table_rows(Path(results_dir) / name, unique=False):
+            if str(row.get("flagged")) != "True":
+                continue
+            names = [column for column, value in row.items()
+                     if column != "flagged" and str(value) == "True"]
+            image, text = row.get("modality"), ", ".join(names) or "flagged"
+            found.setdefault((str(row["scan_id"]), stage), []).append(
+                f"{image}: {text}" if image else text)
+    return {key: "; ".join(values) for key, values in found.items()}
 
 
 def _ingest_state(scan: ScanInfo, jobs: Sequence[Job], results_dir: str | os.PathLike,
@@ -585,7 +620,8 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_report(table: pd.DataFrame) -> str:
-    """The text ``cesynth status`` prints: counts per stage, then every failed stage."""
+    """The text ``cesynth status`` prints: counts per stage, every failed stage, then every stage
+    with QC flags."""
     lines = [summary(table).to_string()]
     failed = table[table["state"] == FAILED]
     if failed.empty:
@@ -594,4 +630,9 @@ def format_report(table: pd.DataFrame) -> str:
         lines.append(f"\nfailed ({len(failed)}):")
         for row in failed.itertuples():
             lines.append(f"sub-{row.scan_id}\t{row.stage}\t{row.reason}\t{row.log}")
+    flagged = table[table["qc_flags"].notna()] if "qc_flags" in table else table.iloc[:0]
+    if not flagged.empty:
+        lines.append(f"\nQC flags ({len(flagged)}):")
+        for row in flagged.itertuples():
+            lines.append(f"sub-{row.scan_id}\t{row.stage}\t{row.qc_flags}")
     return "\n".join(lines)

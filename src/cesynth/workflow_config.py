@@ -55,7 +55,13 @@ def exit_on_schema_error(err: BaseException) -> NoReturn:
     line = schema_error_line(err)
     if line is None:
         raise err
-    print(f"error: config: {line}", file=sys.stderr)
+    exit_on_config_error(line)
+
+
+def exit_on_config_error(problem: str) -> NoReturn:
+    """Print ``error: config: <problem>`` (one line) and exit 1: a config the schema accepts
+    but the data contradict (``sets.assigned`` naming no participant)."""
+    print(f"error: config: {' '.join(str(problem).split())}", file=sys.stderr)
     raise SystemExit(1)
 
 

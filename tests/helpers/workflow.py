@@ -46,6 +46,26 @@ def dry_run_jobs(workdir: Path, *args: str, tracking_uri: str | None = None) -> 
     return counts
 
 
+def dry_run_job_paths(workdir: Path, *args: str) -> list[dict]:
+    """Every job of a dry run: rule, outputs, log and wildcards, as Snakemake prints them."""
+    out = snakemake(workdir, "--dry-run", *args).stdout
+    jobs, job = [], None
+    for line in out.splitlines():
+        stripped = line.strip()
+        if line.startswith(("rule ", "localrule ", "checkpoint ", "localcheckpoint ")):
+            job = {"rule": line.split()[1].rstrip(":"), "outputs": [], "log": None,
+                   "wildcards": {}}
+            jobs.append(job)
+        elif job is not None and stripped.startswith("output: "):
+            job["outputs"] = stripped.removeprefix("output: ").split(", ")
+        elif job is not None and stripped.startswith("log: "):
+            job["log"] = stripped.removeprefix("log: ")
+        elif job is not None and stripped.startswith("wildcards: "):
+            pairs = stripped.removeprefix("wildcards: ").split(", ")
+            job["wildcards"] = dict(pair.split("=", 1) for pair in pairs)
+    return jobs
+
+
 _JOB_START = re.compile(r"^(?:local)?rule \S+:$")
 
 
