@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cesynth import run_spool, tracking
+from cesynth import integrity, run_spool, tracking
 from cesynth.errors import InputError
 
 ENV_TRACKING_URI = "CESYNTH_TRACKING_URI"
 ENV_EXPERIMENT = "CESYNTH_EXPERIMENT"
-ENV_RESULTS_DIR = "CESYNTH_RESULTS_DIR"
+ENV_RESULTS_DIR = integrity.ENV_RESULTS_DIR
 
 log = logging.getLogger("cesynth")
 
