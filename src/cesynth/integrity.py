@@ -16,7 +16,8 @@ Why check in the reader rather than scan ``results/`` when the workflow starts: 
 costs every run a read of every result (hundreds of GB in a large study) or, with sizes only,
 misses damage that keeps the size; the reader reads the file anyway, so hashing it there costs
 about as much as reading it again from the page cache (benchmarks/RESULTS.md, "Reliability"),
-and only files that are actually used are checked.
+and only files that are actually used are checked. Training caches, memory-mapped rather than read
+(hundreds of MB per subject at full resolution), are checked by size when training opens them.
 
 Files written outside the results folder (a user's ``cesynth predict --out``) get no sidecar and
 are never moved. A file with no sidecar (written by another tool or an older cesynth) is not
@@ -75,8 +76,13 @@ def record(written: str | os.PathLike, final: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def verify(path: str | os.PathLike) -> None:
+def verify(path: str | os.PathLike, *, checksum: bool = True) -> None:
     """Fail when ``path`` is no longer the file that was written there (its record differs).
+
+    Args:
+        path: the file about to be read.
+        checksum: compare the content's checksum too, not only the size (a reader that maps a
+            large file rather than reading it, a training cache, checks the size alone).
 
     Raises:
         InputError: on ``path``, after moving it aside as ``<name>.damaged`` so that the next
@@ -90,7 +96,7 @@ def verify(path: str | os.PathLike) -> None:
     found = os.path.getsize(path)
     if found != int(size):
         problem = f"{found} bytes, {size} when it was written (truncated or overwritten)"
-    elif file_digest(path) != digest:
+    elif checksum and file_digest(path) != digest:
         problem = "its checksum differs from the one recorded when it was written (damaged)"
     else:
         return
