@@ -432,6 +432,15 @@ def assert_same_weights(found: dict[str, torch.Tensor], expected: dict[str, torc
         assert torch.equal(found[name], weights), name  # bit for bit, not only close
 
 
+def _steps_done(latest: Path) -> int:
+    """The steps in the checkpoint the training job is rewriting (read while it writes: not
+    through read_checkpoint, whose check would take a record just renewed for damage)."""
+    try:
+        return torch.load(latest, map_location="cpu", weights_only=False)["global_step"]
+    except (OSError, RuntimeError, EOFError):
+        return -1
+
+
 def _training_process(workdir: Path) -> int | None:
     """The PID of the training job Snakemake runs in ``workdir`` (its script, its folder)."""
     for entry in Path("/proc").iterdir():
@@ -451,39 +460,49 @@ def _kill_training_after(step: int, latest: Path, workdir: Path, signum: int,
                          run: subprocess.Popen) -> None:
     """Send ``signum`` to the training job once its checkpoint says ``step`` steps are done."""
     deadline = time.monotonic() + 1200
-    while not latest.exists() or read_checkpoint(latest)["global_step"] < step:
+    while (process := _training_process(workdir)) is None or _steps_done(latest) < step:
         assert run.poll() is None, run.communicate()
         assert time.monotonic() < deadline, f"training never reached step {step}"
         time.sleep(0.05)
-    os.kill(_training_process(workdir), signum)
+    os.kill(process, signum)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_training_job_killed_at_a_random_step_resumes_to_the_same_weights(demo_run, tmp_path,
-                                                                             signum):
+def _interrupted_run(copy: Path, command: list[str], latest: Path, step: int,
+                     signum: int) -> int:
+    """Run the workflow in ``copy`` and send ``signum`` to its training job once ``step`` steps
+    are done; it must fail, its checkpoint saved at or after ``step``. Returns that step."""
+    run = subprocess.Popen([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(copy),
+                            *command], env=workflow_environment(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    _kill_training_after(step, latest, copy, signum, run)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode != 0, output[-3000:]
+    saved = read_checkpoint(latest)["global_step"]
+    assert step <= saved <= TRUNK_STEPS  # SIGTERM saves after the step under way
+    assert not latest.with_name("checkpoint_final.pt").exists()
+    return saved
+
+
+def test_a_training_job_killed_at_random_steps_resumes_to_the_same_weights(demo_run, tmp_path):
+    """SIGKILL (the out-of-memory killer) at one seeded random step, then SIGTERM (SLURM's time
+    limit, scancel) at a later one; the user's rerun ends with the uninterrupted weights."""
     workdir, _, _, args = demo_run
     copy = copy_of_demo(workdir, tmp_path)
     trunk = sorted((copy / "results-small" / "train" / "trunks").iterdir())[0]
-    uninterrupted = _weights(trunk / "checkpoint_final.pt")
+    final, latest = trunk / "checkpoint_final.pt", trunk / CHECKPOINT_LATEST
+    uninterrupted = _weights(final)
     shutil.rmtree(trunk)
     every_step = tmp_path / "every-step.yaml"  # an execution setting: reruns nothing
     every_step.write_text(yaml.safe_dump({"train": {"checkpoint_every_steps": 1}}))
-    command = [*args, str(every_step), "--cores", "2", "--",
-               str((trunk / "checkpoint_final.pt").relative_to(copy))]
-    kill_at = int(np.random.default_rng([26, signum]).integers(1, TRUNK_STEPS))
+    command = [*args, str(every_step), "--cores", "2", "--", str(final.relative_to(copy))]
+    rng = np.random.default_rng(26)
 
-    first = subprocess.Popen([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory",
-                              str(copy), *command], env=workflow_environment(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _kill_training_after(kill_at, trunk / CHECKPOINT_LATEST, copy, signum, first)
-    output, _ = first.communicate(timeout=600)
-    assert first.returncode != 0, output[-3000:]
-    assert not (trunk / "checkpoint_final.pt").exists()
-    stopped_at = read_checkpoint(trunk / CHECKPOINT_LATEST)["global_step"]
-    assert kill_at <= stopped_at < TRUNK_STEPS
+    # the trunk has 4 steps: SIGKILL after step 1 or 2, SIGTERM once the rerun did one more
+    killed_at = _interrupted_run(copy, command, latest, int(rng.integers(1, 3)), signal.SIGKILL)
+    _interrupted_run(copy, command, latest, min(killed_at + 1, TRUNK_STEPS - 1), signal.SIGTERM)
 
     snakemake(copy, *command)  # the user's rerun: the job resumes from its checkpoint
-    resumed = read_checkpoint(trunk / "checkpoint_final.pt")
+    resumed = read_checkpoint(final)
     assert resumed["global_step"] == TRUNK_STEPS
     assert_same_weights(resumed["model"], uninterrupted)
 

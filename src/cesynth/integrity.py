@@ -19,6 +19,8 @@ about as much as reading it again from the page cache (benchmarks/RESULTS.md, "R
 and only files that are actually used are checked. Training caches, memory-mapped rather than read
 (hundreds of MB per subject at full resolution), are checked by size when training opens them.
 
+A reader must not race the file's writer (between the record and the rename the two disagree);
+in the workflow Snakemake starts a job only once the jobs that write its inputs have ended.
 Files written outside the results folder (a user's ``cesynth predict --out``) get no sidecar and
 are never moved. A file with no sidecar (written by another tool or an older cesynth) is not
 checked. Standard library only: every job imports it.

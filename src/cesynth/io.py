@@ -50,7 +50,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp = Path(tmp_name)
         try:
             yield tmp
-            if integrity.is_managed(final):
+            # a hidden name is an outer atomic_path's temporary: recorded under its final name
+            if integrity.is_managed(final) and not final.name.startswith("."):
                 integrity.record(tmp, final)
             os.replace(tmp, final)
         finally:
