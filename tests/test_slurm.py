@@ -8,7 +8,8 @@ SLURM client and controller, which the rest of the suite must not depend on.
 
 The DAG is the two-subject demo: both subjects' preprocessing, training (trunk and last stage),
 evaluation of the Set B subject and the release, every job an `sbatch` except the bookkeeping
-`localrules`.
+`localrules`. A training job submitted with `sbatch --requeue` gets `scancel --signal=TERM`
+(what a time limit sends), is requeued and must end with the uninterrupted run's weights.
 """
 
 from __future__ import annotations
@@ -127,10 +128,10 @@ def test_every_mlflow_run_finished(cluster_run):
 
 TRAIN_SETTINGS = {
     "model": "hrfcn3d", "width_multiplier": 1 / 16, "blocks_per_module": 1,
-    "stages": [[20, 1.0, 1.0, 1.0, 3e-3]], "patches_per_subject": 4, "batch_size": 3,
+    "stages": [[10, 1.0, 1.0, 1.0, 3e-3]], "patches_per_subject": 4, "batch_size": 3,
     "checkpoint_every_steps": 5, "seed": 7, "device": "cpu",
 }
-TRAIN_STEPS = 20 * 4  # 20 epochs x (3 subjects x 4 patches / batch 3)
+TRAIN_STEPS = 10 * 4  # 10 epochs x (3 subjects x 4 patches / batch 3)
 
 
 def _squeue_state(job_id: str) -> str:

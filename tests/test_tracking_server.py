@@ -7,6 +7,11 @@ process group (its PID) at the end. Sixteen processes log through :func:`cesynth
 at once, against the server and against the SQLite default; none of their runs or metrics may go
 missing. Then the two-subject demo runs to the release with ``MLFLOW_TRACKING_URI`` naming the
 server, and its released model is found again through the server.
+
+The server is also run on PostgreSQL (Debian's postgresql: a cluster initdb'd, started and stopped
+by tests/helpers/postgres.py; skipped where it is not installed), and killed mid-run: SIGKILL to
+its process group while training-like jobs log, short jobs run while it is down, then a restart
+on the same port and store. Every run, step metric and the model must arrive, none twice.
 """
 
 from __future__ import annotations
