@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,11 +18,21 @@ import mlflow.pytorch
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
-from helpers.workflow import CESYNTH, REPO, dry_run_jobs, peak_threads, snakemake
+from helpers.workflow import (
+    CESYNTH,
+    REPO,
+    SNAKEMAKE,
+    dry_run_jobs,
+    peak_threads,
+    snakemake,
+    workflow_environment,
+)
 from nibabel.processing import resample_from_to
 
 from cesynth import release_gate
+from cesynth.checkpoint import CHECKPOINT_LATEST, read_checkpoint
 from cesynth.evaluate import evaluate_files
 from cesynth.io import is_synthetic, read_json, read_tsv
 
@@ -395,6 +407,153 @@ def test_a_rerun_has_nothing_to_do(demo_run):
     workdir, _, _, args = demo_run
     result = snakemake(workdir, "--dry-run", *args)
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- faults in a finished run
+# Each test works on a copy of the finished demo (modification times kept, so Snakemake sees it
+# finished) and compares with what the uninterrupted demo run wrote.
+
+TRUNK_STEPS = 4  # the demo's trunk: 2 epochs x (2 training subjects x 3 patches / batch 3)
+
+
+def copy_of_demo(workdir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "demo"
+    shutil.copytree(workdir, copy, symlinks=True)
+    return copy
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_weights(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert found.keys() == expected.keys()
+    for name, weights in expected.items():
+        assert torch.equal(found[name], weights), name  # bit for bit, not only close
+
+
+def _steps_done(latest: Path) -> int:
+    """The steps in the checkpoint the training job is rewriting (read while it writes: not
+    through read_checkpoint, whose check would take a record just renewed for damage)."""
+    try:
+        return torch.load(latest, map_location="cpu", weights_only=False)["global_step"]
+    except (OSError, RuntimeError, EOFError):
+        return -1
+
+
+def _training_process(workdir: Path) -> int | None:
+    """The PID of the training job Snakemake runs in ``workdir`` (its script, its folder)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            folder = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if folder == str(workdir) and any(a.endswith(b".train_model.py") for a in arguments):
+            return int(entry.name)
+    return None
+
+
+def _kill_training_after(step: int, latest: Path, workdir: Path, signum: int,
+                         run: subprocess.Popen) -> None:
+    """Send ``signum`` to the training job once its checkpoint says ``step`` steps are done."""
+    deadline = time.monotonic() + 1200
+    while (process := _training_process(workdir)) is None or _steps_done(latest) < step:
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, f"training never reached step {step}"
+        time.sleep(0.05)
+    os.kill(process, signum)
+
+
+def _interrupted_run(copy: Path, command: list[str], latest: Path, step: int,
+                     signum: int) -> int:
+    """Run the workflow in ``copy`` and send ``signum`` to its training job once ``step`` steps
+    are done; it must fail, its checkpoint saved at or after ``step``. Returns that step."""
+    run = subprocess.Popen([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(copy),
+                            *command], env=workflow_environment(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    _kill_training_after(step, latest, copy, signum, run)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode != 0, output[-3000:]
+    saved = read_checkpoint(latest)["global_step"]
+    assert step <= saved <= TRUNK_STEPS  # SIGTERM saves after the step under way
+    assert not latest.with_name("checkpoint_final.pt").exists()
+    return saved
+
+
+def test_a_training_job_killed_at_random_steps_resumes_to_the_same_weights(demo_run, tmp_path):
+    """SIGKILL (the out-of-memory killer) at one seeded random step, then SIGTERM (SLURM's time
+    limit, scancel) at a later one; the user's rerun ends with the uninterrupted weights."""
+    workdir, _, _, args = demo_run
+    copy = copy_of_demo(workdir, tmp_path)
+    trunk = sorted((copy / "results-small" / "train" / "trunks").iterdir())[0]
+    final, latest = trunk / "checkpoint_final.pt", trunk / CHECKPOINT_LATEST
+    uninterrupted = _weights(final)
+    shutil.rmtree(trunk)
+    every_step = tmp_path / "every-step.yaml"  # an execution setting: reruns nothing
+    every_step.write_text(yaml.safe_dump({"train": {"checkpoint_every_steps": 1}}))
+    command = [*args, str(every_step), "--cores", "2", "--", str(final.relative_to(copy))]
+    rng = np.random.default_rng(26)
+
+    # the trunk has 4 steps: SIGKILL after step 1 or 2, SIGTERM once the rerun did one more
+    killed_at = _interrupted_run(copy, command, latest, int(rng.integers(1, 3)), signal.SIGKILL)
+    _interrupted_run(copy, command, latest, min(killed_at + 1, TRUNK_STEPS - 1), signal.SIGTERM)
+
+    snakemake(copy, *command)  # the user's rerun: the job resumes from its checkpoint
+    resumed = read_checkpoint(final)
+    assert resumed["global_step"] == TRUNK_STEPS
+    assert_same_weights(resumed["model"], uninterrupted)
+
+
+def error_lines(run: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("error: ")]
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def test_damaged_results_are_named_never_used_and_rebuilt_by_the_rerun(demo_run, tmp_path):
+    workdir, _, _, args = demo_run
+    copy = copy_of_demo(workdir, tmp_path)
+    results = copy / "results-small"
+    default = results / "train" / "default"
+    uninterrupted = _weights(default / "checkpoint_final.pt")
+    for trunk in (results / "train" / "trunks").iterdir():  # whichever the default model uses
+        _truncate(trunk / "checkpoint_final.pt")
+    for name in ("checkpoint_final.pt", "checkpoint_best.pt", "training_curve.png"):
+        (default / name).unlink()  # the default model is to be retrained on its trunk
+    target = str((default / "checkpoint_final.pt").relative_to(copy))
+
+    stopped = snakemake(copy, "--cores", "2", *args, "--", target, check=False)
+    assert stopped.returncode != 0
+    (line,) = error_lines(stopped)
+    damaged = copy / line.split(": ")[1]
+    assert damaged.parent.parent.name == "trunks" and damaged.name == "checkpoint_final.pt"
+    assert line.endswith("(truncated or overwritten); moved aside as "
+                         "checkpoint_final.pt.damaged: rerun the workflow to rebuild it"), line
+    assert not damaged.exists() and damaged.with_name("checkpoint_final.pt.damaged").exists()
+
+    snakemake(copy, "--cores", "2", *args, "--", target)  # the user's rerun rebuilds the trunk
+    assert_same_weights(read_checkpoint(default / "checkpoint_final.pt")["model"], uninterrupted)
+
+    # a model-grid image its cache was made from: truncated, and the cache to be made again
+    image = preproc(results, "01", "anat", "space-model_desc-norm_T1w.nii.gz")
+    original = nib.load(image).get_fdata()
+    _truncate(image)
+    cache = results / "train" / "cache" / "sub-01"
+    cached = np.load(cache / "sub-01_inputs.npy")
+    shutil.rmtree(cache)
+    target = str(cache.relative_to(copy))
+    stopped = snakemake(copy, "--cores", "2", *args, "--", target, check=False)
+    assert stopped.returncode != 0
+    (line,) = error_lines(stopped)
+    assert line.startswith(f"error: {image.relative_to(copy)}: ") and "moved aside" in line, line
+    snakemake(copy, "--cores", "2", *args, "--", target)
+    assert np.array_equal(nib.load(image).get_fdata(), original)
+    assert np.array_equal(np.load(cache / "sub-01_inputs.npy"), cached)
 
 
 def test_the_snakemake_report_gathers_qc_training_evaluation_and_release(demo_run, tmp_path):

@@ -193,3 +193,25 @@ def test_a_file_in_the_spool_that_is_not_a_record_is_left_and_the_others_sent(st
     stray.write_text("{not json")
     assert run_spool.send_spool(store["spool"]) == 1
     assert stray.exists() and "not a spooled MLflow run" in capfd.readouterr().err
+
+
+def test_a_sender_that_dies_before_noting_its_run_leaves_no_second_run(store, monkeypatch):
+    """Between creating the run and noting its ID in the record, a sender (or a create request
+    retried after a lost answer) leaves a run the record does not know: the next send's run
+    replaces it, and it is deleted."""
+    _short_job("09", metrics={"dice": 0.9})
+    write_record = run_spool._write_record
+
+    def dies_after_creating(record, path):
+        if record.run_id is not None:
+            raise ConnectionError("sender killed before it noted the run")
+        write_record(record, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_spool, "_write_record", dies_after_creating)
+        with pytest.raises(ConnectionError):
+            run_spool.send_spool(store["spool"])
+    assert len(_runs(store["uri"])) == 1  # the orphan, RUNNING and empty
+    assert run_spool.send_spool(store["spool"]) == 1
+    (run,) = _runs(store["uri"])
+    assert run.info.status == "FINISHED" and run.data.metrics == {"dice": 0.9}

@@ -8,22 +8,32 @@ SLURM client and controller, which the rest of the suite must not depend on.
 
 The DAG is the two-subject demo: both subjects' preprocessing, training (trunk and last stage),
 evaluation of the Set B subject and the release, every job an `sbatch` except the bookkeeping
-`localrules`.
+`localrules`. A training job submitted with `sbatch --requeue` gets `scancel --signal=TERM`
+(what a time limit sends), is requeued and must end with the uninterrupted run's weights.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import torch
 import yaml
+from helpers.checkpoints import small_cached_subject
 from helpers.slurm import ClusterUnavailable, single_node_cluster
 from helpers.workflow import REPO, SNAKEMAKE, dry_run_jobs, workflow_environment
+
+from cesynth.checkpoint import CHECKPOINT_LATEST, read_checkpoint
+from cesynth.settings import TrainSettings
+from cesynth.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +122,63 @@ def test_every_mlflow_run_finished(cluster_run):
     runs = client.search_runs(experiments, max_results=1000)
     assert len(runs) == sum(cluster_run["planned"].values())  # one run per job
     assert {run.info.status for run in runs} == {"FINISHED"}
+
+
+# ---------------------------------------------------------------- scancel --signal=TERM, requeue
+
+TRAIN_SETTINGS = {
+    "model": "hrfcn3d", "width_multiplier": 1 / 16, "blocks_per_module": 1,
+    "stages": [[10, 1.0, 1.0, 1.0, 3e-3]], "patches_per_subject": 4, "batch_size": 3,
+    "checkpoint_every_steps": 5, "seed": 7, "device": "cpu",
+}
+TRAIN_STEPS = 10 * 4  # 10 epochs x (3 subjects x 4 patches / batch 3)
+
+
+def _squeue_state(job_id: str) -> str:
+    found = subprocess.run(["squeue", "--noheader", "--states=all", "--jobs", job_id,
+                            "--format=%T"], capture_output=True, text=True)
+    return found.stdout.strip()
+
+
+def _wait_for_state(job_id: str, states: set[str], seconds: float = 600) -> str:
+    deadline = time.monotonic() + seconds
+    while (state := _squeue_state(job_id)) not in states:
+        assert time.monotonic() < deadline, f"job {job_id} still {state!r}"
+        time.sleep(0.5)
+    return state
+
+
+def test_scancel_term_saves_and_the_requeued_job_resumes_to_the_same_weights(cluster, tmp_path):
+    rng = np.random.default_rng(3)
+    caches = [str(small_cached_subject(tmp_path, f"s{i}", rng)) for i in range(3)]
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(TRAIN_SETTINGS))
+    out = tmp_path / "run"
+    script = tmp_path / "train.sh"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m cesynth.train --train-cache "
+                      f"{' '.join(caches)} --out {out} --settings {settings}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    submitted = subprocess.run(["sbatch", "--parsable", "--requeue", "--cpus-per-task=1",
+                                f"--output={tmp_path / 'slurm-%j.log'}", str(script)],
+                               capture_output=True, text=True, env=env, check=True)
+    job_id = submitted.stdout.strip().split(";")[0]
+    latest = out / CHECKPOINT_LATEST
+    deadline = time.monotonic() + 600
+    while not latest.exists():
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job_id], check=True)
+    assert _wait_for_state(job_id, {"FAILED", "COMPLETED"}) == "FAILED"  # exit 143 once saved
+    stopped_at = read_checkpoint(latest)["global_step"]
+    assert 0 < stopped_at < TRAIN_STEPS
+
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    assert _wait_for_state(job_id, {"COMPLETED", "FAILED"}) == "COMPLETED"
+    torch.set_num_threads(1)
+    reference = train([Path(p) for p in caches], [], tmp_path / "uninterrupted",
+                      TrainSettings.from_dict(TRAIN_SETTINGS))
+    resumed = read_checkpoint(out / "checkpoint_final.pt")
+    expected = read_checkpoint(reference["checkpoint_final"])
+    assert resumed["global_step"] == expected["global_step"] == TRAIN_STEPS
+    for name, weights in expected["model"].items():
+        assert torch.equal(resumed["model"][name], weights), name

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
+from helpers.checkpoints import SMALL_GRID, small_cached_subject
 
-from cesynth.cache import cache_subject
 from cesynth.checkpoint import (
     CHECKPOINT_BEST,
     CHECKPOINT_FINAL,
@@ -33,13 +32,11 @@ from cesynth.checkpoint import (
 )
 from cesynth.evaluate import psnr_in_mask
 from cesynth.inference import predict_volume
-from cesynth.io import InputError, save_nifti, write_json
+from cesynth.io import InputError
 from cesynth.models import build_model
 from cesynth.settings import Stage, TrainSettings
 from cesynth.train import EXIT_PREEMPTED, train
 
-GRID_XYZ = (16, 16, 6)
-FOREGROUND = (1, 5)
 SETTINGS = {
     "model": "hrfcn3d", "width_multiplier": 1 / 16, "blocks_per_module": 1,
     "stages": [[3, 1.0, 1.0, 1.0, 3e-3], [1, 0.1, 0.1, 10.0, 1e-3]],
@@ -79,31 +76,11 @@ RUNNER = textwrap.dedent("""
 # ---------------------------------------------------------------- fixtures
 
 
-def _write_subject(root: Path, name: str, rng: np.random.Generator) -> Path:
-    """Smooth random T1/T2/ADC, a CE-T1 that depends on them plus an enhancing blob."""
-    affine = np.eye(4)
-    shape = GRID_XYZ
-    t1, t2, adc = (np.clip(ndimage.gaussian_filter(rng.random(shape), 1.5) * 2 - 0.5, 0, 1)
-                   for _ in range(3))
-    blob = np.zeros(shape)
-    blob[6:10, 6:10, 2:5] = 0.4
-    ce = np.clip(0.7 * t1 + 0.2 * t2 + blob, 0, 1)
-    mask = np.zeros(shape, dtype=np.uint8)
-    mask[2:14, 2:14, FOREGROUND[0]:FOREGROUND[1] + 1] = 1
-    paths = {}
-    for key, volume in {"T1w": t1, "T2w": t2, "adc": adc, "ceT1w": ce}.items():
-        paths[key] = save_nifti(volume * mask, affine, root / f"{name}_{key}.nii.gz")
-    mask_path = save_nifti(mask, affine, root / f"{name}_space-model_desc-brain_mask.nii.gz",
-                           dtype=np.uint8)
-    sidecar = write_json({"foreground_slices": list(FOREGROUND)}, root / f"{name}_mask.json")
-    return cache_subject(paths, mask_path, sidecar, root / "cache", subject=name)
-
-
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory) -> dict[str, list[Path]]:
     root = tmp_path_factory.mktemp("subjects")
     rng = np.random.default_rng(0)
-    paths = [_write_subject(root, f"s{i}", rng) for i in range(4)]
+    paths = [small_cached_subject(root, f"s{i}", rng) for i in range(4)]
     return {"train": paths[:3], "val": paths[3:]}
 
 
@@ -342,7 +319,7 @@ def test_mlflow_records_params_metrics_model_and_artifacts(caches, tmp_path):
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    x, y, _ = GRID_XYZ
+    x, y, _ = SMALL_GRID
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 3, y, x)).shape == (2, 1, 3, y, x)
 

@@ -13,7 +13,10 @@ numpy, Python and CUDA generator states, :func:`rng_states`), ``world_size`` and
   values only the numpy types of the saved numpy RNG state are allowed (the Python RNG state is a
   tuple of ints). A file that is missing, damaged, foreign or of another format is an
   :class:`~cesynth.io.InputError` naming it.
-* **Writing**: atomically (:func:`write_checkpoint`), so a crash never leaves half a file.
+* **Writing**: atomically (:func:`write_checkpoint`), so a crash never leaves half a file, and
+  a full disk is one line naming the file while the previous checkpoint stays as it was. In the
+  workflow's results folder the checksum is recorded when written and checked when read
+  (:mod:`cesynth.integrity`): a damaged checkpoint is moved aside and named, never loaded.
   ``checkpoint_latest.pt`` is the resume point, ``checkpoint_best.pt`` the best validation PSNR.
 * **Resuming** (:func:`check_resumable`): only with the same settings, except the execution-only
   :data:`cesynth.settings.EXECUTION_SETTINGS`, and the same number of processes (the data order
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 
 from cesynth.distributed import DistContext
+from cesynth.integrity import verify
 from cesynth.io import InputError, atomic_path, one_line_error
 from cesynth.settings import EXECUTION_SETTINGS, TrainSettings
 
@@ -76,6 +80,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             and ``model``), holds objects other than tensors, plain values and numpy RNG
             states, or is of another format.
     """
+    try:
+        verify(path)
+    except FileNotFoundError as err:
+        raise InputError(path, "checkpoint not found") from err
     return _load(path, Path(path))
 
 
@@ -94,6 +102,7 @@ def read_checkpoint_bytes(path: Path) -> tuple[dict[str, Any], bytes]:
         InputError: as :func:`read_checkpoint`.
     """
     try:
+        verify(path)
         data = Path(path).read_bytes()
     except FileNotFoundError as err:
         raise InputError(path, "checkpoint not found") from err
@@ -109,8 +118,10 @@ def write_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> None:
         checkpoint: the dict of :meth:`cesynth.train.Trainer.checkpoint_state`.
         path: the checkpoint file.
     """
+    buffer = io.BytesIO()  # torch reports a full disk as a RuntimeError naming no file
+    torch.save(checkpoint, buffer)
     with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _load(source: Path | IO[bytes], path: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cesynth.cache import ARRAY_NAMES, INPUT_MODALITIES, PATCH_SLICES
+from cesynth.integrity import verify
 from cesynth.io import InputError, read_json
 
 T1_CHANNEL = INPUT_MODALITIES.index("T1w")
@@ -76,6 +77,7 @@ class CachedSubject:
         for path in arrays.values():
             if not path.is_file():
                 raise InputError(path, "file not found")
+            verify(path, checksum=False)  # a truncated array: named, never trained on
         return cls(json_path, str(meta.get("subject", json_path.stem)), first, last, arrays)
 
     def open(self) -> dict[str, np.ndarray]:

@@ -2,13 +2,16 @@
 
 Every writer goes through :func:`atomic_path`, so a crash or a kill never leaves a half-written
 file at an output path: the data go to a temporary file in the same folder, which is renamed
-into place only once complete.
+into place only once complete. A full disk (or quota) is one line naming the file, with the file
+that was there before left as it was. Inside the workflow's results folder each file's checksum
+is recorded as it is written and checked when it is read (:mod:`cesynth.integrity`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -22,6 +25,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cesynth import integrity
 from cesynth.errors import MESSAGE_CHARS, InputError, one_line_error  # noqa: F401 (re-exported)
 from cesynth.signals import sigterm_raises
 
@@ -37,18 +41,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary file before the process ends (:func:`cesynth.signals.sigterm_raises`).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(final.suffixes) or ".tmp"
-    with sigterm_raises(keep_existing=True):
+    with sigterm_raises(keep_existing=True), _full_disk_named(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=suffix,
                                         dir=final.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
             yield tmp
+            # a hidden name is an outer atomic_path's temporary: recorded under its final name
+            if integrity.is_managed(final) and not final.name.startswith("."):
+                integrity.record(tmp, final)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _full_disk_named(final: Path) -> Iterator[None]:
+    """Turn "no space left" (or an exhausted quota) while writing ``final`` into a one-line
+    :class:`InputError` naming it; the file that was there before is left as it was."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in FULL_DISK_ERRNOS:
+            raise
+        kept = "the previous file is unchanged" if final.exists() else "nothing was written"
+        raise InputError(final, f"cannot be written: {os.strerror(err.errno)} on "
+                                f"{final.parent} ({kept})") from err
 
 
 GRID_ATOL_MM = 1e-2
@@ -97,6 +121,10 @@ def check_same_grid(img: Any, reference: Any, who: str | os.PathLike,
 
 def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
     """Load a NIfTI image, turning any reader failure into an :class:`InputError` on the file."""
+    try:
+        integrity.verify(path)
+    except FileNotFoundError as err:
+        raise InputError(path, "file not found") from err
     try:
         # nibabel logs (to stderr) each header field it repairs, such as a pixdim of 0 read as
         # 1; the callers that care check those fields as written (check_voxel_sizes)

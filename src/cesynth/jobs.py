@@ -20,12 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cesynth import run_spool, tracking
+from cesynth import integrity, run_spool, tracking
 from cesynth.errors import InputError
 
 ENV_TRACKING_URI = "CESYNTH_TRACKING_URI"
 ENV_EXPERIMENT = "CESYNTH_EXPERIMENT"
-ENV_RESULTS_DIR = "CESYNTH_RESULTS_DIR"
+ENV_RESULTS_DIR = integrity.ENV_RESULTS_DIR
+
+ENV_HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+LIVE_HTTP_RETRIES = "10"
+"""MLflow's HTTP retries for a job that logs while it works (MLflow's limit; its default is 7):
+a tracking server restarting makes the job wait about 10 minutes, not 4, before it fails."""
 
 log = logging.getLogger("cesynth")
 
@@ -120,6 +125,7 @@ def run_job(job: Job, work: Callable[[], JobOutcome | Mapping[str, Any] | None],
                   "sweeps": list(sweeps or ())}
     try:
         if live:
+            os.environ.setdefault(ENV_HTTP_RETRIES, LIVE_HTTP_RETRIES)
             send_finished_runs(spool)
             with tracking.stage_run(job.rule, wildcards, **run_kwargs):
                 _log_live(_as_outcome(work()))

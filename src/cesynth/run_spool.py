@@ -11,7 +11,10 @@ sender at a time, and removes each record once it is in the store. The workflow 
 when it starts and when it ends, success or failure; every job that imports MLflow anyway
 (training, release) sends what has finished when it starts, so the store follows a long run; and
 ``cesynth send-runs`` sends it by hand (with ``--immediate-submit`` the jobs outlive the
-workflow). A record still RUNNING once its invocation is over is the run of a job killed outright
+workflow). A run is created once per record: the record's name is a tag of its run, and a
+second run of the same record (a sender that died before noting the run it had created, or a
+create request that MLflow's HTTP client retried after a tracking server went down mid-answer)
+is deleted. A record still RUNNING once its invocation is over is the run of a job killed outright
 and is sent KILLED, as :func:`cesynth.tracking.end_stale_runs` ends such runs of the jobs that log
 directly. A sender that dies half-way leaves the run ID in the record, so the next one completes
 that run instead of making a second.
@@ -42,6 +45,7 @@ RECORD_SUFFIX = ".run.json"
 RUNNING = "RUNNING"
 BATCH_PARAMS, BATCH_METRICS = 100, 1000
 END_RUNNING = ("none", "others", "all")
+RECORD_TAG = f"{tracking.TAG_PREFIX}spool_record"
 
 
 @dataclass
@@ -205,9 +209,13 @@ def _send(record: RunRecord, path: Path, stores: _Stores) -> None:
         if record.sweeps:
             tags[tracking.PARENT_RUN_TAG] = stores.sweep_parent(record.uri, record.experiment,
                                                                 record.sweeps[0])
+        tags[RECORD_TAG] = path.name.removesuffix(RECORD_SUFFIX)
         run = client.create_run(experiment_id, start_time=record.start_ms, tags=tags,
                                 run_name=tracking.run_name(record.rule, record.wildcards))
         record.run_id = run.info.run_id
+        # an earlier sender that died before noting its run, or a create request retried
+        tracking.drop_duplicate_runs(client, experiment_id, RECORD_TAG, tags[RECORD_TAG],
+                                     keep=record.run_id)
         _write_record(record, path)  # a sender that dies from here on completes this run
     params = [Param(k, v) for k, v in record.params.items()]
     metrics = [Metric(k, v, record.end_ms, 0) for k, v in record.metrics.items()]

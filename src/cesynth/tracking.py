@@ -194,10 +194,13 @@ def stage_run(
     if sweeps:
         parents = sweep_parent_runs(uri, experiment, sweeps)
         tags |= {f"{TAG_PREFIX}sweeps": ",".join(sweeps), PARENT_RUN_TAG: parents[sweeps[0]]}
+    tags[ATTEMPT_TAG] = uuid.uuid4().hex
     with sigterm_raises():
         active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(rule, wildcards),
                                   tags=tags)
         try:
+            drop_duplicate_runs(mlflow.MlflowClient(tracking_uri=uri), experiment_id,
+                                ATTEMPT_TAG, tags[ATTEMPT_TAG], keep=active.info.run_id)
             if params:
                 mlflow.log_params(flatten_params(params))
             yield active
@@ -206,6 +209,32 @@ def stage_run(
                 mlflow.end_run(end_status(err))
             raise
         mlflow.end_run("FINISHED")
+
+
+ATTEMPT_TAG = f"{TAG_PREFIX}attempt"
+"""Tag of a fresh ID per run a job opens in the store (see :func:`drop_duplicate_runs`)."""
+
+
+def drop_duplicate_runs(client: Any, experiment_id: str, tag: str, value: str,
+                        keep: str) -> list[str]:
+    """Delete the runs tagged ``tag = value`` other than ``keep``: one run was created twice.
+
+    MLflow's HTTP client retries a request whose answer was lost (a tracking server killed or
+    restarted mid-request, a dropped connection), and a ``runs/create`` that the server had
+    already committed then creates a second run. The duplicate holds nothing but its tags; it is
+    deleted (MLflow's soft delete), so every job shows exactly one run.
+
+    Returns:
+        The IDs of the runs deleted.
+    """
+    found = client.search_runs([experiment_id], f"tags.`{tag}` = '{value}'", max_results=100)
+    extra = [run.info.run_id for run in found if run.info.run_id != keep]
+    for run_id in extra:
+        client.delete_run(run_id)
+    if extra:
+        log.warning("run %s was created %d times (a retried request); the copies %s deleted",
+                    keep, len(extra) + 1, ", ".join(extra))
+    return extra
 
 
 def end_stale_runs(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> list[str]:

@@ -18,6 +18,8 @@ from cesynth.settings import TrainSettings
 from cesynth.train import train
 
 TINY_GRID = (32, 40, 32)
+SMALL_GRID = (16, 16, 6)
+SMALL_FOREGROUND = (1, 5)
 
 
 def cached_training_subject(root: Path, rng: np.random.Generator) -> Path:
@@ -67,3 +69,24 @@ def trained_checkpoint(root: Path, settings: dict, preprocessing: dict) -> Path:
     summary = train([cache], [], root / "run", train_settings, preprocessing=preprocessing)
     stretch_output(summary["checkpoint_best"], train_settings, cache)
     return Path(summary["checkpoint_best"])
+
+
+def small_cached_subject(root: Path, name: str, rng: np.random.Generator) -> Path:
+    """A :data:`SMALL_GRID` subject cached for training (seconds of CPU per run): smooth random
+    T1/T2/ADC, a CE-T1 that depends on them plus an enhancing blob."""
+    affine = np.eye(4)
+    shape = SMALL_GRID
+    t1, t2, adc = (np.clip(ndimage.gaussian_filter(rng.random(shape), 1.5) * 2 - 0.5, 0, 1)
+                   for _ in range(3))
+    blob = np.zeros(shape)
+    blob[6:10, 6:10, 2:5] = 0.4
+    ce = np.clip(0.7 * t1 + 0.2 * t2 + blob, 0, 1)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[2:14, 2:14, SMALL_FOREGROUND[0]:SMALL_FOREGROUND[1] + 1] = 1
+    paths = {}
+    for key, volume in {"T1w": t1, "T2w": t2, "adc": adc, "ceT1w": ce}.items():
+        paths[key] = save_nifti(volume * mask, affine, root / f"{name}_{key}.nii.gz")
+    mask_path = save_nifti(mask, affine, root / f"{name}_space-model_desc-brain_mask.nii.gz",
+                           dtype=np.uint8)
+    sidecar = write_json({"foreground_slices": list(SMALL_FOREGROUND)}, root / f"{name}_mask.json")
+    return cache_subject(paths, mask_path, sidecar, root / "cache", subject=name)
