@@ -114,6 +114,10 @@ def _add_phantom(parser: argparse.ArgumentParser) -> None:
                         help="bids (default): the demo cohort; ucsf-pdgm or brats: the cohort "
                              "in that published layout (co-registered, skull-stripped, ADC "
                              "map, tumor label map), the input of `cesynth import`")
+    parser.add_argument("--flair", action="store_true",
+                        help="bids layout: also write each subject's FLAIR (inversion recovery, "
+                             "CSF nulled; the other images are the same with or without it). "
+                             "The published layouts always have one")
 
 
 def run_phantom(args: argparse.Namespace) -> dict:
@@ -133,7 +137,8 @@ def run_phantom(args: argparse.Namespace) -> dict:
                 "cases": [folder.name for folder in folders]}
     phantom.guard_demo_target(args.out)
     plan = phantom.make_cohort(args.out, args.subjects, seed=args.seed, n_set_b=args.set_b,
-                               settings=phantom.PhantomSettings(voxel_mm=args.voxel_mm))
+                               settings=phantom.PhantomSettings(voxel_mm=args.voxel_mm),
+                               flair=args.flair)
     return {"bids_dir": str(args.out), "subjects": plan["participant_id"].tolist(),
             "set": plan["set"].tolist()}
 
