@@ -24,13 +24,16 @@ SETTINGS = PhantomSettings(voxel_mm=4.0)
 N_CASES = 2
 # (layout, BraTS naming) -> source file suffix per key, as the releases name them
 SOURCES = {
-    ("ucsf-pdgm", "2023"): {"sep": "_", "T1w": "T1", "ceT1w": "T1c", "T2w": "T2", "adc": "ADC",
+    ("ucsf-pdgm", "2023"): {"sep": "_", "T1w": "T1", "ceT1w": "T1c", "T2w": "T2",
+                            "FLAIR": "FLAIR", "adc": "ADC",
                             "md": "DTI_eddy_MD", "seg": "tumor_segmentation",
                             "brain": "brain_segmentation", "folder": "{case}_nifti",
                             "enhancing": [4], "whole": [1, 2, 4]},
-    ("brats", "2023"): {"sep": "-", "T1w": "t1n", "ceT1w": "t1c", "T2w": "t2w", "seg": "seg",
+    ("brats", "2023"): {"sep": "-", "T1w": "t1n", "ceT1w": "t1c", "T2w": "t2w", "FLAIR": "t2f",
+                        "seg": "seg",
                         "folder": "{case}", "enhancing": [3], "whole": [1, 2, 3]},
-    ("brats", "2017"): {"sep": "_", "T1w": "t1", "ceT1w": "t1ce", "T2w": "t2", "seg": "seg",
+    ("brats", "2017"): {"sep": "_", "T1w": "t1", "ceT1w": "t1ce", "T2w": "t2", "FLAIR": "flair",
+                        "seg": "seg",
                         "folder": "{case}", "enhancing": [4], "whole": [1, 2, 4]},
 }
 LAYOUT_IDS = ["ucsf-pdgm", "brats2023", "brats2017"]
@@ -83,6 +86,19 @@ def _copy_cohort(source: Path, dest: Path) -> Path:
 
 
 @pytest.mark.parametrize("key", list(SOURCES), ids=LAYOUT_IDS)
+def test_imported_flair_is_planned_and_discovered(imported, cohorts, key):
+    """The plan from file names (what the workflow knows before the import ran) names the FLAIR
+    the import writes, and BIDS discovery finds it there."""
+    from cesynth.ingest import discover_bids
+
+    bids = imported[key]["bids"]
+    planned = {s.scan_id: s.flair for s in importing.planned_scans(cohorts[key], bids, key[0])}
+    found = {s.scan_id: s.flair for s in discover_bids(bids)}
+    assert planned == found and len(found) == N_CASES
+    assert all(path.name.endswith("_FLAIR.nii.gz") and path.is_file() for path in found.values())
+
+
+@pytest.mark.parametrize("key", list(SOURCES), ids=LAYOUT_IDS)
 def test_import_writes_the_bids_layout_with_identical_voxels(imported, cohorts, key):
     run = imported[key]
     assert run["result"].returncode == 0, run["result"].stderr
@@ -95,7 +111,8 @@ def test_import_writes_the_bids_layout_with_identical_voxels(imported, cohorts, 
         sub = bids / f"sub-{label}"
         pairs = {"T1w": sub / "anat" / f"sub-{label}_T1w.nii.gz",
                  "ceT1w": sub / "anat" / f"sub-{label}_ce-gadolinium_T1w.nii.gz",
-                 "T2w": sub / "anat" / f"sub-{label}_T2w.nii.gz"}
+                 "T2w": sub / "anat" / f"sub-{label}_T2w.nii.gz",
+                 "FLAIR": sub / "anat" / f"sub-{label}_FLAIR.nii.gz"}
         if key[0] == "ucsf-pdgm":
             pairs["adc"] = sub / "dwi" / f"sub-{label}_adc.nii.gz"
             pairs["brain"] = sub / "anat" / f"sub-{label}_desc-brain_mask.nii.gz"

@@ -370,6 +370,8 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
                                                     "T1->ADC cascade, else zero-filled")
     parser.add_argument("--bval", type=Path, help="FSL .bval of --dwi")
     parser.add_argument("--bvec", type=Path, help="FSL .bvec of --dwi")
+    parser.add_argument("--flair", type=Path,
+                        help="FLAIR, for a model that takes it (missing: zero-filled)")
     parser.add_argument("--model", required=True, metavar="URI_OR_PATH",
                         help="checkpoint file, runs:/<run_id> or models:/<name>/<version|alias>")
     parser.add_argument("--out", required=True, type=Path,
@@ -410,7 +412,8 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> dict:
-    """Synthesize a new patient's CE-T1 from raw T1, T2 and ADC or DWI (preprocessing included)."""
+    """Synthesize a new patient's CE-T1 from raw T1, T2, ADC or DWI and FLAIR (preprocessing
+    included)."""
     import torch
 
     from cesynth import predict
@@ -424,7 +427,7 @@ def run_predict(args: argparse.Namespace) -> dict:
         model_grid=tuple(args.model_grid) if args.model_grid else None,
         normalise=args.normalise, threads=args.threads, device=args.device, seed=args.seed,
         work_dir=args.keep_work, cascade={"T2w": args.cascade_t2, "adc": args.cascade_adc},
-        use_cascade=not args.no_cascade)
+        use_cascade=not args.no_cascade, flair=args.flair)
 
 
 def _add_results_folder(parser: argparse.ArgumentParser) -> None:
