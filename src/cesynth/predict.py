@@ -247,7 +247,7 @@ def _converted_series(given: Mapping[str, PathLike | None], folder: Path
     """The inputs with each DICOM series folder replaced by its conversion to NIfTI."""
     files = dict(given)
     for name in ("t1", "t2", "adc", "dwi", "flair"):
-        if given[name] is None or not Path(given[name]).is_dir():
+        if given.get(name) is None or not Path(given[name]).is_dir():
             continue
         # a scanner's ADC map is in its unit only with display scaling (Philips precise-float
         # values are not): then adc_maps.detect_adc_unit reads the unit as for any given map
