@@ -93,6 +93,34 @@ def get_import_scans():
     )
 
 
+def get_input_modalities():
+    """Every input a model of the run takes, train.modalities first, then those only a declared
+    experiment or sweep point names (the cascade models take the T1 alone): the training
+    caches' channels. Read from the config, as the subjects' inputs are known before the
+    experiments are expanded."""
+    found = dict.fromkeys(config["train"]["modalities"])
+    for overrides in config["experiments"].values():
+        found.update(dict.fromkeys((overrides or {}).get("modalities", ())))
+    for grid in config["sweeps"].values():
+        for point in (grid or {}).get("modalities", ()):
+            found.update(dict.fromkeys(point))
+    return list(found)
+
+
+INPUT_MODALITIES = get_input_modalities()
+
+
+def is_flair_declared():
+    """A model takes the FLAIR: only then is it validated (and required), registered and
+    normalised."""
+    return ingest.FLAIR in INPUT_MODALITIES
+
+
+def is_demo_flair():
+    """The demo phantom writes a FLAIR: when asked (demo.flair) or when a model takes it."""
+    return config["demo"]["flair"] or is_flair_declared()
+
+
 def get_demo_settings():
     """The demo config, ``flair`` resolved (asked for, or a model takes the FLAIR)."""
     return {**config["demo"], "flair": is_demo_flair()}
@@ -137,6 +165,9 @@ def get_scans():
     return {scan.scan_id: scan for scan in scans if scan.scan_id not in excluded}
 
 
+SCANS = get_scans()
+
+
 def get_seeds():
     """The declared seeds (evaluation.seeds); empty: train.seed alone."""
     return list(config["evaluation"]["seeds"])
@@ -162,32 +193,6 @@ def get_experiments():
 
 
 EXPERIMENTS = get_experiments()
-
-
-def get_input_modalities():
-    """Every input a model of the run takes, train.modalities first, then those only an
-    experiment names: the training caches' channels."""
-    found = dict.fromkeys(config["train"]["modalities"])
-    for experiment in EXPERIMENTS.values():
-        found.update(dict.fromkeys(experiment.settings.get("modalities", ())))
-    return list(found)
-
-
-INPUT_MODALITIES = get_input_modalities()
-
-
-def is_flair_declared():
-    """A model takes the FLAIR: only then is it validated (and required), registered and
-    normalised."""
-    return ingest.FLAIR in INPUT_MODALITIES
-
-
-def is_demo_flair():
-    """The demo phantom writes a FLAIR: when asked (demo.flair) or when a model takes it."""
-    return config["demo"]["flair"] or is_flair_declared()
-
-
-SCANS = get_scans()
 
 
 wildcard_constraints:
