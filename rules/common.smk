@@ -93,6 +93,39 @@ def get_import_scans():
     )
 
 
+def get_input_modalities():
+    """Every input a model of the run takes, train.modalities first, then those only a declared
+    experiment or sweep point names (the cascade models take the T1 alone): the training
+    caches' channels. Read from the config, as the subjects' inputs are known before the
+    experiments are expanded."""
+    found = dict.fromkeys(config["train"]["modalities"])
+    for overrides in config["experiments"].values():
+        found.update(dict.fromkeys((overrides or {}).get("modalities", ())))
+    for grid in config["sweeps"].values():
+        for point in (grid or {}).get("modalities", ()):
+            found.update(dict.fromkeys(point))
+    return list(found)
+
+
+INPUT_MODALITIES = get_input_modalities()
+
+
+def is_flair_declared():
+    """A model takes the FLAIR: only then is it validated (and required), registered and
+    normalised."""
+    return ingest.FLAIR in INPUT_MODALITIES
+
+
+def is_demo_flair():
+    """The demo phantom writes a FLAIR: when asked (demo.flair) or when a model takes it."""
+    return config["demo"]["flair"] or is_flair_declared()
+
+
+def get_demo_settings():
+    """The demo config, ``flair`` resolved (asked for, or a model takes the FLAIR)."""
+    return {**config["demo"], "flair": is_demo_flair()}
+
+
 def get_demo_plan():
     """The demo cohort's plan; the split fractions let its validation subjects hold lesions of
     every type."""
@@ -116,12 +149,14 @@ def get_scans():
         scans = get_import_scans()
     elif is_demo():
         scans = [
-            ingest.expected_scan(BIDS, row.participant_id.removeprefix("sub-"), row.set)
+            ingest.expected_scan(
+                BIDS, row.participant_id.removeprefix("sub-"), row.set, flair=is_demo_flair()
+            )
             for row in get_demo_plan().itertuples()
         ]
     elif is_dicom():
         scans = [
-            ingest.expected_scan(BIDS, label, "A")
+            ingest.expected_scan(BIDS, label, "A", flair=is_flair_declared())
             for label in ingest.list_dicom_subjects(config["dicom_dir"])
         ]
     else:
@@ -166,7 +201,7 @@ EXPERIMENTS = get_experiments()
 
 wildcard_constraints:
     subject=ingest.SCAN_ID_PATTERN,
-    modality="T1w|T2w|adc|ceT1w",
+    modality="T1w|T2w|adc|ceT1w|FLAIR",
     stage="[a-z]+",
     experiment="[a-zA-Z0-9-]+",
     trunk="t[0-9a-f]+",
@@ -208,6 +243,8 @@ def get_raw_inputs(wildcards):
         # not a raw input (validation must not rerun when ingest.skull_stripped changes):
         # mask_brain reads and checks it
         "adc": scan.adc if scan.adc_source == "map" else None,
+        # the FLAIR only where a model takes it (else it is never read)
+        "flair": scan.flair if is_flair_declared() else None,
     }
     return {key: str(path) for key, path in files.items() if path is not None}
 
@@ -251,6 +288,8 @@ def get_demo_subject_outputs():
         "t2w": bids_path(BIDS, "{subject}", "anat", "T2w"),
         **get_phantom_truth_paths("{subject}", *PHANTOM_TRUTH_KEYS),
     }
+    if is_demo_flair():
+        outputs["flair"] = bids_path(BIDS, "{subject}", "anat", ingest.FLAIR)
     for ext in (".nii.gz", ".bval", ".bvec"):
         outputs[f"dwi{ext.replace('.', '_')}"] = bids_path(BIDS, "{subject}", "dwi", "dwi", ext=ext)
     return outputs
@@ -308,9 +347,10 @@ def paths_of(pattern, **wildcards):
 
 def get_modalities(scan):
     """The images of a scan on the model grid: T1w and CE-T1, then T2w and ADC (fitted from the
-    DWI, or the given ADC map) where the scan has them."""
+    DWI, or the given ADC map) where the scan has them, and the FLAIR where a model takes it."""
     adc = ["adc"] if scan.adc_source is not None else []
-    return ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else []) + adc
+    flair = [ingest.FLAIR] if scan.flair and is_flair_declared() else []
+    return ["T1w", "ceT1w"] + (["T2w"] if scan.t2w else []) + adc + flair
 
 
 def get_cet1w(wildcards):
@@ -469,7 +509,7 @@ def get_qc_rows(wildcards):
     rows = []
     for scan_id, scan in SCANS.items():
         modalities = get_modalities(scan)
-        anat = [m for m in modalities if m in ("T1w", "T2w")]
+        anat = [m for m in modalities if m in ("T1w", "T2w", ingest.FLAIR)]
         dwi = "adc" in modalities
         per_job = {
             "adc": [(rules.fit_adc.output.qc, {})] if dwi else [],
@@ -944,12 +984,18 @@ def get_status_scans():
             session=scan.session,
             set=scan.set,
             split=get_split(scan_id),
-            modalities=scan.available_modalities(),
+            modalities=get_status_modalities(scan),
             tumor_mask=scan.tumor_mask is not None,
             phantom_truth=has_lesion_truth(scan_id),
         )
         for scan_id, scan in SCANS.items()
     ]
+
+
+def get_status_modalities(scan):
+    """The scan's images as its ingest report will list them (the FLAIR only when read)."""
+    present = scan.available_modalities()
+    return tuple(m for m in present if m != ingest.FLAIR or is_flair_declared())
 
 
 def refresh_status():

@@ -47,6 +47,7 @@ rule validate_subject:
         b_values=config["ingest"]["b_values"],
         b_tolerance=config["ingest"]["b_tolerance"],
         required_b_values=config["ingest"]["required_b_values"],
+        require_flair=is_flair_declared(),
     threads: 1
     resources:
         mem_mb=grows_with_attempt(2000),

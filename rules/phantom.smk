@@ -11,7 +11,7 @@ rule make_demo_dataset_files:
     benchmark:
         f"{BENCH}/make_demo_dataset_files.tsv"
     params:
-        demo=config["demo"],
+        demo=get_demo_settings(),
         sets=config["sets"],
     threads: 1
     resources:
@@ -24,7 +24,8 @@ rule make_demo_dataset_files:
 
 
 rule make_demo_subject:
-    """One synthetic patient: T1w, CE-T1, T2w, DWI with sidecars, plus the ground truth."""
+    """One synthetic patient: T1w, CE-T1, T2w, DWI (and FLAIR when asked) with sidecars, plus the
+    ground truth."""
     input:
         # ancient: a change of cohort size rewrites the description but must not remake subjects
         description=ancient(rules.make_demo_dataset_files.output.description),

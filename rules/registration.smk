@@ -1,10 +1,10 @@
-# ANTs co-registration of T1w, T2w and DWI (applied to the ADC) to the native CE-T1 grid; or,
-# for a dataset declared co-registered (ingest.coregistered), a checked identity that makes the
-# same files.
+# ANTs co-registration of T1w, T2w, FLAIR (when a model takes it) and DWI (applied to the ADC) to
+# the native CE-T1 grid; or, for a dataset declared co-registered (ingest.coregistered), a checked
+# identity that makes the same files.
 
 
 rule register_anat_to_cet1w:
-    """T1w or T2w to the CE-T1: rigid then affine, mutual information, resampled linearly."""
+    """T1w, T2w or FLAIR to the CE-T1: rigid then affine, mutual information, resampled linearly."""
     input:
         unpack(get_registration_truth),
         fixed=get_cet1w,
@@ -20,7 +20,7 @@ rule register_anat_to_cet1w:
         f"{BENCH}/register_anat_to_cet1w/sub-{{subject}}_{{modality}}.tsv"
     wildcard_constraints:
         subject=get_registration_subject_regex(False),
-        modality="T1w|T2w",
+        modality="T1w|T2w|FLAIR",
     params:
         seed=config["registration"]["seed"],
     threads: config["registration"]["threads"]
@@ -64,8 +64,8 @@ rule register_dwi_to_cet1w:
 
 
 rule coregistered_anat_to_cet1w:
-    """T1w or T2w declared on the CE-T1 grid: the grid checked, the image copied, an identity
-    transform written."""
+    """T1w, T2w or FLAIR declared on the CE-T1 grid: the grid checked, the image copied, an
+    identity transform written."""
     input:
         fixed=get_cet1w,
         moving=get_anat_image,
@@ -80,7 +80,7 @@ rule coregistered_anat_to_cet1w:
         f"{BENCH}/coregistered_anat_to_cet1w/sub-{{subject}}_{{modality}}.tsv"
     wildcard_constraints:
         subject=get_registration_subject_regex(True),
-        modality="T1w|T2w",
+        modality="T1w|T2w|FLAIR",
     params:
         declared="coregistered",
     threads: 1

@@ -14,7 +14,7 @@ rule cache_training_subject:
     benchmark:
         f"{BENCH}/cache_training_subject/sub-{{subject}}.tsv"
     params:
-        modalities=config["train"]["modalities"],
+        modalities=INPUT_MODALITIES,
     threads: 1
     resources:
         mem_mb=grows_with_attempt(4000),

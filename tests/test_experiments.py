@@ -206,12 +206,13 @@ def test_cascade_models_take_the_t1_alone_with_no_local_loss():
 
 @pytest.mark.parametrize(("condition", "parsed"), [
     ("zero-T2w", ("zero", ("T2w",))), ("zero-T2w-adc", ("zero", ("T2w", "adc"))),
-    ("cascade-T2w-adc", ("cascade", ("T2w", "adc")))])
+    ("zero-FLAIR", ("zero", ("FLAIR",))), ("cascade-T2w-adc", ("cascade", ("T2w", "adc")))])
 def test_input_conditions_parse(condition, parsed):
     assert experiments.condition_inputs(condition) == parsed
 
 
-@pytest.mark.parametrize("condition", ["zero-", "cascade-T1w", "drop-T2w", "zero-FLAIR"])
+@pytest.mark.parametrize("condition", ["zero-", "cascade-T1w", "drop-T2w", "cascade-FLAIR",
+                                       "zero-PD"])
 def test_bad_input_conditions_are_refused(condition):
     with pytest.raises(ValueError, match="unknown input condition"):
         experiments.condition_inputs(condition)

@@ -4,6 +4,7 @@ the pipeline's own validation of the result; the workflow's dry run with import_
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,13 +25,16 @@ SETTINGS = PhantomSettings(voxel_mm=4.0)
 N_CASES = 2
 # (layout, BraTS naming) -> source file suffix per key, as the releases name them
 SOURCES = {
-    ("ucsf-pdgm", "2023"): {"sep": "_", "T1w": "T1", "ceT1w": "T1c", "T2w": "T2", "adc": "ADC",
+    ("ucsf-pdgm", "2023"): {"sep": "_", "T1w": "T1", "ceT1w": "T1c", "T2w": "T2",
+                            "FLAIR": "FLAIR", "adc": "ADC",
                             "md": "DTI_eddy_MD", "seg": "tumor_segmentation",
                             "brain": "brain_segmentation", "folder": "{case}_nifti",
                             "enhancing": [4], "whole": [1, 2, 4]},
-    ("brats", "2023"): {"sep": "-", "T1w": "t1n", "ceT1w": "t1c", "T2w": "t2w", "seg": "seg",
+    ("brats", "2023"): {"sep": "-", "T1w": "t1n", "ceT1w": "t1c", "T2w": "t2w", "FLAIR": "t2f",
+                        "seg": "seg",
                         "folder": "{case}", "enhancing": [3], "whole": [1, 2, 3]},
-    ("brats", "2017"): {"sep": "_", "T1w": "t1", "ceT1w": "t1ce", "T2w": "t2", "seg": "seg",
+    ("brats", "2017"): {"sep": "_", "T1w": "t1", "ceT1w": "t1ce", "T2w": "t2", "FLAIR": "flair",
+                        "seg": "seg",
                         "folder": "{case}", "enhancing": [4], "whole": [1, 2, 4]},
 }
 LAYOUT_IDS = ["ucsf-pdgm", "brats2023", "brats2017"]
@@ -83,6 +87,19 @@ def _copy_cohort(source: Path, dest: Path) -> Path:
 
 
 @pytest.mark.parametrize("key", list(SOURCES), ids=LAYOUT_IDS)
+def test_imported_flair_is_planned_and_discovered(imported, cohorts, key):
+    """The plan from file names (what the workflow knows before the import ran) names the FLAIR
+    the import writes, and BIDS discovery finds it there."""
+    from cesynth.ingest import discover_bids
+
+    bids = imported[key]["bids"]
+    planned = {s.scan_id: s.flair for s in importing.planned_scans(cohorts[key], bids, key[0])}
+    found = {s.scan_id: s.flair for s in discover_bids(bids)}
+    assert planned == found and len(found) == N_CASES
+    assert all(path.name.endswith("_FLAIR.nii.gz") and path.is_file() for path in found.values())
+
+
+@pytest.mark.parametrize("key", list(SOURCES), ids=LAYOUT_IDS)
 def test_import_writes_the_bids_layout_with_identical_voxels(imported, cohorts, key):
     run = imported[key]
     assert run["result"].returncode == 0, run["result"].stderr
@@ -95,7 +112,8 @@ def test_import_writes_the_bids_layout_with_identical_voxels(imported, cohorts, 
         sub = bids / f"sub-{label}"
         pairs = {"T1w": sub / "anat" / f"sub-{label}_T1w.nii.gz",
                  "ceT1w": sub / "anat" / f"sub-{label}_ce-gadolinium_T1w.nii.gz",
-                 "T2w": sub / "anat" / f"sub-{label}_T2w.nii.gz"}
+                 "T2w": sub / "anat" / f"sub-{label}_T2w.nii.gz",
+                 "FLAIR": sub / "anat" / f"sub-{label}_FLAIR.nii.gz"}
         if key[0] == "ucsf-pdgm":
             pairs["adc"] = sub / "dwi" / f"sub-{label}_adc.nii.gz"
             pairs["brain"] = sub / "anat" / f"sub-{label}_desc-brain_mask.nii.gz"
@@ -382,13 +400,15 @@ def test_import_refuses_adc_in_no_unit_and_zero_voxel_size(case, problem, tmp_pa
 
 # Per layout: the inputs the model can use, the ADC source and brain mask QC records (BraTS
 # publishes no diffusion and no brain mask: the model learns from T1 and T2, the mask is the
-# nonzero region of the skull-stripped CE-T1). Cases: enough for the ID hash to put one in the
-# Set A test split (UCSF-PDGM 0001 of 3, BraTS 00004 of 4).
+# nonzero region of the skull-stripped CE-T1), and further experiments (BraTS: T1 + T2 against
+# T1 + T2 + FLAIR, issue 25). Cases: enough for the ID hash to put one in the Set A test split
+# (UCSF-PDGM 0001 of 3, BraTS 00004 of 4).
+FLAIR_INPUTS = ["T1w", "T2w", "FLAIR"]
 END_TO_END = {
     "ucsf-pdgm": {"modalities": ["T1w", "T2w", "adc"], "adc_sources": {"given ADC map"},
-                  "mask": "provided", "cases": 3},
+                  "mask": "provided", "cases": 3, "experiments": {}},
     "brats": {"modalities": ["T1w", "T2w"], "adc_sources": set(), "mask": "nonzero",
-              "cases": 4},
+              "cases": 4, "experiments": {"flair": {"modalities": FLAIR_INPUTS}}},
 }
 
 
@@ -409,7 +429,8 @@ def test_an_imported_cohort_runs_to_evaluation_and_release(tmp_path, layout):
                "demo": {"enabled": False}, "import_dir": str(source),
                "import": {"layout": layout, "set": "A"},
                "ingest": {"coregistered": True, "skull_stripped": True},
-               "release": {"gates": {"require_score": False}}}
+               "release": {"gates": {"require_score": False}},
+               "experiments": {"default": {}, **END_TO_END[layout]["experiments"]}}
     config["train"] = {**config["train"], "modalities": END_TO_END[layout]["modalities"]}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -428,3 +449,46 @@ def test_an_imported_cohort_runs_to_evaluation_and_release(tmp_path, layout):
     assert json.loads((results / "release" / "default.json").read_text())["version"] == 1
     status = read_tsv(results / "qc" / "status.tsv")
     assert set(status["state"]) <= {"done", "not needed"}
+    if "flair" in END_TO_END[layout]["experiments"]:
+        _check_the_flair_model(tmp_path, results, scored[0])
+
+
+def _check_the_flair_model(workdir: Path, results: Path, scored: Path) -> None:
+    """The FLAIR imported from the BraTS layout went through every stage of the model that
+    takes it, beside the T1 + T2 model: brought to the CE-T1 grid, normalised, cached as a
+    channel, trained on, scored, released and given to `cesynth predict --flair`."""
+    import torch
+
+    cases = END_TO_END["brats"]["cases"]
+    for stage in ("registration", "normalise"):
+        rows = read_tsv(results / "qc" / f"{stage}.tsv")
+        assert (rows["modality"] == "FLAIR").sum() == cases, stage
+    caches = sorted((results / "train" / "cache").glob("sub-*/*_cache.json"))
+    assert caches and all(json.loads(c.read_text())["modalities"] == FLAIR_INPUTS
+                          for c in caches)
+    checkpoint = torch.load(results / "train" / "flair" / "checkpoint_final.pt",
+                            weights_only=False)
+    assert checkpoint["preprocessing"]["modalities"] == FLAIR_INPUTS
+    subject = scored.parent.name
+    synthetic = json.loads((results / "eval" / "flair" / subject /
+                            f"{subject}_space-model_desc-synthetic_ceT1w.json").read_text())
+    assert synthetic["InputModalities"] == FLAIR_INPUTS
+    metrics = read_tsv(results / "eval" / "metrics.tsv")
+    assert set(metrics["model"]) == {"default", "flair"}
+    release = json.loads((results / "release" / "flair.json").read_text())
+    assert release["champion"] and release["model_uri"] == "models:/cesynth-flair/1"
+    card = (results / "release" / "flair_model_card.md").read_text()
+    assert "T1w, T2w, FLAIR" in card
+
+    anat = workdir / "bids" / subject / "anat"
+    out = workdir / "predicted.nii.gz"
+    result = subprocess.run(
+        [CESYNTH, "predict", "--t1", anat / f"{subject}_T1w.nii.gz",
+         "--t2", anat / f"{subject}_T2w.nii.gz", "--flair", anat / f"{subject}_FLAIR.nii.gz",
+         "--brainmask-method", "nonzero", "--model", "models:/cesynth-flair@champion",
+         "--out", out], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{results / 'mlflow.db'}"})
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads(out.with_name("predicted.json").read_text())
+    assert sidecar["InputModalities"] == FLAIR_INPUTS and sidecar["MissingModalities"] == []
+    assert f"{subject}_FLAIR.nii.gz" in sidecar["Sources"]

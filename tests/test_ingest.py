@@ -208,6 +208,28 @@ def test_missing_target_is_accepted_for_prediction(tmp_path):
     assert report["missing"] == ["ceT1w"]
 
 
+def test_a_declared_flair_that_is_missing_stops_the_subject_with_one_line(tmp_path):
+    message = _validation_error(tmp_path, lambda p: None,
+                                validation_options={"require_flair": True})
+    assert message == ("sub-07: sub-07_FLAIR.nii.gz: missing (a model's inputs, train.modalities "
+                       "or an experiment's, include FLAIR; add it, or list 07 in "
+                       "ingest.exclude_subjects)")
+
+
+def test_a_flair_is_found_checked_and_reported_but_never_missing_unless_declared(tmp_path):
+    root = make_dataset(tmp_path / "bids")
+    paths = add_subject(root, "07", modalities=("T1w", "ceT1w", "T2w", "FLAIR", "dwi"))
+    add_subject(root, "08")
+    with_flair, without = discover_bids(root)
+    assert with_flair.flair == paths["FLAIR"] and without.flair is None
+    report = validate_scan(with_flair, require_flair=True)
+    assert report["modalities"][-1] == "FLAIR" and report["files"]["FLAIR"]["shape"] == list(SHAPE)
+    assert validate_scan(without)["missing"] == []  # an optional input, not declared
+    save(np.full(SHAPE, 3.0, np.float32), paths["FLAIR"])
+    with pytest.raises(InputError, match=r"^sub-07: sub-07_FLAIR.nii.gz: constant image"):
+        validate_scan(with_flair)
+
+
 def test_missing_t1w_is_reported(tmp_path):
     message = _validation_error(tmp_path, lambda p: None, modalities=("ceT1w", "T2w", "dwi"))
     assert message == "sub-07: sub-07_T1w.nii.gz: missing (T1w is always required)"

@@ -664,3 +664,129 @@ def test_validation_coverage_for_many_cohort_sizes() -> None:
                                        fractions=fractions)
             with_validation += _check_validation_coverage(plan, fractions) > 0
     assert with_validation > 60  # the rule was exercised, not vacuously true
+
+
+# ----------------------------------------------------------------------------- FLAIR
+
+
+def test_flair_signal_equation_and_csf_null() -> None:
+    # S = PD |1 - 2 exp(-TI/T1) + exp(-TR/T1)| exp(-TE/T2), by hand
+    expected = 0.8 * abs(1 - 2 * math.exp(-2500 / 1500) + math.exp(-9000 / 1500)) * math.exp(-0.9)
+    assert phantom.inversion_recovery_signal(0.8, 1500.0, 100.0, tr_ms=9000.0, te_ms=90.0,
+                                             ti_ms=2500.0) == pytest.approx(expected, rel=1e-12)
+    ti = phantom.null_inversion_time_ms(4250.0, 9000.0)
+    assert phantom.inversion_recovery_signal(1.0, 4250.0, 1800.0, 9000.0, 90.0, ti) == (
+        pytest.approx(0.0, abs=1e-12))
+    # the phantom's FLAIR: TI about 2500 ms at TR 9000 ms, nulling the CSF's mid-range T1
+    assert phantom.FLAIR_IR["tr_ms"] == 9000.0 and 2300 < phantom.FLAIR_IR["ti_ms"] < 2600
+
+
+def test_flair_edema_is_brighter_than_white_matter_at_the_ranges_worst_corner() -> None:
+    """The edema's longest T1 and shortest T2 against the white matter's shortest T1 and longest
+    T2: the FLAIR's TE keeps every edema a subject can draw above every white matter."""
+    edema, wm = phantom.TISSUE_RANGES["edema"], phantom.TISSUE_RANGES["wm"]
+    darkest_edema = phantom.inversion_recovery_signal(
+        edema["pd"][0], edema["t1_ms"][1], edema["t2_ms"][0], **phantom.FLAIR_IR)
+    brightest_wm = phantom.inversion_recovery_signal(
+        wm["pd"][0], wm["t1_ms"][0], wm["t2_ms"][1], **phantom.FLAIR_IR)
+    assert darkest_edema > brightest_wm
+
+
+def _flair_signal(tissue: str, corner: str = "mid") -> float:
+    """Noise-free FLAIR signal of a tissue at the middle (or an end) of its SPEC ranges."""
+    ranges = phantom.TISSUE_RANGES[tissue]
+    pick = {"mid": lambda r: sum(r) / 2, "low": min, "high": max}[corner]
+    return float(phantom.inversion_recovery_signal(
+        ranges["pd"][0], pick(ranges["t1_ms"]), pick(ranges["t2_ms"]), **phantom.FLAIR_IR))
+
+
+@pytest.mark.parametrize("corner", ["low", "mid", "high"])
+def test_flair_darkens_csf_and_brightens_edema_and_t2_lesions(corner: str) -> None:
+    white_matter = _flair_signal("wm", corner)
+    # every CSF T1 the phantom draws stays near the null (the CSF is the T2w's brightest tissue)
+    assert _flair_signal("csf", corner) < 0.25 * white_matter
+    for tissue in ("edema", "rim", "lgg", "gliosis"):
+        assert _flair_signal(tissue, corner) > 1.1 * white_matter, tissue
+
+
+@pytest.fixture(scope="module")
+def flair_subject(tmp_path_factory: pytest.TempPathFactory
+                  ) -> tuple[dict[str, Path], dict[str, Path], phantom.SubjectScans]:
+    """The archetype subject written with and without a FLAIR, and its simulation."""
+    row = {"participant_id": "sub-09", "set": "B", "n_tumors": 5,
+           "lesion_types": ";".join(ALL_TYPES + ["solid"]), "subject_seed": 11}
+    with_flair = phantom.write_subject(tmp_path_factory.mktemp("flair"), row, SETTINGS,
+                                       flair=True)
+    without = phantom.write_subject(tmp_path_factory.mktemp("noflair"), row, SETTINGS)
+    return with_flair, without, phantom.simulate_subject(11, row["lesion_types"], SETTINGS,
+                                                         flair=True)
+
+
+def test_writing_flair_leaves_every_other_file_bit_identical(flair_subject) -> None:
+    with_flair, without, _ = flair_subject
+    assert set(with_flair) - set(without) == {"FLAIR", "FLAIR_json"}
+    assert with_flair["FLAIR"].name == "sub-09_FLAIR.nii.gz"
+    for key, path in without.items():
+        if key == "transforms":  # gains the FLAIR's transform, the others unchanged
+            flair_truth = json.loads(with_flair[key].read_text())
+            for name, value in json.loads(path.read_text()).items():
+                if name == "head_pose":
+                    assert flair_truth[name] == {**value, "FLAIR": flair_truth[name]["FLAIR"]}
+                else:
+                    assert flair_truth[name] == value, name
+            assert {"ceT1w_to_FLAIR", "FLAIR_to_ceT1w"} <= set(flair_truth)
+        else:
+            assert with_flair[key].read_bytes() == path.read_bytes(), key
+    sidecar = json.loads(with_flair["FLAIR_json"].read_text())
+    assert sidecar["InversionTime"] == phantom.FLAIR_IR["ti_ms"] / 1000
+    assert (sidecar["RepetitionTime"], sidecar["EchoTime"]) == (9.0, 0.12)
+
+
+def test_written_flair_has_dark_csf_and_bright_lesions(flair_subject) -> None:
+    """On the FLAIR's own grid: ventricles/sulci dark, edema and the T2-bright lesions brighter
+    than the white matter, as the equation says once noise, bias and partial volume are in."""
+    with_flair, _, scans = flair_subject
+    anatomy, grid, pose = scans.anatomy, scans.grids["FLAIR"], scans.poses["FLAIR"]
+    image = _load(with_flair["FLAIR"]).astype(np.float64)
+
+    def median_in(tissue: str) -> float:
+        region = (anatomy.labels == phantom.LABEL[tissue]) & (anatomy.indicators["brain"] > 0.5)
+        inside = _fractions_on(anatomy, region, grid, pose) >= 0.9
+        assert inside.sum() >= 3, tissue
+        return float(np.median(image[inside]))
+
+    white_matter = median_in("wm")
+    assert median_in("csf") < 0.3 * white_matter
+    for tissue in ("edema", "lgg", "gliosis"):
+        assert median_in(tissue) > 1.15 * white_matter, tissue
+    transforms = json.loads(with_flair["transforms"].read_text())
+    np.testing.assert_allclose(np.array(transforms["ceT1w_to_FLAIR"]),
+                               np.linalg.inv(pose) @ scans.poses["ceT1w"], atol=1e-12)
+
+
+def test_layout_flair_is_the_inversion_recovery_image(tmp_path: Path) -> None:
+    """The published layouts' FLAIR follows the equation with the case's own tissue parameters:
+    each tissue's median over the white matter's is the equation's ratio (within noise and
+    partial volume), CSF dark."""
+    from cesynth.phantom.layouts import write_layout_cohort
+
+    case = write_layout_cohort(tmp_path / "brats", "brats", 1, seed=2, settings=SETTINGS,
+                               naming="2017")[0]
+    flair = _load(next(case.glob("*_flair.nii.gz"))).astype(np.float64)
+    row = phantom.plan_cohort(1, 2, n_set_b=1, max_tumors=SETTINGS.max_tumors).iloc[0]
+    anatomy = phantom.build_anatomy(int(row.subject_seed), row.lesion_types, SETTINGS)
+    brain = anatomy.indicators["brain"] > 0.5
+
+    def signal(tissue: str) -> float:
+        p = anatomy.tissues[tissue]
+        return float(phantom.inversion_recovery_signal(p.pd, p.t1_ms, p.t2_ms,
+                                                       **phantom.FLAIR_IR))
+
+    def median(tissue: str) -> float:
+        inside = ndimage.binary_erosion(anatomy.labels == phantom.LABEL[tissue]) & brain
+        return float(np.median(flair[inside]))
+
+    assert median("csf") < 0.3 * median("wm")
+    for tissue in ("gm", "edema"):
+        assert median(tissue) / median("wm") == pytest.approx(signal(tissue) / signal("wm"),
+                                                              rel=0.1), tissue

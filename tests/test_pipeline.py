@@ -638,6 +638,29 @@ def test_a_bad_subject_stops_alone_with_one_line(tmp_path):
     assert after == digest
 
 
+def test_a_subject_missing_a_declared_flair_stops_alone_with_one_line(tmp_path):
+    """train.modalities names FLAIR: sub-02, whose FLAIR is missing, stops at validation with
+    one line naming the file, and sub-01 goes on (--keep-going)."""
+    bids = tmp_path / "bids"
+    subprocess.run([CESYNTH, "phantom", "--out", str(bids), "--subjects", "2", "--set-b", "0",
+                    "--voxel-mm", "4", "--flair"], check=True, capture_output=True)
+    (bids / "sub-02/anat/sub-02_FLAIR.nii.gz").unlink()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "bids_dir": str(bids), "results_dir": str(tmp_path / "out"), "demo": {"enabled": False},
+        "train": {"modalities": ["T1w", "T2w", "adc", "FLAIR"]}}))
+    result = snakemake(tmp_path, str(tmp_path / "out/ingest/sets.tsv"), "--cores", "2",
+                       "--keep-going", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    line = ("error: sub-02: sub-02_FLAIR.nii.gz: missing (a model's inputs, train.modalities or "
+            "an experiment's, include FLAIR; add it, or list 02 in ingest.exclude_subjects)")
+    assert line in result.stderr
+    table = read_tsv(tmp_path / "out/qc/ingest.tsv").set_index("scan_id")
+    assert table.loc["01", "status"] == "included" and "FLAIR" in table.loc["01", "modalities"]
+    assert table.loc["02", "status"] == "excluded"
+    assert "sub-02_FLAIR.nii.gz: missing" in table.loc["02", "reason"]
+
+
 def write_subject_as_dicom(bids: Path, subject: str, out: Path) -> None:
     """A phantom subject's four modalities as DICOM series (as a scanner would export them)."""
     from helpers.dicom_writer import write_series_from_volume

@@ -682,3 +682,77 @@ def test_prediction_from_a_registered_release_uses_its_cascade(cohort, cascade_r
         assert sidecar["CascadeModels"][target]["Checkpoint"] == f"{target}.pt"
         assert sidecar["CascadeModels"][target]["CheckpointSHA256"] == sha256(path)
     np.testing.assert_allclose(data(out), data(cascade_run["out"]), atol=1e-5)
+
+
+# ---------------------------------------------------------------- FLAIR
+
+
+FLAIR_INPUTS = ["T1w", "T2w", "adc", "FLAIR"]
+
+
+@pytest.fixture(scope="module")
+def flair_patient(tmp_path_factory) -> dict[str, Path]:
+    """A phantom patient with a FLAIR (inversion recovery, CSF nulled) beside T1, T2 and DWI."""
+    root = tmp_path_factory.mktemp("flair_patient") / "bids"
+    plan = phantom.make_cohort(root, 1, seed=4, n_set_b=0, flair=True,
+                               settings=phantom.PhantomSettings(voxel_mm=4.0))
+    subject = str(plan["participant_id"].iloc[0])
+    return {**scans(root, subject), "flair": root / subject / "anat" / f"{subject}_FLAIR.nii.gz"}
+
+
+@pytest.fixture(scope="module")
+def flair_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model that takes T1, T2, ADC and FLAIR; its record says so."""
+    record = {**PREPROCESSING, "modalities": FLAIR_INPUTS}
+    return trained_checkpoint(tmp_path_factory.mktemp("flair_training"),
+                              {**SETTINGS, "modalities": FLAIR_INPUTS}, record)
+
+
+@pytest.fixture(scope="module")
+def flair_runs(flair_patient, flair_checkpoint, tmp_path_factory) -> dict:
+    """The FLAIR model through the command line with --flair, and without it."""
+    out_dir = tmp_path_factory.mktemp("flair_out")
+    files = flair_patient
+    common = ("--t1", files["t1"], "--t2", files["t2"], "--adc", files["adc"],
+              "--model", flair_checkpoint)
+    runs = {}
+    for name, extra in (("with", ("--flair", files["flair"])), ("without", ())):
+        out = out_dir / name / "synthetic.nii.gz"
+        result = cesynth("predict", *common, *extra, "--out", out,
+                         "--keep-work", out_dir / f"{name}_work")
+        runs[name] = {"result": result, "out": out, "work": out_dir / f"{name}_work"}
+    return runs
+
+
+def test_predict_flair_registers_and_normalises_the_flair_as_the_t2(flair_runs, flair_patient):
+    run = flair_runs["with"]
+    assert run["result"].returncode == 0, run["result"].stderr
+    summary = json.loads(run["result"].stdout)
+    assert summary["input_modalities"] == FLAIR_INPUTS and summary["missing_modalities"] == []
+    assert summary["registration"]["FLAIR"]["mi_after"] > summary["registration"]["FLAIR"][
+        "mi_before"]
+    sidecar = sidecar_of(run["out"])
+    assert sidecar["ModelInputs"] == FLAIR_INPUTS and sidecar["InputModalities"] == FLAIR_INPUTS
+    assert flair_patient["flair"].name in sidecar["Sources"]
+    assert sidecar["Preprocessing"]["Registered"] == ["T2w", "FLAIR", "adc"]
+    assert sidecar["ModelPreprocessing"]["modalities"] == FLAIR_INPUTS
+    norm = data(run["work"] / "FLAIR_space-model_desc-norm.nii.gz")
+    mask = data(run["work"] / "space-model_desc-brain_mask.nii.gz") > 0
+    assert norm.min() >= 0 and norm.max() <= 1 and np.all(norm[~mask] == 0)
+    assert norm[mask].std() > 0.1  # equalised inside the brain, as every input
+
+
+def test_predict_without_the_flair_a_model_takes_fills_zeros_and_says_so(flair_runs):
+    run = flair_runs["without"]
+    assert run["result"].returncode == 0, run["result"].stderr
+    sidecar = sidecar_of(run["out"])
+    assert sidecar["MissingModalities"] == ["FLAIR"]
+    assert sidecar["FilledInputs"] == {"FLAIR": "zeros"}
+    assert "FLAIR filled with zeros" in sidecar["Description"]
+    assert not np.allclose(data(run["out"]), data(flair_runs["with"]["out"]))
+
+
+def test_a_flair_given_to_a_model_without_it_is_unused(flair_patient, checkpoint, tmp_path):
+    summary = predict_patient(flair_patient["t1"], model=checkpoint, out=tmp_path / "s.nii.gz",
+                              flair=flair_patient["flair"])
+    assert summary["unused_inputs"] == ["FLAIR"] and "FLAIR" not in summary["registration"]

@@ -19,8 +19,8 @@ from cesynth.ingest import SCAN_ID_PATTERN
 def touch_bids(root: Path, subjects: dict[str, set[str]],
                sessions: dict[str, list[str]] | None = None,
                participants_set: dict[str, str] | None = None, tumor_masks: tuple[str, ...] = ()):
-    """A BIDS tree of zero-byte files: modalities per subject from {T1w, ce, T2w, dwi, adc,
-    brainmask}."""
+    """A BIDS tree of zero-byte files: modalities per subject from {T1w, ce, T2w, FLAIR, dwi,
+    adc, brainmask}."""
     root.mkdir(parents=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9"}))
     if participants_set:
@@ -31,7 +31,7 @@ def touch_bids(root: Path, subjects: dict[str, set[str]],
             folder = root / f"sub-{subject}" / (f"ses-{session}" if session else "")
             prefix = f"sub-{subject}" + (f"_ses-{session}" if session else "")
             names = {"T1w": "anat/{p}_T1w.nii.gz", "ce": "anat/{p}_ce-gadolinium_T1w.nii.gz",
-                     "T2w": "anat/{p}_T2w.nii.gz"}
+                     "T2w": "anat/{p}_T2w.nii.gz", "FLAIR": "anat/{p}_FLAIR.nii.gz"}
             for modality in modalities:
                 if modality == "dwi":
                     for ext in (".nii.gz", ".bval", ".bvec"):
@@ -113,6 +113,50 @@ def test_dry_run_on_a_bids_tree_with_missing_modalities(tmp_path):
     assert jobs["register_dwi_to_cet1w"] == 2
     assert jobs["register_anat_to_cet1w"] == 3 + 2  # T1w for all, T2w where present
     assert jobs["normalise_to_model_grid"] == 4 + 3 + 3
+
+
+def test_a_flair_is_an_input_only_where_a_model_takes_it(tmp_path):
+    """FLAIR on disk but no model taking it: the plan is the one without it, and no job reads
+    it. Declared (train.modalities or one experiment's): validated, registered to the CE-T1 and
+    normalised like the T2, for every subject."""
+    bids = touch_bids(tmp_path / "bids", {"01": FULL | {"FLAIR"}, "02": FULL | {"FLAIR"},
+                                          "03": FULL - {"T2w"} | {"FLAIR"}})
+    plain = touch_bids(tmp_path / "plain" / "bids", {"01": FULL, "02": FULL, "03": FULL - {"T2w"}})
+    undeclared = dry_run_jobs(tmp_path, *bids_config(bids))
+    assert undeclared == dry_run_jobs(tmp_path / "plain", *bids_config(plain))
+    listed = job_inputs(tmp_path, *bids_config(bids))
+    assert not any("_FLAIR" in path for jobs in listed.values() for job in jobs for path in job)
+
+    with_flair = {"train": {"modalities": ["T1w", "T2w", "adc", "FLAIR"]}}
+    as_experiment = {"experiments": {"default": {}, "flair": {
+        "modalities": ["T1w", "T2w", "adc", "FLAIR"]}}}
+    for declared in (with_flair, as_experiment):
+        jobs = dry_run_jobs(tmp_path, *bids_config(bids, **declared))
+        assert jobs["register_anat_to_cet1w"] == undeclared["register_anat_to_cet1w"] + 3
+        assert jobs["normalise_to_model_grid"] == undeclared["normalise_to_model_grid"] + 3
+        listed = job_inputs(tmp_path, *bids_config(bids, **declared))
+        for rule in ("validate_subject", "register_anat_to_cet1w"):
+            assert sum(any(path.endswith("_FLAIR.nii.gz") for path in job)
+                       for job in listed[rule]) == 3, rule
+        assert all(any("space-model_desc-norm_FLAIR" in path for path in job)
+                   for job in listed["cache_training_subject"])
+
+
+def test_the_demo_writes_a_flair_when_asked_and_plans_as_before(tmp_path):
+    small = ("--configfile", str(REPO / "config/profiles/demo-small.yaml"))
+    plain = dry_run_jobs(tmp_path, *small)
+    asked = tmp_path / "asked.yaml"
+    asked.write_text(yaml.safe_dump({"demo": {"flair": True}}))
+    assert dry_run_jobs(tmp_path, *small, str(asked)) == plain
+    written = job_inputs(tmp_path, *small, str(asked), field="output")
+    demo = written["make_demo_subject"] + written["make_demo_subject_set_b"]
+    assert all(any(path.endswith("_FLAIR.nii.gz") for path in job) for job in demo)
+    written = job_inputs(tmp_path, *small, field="output")
+    assert not any("_FLAIR" in path for jobs in written.values() for job in jobs for path in job)
+    declared = tmp_path / "declared.yaml"
+    declared.write_text(yaml.safe_dump({"train": {"modalities": ["T1w", "T2w", "FLAIR"]}}))
+    jobs = dry_run_jobs(tmp_path, *small, str(declared))
+    assert jobs["register_anat_to_cet1w"] == 3 * 3 and jobs["normalise_to_model_grid"] == 5 * 3
 
 
 ADC_MAP_ONLY = FULL - {"dwi"} | {"adc"}
@@ -227,8 +271,9 @@ def test_rules_pass_snakefmt_in_the_projects_directive_order():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def job_inputs(workdir: Path, *args: str) -> dict[str, list[set[str]]]:
-    """Rule -> the input files of each of its jobs, from a dry run's job listing."""
+def job_inputs(workdir: Path, *args: str, field: str = "input") -> dict[str, list[set[str]]]:
+    """Rule -> the input (or ``field``: output) files of each of its jobs, from a dry run's job
+    listing."""
     result = snakemake(workdir, "--dry-run", *args)
     jobs: dict[str, list[set[str]]] = {}
     rule = None
@@ -237,8 +282,8 @@ def job_inputs(workdir: Path, *args: str) -> dict[str, list[set[str]]]:
         if stripped.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
             rule = stripped.split()[1].rstrip(":")
             jobs.setdefault(rule, []).append(set())
-        elif stripped.startswith("input:") and rule is not None:
-            jobs[rule][-1].update(p.strip() for p in stripped[6:].split(","))
+        elif stripped.startswith(f"{field}:") and rule is not None:
+            jobs[rule][-1].update(p.strip() for p in stripped[len(field) + 1:].split(","))
     return jobs
 
 

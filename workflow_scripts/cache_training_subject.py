@@ -7,7 +7,7 @@ from cesynth import cache
 from cesynth.jobs import Job, run_job
 
 inputs = snakemake.input
-IMAGES = ("T1w", "T2w", "adc", "ceT1w")
+IMAGES = ("T1w", "T2w", "adc", "FLAIR", "ceT1w")
 
 
 def work():

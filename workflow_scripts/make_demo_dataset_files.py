@@ -17,7 +17,8 @@ def work():
     plan = phantom.plan_cohort(demo["subjects"], demo["seed"], demo["set_b_subjects"],
                                fractions=splits.SplitFractions.from_config(snakemake.params.sets))
     phantom.guard_demo_target(bids_dir)
-    phantom.write_dataset_files(bids_dir, plan, phantom.PhantomSettings(voxel_mm=demo["voxel_mm"]))
+    phantom.write_dataset_files(bids_dir, plan, phantom.PhantomSettings(voxel_mm=demo["voxel_mm"]),
+                                flair=demo["flair"])
     return {"subjects": len(plan), "set_b_subjects": int((plan["set"] == "B").sum())}
 
 

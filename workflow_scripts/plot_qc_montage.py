@@ -7,7 +7,7 @@ from cesynth import qc  # noqa: E402
 from cesynth.jobs import Job, JobOutcome, run_job  # noqa: E402
 
 inputs = snakemake.input
-LABELS = {"T1w": "T1w", "T2w": "T2w", "adc": "ADC"}
+LABELS = {"T1w": "T1w", "T2w": "T2w", "FLAIR": "FLAIR", "adc": "ADC"}
 
 
 def work():

@@ -7,7 +7,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")
 from cesynth import inference
 from cesynth.jobs import Job, run_job
 
-MODALITIES = ("T1w", "T2w", "adc")
+MODALITIES = ("T1w", "T2w", "adc", "FLAIR")
 device = snakemake.config["train"]["device"]  # how the job runs, not what it computes
 
 

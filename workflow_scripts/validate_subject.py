@@ -13,7 +13,7 @@ def work():
     scan = ingest.scan_from_rule_inputs(snakemake.wildcards.subject, snakemake.input, params.set)
     report = ingest_report.validate_and_report(
         scan, snakemake.output.report, b_values=params.b_values, b_tolerance=params.b_tolerance,
-        required_b_values=params.required_b_values,
+        required_b_values=params.required_b_values, require_flair=params.require_flair,
     )
     return {f"has_{name}": True for name in report["modalities"]}
 

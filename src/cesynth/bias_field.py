@@ -1,7 +1,7 @@
 """N4 bias-field correction (antspyx) of a weighted image inside its brain mask, on its own grid.
 
 A declared preprocessing option (``normalise.bias_correction: n4``), applied before the image is
-resampled to the model grid and normalised, to the T1, T2 and CE-T1 (never to the ADC, a
+resampled to the model grid and normalised, to the T1, T2, FLAIR and CE-T1 (never to the ADC, a
 quantitative map). The correction is fitted inside the brain mask only and rescaled to the
 image's in-mask intensity range (ANTs' command-line default), so the normalisation that follows
 sees the same range.
@@ -14,7 +14,7 @@ import numpy as np
 
 BIAS_CORRECTIONS = ("none", "n4")
 """The options of ``normalise.bias_correction``."""
-CORRECTED_MODALITIES = ("T1w", "T2w", "ceT1w")
+CORRECTED_MODALITIES = ("T1w", "T2w", "FLAIR", "ceT1w")
 """Weighted images the correction applies to (the ADC map is quantitative: never corrected)."""
 N4_SHRINK_FACTOR = 2
 """Subsampling of the fit (ANTs' default 4 leaves too few voxels on a 2 mm grid)."""

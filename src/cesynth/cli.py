@@ -114,6 +114,10 @@ def _add_phantom(parser: argparse.ArgumentParser) -> None:
                         help="bids (default): the demo cohort; ucsf-pdgm or brats: the cohort "
                              "in that published layout (co-registered, skull-stripped, ADC "
                              "map, tumor label map), the input of `cesynth import`")
+    parser.add_argument("--flair", action="store_true",
+                        help="bids layout: also write each subject's FLAIR (inversion recovery, "
+                             "CSF nulled; the other images are the same with or without it). "
+                             "The published layouts always have one")
 
 
 def run_phantom(args: argparse.Namespace) -> dict:
@@ -133,7 +137,8 @@ def run_phantom(args: argparse.Namespace) -> dict:
                 "cases": [folder.name for folder in folders]}
     phantom.guard_demo_target(args.out)
     plan = phantom.make_cohort(args.out, args.subjects, seed=args.seed, n_set_b=args.set_b,
-                               settings=phantom.PhantomSettings(voxel_mm=args.voxel_mm))
+                               settings=phantom.PhantomSettings(voxel_mm=args.voxel_mm),
+                               flair=args.flair)
     return {"bids_dir": str(args.out), "subjects": plan["participant_id"].tolist(),
             "set": plan["set"].tolist()}
 
@@ -365,6 +370,8 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
                                                     "T1->ADC cascade, else zero-filled")
     parser.add_argument("--bval", type=Path, help="FSL .bval of --dwi")
     parser.add_argument("--bvec", type=Path, help="FSL .bvec of --dwi")
+    parser.add_argument("--flair", type=Path,
+                        help="FLAIR, for a model that takes it (missing: zero-filled)")
     parser.add_argument("--model", required=True, metavar="URI_OR_PATH",
                         help="checkpoint file, runs:/<run_id> or models:/<name>/<version|alias>")
     parser.add_argument("--out", required=True, type=Path,
@@ -405,7 +412,8 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> dict:
-    """Synthesize a new patient's CE-T1 from raw T1, T2 and ADC or DWI (preprocessing included)."""
+    """Synthesize a new patient's CE-T1 from raw T1, T2, ADC or DWI and FLAIR (preprocessing
+    included)."""
     import torch
 
     from cesynth import predict
@@ -419,7 +427,7 @@ def run_predict(args: argparse.Namespace) -> dict:
         model_grid=tuple(args.model_grid) if args.model_grid else None,
         normalise=args.normalise, threads=args.threads, device=args.device, seed=args.seed,
         work_dir=args.keep_work, cascade={"T2w": args.cascade_t2, "adc": args.cascade_adc},
-        use_cascade=not args.no_cascade)
+        use_cascade=not args.no_cascade, flair=args.flair)
 
 
 def _add_results_folder(parser: argparse.ArgumentParser) -> None:

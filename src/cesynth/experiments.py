@@ -283,10 +283,10 @@ def condition_inputs(condition: str) -> tuple[str, tuple[str, ...]]:
     """
     kind, _, rest = condition.partition("-")
     modalities = tuple(rest.split("-")) if rest else ()
-    allowed = ("T1w", "T2w", "adc") if kind == "zero" else CASCADE_TARGETS
+    allowed = ("T1w", "T2w", "adc", "FLAIR") if kind == "zero" else CASCADE_TARGETS
     if kind not in ("zero", "cascade") or not modalities or not set(modalities) <= set(allowed):
         raise ValueError(f"unknown input condition {condition!r}: use zero-<inputs> "
-                         "(T1w, T2w, adc) or cascade-<inputs> (T2w, adc), joined by '-'")
+                         "(T1w, T2w, adc, FLAIR) or cascade-<inputs> (T2w, adc), joined by '-'")
     return kind, modalities
 
 

@@ -36,7 +36,8 @@ LAYOUTS: dict[str, dict[str, Any]] = {
         "case_suffix": "_nifti",
         "variants": {
             "ucsf-pdgm": {
-                "patterns": {"T1w": "*_T1", "ceT1w": "*_T1c", "T2w": "*_T2", "adc": "*_ADC",
+                "patterns": {"T1w": "*_T1", "ceT1w": "*_T1c", "T2w": "*_T2", "FLAIR": "*_FLAIR",
+                             "adc": "*_ADC",
                              "md": "*_DTI_eddy_MD", "seg": "*_tumor_segmentation",
                              "brain": "*_brain_segmentation"},
                 "labels": {1: "necrotic / non-enhancing tumor core", 2: "edema",
@@ -51,7 +52,8 @@ LAYOUTS: dict[str, dict[str, Any]] = {
         "case_suffix": "",
         "variants": {
             "brats2023": {
-                "patterns": {"T1w": "*-t1n", "ceT1w": "*-t1c", "T2w": "*-t2w", "seg": "*-seg"},
+                "patterns": {"T1w": "*-t1n", "ceT1w": "*-t1c", "T2w": "*-t2w", "FLAIR": "*-t2f",
+                             "seg": "*-seg"},
                 "labels": {1: "necrotic / non-enhancing tumor core",
                            2: "edema (surrounding non-enhancing FLAIR hyperintensity)",
                            3: "enhancing tumor",
@@ -59,7 +61,8 @@ LAYOUTS: dict[str, dict[str, Any]] = {
                 "groups": {"enhancing": [3], "core": [1, 3], "whole": [1, 2, 3]},
             },
             "brats2017": {
-                "patterns": {"T1w": "*_t1", "ceT1w": "*_t1ce", "T2w": "*_t2", "seg": "*_seg"},
+                "patterns": {"T1w": "*_t1", "ceT1w": "*_t1ce", "T2w": "*_t2", "FLAIR": "*_flair",
+                             "seg": "*_seg"},
                 "labels": {1: "necrotic / non-enhancing tumor core", 2: "edema",
                            4: "enhancing tumor"},
                 "groups": {"enhancing": [4], "core": [1, 4], "whole": [1, 2, 4]},
@@ -67,11 +70,12 @@ LAYOUTS: dict[str, dict[str, Any]] = {
         },
     },
 }
-PATTERN_KEYS = ("T1w", "ceT1w", "T2w", "adc", "md", "seg", "brain")
+PATTERN_KEYS = ("T1w", "ceT1w", "T2w", "FLAIR", "adc", "md", "seg", "brain")
 TUMOR_LABEL_GROUPS = ("enhancing", "core", "whole")
 
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
-_SOURCE_NAME = {"T1w": "T1", "ceT1w": "T1c", "T2w": "T2", "adc": "ADC", "md": "MD",
+_SOURCE_NAME = {"T1w": "T1", "ceT1w": "T1c", "T2w": "T2", "FLAIR": "FLAIR", "adc": "ADC",
+                "md": "MD",
                 "seg": "tumor segmentation"}
 
 

@@ -7,6 +7,7 @@ and the plan from file names are :mod:`cesynth.import_layouts`). For every case 
     sub-<label>/anat/sub-<label>_T1w.nii.gz                  (required: T1)
     sub-<label>/anat/sub-<label>_ce-gadolinium_T1w.nii.gz    (required: T1c)
     sub-<label>/anat/sub-<label>_T2w.nii.gz                  (when present)
+    sub-<label>/anat/sub-<label>_FLAIR.nii.gz                (when present)
     sub-<label>/dwi/sub-<label>_adc.nii.gz + _adc.json       (ADC map, or DTI MD; when present)
     derivatives/tumor_masks/sub-<label>/anat/sub-<label>_desc-tumor_mask.nii.gz  (chosen labels)
     derivatives/tumor_masks/sub-<label>/anat/sub-<label>_desc-tumor_dseg.nii.gz  (+ .json)
@@ -60,7 +61,7 @@ CLEARED_HEADER_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 SET_MODES = ("auto", "A", "B")
 TUMOR_MASK_DERIVATIVE = Path("derivatives") / "tumor_masks"
 
-_ANAT_SUFFIX = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
+_ANAT_SUFFIX = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w", "FLAIR": "FLAIR"}
 
 
 # ----------------------------------------------------------------------------- the plan's scans
@@ -92,6 +93,8 @@ def planned_scans(source_dir: str | os.PathLike, bids_dir: str | os.PathLike, la
         scans.append(replace(
             scan, dwi=None, bval=None, bvec=None,
             t2w=scan.t2w if "T2w" in plan.files else None,
+            flair=(sub / "anat" / f"sub-{plan.label}_FLAIR.nii.gz"
+                   if "FLAIR" in plan.files else None),
             # the import writes a case's mask whatever its set (Set A test scans are then
             # scored in the tumor too)
             tumor_mask=(ingest.expected_scan(bids_dir, plan.label, "B").tumor_mask
@@ -241,7 +244,7 @@ def _import_case(plan: CasePlan, out: Path, variant: Mapping[str, Any],
         record: dict[str, Any] = {"source_case": plan.case, "variant": plan.variant,
                                   "files": {}, "missing": []}
         reference = _load(plan, "ceT1w")
-        for key in ("T1w", "ceT1w", "T2w"):
+        for key in _ANAT_SUFFIX:
             if key not in plan.files:
                 record["missing"].append(key)
                 continue

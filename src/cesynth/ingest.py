@@ -22,6 +22,9 @@ import pandas as pd
 from cesynth.io import InputError, read_tsv, write_json
 
 MODALITIES = ("T1w", "ceT1w", "T2w", "dwi")
+FLAIR = "FLAIR"
+"""The optional input, ``anat/sub-<id>_FLAIR.nii.gz``: a scan's input only where a model takes it
+(``train.modalities``); never counted as missing otherwise."""
 ADC_MAP = "adc"
 """A given ADC (or MD) map, ``dwi/sub-<id>_adc.nii.gz``: the diffusion input of a scan without a
 raw DWI (published cohorts); reported as modality ``adc`` in place of ``dwi``."""
@@ -36,7 +39,7 @@ SCAN_ID_PATTERN = r"[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?"
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ENTITIES = re.compile(r"^sub-([A-Za-z0-9]+)(?:_ses-([A-Za-z0-9]+))?_")
 DATASET_DESCRIPTION = {"Name": "cesynth input", "BIDSVersion": "1.9.0", "DatasetType": "raw"}
-_ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
+_ANAT_SUFFIXES = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w", FLAIR: FLAIR}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class ScanFiles:
     tumor_dseg: Path | None = None
     """The expert lesion labels (``desc-tumor_dseg``, with a JSON naming its labels), the
     enhancement truth of a real scan."""
+    flair: Path | None = None
+    """The FLAIR (:data:`FLAIR`), optional."""
 
     @property
     def adc_source(self) -> str | None:
@@ -80,11 +85,11 @@ class ScanFiles:
 
         Returns:
             A subset of ``("T1w", "ceT1w", "T2w", "dwi")``; ``adc`` in place of ``dwi`` when
-            the scan has a given ADC map and no raw DWI.
+            the scan has a given ADC map and no raw DWI; then ``FLAIR`` when it has one.
         """
         images = {"T1w": self.t1w, "ceT1w": self.cet1w, "T2w": self.t2w, "dwi": self.dwi,
-                  ADC_MAP: self.adc if self.adc_source == "map" else None}
-        return tuple(name for name in (*MODALITIES, ADC_MAP) if images[name] is not None)
+                  ADC_MAP: self.adc if self.adc_source == "map" else None, FLAIR: self.flair}
+        return tuple(name for name in (*MODALITIES, ADC_MAP, FLAIR) if images[name] is not None)
 
     def missing_modalities(self) -> tuple[str, ...]:
         """Return the modalities without an image on disk, in :data:`MODALITIES` order (a given
@@ -168,7 +173,7 @@ def discover_bids(bids_dir: str | os.PathLike,
 
 
 def expected_scan(bids_dir: str | os.PathLike, participant: str, set_name: str = "A",
-                  session: str | None = None) -> ScanFiles:
+                  session: str | None = None, *, flair: bool = False) -> ScanFiles:
     """The scan as it will be once its files exist (demo or DICOM subjects, at parse time).
 
     Args:
@@ -176,9 +181,10 @@ def expected_scan(bids_dir: str | os.PathLike, participant: str, set_name: str =
         participant: participant label (without ``sub-``).
         set_name: ``"A"`` or ``"B"``; Set B scans expect a tumor mask.
         session: session label, or None.
+        flair: expect a FLAIR too.
 
     Returns:
-        A :class:`ScanFiles` with every modality at its SPEC path.
+        A :class:`ScanFiles` with every modality at its SPEC path (the FLAIR with ``flair``).
     """
     root = Path(bids_dir)
     scan_id = scan_id_of(participant, session)
@@ -196,6 +202,7 @@ def expected_scan(bids_dir: str | os.PathLike, participant: str, set_name: str =
         bval=dwi_stem.with_name(dwi_stem.name + ".bval"),
         bvec=dwi_stem.with_name(dwi_stem.name + ".bvec"),
         tumor_mask=mask if set_name == "B" else None, set=set_name, bids_dir=root,
+        flair=folder / "anat" / f"{entities}_{FLAIR}.nii.gz" if flair else None,
     )
 
 
@@ -219,7 +226,7 @@ def with_files_on_disk(scan: ScanFiles) -> ScanFiles:
 def scan_from_rule_inputs(scan_id: str, inputs: Mapping[str, Any],
                           set_name: str | None = None) -> ScanFiles:
     """Build a scan from the named input files of a rule (keys t1w, cet1w, t2w, dwi, bval,
-    bvec, tumor_mask, adc, brain_mask; absent keys are missing files).
+    bvec, tumor_mask, adc, brain_mask, flair; absent keys are missing files).
 
     The participant and session come from the file names; the set from the dataset's
     ``participants.tsv`` when it has one, else from the tumor mask.
@@ -236,9 +243,10 @@ def scan_from_rule_inputs(scan_id: str, inputs: Mapping[str, Any],
     Raises:
         InputError: no anatomical or DWI input, or file names that do not match ``scan_id``.
     """
-    keys = ("t1w", "cet1w", "t2w", "dwi", "bval", "bvec", "tumor_mask", "adc", "brain_mask")
+    keys = ("t1w", "cet1w", "t2w", "dwi", "bval", "bvec", "tumor_mask", "adc", "brain_mask",
+            "flair")
     files = {key: Path(str(inputs[key])) if key in inputs.keys() else None for key in keys}
-    named = [files[key] for key in (*keys[:4], "adc") if files[key] is not None]
+    named = [files[key] for key in (*keys[:4], "adc", "flair") if files[key] is not None]
     if not named:
         raise InputError(f"sub-{scan_id}", "no T1w, CE-T1, T2w, DWI or ADC map input")
     match = _ENTITIES.match(named[0].name)
@@ -255,7 +263,7 @@ def scan_from_rule_inputs(scan_id: str, inputs: Mapping[str, Any],
                      t1w=files["t1w"], cet1w=files["cet1w"], t2w=files["t2w"],
                      dwi=files["dwi"], bval=files["bval"], bvec=files["bvec"],
                      tumor_mask=files["tumor_mask"], set=set_name, bids_dir=root,
-                     adc=files["adc"], brain_mask=files["brain_mask"])
+                     adc=files["adc"], brain_mask=files["brain_mask"], flair=files["flair"])
 
 
 def list_dicom_subjects(dicom_dir: str | os.PathLike) -> list[str]:
@@ -388,4 +396,5 @@ def _scan_files(root: Path, folder: Path, participant: str, session: str | None,
         brain_mask=_find_image(anat, f"{entities}_desc-brain_mask"),
         tumor_dseg=_find_image(root / TUMOR_MASK_DERIVATIVE / relative / "anat",
                                f"{entities}_desc-tumor_dseg"),
+        flair=_find_image(anat, f"{entities}_{FLAIR}"),
     )

@@ -289,8 +289,8 @@ def _limitations(sets: pd.DataFrame, settings: Mapping[str, Any],
         "Enhancement is learned from the training cases: the model can miss it or put it where "
         "there is none (false enhancement), and whole-brain fidelity trades off against "
         "enhancement (the local loss).",
-        "A missing input (T2w or ADC) is filled by a cascade model or zeros; the output is then "
-        "worse than with all inputs.",
+        "A missing input (T2w or ADC) is filled by a cascade model or zeros, a missing FLAIR by "
+        "zeros; the output is then worse than with all inputs.",
         "The inputs must be prepared as the preprocessing record says; other brain masks, "
         "normalisations or grids change the output.",
         "The reported scores rest on few test subjects: read their intervals before comparing "

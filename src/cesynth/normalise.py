@@ -50,8 +50,11 @@ from cesynth.io import InputError, check_same_grid, load_nifti, save_nifti, writ
 SLICE_AXIS = 2
 """Array axis of the slices (axial, z) in RAS canonical orientation."""
 
-MODALITIES = ("T1w", "T2w", "adc", "ceT1w")
+MODALITIES = ("T1w", "T2w", "adc", "FLAIR", "ceT1w")
 """Image keys accepted by :func:`prepare_subject`; ``T1w`` is required."""
+
+OPTIONAL_MODALITIES = ("FLAIR",)
+"""Listed as missing only when given as None (a model that does not take it never asks)."""
 
 REQUIRED_MODALITIES = ("T1w",)
 
@@ -402,9 +405,9 @@ def prepare_subject(
     Everything is computed before anything is written, so a bad input leaves no outputs.
 
     Args:
-        images: ``{"T1w", "T2w", "adc", "ceT1w"} -> path`` on the native CE-T1 grid; ``None`` or
-            an absent key marks a missing modality (nothing written, listed in ``missing``).
-            ``T1w`` is required.
+        images: ``{"T1w", "T2w", "adc", "FLAIR", "ceT1w"} -> path`` on the native CE-T1 grid;
+            ``None`` or an absent key marks a missing modality (nothing written, listed in
+            ``missing``; the FLAIR only when given as None). ``T1w`` is required.
         mask_path: the brain mask on the native CE-T1 grid.
         out_paths: output path per present modality (``*_space-model_desc-norm_*.nii.gz``).
         out_mask_path: output path of the model-grid mask.
@@ -444,7 +447,8 @@ def prepare_subject(
         "method": method,
         "options": dict(options),
         "modalities": list(present),
-        "missing": [m for m in MODALITIES if m not in present],
+        "missing": [m for m in MODALITIES if m not in present
+                    and (m not in OPTIONAL_MODALITIES or m in images)],
         "stats": stats,
     }
     if sidecar_path is not None:

@@ -4,8 +4,8 @@ A new patient has no CE-T1, so the T1 is the reference space. Training registers
 the CE-T1, which shares the T1's 3D geometry, so the T1 plays the CE-T1's part here:
 
 1. ADC: the given map, or fitted from the DWI at b = 0, 500, 1000 (:mod:`cesynth.adc`).
-2. Registration to the T1 (:mod:`cesynth.registration`, seeded): the T2, and the DWI's b0
-   carrying the fitted ADC (or the given ADC map itself).
+2. Registration to the T1 (:mod:`cesynth.registration`, seeded): the T2 and the FLAIR, and the
+   DWI's b0 carrying the fitted ADC (or the given ADC map itself).
 3. Brain mask of the T1 (:mod:`cesynth.brainmask`) with the method the training masks were made
    with (the checkpoint's record, :mod:`cesynth.preprocessing`).
 4. Model grid and normalisation as the checkpoint's ``preprocessing`` record says
@@ -23,7 +23,8 @@ another cesynth version) in ``PreprocessingDifferences``.
 5. Synthesis on the model grid (:func:`cesynth.inference.synthesize_subject`). A modality the
    model takes but the patient lacks (T2 or ADC) is synthesized from the normalised T1 by the
    release's cascade model (T1 -> T2, T1 -> ADC; :func:`cesynth.release.resolve_cascade`) with
-   the same brain mask and foreground slices, or else filled with zeros (the paper's rule); the
+   the same brain mask and foreground slices, or else filled with zeros (the paper's rule; a
+   missing FLAIR always: there is no T1 -> FLAIR cascade); the
    sidecar records which (``FilledInputs``). A cascade model trained with another model grid or
    normalisation is refused.
 6. Back to the native T1 grid: linear interpolation weighted by the model-grid brain mask (so
@@ -117,6 +118,7 @@ def predict_patient(
     work_dir: PathLike | None = None,
     cascade: Mapping[str, PathLike | None] | None = None,
     use_cascade: bool = True,
+    flair: PathLike | None = None,
 ) -> dict[str, Any]:
     """Synthesize the CE-T1 of a new patient from raw scans and write it on the T1's grid.
 
@@ -151,6 +153,8 @@ def predict_patient(
         cascade: cascade checkpoints by target (``T2w``, ``adc``), overriding those the model
             holds (:func:`cesynth.release.resolve_cascade`).
         use_cascade: False: fill every missing input with zeros, cascade models or not.
+        flair: the FLAIR NIfTI (or DICOM series folder); None: missing (zero-filled if the
+            model takes it).
 
     Returns:
         A summary: ``output``, ``sidecar`` (and ``output_model_grid``,
@@ -171,7 +175,8 @@ def predict_patient(
     """
     timer = StepTimer()
     explicit = check_cascade_files(cascade, use_cascade=use_cascade)
-    given = {"t1": t1, "t2": t2, "adc": adc, "dwi": dwi, "bval": bval, "bvec": bvec}
+    given = {"t1": t1, "t2": t2, "adc": adc, "dwi": dwi, "bval": bval, "bvec": bvec,
+             "flair": flair}
     series_dirs = [Path(p) for p in given.values() if p is not None and Path(p).is_dir()]
     checkpoints = _checkpoint_files(model, explicit, use_cascade)
     if work_dir is not None:
@@ -241,8 +246,8 @@ def _converted_series(given: Mapping[str, PathLike | None], folder: Path
                       ) -> dict[str, PathLike | None]:
     """The inputs with each DICOM series folder replaced by its conversion to NIfTI."""
     files = dict(given)
-    for name in ("t1", "t2", "adc", "dwi"):
-        if given[name] is None or not Path(given[name]).is_dir():
+    for name in ("t1", "t2", "adc", "dwi", "flair"):
+        if given.get(name) is None or not Path(given[name]).is_dir():
             continue
         # a scanner's ADC map is in its unit only with display scaling (Philips precise-float
         # values are not): then adc_maps.detect_adc_unit reads the unit as for any given map

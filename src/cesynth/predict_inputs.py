@@ -1,7 +1,7 @@
 """A new patient's scans for ``cesynth predict``: which were given, the checks on them and on the
 model's preprocessing, and their registration to the T1 (the reference space).
 
-The T2 is registered to the T1; the ADC is fitted from a DWI at b = 0, 500, 1000
+The T2 and the FLAIR are registered to the T1; the ADC is fitted from a DWI at b = 0, 500, 1000
 (:mod:`cesynth.adc`) and carried by the DWI's b0 registration, or a given ADC (or MD) map is
 brought to mm2/s from whichever unit it is in (:func:`cesynth.adc_maps.convert_adc_map_file`, as the
 workflow does) and registered itself (:mod:`cesynth.registration`, seeded). :class:`StepTimer`
@@ -34,7 +34,7 @@ _log = logging.getLogger("cesynth.predict")  # the step times log under the comm
 
 @dataclass(frozen=True)
 class Scans:
-    """A patient's raw scans: the T1 (required) and whichever of T2, ADC or DWI exist.
+    """A patient's raw scans: the T1 (required) and whichever of T2, ADC or DWI and FLAIR exist.
 
     Args:
         t1: the pre-contrast T1.
@@ -43,6 +43,7 @@ class Scans:
         dwi: a 4D DWI with b = 0, 500, 1000, or None (exclusive with ``adc``).
         bval: the DWI's FSL ``.bval`` (with ``dwi`` only).
         bvec: the DWI's FSL ``.bvec`` (with ``dwi`` only).
+        flair: the FLAIR, or None.
     """
 
     t1: Path
@@ -51,6 +52,7 @@ class Scans:
     dwi: Path | None = None
     bval: Path | None = None
     bvec: Path | None = None
+    flair: Path | None = None
 
     def files(self) -> list[Path]:
         """The given files, in field order."""
@@ -95,7 +97,7 @@ class Preprocessing:
 
 def check_scans(t1: PathLike | None, t2: PathLike | None = None, adc: PathLike | None = None,
                 dwi: PathLike | None = None, bval: PathLike | None = None,
-                bvec: PathLike | None = None) -> Scans:
+                bvec: PathLike | None = None, flair: PathLike | None = None) -> Scans:
     """Check which scans were given, that each exists and that each image's values are usable.
 
     Args:
@@ -105,6 +107,7 @@ def check_scans(t1: PathLike | None, t2: PathLike | None = None, adc: PathLike |
         dwi: a DWI, or None; needs ``bval`` and ``bvec``; exclusive with ``adc``.
         bval: the DWI's ``.bval``.
         bvec: the DWI's ``.bvec``.
+        flair: the FLAIR, or None.
 
     Returns:
         The scans as paths.
@@ -122,11 +125,12 @@ def check_scans(t1: PathLike | None, t2: PathLike | None = None, adc: PathLike |
         raise InputError(dwi, "a DWI needs its --bval and --bvec files")
     if dwi is None and (bval is not None or bvec is not None):
         raise InputError(bval if bval is not None else bvec, "--bval/--bvec given without --dwi")
-    scans = Scans(*(Path(p) if p is not None else None for p in (t1, t2, adc, dwi, bval, bvec)))
+    scans = Scans(*(Path(p) if p is not None else None
+                    for p in (t1, t2, adc, dwi, bval, bvec, flair)))
     for path in scans.files():
         if not path.is_file():
             raise InputError(path, "file not found")
-    for image in (scans.t1, scans.t2, scans.adc, scans.dwi):
+    for image in (scans.t1, scans.t2, scans.adc, scans.dwi, scans.flair):
         if image is not None:
             load_checked_nifti(image)
     return scans
@@ -303,15 +307,20 @@ def _check_registration_method(record: Mapping[str, Any], who: str) -> None:
 
 def lacking_inputs(scans: Scans, wanted: Sequence[str]) -> list[str]:
     """The model's inputs the patient lacks (not acquired), in model order."""
-    acquired = {"T1w", *(["T2w"] if scans.t2 is not None else []),
-                *(["adc"] if adc_source(scans) is not None else [])}
+    acquired = {"T1w", *_anatomical(scans), *(["adc"] if adc_source(scans) is not None else [])}
     return [m for m in wanted if m not in acquired]
+
+
+def _anatomical(scans: Scans) -> dict[str, Path]:
+    """The given images registered to the T1 as they are (T2, FLAIR), by modality."""
+    images = {"T2w": scans.t2, "FLAIR": scans.flair}
+    return {modality: path for modality, path in images.items() if path is not None}
 
 
 def register_inputs(scans: Scans, wanted: Sequence[str], work: Path, timer: StepTimer, *,
                     threads: int, seed: int, adc: Mapping[str, Any] | None = None
                     ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The model's inputs on the T1 grid: the T1 itself, the T2 and the ADC registered to it.
+    """The model's inputs on the T1 grid: the T1 itself, the T2, FLAIR and ADC registered to it.
 
     Inputs the model does not take are neither registered nor returned. A DWI's ADC is fitted
     with ``adc`` (the model's recorded ``b_values``, ``b_tolerance``, ``min_adc``, ``max_adc``,
@@ -322,11 +331,13 @@ def register_inputs(scans: Scans, wanted: Sequence[str], work: Path, timer: Step
     """
     native: dict[str, Path] = {"T1w": scans.t1}
     info: dict[str, Any] = {}
-    if scans.t2 is not None and "T2w" in wanted:
-        native["T2w"] = work / "T2w_space-T1w.nii.gz"
-        with timer("register_T2w"):
-            info["T2w"] = _mi(registration.register_to_reference(
-                scans.t1, scans.t2, native["T2w"], work / "from-T2w_to-T1w_xfm.mat",
+    for modality, path in _anatomical(scans).items():
+        if modality not in wanted:
+            continue
+        native[modality] = work / f"{modality}_space-T1w.nii.gz"
+        with timer(f"register_{modality}"):
+            info[modality] = _mi(registration.register_to_reference(
+                scans.t1, path, native[modality], work / f"from-{modality}_to-T1w_xfm.mat",
                 threads=threads, seed=seed))
     if adc_source(scans) is not None and "adc" in wanted:
         native["adc"] = work / "adc_space-T1w.nii.gz"
@@ -341,8 +352,9 @@ def adc_source(scans: Scans) -> str | None:
 
 
 def unused_inputs(scans: Scans, wanted: Sequence[str]) -> list[str]:
-    """The given scans (T2, ADC) the model does not take."""
-    given = {"T2w": scans.t2 is not None, "adc": adc_source(scans) is not None}
+    """The given scans (T2, ADC, FLAIR) the model does not take."""
+    given = {"T2w": scans.t2 is not None, "adc": adc_source(scans) is not None,
+             "FLAIR": scans.flair is not None}
     return [m for m, present in given.items() if present and m not in wanted]
 
 

@@ -1,4 +1,4 @@
-"""Rigid-then-affine registration of T1w, T2w and DWI (b0, carrying the ADC) onto the native CE-T1.
+"""Rigid-then-affine registration of T1w, T2w, FLAIR and DWI (b0, carrying the ADC) to the CE-T1.
 
 All registrations use ANTs (antspyx) with Mattes mutual information, an initial translation that
 aligns the centres of mass, a fixed random seed and a thread count from the caller. The forward
@@ -578,9 +578,10 @@ def write_qc_row(
     Args:
         result: the registration.
         scan_id: the subject (and session) label.
-        modality: the moving modality (``T1w``, ``T2w`` or ``dwi``).
+        modality: the moving modality (``T1w``, ``T2w``, ``FLAIR`` or ``dwi``).
         out_tsv: the one-row QC table to write.
-        truth_json: the phantom's ``desc-transforms.json`` (``ceT1w_to_<modality>``), if known.
+        truth_json: the phantom's ``desc-transforms.json`` (``ceT1w_to_<modality>``), if known;
+            without that key the row has no displacement error.
         truth_mask: the true brain mask on the CE-T1 grid, over which the error is averaged.
         method: how the image was brought to the CE-T1 (a ``method`` column, e.g.
             :data:`IDENTITY_METHOD`, which also drops the ``mi_not_improved`` flag: nothing was
@@ -595,8 +596,9 @@ def write_qc_row(
     metrics: dict[str, float] = {
         "mi_before": result.mi_before, "mi_after": result.mi_after, "seconds": result.seconds,
     }
-    if truth_json is not None and truth_mask is not None:
-        true_matrix = np.asarray(read_json(truth_json)[f"ceT1w_to_{modality}"])
+    truth = read_json(truth_json) if truth_json is not None and truth_mask is not None else {}
+    if f"ceT1w_to_{modality}" in truth:  # a phantom written without a FLAIR has none for it
+        true_matrix = np.asarray(truth[f"ceT1w_to_{modality}"])
         error = displacement_error_mm(result.transform_path, true_matrix, truth_mask)
         metrics["truth_mean_displacement_mm"] = error["mean_mm"]
         metrics["truth_max_displacement_mm"] = error["max_mm"]

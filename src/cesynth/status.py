@@ -214,12 +214,13 @@ def job_paths(rule: str, wildcards: Mapping[str, str],
 class ScanInfo:
     """What the table needs to know of a scan.
 
-    ``modalities`` (from ``T1w``, ``ceT1w``, ``T2w``, ``dwi``, and ``adc`` for a given ADC map
-    in place of the DWI) is None while the scan has not been validated; ``excluded`` is the
-    reason its validation gave, when it failed; ``corrupt_record`` what is wrong with its ingest
-    report when that cannot be read (truncated, not a report); ``phantom_truth``: the scan has
-    enhancement truth (the phantom's agent map, or expert lesion labels), so it is moved to the
-    model grid for the evaluation, and a validation scan is synthesized to choose the thresholds.
+    ``modalities`` (from ``T1w``, ``ceT1w``, ``T2w``, ``dwi``, ``adc`` for a given ADC map in
+    place of the DWI, and ``FLAIR`` where a model takes it) is None while the scan has not been
+    validated; ``excluded`` is the reason its validation gave, when it failed;
+    ``corrupt_record`` what is wrong with its ingest report when that cannot be read (truncated,
+    not a report); ``phantom_truth``: the scan has enhancement truth (the phantom's agent map, or
+    expert lesion labels), so it is moved to the model grid for the evaluation, and a validation
+    scan is synthesized to choose the thresholds.
     """
 
     scan_id: str
@@ -276,15 +277,15 @@ def stage_jobs(scan: ScanInfo, models: Sequence[str] = ()) -> dict[str, list[Job
 
     # the ADC: fitted from the DWI, else a given map (modality "adc") converted
     diffusion = ("dwi" in modalities) or ("adc" in modalities)
+    anat = [m for m in ("T1w", "T2w", "FLAIR") if m in modalities]
     grid = ["T1w", "ceT1w"] + (["T2w"] if "T2w" in modalities else []) + (
-        ["adc"] if diffusion else [])
+        ["adc"] if diffusion else []) + (["FLAIR"] if "FLAIR" in modalities else [])
     adc = "fit_adc" if "dwi" in modalities else "convert_adc_map"
     jobs: dict[str, list[Job]] = {
         "ingest": [job("validate_subject")],
         "adc": [job(adc)] if diffusion else [],
         "brainmask": [job("mask_brain")],
-        "registration": [job("register_anat_to_cet1w", modality=m) for m in ("T1w", "T2w")
-                         if m in modalities]
+        "registration": [job("register_anat_to_cet1w", modality=m) for m in anat]
         + ([job("register_dwi_to_cet1w")] if diffusion else []),
         "image_qc": [job("check_image_quality", modality=m) for m in grid],
         "model_grid": [job("resample_mask_to_model_grid")]

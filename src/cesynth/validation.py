@@ -3,6 +3,9 @@ the required images (each in one file, not as both ``.nii`` and ``.nii.gz``), fi
 sane affines and voxel sizes, DWI volumes with matching b-values and gradient directions (or a
 3D ADC map in their place), and binary tumor and brain masks on the CE-T1 grid.
 
+A FLAIR is checked like the T2 where the scan has one; with ``require_flair`` (a model takes it)
+a scan without one fails.
+
 The first problem raises :class:`~cesynth.io.InputError`; nothing here writes a file (the
 reports are written by :mod:`cesynth.ingest_report`).
 """
@@ -15,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cesynth.ingest import TUMOR_MASK_DERIVATIVE, ScanFiles
+from cesynth.ingest import FLAIR, TUMOR_MASK_DERIVATIVE, ScanFiles
 from cesynth.io import (
     InputError,
     check_same_grid,
@@ -33,6 +36,7 @@ def validate_scan(
     b_tolerance: float = 50.0,
     require_target: bool = True,
     required_b_values: Sequence[float] = (0,),
+    require_flair: bool = False,
 ) -> dict[str, Any]:
     """Check every input file of a scan (full read) before any work is done on it.
 
@@ -46,6 +50,7 @@ def validate_scan(
             (``ingest.required_b_values``): the ADC fit's rule,
             :func:`cesynth.adc.choose_shells`.
         require_target: the CE-T1 must be present (training and evaluation scans).
+        require_flair: the FLAIR must be present (a model's inputs include it).
 
     Returns:
         A report: scan_id, participant, session, set, status ``"included"``, modalities,
@@ -58,13 +63,18 @@ def validate_scan(
     _require(scan, who, "T1w", scan.t1w, "missing (T1w is always required)")
     if require_target:
         _require(scan, who, "ceT1w", scan.cet1w, "missing (the CE-T1 target is required)")
+    if require_flair:
+        _require(scan, who, FLAIR, scan.flair, "missing (a model's inputs, train.modalities or "
+                                               "an experiment's, include FLAIR; add it, or list "
+                                               f"{scan.scan_id} in ingest.exclude_subjects)")
     if scan.set == "B" and scan.tumor_mask is None and not _has_tumor_mask(scan):
         _require(scan, who, "tumor_mask", None, f"missing (participants.tsv puts "
                                                 f"sub-{scan.participant} in Set B, which is "
                                                 "scored in its expert tumor mask)")
     files: dict[str, dict[str, Any]] = {}
     grids: dict[str, Any] = {}
-    for modality, path in (("T1w", scan.t1w), ("ceT1w", scan.cet1w), ("T2w", scan.t2w)):
+    anatomy = (("T1w", scan.t1w), ("ceT1w", scan.cet1w), ("T2w", scan.t2w), (FLAIR, scan.flair))
+    for modality, path in anatomy:
         if path is not None:
             img, data = _load_checked(who, path)
             _check_anatomy(who, path, img, data)

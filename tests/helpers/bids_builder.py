@@ -56,7 +56,7 @@ def add_subject(
     """Write one subject (or session) with the given modalities; return the written paths."""
     entities = f"sub-{label}" + (f"_ses-{session}" if session else "")
     folder = root / f"sub-{label}" / (f"ses-{session}" if session else "")
-    suffixes = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w"}
+    suffixes = {"T1w": "T1w", "ceT1w": "ce-gadolinium_T1w", "T2w": "T2w", "FLAIR": "FLAIR"}
     paths: dict[str, Path] = {}
     for offset, modality in enumerate(suffixes):
         if modality in modalities:

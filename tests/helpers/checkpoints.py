@@ -11,7 +11,7 @@ from scipy import ndimage
 from cesynth.cache import INPUT_MODALITIES, cache_subject
 from cesynth.data import ValidationVolumes
 from cesynth.inference import predict_volume
-from cesynth.io import save_nifti, write_json
+from cesynth.io import read_json, save_nifti, write_json
 from cesynth.models import model_from_settings
 from cesynth.normalise import normalise
 from cesynth.settings import TrainSettings
@@ -22,13 +22,15 @@ SMALL_GRID = (16, 16, 6)
 SMALL_FOREGROUND = (1, 5)
 
 
-def cached_training_subject(root: Path, rng: np.random.Generator) -> Path:
+def cached_training_subject(root: Path, rng: np.random.Generator,
+                            modalities: tuple[str, ...] = INPUT_MODALITIES) -> Path:
     """One model-grid subject on :data:`TINY_GRID`, histogram-equalised in its mask as the
-    pipeline's are (a CE-T1 made from its T1 and T2), cached for training."""
+    pipeline's are (a CE-T1 made from its T1 and T2), cached for training with ``modalities``
+    as its input channels."""
     mask = np.zeros(TINY_GRID, dtype=np.uint8)
     mask[4:28, 5:35, 6:26] = 1
     volumes = {m: normalise(ndimage.gaussian_filter(rng.random(TINY_GRID), 2.0), mask)
-               for m in ("T1w", "T2w", "adc")}
+               for m in modalities}
     volumes["ceT1w"] = np.clip(0.7 * volumes["T1w"] + 0.3 * volumes["T2w"], 0, 1) * mask
     affine = np.diag([6.0, 6.0, 6.0, 1.0])
     paths = {m: save_nifti(v, affine, root / f"sub-t_space-model_desc-norm_{m}.nii.gz")
@@ -37,7 +39,7 @@ def cached_training_subject(root: Path, rng: np.random.Generator) -> Path:
                            dtype=np.uint8)
     sidecar = write_json({"foreground_slices": [6, 25]},
                          root / "sub-t_space-model_desc-brain_mask.json")
-    return cache_subject(paths, mask_path, sidecar, root / "cache")
+    return cache_subject(paths, mask_path, sidecar, root / "cache", modalities=modalities)
 
 
 def stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) -> None:
@@ -50,7 +52,8 @@ def stretch_output(checkpoint_path: Path, settings: TrainSettings, cache: Path) 
     model = model_from_settings(settings)
     model.load_state_dict(checkpoint["model"])
     volumes = ValidationVolumes([cache])[0]
-    channels = [INPUT_MODALITIES.index(m) for m in settings.modalities]  # e.g. the T1 alone
+    cached = read_json(cache)["modalities"]
+    channels = [cached.index(m) for m in settings.modalities]  # e.g. the T1 alone
     raw = predict_volume(model.eval(), torch.from_numpy(volumes.inputs[channels]))[0].numpy()
     low, high = np.percentile(raw[volumes.mask[0] > 0], [15, 85])
     scale = 1.0 / (high - low)  # output = (raw - low) * scale, the 1x1 output conv rescaled
@@ -64,7 +67,8 @@ def trained_checkpoint(root: Path, settings: dict, preprocessing: dict) -> Path:
     """A tiny model trained briefly on one cached subject (no validation), its output layer
     stretched (:func:`stretch_output`), its checkpoint recording ``preprocessing``."""
     torch.set_num_threads(1)
-    cache = cached_training_subject(root, np.random.default_rng(0))
+    extra = tuple(m for m in settings.get("modalities", ()) if m not in INPUT_MODALITIES)
+    cache = cached_training_subject(root, np.random.default_rng(0), INPUT_MODALITIES + extra)
     train_settings = TrainSettings.from_dict(settings)
     summary = train([cache], [], root / "run", train_settings, preprocessing=preprocessing)
     stretch_output(summary["checkpoint_best"], train_settings, cache)

@@ -9,7 +9,8 @@ mixed within subjects, so that enhancement endpoints can be tested for specifici
 One concern per module, lower layers never importing higher ones:
 
 - :mod:`~cesynth.phantom.settings`: :class:`PhantomSettings`.
-- :mod:`~cesynth.phantom.physics`: tissue parameters, signal equations, bias field, noise.
+- :mod:`~cesynth.phantom.physics`: tissue parameters, signal equations (FLAIR included), bias
+  field, noise.
 - :mod:`~cesynth.phantom.grids`: scan grids, head poses, true transforms, sampling onto grids.
 - :mod:`~cesynth.phantom.anatomy`: the subject's head (tissue maps, tumors, vessels).
 - :mod:`~cesynth.phantom.cohort`: subject simulation, cohort plan and the BIDS writer; the
@@ -51,6 +52,7 @@ from cesynth.phantom.cohort import (
     write_subject,
 )
 from cesynth.phantom.grids import (
+    FLAIR,
     HEAD_CENTER,
     LAYERS_MM,
     MODALITIES,
@@ -60,6 +62,7 @@ from cesynth.phantom.grids import (
     acquisition_grids,
     anatomy_grid,
     head_poses,
+    random_pose,
     rigid_matrix,
     sample_on_grid,
     true_transforms,
@@ -67,6 +70,7 @@ from cesynth.phantom.grids import (
 from cesynth.phantom.physics import (
     B_VALUES,
     DWI_SE,
+    FLAIR_IR,
     GADOLINIUM_R1_PER_MM_S,
     SPGR,
     T2_SE,
@@ -76,7 +80,9 @@ from cesynth.phantom.physics import (
     add_rician_noise,
     bias_field,
     dwi_signal,
+    inversion_recovery_signal,
     noise_free_image,
+    null_inversion_time_ms,
     spgr_signal,
     spin_echo_signal,
     t1_post_contrast,
@@ -85,15 +91,16 @@ from cesynth.phantom.physics import (
 from cesynth.phantom.settings import PhantomSettings
 
 __all__ = [
-    "BRATS_CLASSES", "B_VALUES", "B_VECTORS", "DWI_SE", "ENHANCING_TYPES",
+    "BRATS_CLASSES", "B_VALUES", "B_VECTORS", "DWI_SE", "ENHANCING_TYPES", "FLAIR", "FLAIR_IR",
     "GADOLINIUM_R1_PER_MM_S", "HEAD_CENTER", "LABEL", "LABELS", "LAYERS_MM", "LESION_TYPES",
     "MODALITIES", "MOVING_MODALITIES", "PARAMETER_NAMES", "REFERENCE_MODALITY",
     "SPGR", "T2_SE", "TISSUE_RANGES", "TRUTH_DIR", "TUMOR_MASK_DESCRIPTION", "TUMOR_MASK_DIR",
     "WM_SCANNER_SIGNAL",
     "Anatomy", "Grid", "PhantomSettings", "SubjectScans", "TissueParams",
     "acquisition_grids", "add_rician_noise", "anatomy_grid", "bias_field", "build_anatomy",
-    "dwi_signal", "guard_demo_target", "head_poses", "lesion_specs", "lesion_types_of",
-    "make_cohort", "noise_free_image", "plan_cohort", "planned_lesions", "rigid_matrix",
+    "dwi_signal", "guard_demo_target", "head_poses", "inversion_recovery_signal",
+    "lesion_specs", "lesion_types_of", "make_cohort", "noise_free_image",
+    "null_inversion_time_ms", "plan_cohort", "planned_lesions", "random_pose", "rigid_matrix",
     "sample_indicators", "sample_lesion_truth", "sample_on_grid", "sample_parameter_maps",
     "simulate_subject", "smooth_random_field", "spgr_signal",
     "spin_echo_signal", "subject_paths", "t1_post_contrast", "tissue_parameters",

@@ -55,7 +55,7 @@ _AGENT_FLOOR_MM = 1e-6
 
 # Independent random streams of one subject, so changing one part never shifts another.
 _STREAM = {"tissue": 1, "deformation": 2, "tumors": 3, "vessels": 4, "poses": 5,
-           "bias": 6, "noise": 7}
+           "bias": 6, "noise": 7, "flair": 8}
 
 
 @dataclass

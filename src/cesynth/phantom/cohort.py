@@ -33,16 +33,19 @@ from cesynth.phantom.anatomy import (
     sample_parameter_maps,
 )
 from cesynth.phantom.grids import (
+    FLAIR,
     MODALITIES,
     REFERENCE_MODALITY,
     Grid,
     acquisition_grids,
     head_poses,
+    random_pose,
     true_transforms,
 )
 from cesynth.phantom.physics import (
     B_VALUES,
     DWI_SE,
+    FLAIR_IR,
     GADOLINIUM_R1_PER_MM_S,
     SPGR,
     T2_SE,
@@ -100,7 +103,7 @@ class SubjectScans:
 
 
 def simulate_subject(subject_seed: int, lesion_types: Sequence[str] | str | int,
-                     settings: PhantomSettings) -> SubjectScans:
+                     settings: PhantomSettings, *, flair: bool = False) -> SubjectScans:
     """Build the anatomy and acquire T1w, CE-T1, T2w and DWI with bias field and Rician noise.
 
     Args:
@@ -108,6 +111,8 @@ def simulate_subject(subject_seed: int, lesion_types: Sequence[str] | str | int,
         lesion_types: the lesions' types (see :func:`~cesynth.phantom.anatomy.build_anatomy`;
             a count gives that many rim-enhancing lesions).
         settings: phantom settings.
+        flair: also acquire a FLAIR (:func:`_acquire_flair`); the other scans are the same
+            with or without it.
 
     Returns:
         The scans (float32) and ground truth; masks and the agent map are on the CE-T1 grid.
@@ -134,6 +139,8 @@ def simulate_subject(subject_seed: int, lesion_types: Sequence[str] | str | int,
             true_adc = maps["adc_mm2_s"].astype(np.float32)
         if modality == REFERENCE_MODALITY:
             true_agent = maps["agent_mM"].astype(np.float32)
+    if flair:
+        _acquire_flair(anatomy, subject_seed, settings, grids, poses, images)
     reference, pose = grids[REFERENCE_MODALITY], poses[REFERENCE_MODALITY]
     masks = sample_indicators(anatomy, reference, pose, names=("brain",))
     dseg, instances = sample_lesion_truth(anatomy, reference, pose)
@@ -141,6 +148,22 @@ def simulate_subject(subject_seed: int, lesion_types: Sequence[str] | str | int,
                  tumor=np.isin(dseg, (4, 1)).astype(np.uint8),
                  lesion_dseg=dseg, lesion_instances=instances)
     return SubjectScans(grids, poses, images, true_adc, masks, anatomy, true_agent)
+
+
+def _acquire_flair(anatomy: Anatomy, subject_seed: int, settings: PhantomSettings,
+                   grids: dict[str, Grid], poses: dict[str, np.ndarray],
+                   images: dict[str, np.ndarray]) -> None:
+    """Add the FLAIR (inversion recovery, CSF nulled) to ``images`` and its pose to ``poses``.
+
+    Its pose, bias field and noise come from a random stream of their own, so writing a FLAIR
+    leaves every other scan of the subject bit for bit what it is without one.
+    """
+    rng = _stream(subject_seed, FLAIR.lower())
+    poses[FLAIR] = random_pose(rng, settings)
+    maps = sample_parameter_maps(anatomy, grids[FLAIR], poses[FLAIR], ("pd", "t1_ms", "t2_ms"))
+    field_ = bias_field(rng, grids[FLAIR].shape, settings.bias_field)
+    sigma = WM_SCANNER_SIGNAL / settings.snr
+    images[FLAIR] = add_rician_noise(noise_free_image(FLAIR, maps) * field_, sigma, rng)
 
 
 # ----------------------------------------------------------------------------- BIDS dataset
@@ -277,13 +300,15 @@ def _generated_by() -> list[dict[str, str]]:
 
 
 def write_dataset_files(bids_dir: str | Path, plan: pd.DataFrame,
-                        settings: PhantomSettings = _DEFAULT_SETTINGS) -> None:
+                        settings: PhantomSettings = _DEFAULT_SETTINGS, *,
+                        flair: bool = False) -> None:
     """Dataset-level files: descriptions (raw and derivatives), participants table and README.
 
     Args:
         bids_dir: dataset root.
         plan: from :func:`plan_cohort`.
         settings: phantom settings (recorded in the phantom derivative's description).
+        flair: the subjects have a FLAIR (the README says so).
     """
     root = Path(bids_dir)
     write_json({"Name": "cesynth synthetic brain-tumor phantom cohort", "BIDSVersion": "1.9.0",
@@ -296,7 +321,7 @@ def write_dataset_files(bids_dir: str | Path, plan: pd.DataFrame,
                                    "B": "has an expert-style tumor mask "
                                         "(derivatives/tumor_masks)"}}},
                root / "participants.json")
-    _write_text(_readme(plan), root / "README")
+    _write_text(_readme(plan, flair), root / "README")
     derivative = {"BIDSVersion": "1.9.0", "DatasetType": "derivative",
                   "GeneratedBy": _generated_by()}
     write_json({**derivative, "Name": "cesynth phantom ground truth",
@@ -309,7 +334,7 @@ def write_dataset_files(bids_dir: str | Path, plan: pd.DataFrame,
                    root / TUMOR_MASK_DIR / "dataset_description.json")
 
 
-def _readme(plan: pd.DataFrame) -> str:
+def _readme(plan: pd.DataFrame, flair: bool = False) -> str:
     counts = ", ".join(
         f"{row.participant_id}: set {row.set}, "
         + (f"lesions {row.lesion_types.replace(';', ', ')}" if row.lesion_types else "no lesion")
@@ -324,7 +349,8 @@ def _readme(plan: pd.DataFrame) -> str:
         "gliosis, no contrast agent). Images follow the SPGR (T1w, ce-gadolinium T1w), "
         "spin-echo (T2w) and diffusion (DWI, b = 0, 500, 1000) signal equations, each scan with "
         "its own grid, head pose, bias field and Rician noise.\n\n"
-        f"Subjects: {counts}.\n\n"
+        + (_FLAIR_README if flair else "")
+        + f"Subjects: {counts}.\n\n"
         "Ground truth is in derivatives/phantom: true ADC, transforms, parameters, and on the "
         "ce-gadolinium T1w grid the brain mask, the enhancing-lesion mask (rim and solid "
         "lesions, not vessels), the contrast-agent map in mM (lesions and vessels; "
@@ -332,6 +358,12 @@ def _readme(plan: pd.DataFrame) -> str:
         "non-enhancing tumor or necrosis, 2 edema or T2 abnormality) and one label per lesion "
         "(desc-lesions_dseg, with a JSON table of each lesion's type, enhancement and "
         "diameter). Set B tumor masks are in derivatives/tumor_masks (BraTS labels 4 and 1).\n")
+
+
+_FLAIR_README = (
+    f"Each subject also has a FLAIR: inversion-recovery spin echo, S = PD |1 - 2 exp(-TI/T1) + "
+    f"exp(-TR/T1)| exp(-TE/T2), TR {FLAIR_IR['tr_ms']:g} ms, TE {FLAIR_IR['te_ms']:g} ms, TI "
+    f"{FLAIR_IR['ti_ms']:g} ms (the CSF nulled), 2D axial slices.\n\n")
 
 
 def _with_lesion_types(plan: pd.DataFrame) -> pd.DataFrame:
@@ -361,6 +393,10 @@ def _sidecar(modality: str, grid: Grid) -> dict[str, Any]:
             sidecar.update(ContrastBolusIngredient="GADOLINIUM",
                            ContrastAgentRelaxivity_per_mM_s=GADOLINIUM_R1_PER_MM_S)
         return sidecar
+    if modality == FLAIR:
+        return {**common, "ScanningSequence": "SE_IR", "MRAcquisitionType": "2D",
+                "RepetitionTime": FLAIR_IR["tr_ms"] / 1000, "EchoTime": FLAIR_IR["te_ms"] / 1000,
+                "InversionTime": FLAIR_IR["ti_ms"] / 1000, "FlipAngle": 90}
     acquisition = T2_SE if modality == "T2w" else DWI_SE
     sidecar = {**common, "ScanningSequence": "SE" if modality == "T2w" else "EP",
                "MRAcquisitionType": "2D", "RepetitionTime": acquisition["tr_ms"] / 1000,
@@ -404,12 +440,14 @@ def truth_files(participant_id: str) -> dict[str, str]:
     }
 
 
-def subject_paths(bids_dir: str | Path, participant_id: str) -> dict[str, Path]:
+def subject_paths(bids_dir: str | Path, participant_id: str, *,
+                  flair: bool = False) -> dict[str, Path]:
     """Every path :func:`write_subject` writes for a subject (Set B tumor mask included).
 
     Args:
         bids_dir: dataset root.
         participant_id: e.g. ``sub-01``.
+        flair: include the FLAIR and its sidecar.
 
     Returns:
         Key -> path.
@@ -424,12 +462,15 @@ def subject_paths(bids_dir: str | Path, participant_id: str) -> dict[str, Path]:
         "T2w": anat / f"{sub}_T2w.nii.gz", "T2w_json": anat / f"{sub}_T2w.json",
         "dwi": dwi / f"{sub}_dwi.nii.gz", "dwi_json": dwi / f"{sub}_dwi.json",
         "bval": dwi / f"{sub}_dwi.bval", "bvec": dwi / f"{sub}_dwi.bvec",
+        **({FLAIR: anat / f"{sub}_FLAIR.nii.gz", f"{FLAIR}_json": anat / f"{sub}_FLAIR.json"}
+           if flair else {}),
         **{key: root / relative for key, relative in truth_files(sub).items()},
     }
 
 
 def write_subject(bids_dir: str | Path, plan_row: Mapping[str, Any],
-                  settings: PhantomSettings = _DEFAULT_SETTINGS) -> dict[str, Path]:
+                  settings: PhantomSettings = _DEFAULT_SETTINGS, *,
+                  flair: bool = False) -> dict[str, Path]:
     """Simulate one subject and write its images, sidecars and ground truth.
 
     Args:
@@ -437,6 +478,8 @@ def write_subject(bids_dir: str | Path, plan_row: Mapping[str, Any],
         plan_row: one row of :func:`plan_cohort` (participant_id, set, lesion_types,
             subject_seed; a row with n_tumors and no lesion_types places rim lesions).
         settings: phantom settings.
+        flair: also write ``anat/sub-<id>_FLAIR.nii.gz`` (and its transform in the truth);
+            every other file is the same with or without it.
 
     Returns:
         Key -> path of every file written.
@@ -444,11 +487,11 @@ def write_subject(bids_dir: str | Path, plan_row: Mapping[str, Any],
     sub = str(plan_row["participant_id"])
     requested = lesion_types_of(plan_row["lesion_types"] if "lesion_types" in plan_row
                                 else int(plan_row["n_tumors"]))
-    scans = simulate_subject(int(plan_row["subject_seed"]), requested, settings)
-    paths = subject_paths(bids_dir, sub)
+    scans = simulate_subject(int(plan_row["subject_seed"]), requested, settings, flair=flair)
+    paths = subject_paths(bids_dir, sub, flair=flair)
     if plan_row["set"] != "B":
         del paths["tumor_mask"]
-    for modality in MODALITIES:
+    for modality in scans.images:
         save_nifti(scans.images[modality], scans.grids[modality].affine, paths[modality],
                    synthetic=True)
         write_json(_sidecar(modality, scans.grids[modality]), paths[f"{modality}_json"])
@@ -487,7 +530,8 @@ def write_subject(bids_dir: str | Path, plan_row: Mapping[str, Any],
 
 def make_cohort(out_dir: str | Path, n_subjects: int, seed: int = 0, n_set_b: int | None = None,
                 settings: PhantomSettings = _DEFAULT_SETTINGS,
-                fractions: SplitFractions | None = _DEFAULT_FRACTIONS) -> pd.DataFrame:
+                fractions: SplitFractions | None = _DEFAULT_FRACTIONS, *,
+                flair: bool = False) -> pd.DataFrame:
     """Write a whole phantom cohort as a BIDS dataset.
 
     Args:
@@ -498,6 +542,7 @@ def make_cohort(out_dir: str | Path, n_subjects: int, seed: int = 0, n_set_b: in
         settings: phantom settings.
         fractions: the split fractions the cohort will be split with (default the config's
             defaults), so its validation subjects hold every lesion type; None: unstratified.
+        flair: also write each subject's FLAIR (:func:`write_subject`).
 
     Returns:
         The cohort plan (see :func:`plan_cohort`).
@@ -506,7 +551,7 @@ def make_cohort(out_dir: str | Path, n_subjects: int, seed: int = 0, n_set_b: in
         n_set_b = max(1, round(0.25 * n_subjects)) if n_subjects >= 2 else 0
     plan = plan_cohort(n_subjects, seed, n_set_b, max_tumors=settings.max_tumors,
                        fractions=fractions)
-    write_dataset_files(out_dir, plan, settings)
+    write_dataset_files(out_dir, plan, settings, flair=flair)
     for _, row in plan.iterrows():
-        write_subject(out_dir, row, settings)
+        write_subject(out_dir, row, settings, flair=flair)
     return plan

@@ -21,6 +21,10 @@ from cesynth.phantom.settings import PhantomSettings
 
 MODALITIES = ("T1w", "ceT1w", "T2w", "dwi")
 MOVING_MODALITIES = ("T1w", "T2w", "dwi")
+FLAIR = "FLAIR"
+"""The optional scan (written only when asked): its grid is in :func:`acquisition_grids`, its
+pose is drawn from a random stream of its own (:func:`random_pose`), so the other scans stay
+what they are without it."""
 REFERENCE_MODALITY = "ceT1w"
 
 # Brain-mask bounding box of the 1 mm ICBM152 mask (world mm), so grids need no template load.
@@ -80,7 +84,8 @@ def acquisition_grids(settings: PhantomSettings) -> dict[str, Grid]:
         settings: phantom settings.
 
     Returns:
-        Modality -> grid. T1w and ceT1w are isotropic at voxel_mm; T2w and dwi thick axial slices.
+        Modality -> grid. T1w and ceT1w are isotropic at voxel_mm; T2w, FLAIR (on the T2w's
+        voxels, its own field of view) and dwi thick axial slices.
     """
     head = _head_half_extent_mm(settings)
     combined_rotation = math.sin(math.radians(settings.max_rotation_deg) * math.sqrt(3))
@@ -95,6 +100,7 @@ def acquisition_grids(settings: PhantomSettings) -> dict[str, Grid]:
                                 half + [6.0, 4.0, 8.0], iso),
         "T2w": _centered_grid(HEAD_CENTER + [0.0, 3.0, -2.0], square + [4.0, 4.0, 0.0], t2_voxel),
         "dwi": _centered_grid(HEAD_CENTER + [0.0, -2.0, 4.0], square, dwi_voxel),
+        FLAIR: _centered_grid(HEAD_CENTER + [1.0, -3.0, 2.0], square + [2.0, 6.0, 0.0], t2_voxel),
     }
 
 
@@ -130,19 +136,29 @@ def head_poses(rng: np.random.Generator, settings: PhantomSettings) -> dict[str,
     Returns:
         Modality -> 4x4 pose matrix.
     """
-    poses = {}
-    for modality in MODALITIES:
-        rotation = rng.uniform(-settings.max_rotation_deg, settings.max_rotation_deg, 3)
-        translation = rng.uniform(-settings.max_translation_mm, settings.max_translation_mm, 3)
-        poses[modality] = rigid_matrix(rotation, translation)
-    return poses
+    return {modality: random_pose(rng, settings) for modality in MODALITIES}
+
+
+def random_pose(rng: np.random.Generator, settings: PhantomSettings) -> np.ndarray:
+    """One random rigid head pose within the settings' rotation and translation limits.
+
+    Args:
+        rng: random generator (three rotation draws, then three translation draws).
+        settings: limits of rotation (each axis) and translation (each axis).
+
+    Returns:
+        The 4x4 pose matrix.
+    """
+    rotation = rng.uniform(-settings.max_rotation_deg, settings.max_rotation_deg, 3)
+    translation = rng.uniform(-settings.max_translation_mm, settings.max_translation_mm, 3)
+    return rigid_matrix(rotation, translation)
 
 
 def true_transforms(poses: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """World-to-world transforms between the CE-T1 and each moving scan, with their convention.
 
     Args:
-        poses: modality -> head pose (from :func:`head_poses`).
+        poses: modality -> head pose (from :func:`head_poses`, with ``FLAIR`` when it is written).
 
     Returns:
         JSON-ready dict: ``ceT1w_to_<m>`` and ``<m>_to_ceT1w`` 4x4 lists, the poses, a convention.
@@ -158,7 +174,7 @@ def true_transforms(poses: Mapping[str, np.ndarray]) -> dict[str, Any]:
         "reference": REFERENCE_MODALITY,
         "head_pose": {m: np.asarray(p).tolist() for m, p in poses.items()},
     }
-    for modality in MOVING_MODALITIES:
+    for modality in [*MOVING_MODALITIES, *([FLAIR] if FLAIR in poses else [])]:
         forward = np.linalg.inv(poses[modality]) @ poses[REFERENCE_MODALITY]
         out[f"ceT1w_to_{modality}"] = forward.tolist()
         out[f"{modality}_to_ceT1w"] = np.linalg.inv(forward).tolist()

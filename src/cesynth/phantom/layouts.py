@@ -2,7 +2,8 @@
 
 Each case is one phantom head (:func:`~cesynth.phantom.anatomy.build_anatomy`) imaged on its
 anatomy grid: every contrast on one grid (co-registered), skull-stripped, with Rician noise; an
-ADC map instead of DWI (UCSF-PDGM also gets a DTI MD map); and the lesions as a multi-label
+ADC map instead of DWI (UCSF-PDGM also gets a DTI MD map), a FLAIR (inversion recovery with the
+CSF nulled, :data:`~cesynth.phantom.physics.FLAIR_IR`); and the lesions as a multi-label
 segmentation in the layout's label convention (1 necrotic core or non-enhancing tumor, 2 edema or
 T2 abnormality, enhancing tumor 3 in BraTS 2023 naming, 4 in UCSF-PDGM and older BraTS). Header
 free-text fields carry text, so the import's cleaning shows.
@@ -85,10 +86,11 @@ def _write_case(root: Path, layout: str, naming: str, case: str, subject_seed: i
     sigma = WM_SCANNER_SIGNAL / settings.snr
     maps = {name: volume.astype(np.float64) for name, volume in anatomy.maps.items()}
     images = {}
-    for modality in ("T1w", "ceT1w", "T2w"):
+    # the FLAIR is drawn last from the noise stream: the other contrasts do not depend on it
+    for modality in ("T1w", "ceT1w", "T2w", "FLAIR"):
         clean = noise_free_image(modality, maps)
         images[modality] = np.where(brain, add_rician_noise(clean, sigma, rng), 0.0)
-    flair = images["T2w"] * (anatomy.labels != LABEL["csf"])
+    flair = images["FLAIR"]
     adc = np.where(brain, anatomy.maps["adc_mm2_s"], 0.0).astype(np.float32)
     enhancing = 3 if layout == "brats" and naming == "2023" else 4
     seg = np.zeros(anatomy.labels.shape, np.uint8)

@@ -1,8 +1,9 @@
 """MR physics of the phantom: tissue parameters, signal equations, bias field and Rician noise.
 
 Every tissue gets T1, T2, proton density, ADC and a contrast-agent concentration drawn within the
-SPEC's 3 T ranges; the images follow the SPGR (T1w, CE-T1), spin-echo (T2w) and diffusion (DWI)
-signal equations, scaled so that white matter sits at a plausible scanner level.
+SPEC's 3 T ranges; the images follow the SPGR (T1w, CE-T1), spin-echo (T2w), inversion-recovery
+spin-echo with the CSF nulled (FLAIR) and diffusion (DWI) signal equations, scaled so that white
+matter sits at a plausible scanner level.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ SPGR = {"tr_ms": 8.0, "te_ms": 3.0, "flip_deg": 12.0}
 T2_SE = {"tr_ms": 4000.0, "te_ms": 100.0}
 DWI_SE = {"tr_ms": 5000.0, "te_ms": 80.0}
 GADOLINIUM_R1_PER_MM_S = 4.0
+FLAIR_TR_MS = 9000.0
 # Signal level of white matter after scaling (b = 0 for DWI): a plausible scanner range.
 WM_SCANNER_SIGNAL = 1000.0
 
@@ -53,6 +55,23 @@ TISSUE_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "gliosis": {"t1_ms": (1300, 1700), "t2_ms": (100, 160), "pd": (0.85, 0.85),
                 "adc_mm2_s": (1.1e-3, 1.5e-3), "agent_mM": (0, 0)},
 }
+
+
+def null_inversion_time_ms(t1_ms: float, tr_ms: float) -> float:
+    """The inversion time that nulls a tissue of T1 ``t1_ms`` in an inversion recovery repeated
+    every ``tr_ms``: 1 - 2 exp(-TI/T1) + exp(-TR/T1) = 0, so TI = T1 ln(2 / (1 + exp(-TR/T1)))
+    (T1 ln 2 when TR >> T1; at TR 9000 ms the CSF has not fully recovered, which moves the
+    null from T1 ln 2, about 2950 ms, to about 2460 ms)."""
+    return float(t1_ms * np.log(2.0 / (1.0 + np.exp(-tr_ms / t1_ms))))
+
+
+# FLAIR: TI nulls the CSF of mid-range T1 (each subject's CSF T1 is drawn within 4000-4500 ms,
+# so it is nulled to within a few percent of its proton density). TE 120 ms (clinical 3 T FLAIR
+# uses 80-140 ms): at 90 ms an edema drawn at the SPEC's longest T1 and shortest T2 is no brighter
+# than a white matter drawn at its shortest T1 and longest T2; at 120 ms it still is.
+FLAIR_IR = {"tr_ms": FLAIR_TR_MS, "te_ms": 120.0,
+            "ti_ms": float(round(null_inversion_time_ms(sum(TISSUE_RANGES["csf"]["t1_ms"]) / 2,
+                                                        FLAIR_TR_MS)))}
 # Air: no signal. T1/T2 stay positive so the signal equations never divide by zero.
 _BACKGROUND = {"t1_ms": 1000.0, "t2_ms": 1.0, "pd": 0.0, "adc_mm2_s": 0.0, "agent_mM": 0.0}
 
@@ -105,6 +124,28 @@ def spin_echo_signal(pd_: Any, t1_ms: Any, t2_ms: Any, tr_ms: float, te_ms: floa
     t1 = np.asarray(t1_ms, dtype=float)
     t2 = np.asarray(t2_ms, dtype=float)
     return np.asarray(pd_, dtype=float) * (1 - np.exp(-tr_ms / t1)) * np.exp(-te_ms / t2)
+
+
+def inversion_recovery_signal(pd_: Any, t1_ms: Any, t2_ms: Any, tr_ms: float, te_ms: float,
+                              ti_ms: float) -> np.ndarray:
+    """Magnitude inversion recovery spin echo (FLAIR):
+    S = PD |1 - 2 exp(-TI/T1) + exp(-TR/T1)| exp(-TE/T2).
+
+    Args:
+        pd_: proton density.
+        t1_ms: T1 (ms).
+        t2_ms: T2 (ms).
+        tr_ms: repetition time (ms).
+        te_ms: echo time (ms).
+        ti_ms: inversion time (ms).
+
+    Returns:
+        The signal, broadcast over the inputs.
+    """
+    t1 = np.asarray(t1_ms, dtype=float)
+    t2 = np.asarray(t2_ms, dtype=float)
+    recovery = 1 - 2 * np.exp(-ti_ms / t1) + np.exp(-tr_ms / t1)
+    return np.asarray(pd_, dtype=float) * np.abs(recovery) * np.exp(-te_ms / t2)
 
 
 def dwi_signal(s0: Any, adc_mm2_s: Any, b_s_mm2: float) -> np.ndarray:
@@ -177,7 +218,8 @@ def noise_free_image(modality: str, maps: Mapping[str, np.ndarray]) -> np.ndarra
     """Scanner-scaled, noise- and bias-free image of a modality from parameter maps on its grid.
 
     Args:
-        modality: one of ``MODALITIES``; ``ceT1w`` shortens T1 by the agent, ``T1w`` ignores it.
+        modality: one of ``MODALITIES`` or ``FLAIR``; ``ceT1w`` shortens T1 by the agent,
+            ``T1w`` ignores it.
         maps: parameter maps (``PARAMETER_NAMES``) sampled on the modality's grid.
 
     Returns:
@@ -191,6 +233,8 @@ def noise_free_image(modality: str, maps: Mapping[str, np.ndarray]) -> np.ndarra
         return gain * spgr_signal(pd_, t1, t2, **SPGR)
     if modality == "T2w":
         return gain * spin_echo_signal(pd_, t1, t2, **T2_SE)
+    if modality == "FLAIR":
+        return gain * inversion_recovery_signal(pd_, t1, t2, **FLAIR_IR)
     if modality == "dwi":
         s0 = gain * spin_echo_signal(pd_, t1, t2, **DWI_SE)
         return np.stack([dwi_signal(s0, maps["adc_mm2_s"], b) for b in B_VALUES], axis=-1)
@@ -202,6 +246,8 @@ def _white_matter_reference(modality: str) -> float:
     wm = {key: sum(bounds) / 2 for key, bounds in TISSUE_RANGES["wm"].items()}
     if modality in ("T1w", "ceT1w"):
         return float(spgr_signal(wm["pd"], wm["t1_ms"], wm["t2_ms"], **SPGR))
+    if modality == "FLAIR":
+        return float(inversion_recovery_signal(wm["pd"], wm["t1_ms"], wm["t2_ms"], **FLAIR_IR))
     acquisition = T2_SE if modality == "T2w" else DWI_SE
     return float(spin_echo_signal(wm["pd"], wm["t1_ms"], wm["t2_ms"], **acquisition))
 
