@@ -425,7 +425,14 @@ def get_provided_brain_mask(wildcards):
 
 
 def get_anat_image(wildcards):
-    return get_raw_inputs(wildcards)[wildcards.modality.lower()]
+    raw = get_raw_inputs(wildcards)
+    if wildcards.modality.lower() not in raw:  # planned from the source, absent once converted
+        raise ValueError(
+            f"sub-{wildcards.subject}: {wildcards.modality} was planned but the converted "
+            f"dataset {BIDS} has none (an import or conversion made before {wildcards.modality} "
+            f"was declared or supported: delete {BIDS} and run again)"
+        )
+    return raw[wildcards.modality.lower()]
 
 
 def get_phantom_truth(wildcards, *names):
