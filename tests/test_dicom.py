@@ -494,6 +494,19 @@ def test_predict_converts_an_adc_series_with_display_scaling(tmp_path):
     assert 0.7e-3 < stats.median_in_mask < 1.5e-3  # the tissue range, in mm2/s
 
 
+def test_pinning_no_dwi_uses_the_scanner_adc_map_instead(tmp_path):
+    philips_study(tmp_path / "dicom" / "PH3")
+    result = convert_dicom_subject(tmp_path / "dicom" / "PH3", tmp_path / "bids", "PH3",
+                                   options=RoleOptions(overrides={"PH3": {"DWI": "none"}}))
+    assert set(result["modalities"]) == {"T1w", "ceT1w", "T2w", "FLAIR", "adc"}
+    assert result["roles"]["ADC"] == 502
+    rows = _table(result["series_table"])
+    assert rows["502"]["decision"].startswith("chosen as ADC")
+    assert rows["501"]["decision"] == "not used (DWI pinned to none by override)"
+    stats = adc_maps.convert_adc_map_file(result["modalities"]["adc"], tmp_path / "adc.nii.gz")
+    assert stats.median_in_mask == pytest.approx(1.169e-3, rel=0.03)
+
+
 def test_study_without_dwi_gives_the_scanner_adc_map_in_its_unit(tmp_path):
     philips_study(tmp_path / "dicom" / "PH2", with_dwi=False)
     result = convert_dicom_subject(tmp_path / "dicom" / "PH2", tmp_path / "bids", "PH2")
