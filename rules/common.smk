@@ -609,6 +609,17 @@ def get_training_mask_sidecars(wildcards):
     return paths_of(rules.mask_brain.output.sidecar, subject=scan_ids)
 
 
+def get_training_adc_qc(wildcards):
+    """The ADC QC rows of the scans a training run reads (train and validation) that have an
+    ADC: which shells it was fitted from (or that it was a given map), for the record."""
+    scan_ids = [
+        s
+        for s, scan in SCANS.items()
+        if get_split(s) in ("train", "validation") and scan.adc_source is not None
+    ]
+    return paths_of(rules.fit_adc.output.qc, subject=scan_ids)
+
+
 def get_sweep_tags(wildcards):
     """The sweeps an experiment is a point of (its MLflow run goes under the first's parent)."""
     return [sweep for sweep, _ in EXPERIMENTS[wildcards.experiment].sweeps]

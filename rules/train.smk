@@ -31,6 +31,7 @@ rule train_trunk:
         train=get_training_caches("train"),
         validation=get_training_caches("validation"),
         masks=get_training_mask_sidecars,
+        adc_qc=get_training_adc_qc,
     output:
         checkpoint=f"{RESULTS}/train/trunks/{{trunk}}/checkpoint_final.pt",
     log:
@@ -58,6 +59,7 @@ rule train_model:
         train=get_training_caches("train"),
         validation=get_training_caches("validation"),
         masks=get_training_mask_sidecars,
+        adc_qc=get_training_adc_qc,
     output:
         final=f"{RESULTS}/train/{{experiment}}/checkpoint_final.pt",
         best=f"{RESULTS}/train/{{experiment}}/checkpoint_best.pt",

@@ -20,7 +20,7 @@ from cesynth.adc import (
     shell_means,
 )
 from cesynth.adc_maps import convert_adc_map_file
-from cesynth.adc_qc import adc_error_vs_truth, write_qc_row
+from cesynth.adc_qc import adc_error_vs_truth, shells_used, write_qc_row
 from cesynth.io import InputError, read_tsv
 
 SHAPE = (12, 10, 6)
@@ -208,7 +208,7 @@ def test_qc_row_of_a_fit_with_the_true_adc(tmp_path):
                    "flagged": "False"}
     assert row["source"] == "fitted from DWI"
     assert row["unit_conversion"] == "none (fitted in mm2/s)"
-    assert row["b_values"] == "(0.0, 500.0, 1000.0)"
+    assert row["b_values"] == "0/500/1000"  # the shells fitted, as the series table writes them
     assert int(row["n_voxels_fitted"]) == int(row["truth_n_voxels"]) == true.size
     assert float(row["median_in_mask"]) == pytest.approx(np.median(true), rel=1e-5)
     assert float(row["truth_median_abs_error"]) < 1e-8
@@ -275,6 +275,37 @@ def test_two_shell_dwi_is_fitted_from_the_shells_present(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert "fitted from b = 0/1000 s/mm2" in warnings[0] and "b = 0/500/1000" in warnings[0]
+    write_qc_row(stats, "07", tmp_path / "07.tsv")
+    row = _row(tmp_path / "07.tsv")
+    assert (row["b_values"], row["preferred_shells"]) == ("0/1000", "False")
+
+
+def test_shells_used_counts_the_subjects_by_how_their_adc_was_made(tmp_path):
+    true = three_tissue_adc()
+    rows = []
+    two_shell = np.array([0, 1000, 1000, 1000.0])
+    for name, bvals in (("a", BVALS), ("b", two_shell), ("c", BVALS)):
+        (tmp_path / name).mkdir()
+        vecs = BVECS[:, :bvals.size]
+        files = write_dataset(tmp_path / name, simulate(true, bvals=bvals), bvals, vecs)
+        stats = fit_adc_file(*files, tmp_path / name / "adc.nii.gz")
+        rows.append(tmp_path / name / "qc.tsv")
+        write_qc_row(stats, name, rows[-1])
+    given = tmp_path / "given.nii.gz"
+    nib.save(nib.Nifti1Image(true * 1e6, AFFINE), given)
+    rows.append(tmp_path / "given.tsv")
+    write_qc_row(convert_adc_map_file(given, tmp_path / "mm2s.nii.gz"), "d", rows[-1])
+    old = tmp_path / "old.tsv"  # a row written before the shells were spelled 0/500/1000
+    old.write_text(rows[0].read_text().replace("0/500/1000", "(0.0, 500.0, 1000.0)"))
+    assert shells_used([*rows, old]) == {"0/500/1000": 3, "0/1000": 1, "given ADC map": 1}
+    with pytest.raises(InputError, match="not one ADC QC row"):
+        shells_used([tmp_path / "a" / "qc.tsv", _two_rows(tmp_path)])
+
+
+def _two_rows(tmp_path: Path) -> Path:
+    path = tmp_path / "two.tsv"
+    path.write_text("scan_id\tsource\na\tfitted from DWI\nb\tfitted from DWI\n")
+    return path
 
 
 def test_preferred_shells_are_fitted_alone_when_all_present(tmp_path):

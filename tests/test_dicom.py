@@ -243,8 +243,8 @@ from helpers.vendor_study import (  # noqa: E402
     PHILIPS_ADC_DISPLAY_MEDIAN,
     SE_T1,
     TSE_T2,
+    VENDOR_ADC,
     Series,
-    philips_adc_private,
     philips_study,
     write_study,
 )
@@ -459,21 +459,18 @@ def test_flair_named_t2_is_flair_even_without_inversion_time(tmp_path):
 # ----------------------------------------------------------------- vendor ADC maps
 
 
-ADC_VENDORS = {
-    # stored values, RescaleSlope, private tags, Manufacturer: each map is 1e-6 mm2/s once read
-    "siemens": (1169.0, 1.0, [], "SIEMENS"),
-    "ge": (584.5, 2.0, [], "GE MEDICAL SYSTEMS"),
-    "philips": (PHILIPS_ADC_DISPLAY_MEDIAN, 1.0, philips_adc_private(), "Philips Medical Systems"),
-}
+def _vendor_adc_series(tmp_path: Path, vendor: str) -> Path:
+    """A scanner ADC map series (median 1.169e-3 mm2/s) as ``vendor`` stores it."""
+    convention = VENDOR_ADC[vendor]
+    series = Series(8, "ADC", "101100", EPI_DWI | {"RescaleSlope": convention.rescale_slope},
+                    image_type=convention.image_type, private=convention.private,
+                    value=convention.stored(PHILIPS_ADC_DISPLAY_MEDIAN))
+    return write_study(tmp_path / "dicom", [series], manufacturer=convention.manufacturer)[8]
 
 
-@pytest.mark.parametrize("vendor", sorted(ADC_VENDORS))
+@pytest.mark.parametrize("vendor", sorted(VENDOR_ADC))
 def test_vendor_adc_map_series_is_read_in_mm2_per_s(tmp_path, vendor):
-    stored, slope, private, manufacturer = ADC_VENDORS[vendor]
-    series = Series(8, "ADC", "101100", EPI_DWI | {"RescaleSlope": slope},
-                    image_type=("DERIVED", "PRIMARY", "DIFFUSION", "ADC"), value=stored,
-                    private=private)
-    folder = write_study(tmp_path / "dicom", [series], manufacturer=manufacturer)[8]
+    folder = _vendor_adc_series(tmp_path, vendor)
     image = dicom.convert_series(folder, tmp_path / "adc", display_scaling=True)["image"]
     stats = adc_maps.convert_adc_map_file(image, tmp_path / "adc_mm2s.nii.gz")
     assert stats.unit == "1e-6 mm2/s"
@@ -481,11 +478,8 @@ def test_vendor_adc_map_series_is_read_in_mm2_per_s(tmp_path, vendor):
 
 
 def test_philips_precise_float_scaling_is_the_trap_display_scaling_avoids(tmp_path):
-    stored, slope, private, manufacturer = ADC_VENDORS["philips"]
-    series = Series(8, "dADC", "101100", EPI_DWI, image_type=("ORIGINAL", "PRIMARY", "ADC"),
-                    value=stored, private=private)
-    folder = write_study(tmp_path / "dicom", [series], manufacturer=manufacturer)[8]
-    precise = dicom.convert_series(folder, tmp_path / "precise")["image"]
+    precise = dicom.convert_series(_vendor_adc_series(tmp_path, "philips"),
+                                   tmp_path / "precise")["image"]
     with pytest.raises(InputError, match="is in no known unit"):
         adc_maps.convert_adc_map_file(precise, tmp_path / "a.nii.gz")
 
@@ -493,14 +487,24 @@ def test_philips_precise_float_scaling_is_the_trap_display_scaling_avoids(tmp_pa
 def test_predict_converts_an_adc_series_with_display_scaling(tmp_path):
     from cesynth.predict import _converted_series
 
-    stored, _, private, manufacturer = ADC_VENDORS["philips"]
-    series = Series(8, "dADC", "101100", EPI_DWI, image_type=("ORIGINAL", "PRIMARY", "ADC"),
-                    value=stored, private=private)
-    folder = write_study(tmp_path / "dicom", [series], manufacturer=manufacturer)[8]
+    folder = _vendor_adc_series(tmp_path, "philips")
     given = {"t1": None, "t2": None, "adc": folder, "dwi": None, "bval": None, "bvec": None}
     files = _converted_series(given, tmp_path / "work")
     stats = adc_maps.convert_adc_map_file(files["adc"], tmp_path / "adc.nii.gz")
     assert 0.7e-3 < stats.median_in_mask < 1.5e-3  # the tissue range, in mm2/s
+
+
+def test_pinning_no_dwi_uses_the_scanner_adc_map_instead(tmp_path):
+    philips_study(tmp_path / "dicom" / "PH3")
+    result = convert_dicom_subject(tmp_path / "dicom" / "PH3", tmp_path / "bids", "PH3",
+                                   options=RoleOptions(overrides={"PH3": {"DWI": "none"}}))
+    assert set(result["modalities"]) == {"T1w", "ceT1w", "T2w", "FLAIR", "adc"}
+    assert result["roles"]["ADC"] == 502
+    rows = _table(result["series_table"])
+    assert rows["502"]["decision"].startswith("chosen as ADC")
+    assert rows["501"]["decision"] == "not used (DWI pinned to none by override)"
+    stats = adc_maps.convert_adc_map_file(result["modalities"]["adc"], tmp_path / "adc.nii.gz")
+    assert stats.median_in_mask == pytest.approx(1.169e-3, rel=0.03)
 
 
 def test_study_without_dwi_gives_the_scanner_adc_map_in_its_unit(tmp_path):

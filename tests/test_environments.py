@@ -2,10 +2,13 @@
 
 The fast tests compare every environment file with the versions installed here: exact for mlflow,
 dcm2niix, antspyx and torch, the same major.minor for the rest (tests/helpers/environments.py).
-The slow test builds each environment's Python packages in a virtualenv of its own (conda-only
-FSL tools left out: no conda channel is reachable here) and, from it, logs a run to a store that
-this install created, as a training or release job under `snakemake --use-conda` does, and
-imports what the environment's rules import.
+The slow tests build each environment's Python packages in a virtualenv of its own (conda-only
+FSL tools left out: no conda channel is reachable here). From each they log a run to a store that
+this install created and import what the environment's rules import; and one real
+`snakemake --use-conda` run of the small demo to its training trunk, with a stand-in for the
+`conda` command that gives every rule the virtualenv of its environment file
+(tests/helpers/conda_standin.py), runs the jobs of all four environments, each in its own, and
+their MLflow runs reach that store.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,13 +27,18 @@ import yaml
 from helpers.environments import (
     CONDA_ONLY,
     ENVS,
+    PROBE_VARIABLE,
     REPO,
+    add_interpreter_probe,
     import_names,
     pin_problems,
     read_pins,
+    rule_environments,
     rule_scripts,
     script_imports,
+    write_conda_standin,
 )
+from helpers.workflow import CESYNTH, snakemake
 
 ENV_FILES = sorted(ENVS.glob("*.yaml"))
 
@@ -151,6 +160,7 @@ def venvs(tmp_path_factory):
             errors = [line for line in install.stderr.splitlines()
                       if not line.startswith("WARNING: Location")]  # this machine's local indexes
             assert install.returncode == 0, (path.name, "\n".join(errors)[-3000:])
+            add_interpreter_probe(python)
             built[key] = python
         return built[key]
 
@@ -197,3 +207,67 @@ def test_a_job_in_the_environment_logs_to_the_workflows_store(path, venvs, store
                         "{d.metadata['Name']: d.version for d in m.distributions()}))")
     assert versions.returncode == 0, versions.stderr[-2000:]
     assert pin_problems([path], json.loads(versions.stdout).__getitem__) == []
+
+
+# --- `snakemake --use-conda`: the jobs of every environment, each in its own -----------------
+
+SMALL = REPO / "config" / "profiles" / "demo-small.yaml"
+
+
+@pytest.fixture(scope="module")
+def conda_run(venvs, store, tmp_path_factory) -> dict:
+    """The small demo (3 phantom subjects) run to its training trunk with `--use-conda`, every
+    environment the virtualenv built from its file, logging to ``store``: validation, ADC,
+    normalisation and caches (cesynth.yaml), brain masks (fsl.yaml), registrations (ants.yaml)
+    and the trunk's training, which logs live (torch.yaml)."""
+    workdir = tmp_path_factory.mktemp("use-conda")
+    standin = write_conda_standin(workdir / "conda",
+                                  {path: venvs(path).parent.parent for path in ENV_FILES})
+    bids = workdir / "bids"
+    subprocess.run([CESYNTH, "phantom", "--out", str(bids), "--subjects", "3", "--set-b", "1",
+                    "--voxel-mm", "4", "--seed", "7"], check=True, capture_output=True)
+    config = workdir / "dataset.yaml"
+    config.write_text(yaml.safe_dump({"bids_dir": str(bids), "results_dir": str(workdir / "out"),
+                                      "demo": {"enabled": False}}))
+    probe = workdir / "interpreters.tsv"
+    result = snakemake(workdir, "--cores", "2", "--use-conda", "--until", "train_trunk",
+                       "--configfile", str(SMALL), str(config), tracking_uri=store,
+                       environment={"PATH": f"{standin}:{os.environ['PATH']}",
+                                    PROBE_VARIABLE: str(probe)})
+    lines = probe.read_text().splitlines() if probe.exists() else []
+    return {"log": result.stderr, "interpreters": [line.split("\t") for line in lines]}
+
+
+def _scripts_run(interpreters: list[list[str]]) -> list[tuple[str, Path]]:
+    """(workflow script, interpreter prefix) of each script job the probe saw: Snakemake runs
+    each job's script as its own .snakemake/scripts/tmp<id>.<script name>. (A virtualenv's
+    interpreter may read its site-packages twice, through ``lib`` and ``lib64``, and so record
+    a run twice.)"""
+    jobs = {}
+    for prefix, script in interpreters:
+        path = Path(script)
+        if path.parent.name == "scripts" and path.name.startswith("tmp") and "." in path.name:
+            jobs[path] = (path.name.split(".", 1)[1], Path(prefix).resolve())
+    return list(jobs.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ENV_FILES, ids=[path.stem for path in ENV_FILES])
+def test_the_rules_of_the_environment_run_in_it_and_reach_the_workflows_store(
+        path, conda_run, venvs, store):
+    import mlflow
+
+    venv = venvs(path).parent.parent.resolve()
+    rules = {rule: script for rule, (env, script) in rule_environments().items()
+             if env == path.name}
+    jobs = [(script, prefix) for script, prefix in _scripts_run(conda_run["interpreters"])
+            if script in rules.values()]
+    assert jobs, (f"no job of {path.name} ran", conda_run["log"][-3000:])
+    assert {prefix for _, prefix in jobs} == {venv}, jobs  # each in this environment
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("cesynth").experiment_id])
+    for script, count in Counter(script for script, _ in jobs).items():
+        script_rules = {rule for rule, used in rules.items() if used == script}
+        finished = [run for run in runs if run.data.tags["cesynth.rule"] in script_rules
+                    and run.info.status == "FINISHED"]
+        assert len(finished) == count, (script, count, len(finished))  # one run per job

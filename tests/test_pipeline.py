@@ -184,6 +184,7 @@ def test_the_model_is_trained_and_logged(demo_run):
     assert record["brainmask"] in ("fsl", "deepbet", "bet-python")
     assert (record["brainmask_requested"], record["brainmask_reference"]) == ("auto", "ceT1w")
     assert record["adc"]["b_values"] == [0.0, 500.0, 1000.0] and record["adc"]["max_adc"] == 4e-3
+    assert record["adc"]["shells_used"] == {"0/500/1000": 2}  # both training subjects' ADC
     assert record["modalities"] == ["T1w", "T2w", "adc"] and record["registration"]["seed"] == 0
     mask = read_json(workdir / "results-small" / "preproc" / "sub-01" / "anat"
                      / "sub-01_desc-brain_mask.json")
@@ -659,6 +660,65 @@ def test_a_subject_missing_a_declared_flair_stops_alone_with_one_line(tmp_path):
     assert table.loc["01", "status"] == "included" and "FLAIR" in table.loc["01", "modalities"]
     assert table.loc["02", "status"] == "excluded"
     assert "sub-02_FLAIR.nii.gz: missing" in table.loc["02", "reason"]
+
+
+TWO_SHELL_SUBJECTS = ("02", "03")  # 02 trains the model, 03 (Set B) is evaluated
+
+
+def drop_shell(bids: Path, subject: str, b_value: float) -> None:
+    """Remove one shell from a subject's BIDS DWI and its gradient files (b = 0/1000 left)."""
+    stem = bids / f"sub-{subject}" / "dwi" / f"sub-{subject}_dwi"
+    img = nib.load(f"{stem}.nii.gz")
+    bvals = np.loadtxt(f"{stem}.bval", ndmin=1)
+    bvecs = np.loadtxt(f"{stem}.bvec", ndmin=2)
+    keep = np.abs(bvals - b_value) > 50
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., keep], img.affine, img.header),
+             f"{stem}.nii.gz")
+    np.savetxt(f"{stem}.bval", bvals[keep][np.newaxis], fmt="%g")
+    np.savetxt(f"{stem}.bvec", bvecs[:, keep], fmt="%.6f")
+
+
+@pytest.fixture(scope="module")
+def two_shell_run(tmp_path_factory):
+    """The small demo as a dataset in which a training subject and the evaluated subject have
+    the commonest clinical DWI, b = 0/1000 (issue 24), run to evaluation and release."""
+    workdir = tmp_path_factory.mktemp("two-shell")
+    bids, results = workdir / "bids", workdir / "results"
+    subprocess.run([CESYNTH, "phantom", "--out", str(bids), "--subjects", "3", "--set-b", "1",
+                    "--voxel-mm", "4", "--seed", "7"], check=True, capture_output=True)
+    for subject in TWO_SHELL_SUBJECTS:
+        drop_shell(bids, subject, 500)
+    config = workdir / "dataset.yaml"
+    config.write_text(yaml.safe_dump({
+        "bids_dir": str(bids), "results_dir": str(results), "demo": {"enabled": False},
+        "release": {"gates": {"require_score": False}}}))
+    targets = [results / "eval" / "metrics.tsv", results / "qc" / "adc.tsv",
+               results / "release" / "default.json"]
+    snakemake(workdir, "--cores", "2", "--configfile", str(SMALL), str(config), "--",
+              *map(str, targets))
+    return results
+
+
+def test_a_two_shell_subject_runs_to_evaluation_with_its_shells_recorded(two_shell_run):
+    results = two_shell_run
+    sets = read_tsv(results / "ingest" / "sets.tsv").set_index("scan_id")
+    assert sets.loc["02", "split"] == "train" and sets.loc["03", "split"] == "test"
+    adc = read_tsv(results / "qc" / "adc.tsv").set_index("scan_id")
+    assert adc["b_values"].to_dict() == {"01": "0/500/1000", "02": "0/1000", "03": "0/1000"}
+    assert adc["preferred_shells"].to_dict() == {"01": "True", "02": "False", "03": "False"}
+    log = (results / "logs" / "fit_adc" / "sub-02.log").read_text()
+    assert log.count("ADC fitted from b = 0/1000 s/mm2") == 1  # warned once
+    metrics = read_tsv(results / "eval" / "metrics.tsv")
+    evaluated = metrics[(metrics["subject"] == "03") & (metrics["model"] == "default")]
+    assert len(evaluated) == 1 and np.isfinite(float(evaluated["brain_psnr"].iloc[0]))
+    import torch
+
+    record = torch.load(results / "train" / "default" / "checkpoint_final.pt",
+                        weights_only=False)["preprocessing"]
+    # the training subjects (01 and 02): one fitted from the method's shells, one from 0/1000
+    assert record["adc"]["shells_used"] == {"0/500/1000": 1, "0/1000": 1}
+    card = (results / "release" / "default_model_card.md").read_text()
+    assert "| `adc.shells_used.0/1000` | 1 |" in card
 
 
 def write_subject_as_dicom(bids: Path, subject: str, out: Path) -> None:

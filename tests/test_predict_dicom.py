@@ -20,6 +20,7 @@ import pydicom
 import pytest
 from helpers.checkpoints import trained_checkpoint
 from helpers.dicom_writer import FAKE_IDENTIFIERS, write_series_from_volume
+from helpers.vendor_study import VENDOR_ADC, write_vendor_adc
 from helpers.workflow import CESYNTH
 from pydicom.uid import generate_uid
 
@@ -98,7 +99,9 @@ def patient(tmp_path_factory) -> dict:
                                  study_uid=study, **diffusion)
     for kind in ("bval", "bvec"):
         nifti[kind] = dwi_dir / f"sub-01_dwi.{kind}"
-    return {"nifti": nifti, "dicom": series, "root": root, "before": digest(root / "dicom")}
+    true_adc = cohort / phantom.truth_files("sub-01")["true_adc"]
+    return {"nifti": nifti, "dicom": series, "root": root, "before": digest(root / "dicom"),
+            "true_adc": true_adc}
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +177,31 @@ def test_the_output_series_reads_back_as_the_nifti_output(from_dicom, tmp_path):
 
 def test_the_dicom_inputs_are_only_read(from_dicom, patient):
     assert digest(patient["root"] / "dicom") == patient["before"]
+
+
+@pytest.mark.parametrize("vendor", sorted(VENDOR_ADC))
+def test_a_vendor_adc_series_reaches_the_model_in_mm2_per_s(patient, checkpoint, tmp_path,
+                                                            vendor):
+    """Issue 24: `cesynth predict --adc <the scanner's ADC series>` for each vendor convention
+    (Philips: display scaling, not dcm2niix's precise float) gives the model the map in mm2/s."""
+    truth = nib.load(str(patient["true_adc"]))
+    series = write_vendor_adc(truth.get_fdata(), truth.affine, tmp_path / "adc_series", vendor)
+    work, out = tmp_path / "work", tmp_path / "out" / "synthetic.nii.gz"
+    result = cesynth("predict", "--t1", patient["nifti"]["t1"], "--adc", series,
+                     "--model", checkpoint, "--out", out, "--keep-work", work)
+    assert result.returncode == 0, result.stderr
+    # the map as read: the scanner's values to within its storage step, in mm2/s
+    step = VENDOR_ADC[vendor].rescale_slope * 1e-6
+    np.testing.assert_allclose(canonical(work / "adc_mm2s.nii.gz").get_fdata(),
+                               canonical(patient["true_adc"]).get_fdata(), atol=0.51 * step)
+    # the map the model was given (on the T1 grid): brain tissue ADC
+    received = nib.load(str(work / "adc_space-T1w.nii.gz")).get_fdata()
+    brain = nib.load(str(work / "T1w_desc-brain_mask.nii.gz")).get_fdata() > 0
+    assert 0.5e-3 < np.median(received[brain & (received > 0)]) < 3.5e-3
+    sidecar = json.loads(out.with_name("synthetic.json").read_text())
+    assert sidecar["SourceFormat"]["adc"] == "DICOM series"
+    assert sidecar["Preprocessing"]["ADC"] == ("given ADC map (1e-6 mm2/s, x 1e-06 to mm2/s), "
+                                               "registered to the T1")
 
 
 def test_a_folder_with_two_series_is_one_line(patient, checkpoint, tmp_path):

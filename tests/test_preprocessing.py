@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cesynth import __version__, registration
+from cesynth import __version__, adc_qc, registration
+from cesynth.adc import AdcStats
 from cesynth.io import InputError, write_json
 from cesynth.preprocessing import (
     ADC_DEFAULTS,
@@ -65,6 +66,32 @@ def test_the_record_holds_everything_that_shapes_the_inputs_resolved(tmp_path):
     assert record["registration"] == {"seed": 0, **registration.method_record()}
     assert record["cesynth_version"] == __version__
     assert json.loads(json.dumps(record)) == record  # JSON-ready (MLflow, sidecars)
+
+
+def adc_rows(root: Path, shells: dict[str, tuple[float, ...]]) -> list[Path]:
+    """One ADC QC row per subject, fitted from the given shells (as fit_adc writes them)."""
+    rows = []
+    for subject, b_values in shells.items():
+        stats = AdcStats(100, 0, 0, 0, 9e-4, b_values, preferred_shells=len(b_values) == 3)
+        rows.append(root / f"sub-{subject}_adc.tsv")
+        adc_qc.write_qc_row(stats, subject, rows[-1])
+    return rows
+
+
+def test_the_record_says_which_shells_the_training_adc_was_fitted_from(tmp_path):
+    masks = sidecars(tmp_path, {"01": "deepbet", "02": "deepbet", "03": "deepbet"})
+    rows = adc_rows(tmp_path, {"01": (0.0, 500.0, 1000.0), "02": (0.0, 1000.0),
+                               "03": (0.0, 500.0, 1000.0)})
+    requested = requested_settings(config())
+    record = preprocessing_record(requested, modalities=["T1w", "T2w", "adc"],
+                                  mask_sidecars=masks, adc_qc_rows=rows)
+    assert record["adc"]["shells_used"] == {"0/500/1000": 2, "0/1000": 1}
+    cascade = preprocessing_record(requested, modalities=["T1w"], target="adc",
+                                   mask_sidecars=masks, adc_qc_rows=rows)
+    assert cascade["adc"]["shells_used"] == record["adc"]["shells_used"]
+    t1_only = preprocessing_record(requested, modalities=["T1w"], mask_sidecars=masks,
+                                   adc_qc_rows=rows)
+    assert "shells_used" not in t1_only["adc"]  # the model never saw an ADC
 
 
 def test_the_configured_values_reach_the_record(tmp_path):

@@ -24,7 +24,7 @@ def work():
     model = TrainSettings.from_dict(settings)
     record = preprocessing.preprocessing_record(
         snakemake.params.preprocessing, modalities=model.modalities, target=model.target,
-        mask_sidecars=snakemake.input.masks)
+        mask_sidecars=snakemake.input.masks, adc_qc_rows=snakemake.input.adc_qc)
     summary = train.train_from_files(caches(snakemake.input.train),
                                      caches(snakemake.input.validation), out_dir, settings,
                                      preprocessing=record,

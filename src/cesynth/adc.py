@@ -554,8 +554,8 @@ def fit_adc_file(
         stats = replace(stats, preferred_shells=False)
         logging.getLogger(__name__).warning(
             "%s: ADC fitted from b = %s s/mm2 (the shells present); the method was described "
-            "with b = %s (ingest.b_values)", dwi_path, _shell_text(stats.b_values),
-            _shell_text(required_b))
+            "with b = %s (ingest.b_values)", dwi_path, shell_text(stats.b_values),
+            shell_text(required_b))
     header = nib.Nifti1Header()
     header["intent_name"] = b"ADC mm2/s"  # save_nifti owns descrip; units go here
     save_nifti(adc, img.affine, out_path, dtype=np.float32, header=header)
@@ -614,7 +614,8 @@ def _select_shells(
         raise InputError(bval_path, str(err)) from err
 
 
-def _shell_text(b_values: Sequence[float]) -> str:
+def shell_text(b_values: Sequence[float]) -> str:
+    """The shells as the tables write them: rounded b-values in increasing order, ``0/500/1000``."""
     return "/".join(f"{b:g}" for b in sorted(round(float(b)) for b in b_values))
 
 
@@ -660,4 +661,5 @@ def _load_mask(mask_path: PathLike, dwi_img) -> np.ndarray:
 
 __all__ = ["AUTO_THRESHOLD_FRACTION", "DEFAULT_REQUIRED_B", "SIGNAL_FLOOR", "AdcStats",
            "ShellChoice", "ShellError", "auto_noise_threshold", "choose_shells", "fit_adc",
-           "fit_adc_file", "fit_dwi_shells", "group_shells", "read_bvals_bvecs", "shell_means"]
+           "fit_adc_file", "fit_dwi_shells", "group_shells", "read_bvals_bvecs", "shell_means",
+           "shell_text"]

@@ -1,21 +1,25 @@
 """The QC row of the ADC jobs (fitted or given map), with the error against a phantom's true ADC.
 
 A fitted map's row (:class:`cesynth.adc.AdcStats`) says it was fitted from the DWI
-(:data:`FITTED_SOURCE`); a given map's (:class:`cesynth.adc_maps.AdcMapStats`) carries its source
-and unit conversion. With the phantom's true ADC the row adds the errors of
-:func:`adc_error_vs_truth`.
+(:data:`FITTED_SOURCE`) and from which shells; a given map's (:class:`cesynth.adc_maps.AdcMapStats`)
+carries its source and unit conversion. With the phantom's true ADC the row adds the errors of
+:func:`adc_error_vs_truth`. :func:`shells_used` reads the rows of a model's training subjects
+back for its preprocessing record.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from cesynth.adc import AdcStats
+from cesynth.adc import AdcStats, shell_text
 from cesynth.adc_maps import AdcMapStats
-from cesynth.io import InputError, load_nifti
+from cesynth.io import InputError, load_nifti, read_tsv
 
 PathLike = str | os.PathLike
 
@@ -73,8 +77,9 @@ def write_qc_row(
     """Write one ADC job's QC row; with the phantom's true ADC, add the errors against it.
 
     Args:
-        stats: the fit's :class:`AdcStats` (the row says it was fitted from the DWI) or a given
-            map's :class:`AdcMapStats`.
+        stats: the fit's :class:`AdcStats` (the row says it was fitted from the DWI, and from
+            which shells: ``b_values`` as ``0/500/1000``) or a given map's
+            :class:`AdcMapStats`.
         scan_id: the subject (and session) label.
         out_tsv: the one-row QC table to write.
         adc_path: the ADC map the job wrote (needed with ``true_adc_path``).
@@ -90,7 +95,7 @@ def write_qc_row(
     from cesynth import qc
 
     metrics = stats.to_dict() if isinstance(stats, AdcMapStats) else {
-        **FITTED_SOURCE, **stats.to_dict()}
+        **FITTED_SOURCE, **stats.to_dict(), "b_values": shell_text(stats.b_values)}
     if true_adc_path is not None:
         if adc_path is None:
             raise ValueError("the error against the true ADC needs the fitted map (adc_path)")
@@ -100,4 +105,36 @@ def write_qc_row(
     return metrics
 
 
-__all__ = ["FITTED_SOURCE", "adc_error_vs_truth", "write_qc_row"]
+def shells_used(qc_rows: Sequence[PathLike]) -> dict[str, int]:
+    """How the ADC of a set of subjects was made, from their ADC QC rows (:func:`write_qc_row`).
+
+    Args:
+        qc_rows: one-row ADC QC tables, one per subject.
+
+    Returns:
+        The shells a fitted map was fitted from (``0/500/1000``, ``0/1000``) or a given map's
+        source (``given ADC map``) -> the number of subjects, in order of first appearance.
+
+    Raises:
+        InputError: on a table that is not one ADC QC row.
+    """
+    counts: Counter[str] = Counter()
+    for path in qc_rows:
+        table = read_tsv(path)
+        if len(table) != 1 or "source" not in table.columns:
+            raise InputError(path, "not one ADC QC row (expected one row with a source column)")
+        row = table.iloc[0]
+        if row["source"] != FITTED_SOURCE["source"]:
+            counts[str(row["source"])] += 1
+            continue
+        counts[_row_shells(str(row["b_values"]))] += 1
+    return dict(counts)
+
+
+def _row_shells(text: str) -> str:
+    """``0/1000`` from a row's ``b_values``: ``0/1000``, or ``(0.0, 1000.0)`` in a row written
+    before the shells were spelled so."""
+    return shell_text([float(b) for b in re.findall(r"\d+(?:\.\d*)?", text)])
+
+
+__all__ = ["FITTED_SOURCE", "adc_error_vs_truth", "shells_used", "write_qc_row"]

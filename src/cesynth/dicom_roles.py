@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -677,9 +677,10 @@ def assign_roles(
         found = "; ".join(f"{c.info.label}: {_what(c)}" for c in classified)
         raise InputError(who, f"no pre-contrast T1 series (series: {found}); "
                               f"{_how_to_pin('T1w', subject)}")
+    pinned_none = {role for role, c in pinned.items() if c is None}
     for c in classified:
         if not c.decision:
-            c.decision = _why_not(c, chosen)
+            c.decision = _why_not(c, chosen, pinned_none)
     return Assignment(chosen, classified, injection)
 
 
@@ -798,9 +799,12 @@ def _lost_on(role: str, best: tuple, key: tuple, prefer: str) -> str:
     return words[index]
 
 
-def _why_not(c: Classified, chosen: Mapping[str, SeriesInfo]) -> str:
+def _why_not(c: Classified, chosen: Mapping[str, SeriesInfo],
+             pinned_none: Set[str] = frozenset()) -> str:
     if c.kind == "ADC" and "DWI" in chosen:
         return "not used: the ADC is fitted from the chosen DWI"
+    if c.kind in pinned_none:  # DWI or ADC: the kind is the role
+        return f"not used ({c.kind} pinned to none by override)"
     if c.kind in ("derived", "other"):
         return f"not used ({c.kind})"
     if c.kind == "anat" and c.weighting == "T1":

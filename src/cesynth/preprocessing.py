@@ -19,7 +19,10 @@ training subjects, which say what actually ran (``auto`` resolved to ``fsl``, ``
   dataset's own masks): no brain extraction ran, and predict refuses such a model unless told
   the new scans are skull-stripped too (``--brainmask-method nonzero``).
 * ``adc``: ``b_values``, ``b_tolerance`` (s/mm2), ``min_adc``, ``max_adc`` (mm2/s, the clip
-  limits) and ``weighting`` of the fit (:func:`cesynth.adc.fit_adc_file`).
+  limits) and ``weighting`` of the fit (:func:`cesynth.adc.fit_adc_file`), and, for a model
+  that takes (or synthesizes) the ADC and was given the training subjects' ADC QC rows,
+  ``shells_used``: the shells their ADC was fitted from (``0/500/1000``, ``0/1000``) or a given
+  map's source -> number of subjects (:func:`cesynth.adc_qc.shells_used`).
 * ``modalities`` (the model's input order) and ``target``.
 * ``registration``: ``seed`` and the method (:func:`cesynth.registration.method_record`).
 * ``cesynth_version``: the package that made the record.
@@ -38,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cesynth import __version__
+from cesynth import __version__, adc_qc
 from cesynth.brainmask import (
     CONCRETE_METHODS,
     DECLARED_METHODS,
@@ -116,6 +119,7 @@ def preprocessing_record(
     modalities: Sequence[str],
     target: str = "ceT1w",
     mask_sidecars: Sequence[PathLike] = (),
+    adc_qc_rows: Sequence[PathLike] = (),
 ) -> dict[str, Any]:
     """The resolved preprocessing record of a model trained on images made with ``requested``.
 
@@ -127,6 +131,8 @@ def preprocessing_record(
         target: what the model synthesizes.
         mask_sidecars: the brain-mask sidecars (:func:`cesynth.brainmask.mask_sidecar`) of the
             subjects the training reads; they resolve ``auto`` to the method that ran.
+        adc_qc_rows: the ADC QC rows (:func:`cesynth.adc_qc.write_qc_row`) of those subjects;
+            for a model that takes (or synthesizes) the ADC they give ``adc.shells_used``.
 
     Returns:
         The record (see the module docstring), JSON-ready.
@@ -134,7 +140,7 @@ def preprocessing_record(
     Raises:
         InputError: the training subjects were masked by different methods or from different
             images, or not as ``requested`` says; an unknown normalisation; ``auto`` with no
-            sidecar to resolve it.
+            sidecar to resolve it; an ADC QC row that is not one.
     """
     from cesynth import registration  # ANTs: only when a record is made
 
@@ -143,6 +149,8 @@ def preprocessing_record(
                                    requested.get("brainmask_reference", LEGACY_REFERENCE))
     adc = {**ADC_DEFAULTS, **dict(requested.get("adc") or {})}
     seed = int((requested.get("registration") or {}).get("seed", LEGACY_REGISTRATION_SEED))
+    shells = ({"shells_used": adc_qc.shells_used(adc_qc_rows)}
+              if "adc" in (*modalities, target) and adc_qc_rows else {})
     return {
         "format": RECORD_FORMAT,
         "model_grid": [int(n) for n in requested["model_grid"]],
@@ -156,7 +164,7 @@ def preprocessing_record(
         "adc": {"b_values": [float(b) for b in adc["b_values"]],
                 "b_tolerance": float(adc["b_tolerance"]), "min_adc": float(adc["min_adc"]),
                 "max_adc": float(adc["max_adc"]), "weighting": str(adc["weighting"]),
-                "required_b_values": [float(b) for b in adc["required_b_values"]]},
+                "required_b_values": [float(b) for b in adc["required_b_values"]], **shells},
         "modalities": list(modalities),
         "target": target,
         "registration": {"seed": seed, **registration.method_record()},

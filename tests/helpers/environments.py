@@ -8,9 +8,13 @@ compares the files with the versions installed in this interpreter (`importlib.m
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.metadata
+import json
 import re
-from collections.abc import Callable, Iterable
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,17 +171,71 @@ def import_names(pins: Iterable[Pin]) -> list[str]:
     return names
 
 
-_RULE = re.compile(r'conda:\s*\n\s*"\.\./envs/(?P<env>[\w-]+)\.yaml"\s*\n\s*script:\s*\n\s*'
-                   r'"\.\./workflow_scripts/(?P<script>[\w-]+\.py)"')
+_RULE_BLOCK = re.compile(r"^(?:rule|checkpoint) (?P<rule>\w+):\n(?P<body>(?:[ \t].*\n|\n)*)",
+                         re.MULTILINE)
+_CONDA_ENV = re.compile(r'conda:\s*\n\s*"\.\./envs/(?P<env>[\w-]+\.yaml)"')
+_SCRIPT = re.compile(r'script:\s*\n\s*"\.\./workflow_scripts/(?P<script>[\w-]+\.py)"')
+
+
+def rule_environments() -> dict[str, tuple[str, str]]:
+    """Rule name -> (the environment file its ``conda:`` names, its workflow script), for every
+    rule of rules/*.smk that has both."""
+    rules = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for block in _RULE_BLOCK.finditer(smk.read_text()):
+            conda, script = _CONDA_ENV.search(block["body"]), _SCRIPT.search(block["body"])
+            if conda is not None and script is not None:
+                rules[block["rule"]] = (conda["env"], script["script"])
+    return rules
 
 
 def rule_scripts() -> dict[str, set[str]]:
     """Environment file name -> the workflow scripts its rules run (from rules/*.smk)."""
     scripts: dict[str, set[str]] = {}
-    for smk in sorted((REPO / "rules").glob("*.smk")):
-        for match in _RULE.finditer(smk.read_text()):
-            scripts.setdefault(f"{match['env']}.yaml", set()).add(match["script"])
+    for env, script in rule_environments().values():
+        scripts.setdefault(env, set()).add(script)
     return scripts
+
+
+PROBE_VARIABLE = "CESYNTH_ENV_PROBE"
+# A .pth line runs at every start of the interpreter; at exit it appends its prefix and script
+_PROBE = ("import atexit, os, sys; atexit.register(lambda: os.environ.get('CESYNTH_ENV_PROBE') "
+          "and open(os.environ['CESYNTH_ENV_PROBE'], 'a').write(sys.prefix + '\\t' + "
+          "(sys.argv[0] if sys.argv else '') + '\\n'))\n")
+
+
+def add_interpreter_probe(python: Path) -> None:
+    """Make a virtualenv's interpreter record, where :data:`PROBE_VARIABLE` names a file, its
+    ``sys.prefix`` and the script it ran (one tab-separated line per run, at exit)."""
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "cesynth_env_probe.pth").write_text(_PROBE)
+
+
+def write_conda_standin(root: Path, venvs: Mapping[Path, Path]) -> Path:
+    """A ``conda`` command for ``snakemake --use-conda`` that "creates" each environment file's
+    environment as the virtualenv built from it (:mod:`helpers.conda_standin`).
+
+    Args:
+        root: an empty folder for the stand-in (its ``bin`` goes first on PATH).
+        venvs: environment file -> the virtualenv folder built from its Python pins.
+
+    Returns:
+        The stand-in's ``bin`` folder.
+    """
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True)
+    built = {hashlib.sha256(Path(env).read_bytes()).hexdigest(): str(venv)
+             for env, venv in venvs.items()}
+    (root / "environments.json").write_text(json.dumps(built))
+    conda = bin_dir / "conda"
+    conda.write_text(f'#!/bin/sh\nexec "{sys.executable}" '
+                     f'"{Path(__file__).with_name("conda_standin.py")}" "{root}" "$@"\n')
+    conda.chmod(0o755)
+    # Snakemake runs a job as `source <conda_prefix>/bin/activate ENV; <command>`
+    (bin_dir / "activate").write_text('export PATH="$1/bin:$PATH" VIRTUAL_ENV="$1"\n')
+    return bin_dir
 
 
 def script_imports(scripts: Iterable[str]) -> list[str]:

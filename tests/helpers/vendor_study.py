@@ -111,6 +111,45 @@ def philips_adc_private(scale: float = PHILIPS_PRECISE_SCALE) -> list:
     return [((0x2005, 0x100E), "FL", scale)]
 
 
+@dataclass(frozen=True)
+class VendorAdc:
+    """How a vendor stores its ADC map series: the values in 1e-6 mm2/s once RescaleSlope is
+    applied (dcm2niix's display scaling); Philips adds a private ScaleSlope that its default
+    "precise float" scaling would divide by (FIELD-NOTES, "Real scans")."""
+
+    manufacturer: str
+    rescale_slope: float = 1.0
+    private: tuple[tuple[tuple[int, int], str, Any], ...] = ()
+    image_type: tuple[str, ...] = ("DERIVED", "PRIMARY", "DIFFUSION", "ADC")
+
+    def stored(self, adc_1e6: float | np.ndarray) -> float | np.ndarray:
+        """The stored pixel values of a map in 1e-6 mm2/s."""
+        return adc_1e6 / self.rescale_slope
+
+
+VENDOR_ADC = {
+    "siemens": VendorAdc("SIEMENS"),
+    "ge": VendorAdc("GE MEDICAL SYSTEMS", rescale_slope=2.0),
+    "philips": VendorAdc(PHILIPS, private=tuple(philips_adc_private()),
+                         image_type=("ORIGINAL", "PRIMARY", "ADC")),
+}
+"""The vendor conventions of a scanner ADC map that the tests model."""
+
+
+def write_vendor_adc(adc_mm2_s: np.ndarray, affine: np.ndarray, folder: str | Path,
+                     vendor: str, *, number: int = 8) -> Path:
+    """A map in mm2/s written as ``vendor``'s ADC series (:data:`VENDOR_ADC`) into ``folder``."""
+    convention = VENDOR_ADC[vendor]
+    stored = np.rint(convention.stored(np.clip(adc_mm2_s, 0, None) * 1e6))
+    tags = {**EPI_DWI, "RescaleSlope": convention.rescale_slope,
+            "ImageType": list(convention.image_type)}
+    write_series_from_volume(stored, affine, folder, series_description="ADC",
+                             series_number=number, study_uid=generate_uid(),
+                             manufacturer=convention.manufacturer, tags=tags,
+                             private=convention.private)
+    return Path(folder)
+
+
 def philips_study(folder: str | Path, *, with_dwi: bool = True) -> dict[int, Path]:
     """The FIELD-NOTES Philips export, small: 13 series, no ContrastBolusAgent anywhere.
 
@@ -152,5 +191,6 @@ def philips_study(folder: str | Path, *, with_dwi: bool = True) -> dict[int, Pat
 
 
 __all__ = ["AXIAL", "EPI_DWI", "FLAIR", "GRE_3D_T1", "ISO_3D", "PHILIPS",
-           "PHILIPS_ADC_DISPLAY_MEDIAN", "SE_T1", "SWI", "Series", "TSE_T2", "philips_adc_private",
-           "philips_study", "volume", "write_study"]
+           "PHILIPS_ADC_DISPLAY_MEDIAN", "SE_T1", "SWI", "Series", "TSE_T2", "VENDOR_ADC",
+           "VendorAdc", "philips_adc_private", "philips_study", "volume", "write_study",
+           "write_vendor_adc"]

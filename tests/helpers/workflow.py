@@ -23,13 +23,13 @@ def workflow_environment(tracking_uri: str | None = None) -> dict[str, str]:
     return environment
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True,
-              tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True, tracking_uri: str | None = None,
+              environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the repository's workflow with ``workdir`` as working directory, its MLflow store the
-    workflow's default unless ``tracking_uri`` is given."""
+    workflow's default unless ``tracking_uri`` is given; ``environment`` adds variables."""
     command = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800,
-                            env=workflow_environment(tracking_uri))
+                            env={**workflow_environment(tracking_uri), **(environment or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout}\n{result.stderr}")
     return result
