@@ -529,7 +529,8 @@ def test_status_counts_a_corrupt_ingest_record_as_failed(content, what, capsys, 
     record = results / "qc" / "ingest" / "sub-03.json"
     record.write_text(content)
     code, lines = run_cli(capsys, "status", "--results", results, "--check")
-    assert (code, lines) == (1, [f"error: {results}: 1 of 16 scan stages failed"])
+    # 2 scans x 9 stages (cesynth.status.STAGES)
+    assert (code, lines) == (1, [f"error: {results}: 1 of 18 scan stages failed"])
     table = read_tsv(results / "qc" / "status.tsv").set_index(["scan_id", "stage"])
     assert table.loc[("03", "ingest"), "state"] == "failed"
     assert table.loc[("03", "ingest"), "reason"] == (f"corrupt record qc/ingest/sub-03.json "
