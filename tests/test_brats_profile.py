@@ -80,15 +80,15 @@ def test_the_workflow_plans_the_cohort_as_the_profile_declares(source, tmp_path)
                 "convert_adc_map"} & set(subjects)
     modalities = {job["wildcards"]["modality"] for job in jobs
                   if job["rule"] == "coregistered_anat_to_cet1w"}
-    assert modalities == {"T1w", "T2w"}
+    assert modalities == {"T1w", "T2w", "FLAIR"}  # the FLAIR experiment takes it
     images = [job for job in jobs if job["rule"] == "check_image_quality"]
-    assert len(images) == 3 * len(every)  # T1w, CE-T1, T2w of every case
+    assert len(images) == 4 * len(every)  # T1w, CE-T1, T2w, FLAIR of every case
     # the declared split: training and validation patients are cached, the test ones scored
     assert subjects["cache_training_subject"] == by_split["train"] | by_split["validation"]
     scored = {(job["wildcards"]["model"], job["wildcards"]["subject"]) for job in jobs
               if job["rule"] == "score_evaluation_subject"}
-    assert scored == {(model, s) for model in ("default", "floor-t1", "floor-regression")
-                      for s in by_split["test"]}
+    assert scored == {(model, s) for model in ("default", "flair", "floor-t1",
+                                               "floor-regression") for s in by_split["test"]}
     # enhancement truth from the expert labels: test and validation patients (the thresholds)
     assert subjects["resample_enhancing_truth_to_model_grid"] == (
         by_split["test"] | by_split["validation"])
