@@ -38,7 +38,7 @@ OUTSIDE_THE_INSTALL = {"python", "pip", "fsl-bet2", "fsl-avwutils", "fslpy"}
 CONDA_ONLY = {"python", "pip", "fsl-bet2", "fsl-avwutils"}
 # distribution -> the module its users import
 IMPORT_NAMES = {"matplotlib": "matplotlib", "PyYAML": "yaml", "antspyx": "ants",
-                "pytorch-msssim": "pytorch_msssim", "fslpy": "fsl"}
+                "pytorch-msssim": "pytorch_msssim", "fslpy": "fsl", "psycopg2-binary": "psycopg2"}
 
 _CONDA_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)\s*(?:(?P<op>==|=|>=|<=|>|<|!=|~=)\s*"
                          r"(?P<version>[^\s=]+))?$")
