@@ -3,10 +3,10 @@
     python studies/rim_curves.py results-rimcurves/eval studies/part6-rim-curves
 
 reads ``<eval>/validation/summary.tsv`` (the validation subjects' threshold-free scores: what
-chooses) and ``<eval>/summary.tsv`` (Set A test and Set B: what reports), and writes
-``curves.png`` (one panel per knob: within-lesion AUC and recovered contrast share on the
-validation patients, the floors as lines) and ``curves.md`` (the same numbers, and every point's
-Set B scores beside them for the record; nothing is chosen on them).
+chooses) and writes ``curves.png`` (one panel per knob: within-lesion AUC and recovered contrast
+share on the validation patients, the floors as lines) and ``curves.md`` (the same numbers). The
+reported sets are not read here: only the recipe chosen on these curves is reported, from
+``<eval>/summary.tsv``, beside the paper's recipe.
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ CURVES = {  # knob: (axis label, the final model's value, {model: value})
 ENDPOINTS = (("enh_lesion_auc", "within-lesion AUC"),
              ("enh_recovered_share", "recovered contrast share"))
 FLOORS = ("floor-t1", "floor-regression")
-COLUMNS = (("validation", "enh_lesion_auc"), ("validation", "enh_recovered_share"),
-           ("validation", "brain_psnr"), ("B", "enh_lesion_auc"), ("B", "enh_recovered_share"),
-           ("B", "brain_psnr"), ("B", "tumor_psnr"))
+COLUMNS = ("enh_lesion_auc", "enh_recovered_share", "brain_psnr")
 
 
 def curve_points(summary: pd.DataFrame, knob: str) -> pd.DataFrame:
@@ -47,10 +45,8 @@ def curve_points(summary: pd.DataFrame, knob: str) -> pd.DataFrame:
                         ).sort_values("value")
 
 
-def mean_of(summary: pd.DataFrame, model: str, metric: str, set_name: str | None = None) -> float:
+def mean_of(summary: pd.DataFrame, model: str, metric: str) -> float:
     rows = summary[summary["model"] == model]
-    if set_name is not None:
-        rows = rows[rows["set"] == set_name]
     column = f"{metric}_mean"
     return float(rows[column].iloc[0]) if len(rows) and column in rows else float("nan")
 
@@ -79,15 +75,14 @@ def plot_curves(validation: pd.DataFrame, out: Path) -> Path:
     return out
 
 
-def curve_table(validation: pd.DataFrame, reported: pd.DataFrame) -> str:
-    both = pd.concat([validation, reported], ignore_index=True)
-    heads = [f"{'val.' if s == 'validation' else 'Set ' + s} {m}" for s, m in COLUMNS]
+def curve_table(validation: pd.DataFrame) -> str:
+    heads = [f"validation {metric}" for metric in COLUMNS]
     lines = ["| curve | model | value | " + " | ".join(heads) + " |",
              "|---" * (len(COLUMNS) + 3) + "|"]
     rows = [(knob, m, v) for knob in CURVES for m, v in curve_points(validation, knob).values]
     rows += [("floor", floor, "") for floor in FLOORS]
     for knob, model, value in rows:
-        cells = [f"{mean_of(both, model, metric, set_name):.3f}" for set_name, metric in COLUMNS]
+        cells = [f"{mean_of(validation, model, metric):.3f}" for metric in COLUMNS]
         lines.append(f"| {knob} | `{model}` | {value} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -96,9 +91,8 @@ def main(argv: list[str]) -> int:
     eval_dir, out_dir = Path(argv[0]), Path(argv[1])
     out_dir.mkdir(parents=True, exist_ok=True)
     validation = pd.read_csv(eval_dir / "validation" / "summary.tsv", sep="\t")
-    reported = pd.read_csv(eval_dir / "summary.tsv", sep="\t")
     plot_curves(validation, out_dir / "curves.png")
-    (out_dir / "curves.md").write_text(curve_table(validation, reported))
+    (out_dir / "curves.md").write_text(curve_table(validation))
     print(out_dir / "curves.png", out_dir / "curves.md")
     return 0
 

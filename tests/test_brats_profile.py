@@ -99,8 +99,8 @@ def test_a_declared_split_naming_no_case_or_moving_set_b_stops_with_one_line(sou
     from helpers.workflow import snakemake
 
     for assigned, message in (
-            ({"Brats18_2013_99_1": "train"}, "sets.assigned: Brats182013991: no such participant "
-                                             "(of 12); name it by its label or public case ID"),
+            ({"NoSuchCase_1": "train"}, "sets.assigned: NoSuchCase1: no such participant "
+                                        "(of 12); name it by its label or public case ID"),
             ({"Brats18_2013_2_1": "validation"},
              "sets.assigned: Brats18201321: a Set B participant is always test, not "
              "validation")):

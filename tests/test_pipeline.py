@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import zipfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.waiting import wait_until
 from helpers.workflow import (
     CESYNTH,
     REPO,
@@ -460,12 +460,17 @@ def _training_process(workdir: Path) -> int | None:
 def _kill_training_after(step: int, latest: Path, workdir: Path, signum: int,
                          run: subprocess.Popen) -> None:
     """Send ``signum`` to the training job once its checkpoint says ``step`` steps are done."""
-    deadline = time.monotonic() + 1200
-    while (process := _training_process(workdir)) is None or _steps_done(latest) < step:
+    def alive() -> None:
         assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, f"training never reached step {step}"
-        time.sleep(0.05)
-    os.kill(process, signum)
+
+    found: dict[str, int | None] = {}
+
+    def reached() -> bool:
+        found["pid"] = _training_process(workdir)
+        return found["pid"] is not None and _steps_done(latest) >= step
+
+    wait_until(reached, still_running=alive)
+    os.kill(found["pid"], signum)
 
 
 def _interrupted_run(copy: Path, command: list[str], latest: Path, step: int,

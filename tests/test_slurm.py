@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -29,6 +28,7 @@ import torch
 import yaml
 from helpers.checkpoints import small_cached_subject
 from helpers.slurm import ClusterUnavailable, single_node_cluster
+from helpers.waiting import wait_until
 from helpers.workflow import REPO, SNAKEMAKE, dry_run_jobs, workflow_environment
 
 from cesynth.checkpoint import CHECKPOINT_LATEST, read_checkpoint
@@ -140,12 +140,9 @@ def _squeue_state(job_id: str) -> str:
     return found.stdout.strip()
 
 
-def _wait_for_state(job_id: str, states: set[str], seconds: float = 600) -> str:
-    deadline = time.monotonic() + seconds
-    while (state := _squeue_state(job_id)) not in states:
-        assert time.monotonic() < deadline, f"job {job_id} still {state!r}"
-        time.sleep(0.5)
-    return state
+def _wait_for_state(job_id: str, states: set[str]) -> str:
+    wait_until(lambda: _squeue_state(job_id) in states, poll_s=0.5)
+    return _squeue_state(job_id)
 
 
 def test_scancel_term_saves_and_the_requeued_job_resumes_to_the_same_weights(cluster, tmp_path):
@@ -163,10 +160,7 @@ def test_scancel_term_saves_and_the_requeued_job_resumes_to_the_same_weights(clu
                                capture_output=True, text=True, env=env, check=True)
     job_id = submitted.stdout.strip().split(";")[0]
     latest = out / CHECKPOINT_LATEST
-    deadline = time.monotonic() + 600
-    while not latest.exists():
-        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.05)
+    wait_until(latest.exists)
     subprocess.run(["scancel", "--batch", "--signal=TERM", job_id], check=True)
     assert _wait_for_state(job_id, {"FAILED", "COMPLETED"}) == "FAILED"  # exit 143 once saved
     stopped_at = read_checkpoint(latest)["global_step"]
