@@ -452,3 +452,17 @@ def test_training_subjects_trains_on_the_first_subjects_only(caches, tmp_path):
     with pytest.raises(InputError, match="training_subjects is 4 but the training split has 3"):
         train(caches["train"], caches["val"], tmp_path / "four",
               TrainSettings.from_dict({**settings, "training_subjects": 4}))
+
+
+def test_training_order_sets_which_subjects_a_learning_curve_takes_first():
+    from cesynth.train import first_training_subjects
+
+    caches = [Path(f"results/train/cache/sub-{label}") for label in ("A1", "B2", "C3", "D4")]
+    assert first_training_subjects(caches, 2) == caches[:2]  # name order by default
+    ordered = first_training_subjects(caches, 3, TrainSettings.from_dict(
+        {"training_order": ["sub-D4", "B_2"]}).training_order)
+    assert [path.name for path in ordered] == ["sub-D4", "sub-B2", "sub-A1"]
+    sessions = [Path("c/sub-A1_ses-1"), Path("c/sub-B2_ses-1")]
+    assert first_training_subjects(sessions, 1, ("B2",)) == [sessions[1]]
+    with pytest.raises(InputError, match="training_order names Z9, not a training subject"):
+        first_training_subjects(caches, 2, ("Z9",))

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from cesynth.cache import TARGET_MODALITY
+from cesynth.splits import participant_label
 
 EXECUTION_SETTINGS = frozenset({"device", "workers", "compile", "checkpoint_every_steps"})
 """Settings that may differ between a run and its resumption without changing the result."""
@@ -59,8 +60,10 @@ class TrainSettings:
         delta: enhancement-mask threshold of the local loss.
         batch_size: patches per step and rank (3 in the paper).
         patches_per_subject: random patches drawn per training subject and epoch.
-        training_subjects: train on the first N training subjects in name order (nested
-            subsets for a learning curve); 0 = all of them.
+        training_subjects: train on the first N training subjects (nested subsets for a
+            learning curve); 0 = all of them.
+        training_order: the order ``training_subjects`` takes subjects in: participant labels
+            first, then the unlisted ones in name order (empty: name order).
         enhancing_patch_share: share of each epoch's patches whose slab is drawn in proportion
             to the enhancement it holds (:func:`cesynth.data.slab_enhancement`) instead of
             uniformly; 0 = uniform (the paper's sampling).
@@ -87,6 +90,7 @@ class TrainSettings:
     batch_size: int = 3
     patches_per_subject: int = 8
     training_subjects: int = 0
+    training_order: tuple[str, ...] = ()
     enhancing_patch_share: float = 0.0
     checkpoint_every_steps: int = 200
     seed: int = 0
@@ -100,6 +104,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
+        object.__setattr__(self, "training_order",
+                           tuple(participant_label(str(name)) for name in self.training_order))
         object.__setattr__(self, "stages", tuple(_as_stage(s) for s in self.stages))
         problems = _setting_problems(self)
         if problems:
@@ -128,6 +134,7 @@ class TrainSettings:
         """Plain (JSON-able) form, the inverse of :meth:`from_dict`."""
         values = asdict(self)
         values["modalities"] = list(self.modalities)
+        values["training_order"] = list(self.training_order)
         values["stages"] = [asdict(stage) for stage in self.stages]
         return values
 

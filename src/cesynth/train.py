@@ -228,7 +228,7 @@ class Trainer:
         self.device = resolve_device(settings.device, self.context)
         self.train_caches = first_training_subjects(
             usable_caches([Path(p) for p in train_caches], settings.target),
-            settings.training_subjects)
+            settings.training_subjects, settings.training_order)
         self.val_caches = usable_caches([Path(p) for p in val_caches], settings.target)
         self.channels = ChannelSelection.for_caches(self.train_caches + self.val_caches, settings)
         self.state = TrainState()
@@ -702,19 +702,34 @@ def train(train_caches: list[Path], val_caches: list[Path], out_dir: Path,
         return trainer.fit()
 
 
-def first_training_subjects(caches: Sequence[Path], count: int) -> list[Path]:
-    """The first ``count`` training caches in subject order (all of them when ``count`` is 0).
+def first_training_subjects(caches: Sequence[Path], count: int,
+                            order: Sequence[str] = ()) -> list[Path]:
+    """The first ``count`` training caches (all of them when ``count`` is 0).
 
-    Subsets for a learning curve are nested: the first 3 subjects hold the first 2.
+    The order is ``order`` (participant labels, as ``train.training_order`` lists them), then
+    the unlisted subjects in name order. Subsets for a learning curve are so nested: the first 3
+    subjects hold the first 2.
 
     Raises:
-        InputError: ``count`` is larger than the number of training subjects.
+        InputError: ``count`` is larger than the number of training subjects, or ``order``
+            names a participant with no training cache.
     """
-    ordered = sorted(caches, key=lambda path: (path.parent.name, path.name))
-    if count > len(ordered):
+    by_name = sorted(caches, key=lambda path: (path.parent.name, path.name))
+    if count > len(by_name):
         raise InputError("training", f"train.training_subjects is {count} but the training "
-                                     f"split has {len(ordered)} subjects")
+                                     f"split has {len(by_name)} subjects")
+    rank = {label: position for position, label in enumerate(order)}
+    missing = sorted(set(rank) - {_participant_of(path) for path in by_name})
+    if missing:
+        raise InputError("training", f"train.training_order names {', '.join(missing)}, not "
+                                     "a training subject (labels as sets.assigned takes them)")
+    ordered = sorted(by_name, key=lambda path: rank.get(_participant_of(path), len(rank)))
     return ordered[:count] if count else list(caches)
+
+
+def _participant_of(cache: Path) -> str:
+    """The participant label of a training cache ``sub-<scan_id>`` (sessions dropped)."""
+    return cache.name.removeprefix("sub-").split("_ses-")[0]
 
 
 def check_training_subjects(train_caches: Sequence[str | Path]) -> None:
