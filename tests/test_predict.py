@@ -437,6 +437,37 @@ def test_back_to_native_follows_world_coordinates_and_keeps_the_brain_edge():
     assert abs(error[edge & (back > 0)].mean()) < 0.02
 
 
+def test_coregistered_inputs_are_copied_not_registered(dwi_run, checkpoint, tmp_path):
+    """--coregistered (a cohort such as BraTS): inputs already on the T1's grid are checked and
+    copied, so the model sees exactly them; an input off the grid stops with one line."""
+    work = dwi_run["out_dir"] / "work"
+    t1, aligned_t2, aligned_adc = (dwi_run["files"]["t1"], work / "T2w_space-T1w.nii.gz",
+                                   work / "adc_space-T1w.nii.gz")
+    out = tmp_path / "aligned" / "synthetic.nii.gz"
+    result = cesynth("predict", "--t1", t1, "--t2", aligned_t2, "--adc", aligned_adc,
+                     "--coregistered", "--model", checkpoint, "--out", out,
+                     "--keep-work", tmp_path / "work")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["preprocessing"]["coregistered"] is True
+    for modality in ("T2w", "adc"):
+        assert summary["registration"][modality]["mi_before"] == pytest.approx(
+            summary["registration"][modality]["mi_after"])
+    np.testing.assert_array_equal(data(tmp_path / "work" / "T2w_space-T1w.nii.gz"),
+                                  data(aligned_t2))
+    assert sidecar_of(out)["Preprocessing"]["Registration"] == "identity (declared co-registered)"
+
+    off_grid = tmp_path / "off" / "synthetic.nii.gz"
+    refused = cesynth("predict", "--t1", t1, "--t2", dwi_run["files"]["t2"], "--coregistered",
+                      "--model", checkpoint, "--out", off_grid)
+    assert refused.returncode == 1
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("error: sub-01_T2w.nii.gz: not on the T1 grid: shape "), line
+    assert line.endswith("--coregistered declares every input on the T1's grid; "
+                         "leave it out to register"), line
+    assert not off_grid.exists()
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -409,6 +409,9 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
                         help="T1->ADC cascade checkpoint for a missing ADC (default: the model's)")
     parser.add_argument("--no-cascade", action="store_true",
                         help="fill missing inputs with zeros even if cascade models exist")
+    parser.add_argument("--coregistered", action="store_true",
+                        help="the inputs are already aligned on the T1's grid (a published "
+                             "cohort such as BraTS): checked and copied, not registered")
 
 
 def run_predict(args: argparse.Namespace) -> dict:
@@ -427,7 +430,7 @@ def run_predict(args: argparse.Namespace) -> dict:
         model_grid=tuple(args.model_grid) if args.model_grid else None,
         normalise=args.normalise, threads=args.threads, device=args.device, seed=args.seed,
         work_dir=args.keep_work, cascade={"T2w": args.cascade_t2, "adc": args.cascade_adc},
-        use_cascade=not args.no_cascade, flair=args.flair)
+        use_cascade=not args.no_cascade, flair=args.flair, coregistered=args.coregistered)
 
 
 def _add_results_folder(parser: argparse.ArgumentParser) -> None:

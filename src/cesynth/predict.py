@@ -57,7 +57,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from cesynth import dicom, synthetic_dicom
+from cesynth import dicom, registration, synthetic_dicom
 from cesynth.inference import Generator, provenance_sidecar
 from cesynth.io import (
     InputError,
@@ -119,6 +119,7 @@ def predict_patient(
     cascade: Mapping[str, PathLike | None] | None = None,
     use_cascade: bool = True,
     flair: PathLike | None = None,
+    coregistered: bool = False,
 ) -> dict[str, Any]:
     """Synthesize the CE-T1 of a new patient from raw scans and write it on the T1's grid.
 
@@ -155,6 +156,8 @@ def predict_patient(
         use_cascade: False: fill every missing input with zeros, cascade models or not.
         flair: the FLAIR NIfTI (or DICOM series folder); None: missing (zero-filled if the
             model takes it).
+        coregistered: the inputs are declared aligned on the T1's grid (``--coregistered``):
+            checked to be on it and copied, not registered; an input off the grid stops it.
 
     Returns:
         A summary: ``output``, ``sidecar`` (and ``output_model_grid``,
@@ -201,13 +204,13 @@ def predict_patient(
                                      work / "model", device)
         native, registered = register_inputs(scans, generator.settings.modalities, work, timer,
                                              threads=threads, seed=prep.registration_seed,
-                                             adc=prep.adc)
+                                             adc=prep.adc, coregistered=coregistered)
         result = synthesize_on_t1_grid(generator, prep, native, t1_img, work, timer,
                                        threads=threads, cascades=cascades)
         filled = _fill_record(generator, lacking, cascades)
         record = _provenance(read_json(result["synthesis"]["sidecar"]), scans, model, prep,
                              result["mask_info"], registered=list(registered), filled=filled,
-                             adc_info=registered.get("adc"))
+                             adc_info=registered.get("adc"), coregistered=coregistered)
         record["DICOMFiledWithT1Study"] = study is not None
         record["SourceFormat"] = {name: "DICOM series" if Path(path).is_dir() else "NIfTI"
                                   for name, path in given.items()
@@ -229,6 +232,7 @@ def predict_patient(
                           "brainmask": result["mask_info"]["method"],
                           "brainmask_reference": "T1w", "adc": dict(prep.adc),
                           "registration_seed": prep.registration_seed,
+                          "coregistered": coregistered,
                           "overrides": dict(prep.overrides),
                           "differences": dict(prep.differences)},
         "brainmask": {key: result["mask_info"][key] for key in ("method", "volume_ml")},
@@ -373,7 +377,8 @@ def _fill_record(generator: Generator, lacking: Sequence[str],
 def _provenance(inference_sidecar: Mapping[str, Any], scans: Scans, model: PathLike,
                 prep: Preprocessing, mask_info: Mapping[str, Any], *,
                 registered: Sequence[str], filled: Mapping[str, Any],
-                adc_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                adc_info: Mapping[str, Any] | None = None,
+                coregistered: bool = False) -> dict[str, Any]:
     """The native-space sidecar: the inference provenance with the raw inputs as sources and
     the inputs the patient lacks recorded as not acquired, with how each was filled."""
     record = {key: value for key, value in inference_sidecar.items()
@@ -386,7 +391,8 @@ def _provenance(inference_sidecar: Mapping[str, Any], scans: Scans, model: PathL
         "Preprocessing": {
             "Reference": "T1w (native grid; every input registered to it)",
             "Registered": list(registered),
-            "Registration": "ANTs rigid then affine, Mattes mutual information, seeded",
+            "Registration": (registration.IDENTITY_METHOD if coregistered else
+                             "ANTs rigid then affine, Mattes mutual information, seeded"),
             "RegistrationSeed": prep.registration_seed,
             "ADC": _adc_label(scans, prep.adc, adc_info),
             "BrainMaskMethod": mask_info["method"],

@@ -318,13 +318,15 @@ def _anatomical(scans: Scans) -> dict[str, Path]:
 
 
 def register_inputs(scans: Scans, wanted: Sequence[str], work: Path, timer: StepTimer, *,
-                    threads: int, seed: int, adc: Mapping[str, Any] | None = None
-                    ) -> tuple[dict[str, Path], dict[str, Any]]:
+                    threads: int, seed: int, adc: Mapping[str, Any] | None = None,
+                    coregistered: bool = False) -> tuple[dict[str, Path], dict[str, Any]]:
     """The model's inputs on the T1 grid: the T1 itself, the T2, FLAIR and ADC registered to it.
 
     Inputs the model does not take are neither registered nor returned. A DWI's ADC is fitted
     with ``adc`` (the model's recorded ``b_values``, ``b_tolerance``, ``min_adc``, ``max_adc``,
-    ``weighting``; default :data:`cesynth.preprocessing.ADC_DEFAULTS`).
+    ``weighting``; default :data:`cesynth.preprocessing.ADC_DEFAULTS`). ``coregistered``: the
+    inputs are declared on the T1's grid and aligned (a published cohort such as BraTS, as
+    ``ingest.coregistered``): checked to be on it and copied, not registered.
 
     Returns:
         ``(modality -> path on the T1 grid, modality -> MI before and after registration)``.
@@ -335,15 +337,26 @@ def register_inputs(scans: Scans, wanted: Sequence[str], work: Path, timer: Step
         if modality not in wanted:
             continue
         native[modality] = work / f"{modality}_space-T1w.nii.gz"
+        xfm = work / f"from-{modality}_to-T1w_xfm.mat"
         with timer(f"register_{modality}"):
-            info[modality] = _mi(registration.register_to_reference(
-                scans.t1, path, native[modality], work / f"from-{modality}_to-T1w_xfm.mat",
-                threads=threads, seed=seed))
+            info[modality] = _mi(
+                _declared_on_t1_grid(scans.t1, path, native[modality], xfm) if coregistered
+                else registration.register_to_reference(scans.t1, path, native[modality], xfm,
+                                                        threads=threads, seed=seed))
     if adc_source(scans) is not None and "adc" in wanted:
         native["adc"] = work / "adc_space-T1w.nii.gz"
         info["adc"] = _register_adc(scans, native["adc"], work, timer, threads=threads,
-                                    seed=seed, settings={**ADC_DEFAULTS, **(adc or {})})
+                                    seed=seed, settings={**ADC_DEFAULTS, **(adc or {})},
+                                    coregistered=coregistered)
     return native, info
+
+
+def _declared_on_t1_grid(t1: Path, image: Path, out_path: Path,
+                         xfm: Path) -> registration.RegistrationResult:
+    """``--coregistered``: the image checked to lie on the T1's grid and copied there."""
+    return registration.identity_to_reference(
+        t1, image, out_path, xfm, reference="the T1",
+        hint="--coregistered declares every input on the T1's grid; leave it out to register")
 
 
 def adc_source(scans: Scans) -> str | None:
@@ -359,19 +372,23 @@ def unused_inputs(scans: Scans, wanted: Sequence[str]) -> list[str]:
 
 
 def _register_adc(scans: Scans, out_path: Path, work: Path, timer: StepTimer, *,
-                  threads: int, seed: int, settings: Mapping[str, Any]) -> dict[str, Any]:
+                  threads: int, seed: int, settings: Mapping[str, Any],
+                  coregistered: bool = False) -> dict[str, Any]:
     """Bring the ADC to the T1 grid: fitted from the DWI and carried by its b0, or a given map
     brought to mm2/s (:func:`cesynth.adc_maps.convert_adc_map_file`, the workflow's conversion, with
-    the model's clip limits) and registered itself."""
+    the model's clip limits) and registered itself; ``coregistered``: the map checked to lie on
+    the T1's grid and copied."""
     if scans.dwi is None:
         given = work / "adc_mm2s.nii.gz"
         with timer("convert_adc"):
             stats = adc_maps.convert_adc_map_file(scans.adc, given, min_adc=settings["min_adc"],
                                                  max_adc=settings["max_adc"])
+        xfm = work / "from-adc_to-T1w_xfm.mat"
         with timer("register_adc"):
-            return {**_mi(registration.register_adc_map_to_reference(
-                scans.t1, given, out_path, work / "from-adc_to-T1w_xfm.mat",
-                threads=threads, seed=seed)),
+            return {**_mi(
+                _declared_on_t1_grid(scans.t1, given, out_path, xfm) if coregistered
+                else registration.register_adc_map_to_reference(scans.t1, given, out_path, xfm,
+                                                                threads=threads, seed=seed)),
                 "source": stats.source, "unit": stats.unit,
                 "unit_conversion": stats.unit_conversion}
     dwi_adc = work / "adc.nii.gz"
@@ -381,10 +398,13 @@ def _register_adc(scans: Scans, out_path: Path, work: Path, timer: StepTimer, *,
             b_tolerance=settings["b_tolerance"], min_adc=settings["min_adc"],
             max_adc=settings["max_adc"], weighting=settings["weighting"],
             accept_b=settings["required_b_values"])
+    xfm = work / "from-dwi_to-T1w_xfm.mat"
     with timer("register_dwi"):
-        return {**_mi(registration.register_dwi_to_reference(
-            scans.t1, scans.dwi, scans.bval, dwi_adc, out_path, work / "from-dwi_to-T1w_xfm.mat",
-            threads=threads, seed=seed)),
+        return {**_mi(
+            _declared_on_t1_grid(scans.t1, dwi_adc, out_path, xfm) if coregistered
+            else registration.register_dwi_to_reference(scans.t1, scans.dwi, scans.bval, dwi_adc,
+                                                        out_path, xfm, threads=threads,
+                                                        seed=seed)),
             "b_values": [float(b) for b in stats.b_values],
             "preferred_shells": stats.preferred_shells}
 

@@ -299,6 +299,8 @@ def identity_to_reference(
     xfm_path: PathLike,
     *,
     who: str | None = None,
+    reference: str = "the CE-T1",
+    hint: str = "ingest.coregistered declares every input on it; register it or set it to false",
 ) -> RegistrationResult:
     """The registration of an image declared co-registered: checked to be on the fixed grid,
     copied there (float32) with an identity ANTs transform, so every consumer of the registered
@@ -311,6 +313,8 @@ def identity_to_reference(
         xfm_path: where the identity ANTs ``.mat`` goes.
         who: names the subject in the error (``sub-01``), which then reads
             ``who: <file>: not on the CE-T1 grid: ...``.
+        reference: how the error names the fixed image.
+        hint: what the error says to do.
 
     Returns:
         The :class:`RegistrationResult`, MI before and after both the MI on the given grid.
@@ -325,9 +329,8 @@ def identity_to_reference(
     check_registration_outputs(out_path, xfm_path, fixed_path, moving_path)
     fixed_nii, moving_nii = load_nifti(fixed_path), load_nifti(moving_path)
     name = Path(moving_path).name
-    hint = "ingest.coregistered declares every input on it; register it or set it to false"
     try:
-        check_same_grid(moving_nii, fixed_nii, name, "the CE-T1", hint=hint)
+        check_same_grid(moving_nii, fixed_nii, name, reference, hint=hint)
         data = _volume(moving_nii, name, None)
     except InputError as err:
         if who is None:
