@@ -452,6 +452,15 @@ def test_training_subjects_trains_on_the_first_subjects_only(caches, tmp_path):
     with pytest.raises(InputError, match="training_subjects is 4 but the training split has 3"):
         train(caches["train"], caches["val"], tmp_path / "four",
               TrainSettings.from_dict({**settings, "training_subjects": 4}))
+    last_two = train(caches["train"][1:], caches["val"], tmp_path / "last_two",
+                     TrainSettings.from_dict(settings))
+    order = [Path(path).name.removesuffix("_cache.json") for path in caches["train"][::-1]]
+    ordered = train(caches["train"], caches["val"], tmp_path / "ordered",
+                    TrainSettings.from_dict({**settings, "training_subjects": 2,
+                                             "training_order": order}))
+    assert last_two["global_step"] == ordered["global_step"]
+    _assert_same_weights(_weights(tmp_path / "last_two" / CHECKPOINT_FINAL),
+                         _weights(tmp_path / "ordered" / CHECKPOINT_FINAL))
 
 
 def test_training_order_sets_which_subjects_a_learning_curve_takes_first():
@@ -461,8 +470,11 @@ def test_training_order_sets_which_subjects_a_learning_curve_takes_first():
     assert first_training_subjects(caches, 2) == caches[:2]  # name order by default
     ordered = first_training_subjects(caches, 3, TrainSettings.from_dict(
         {"training_order": ["sub-D4", "B_2"]}).training_order)
-    assert [path.name for path in ordered] == ["sub-D4", "sub-B2", "sub-A1"]
+    assert [path.name for path in ordered] == ["sub-A1", "sub-B2", "sub-D4"]
     sessions = [Path("c/sub-A1_ses-1"), Path("c/sub-B2_ses-1")]
     assert first_training_subjects(sessions, 1, ("B2",)) == [sessions[1]]
+    as_the_rule_gives_them = [path / f"{path.name}_cache.json" for path in caches]
+    assert first_training_subjects(as_the_rule_gives_them, 1, ("C3",)) == [
+        as_the_rule_gives_them[2]]
     with pytest.raises(InputError, match="training_order names Z9, not a training subject"):
         first_training_subjects(caches, 2, ("Z9",))

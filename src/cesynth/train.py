@@ -78,7 +78,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from cesynth.cache import PATCH_SLICES, TARGET_MODALITY
+from cesynth.cache import CACHE_SUFFIX, PATCH_SLICES, TARGET_MODALITY
 from cesynth.checkpoint import (
     CHECKPOINT_BEST,
     CHECKPOINT_FINAL,
@@ -708,7 +708,8 @@ def first_training_subjects(caches: Sequence[Path], count: int,
 
     The order is ``order`` (participant labels, as ``train.training_order`` lists them), then
     the unlisted subjects in name order. Subsets for a learning curve are so nested: the first 3
-    subjects hold the first 2.
+    subjects hold the first 2. The chosen subjects are returned in name order, so a subset
+    trains as the same subjects given alone would.
 
     Raises:
         InputError: ``count`` is larger than the number of training subjects, or ``order``
@@ -724,12 +725,15 @@ def first_training_subjects(caches: Sequence[Path], count: int,
         raise InputError("training", f"train.training_order names {', '.join(missing)}, not "
                                      "a training subject (labels as sets.assigned takes them)")
     ordered = sorted(by_name, key=lambda path: rank.get(_participant_of(path), len(rank)))
-    return ordered[:count] if count else list(caches)
+    chosen = set(ordered[:count])
+    return [path for path in by_name if path in chosen] if count else list(caches)
 
 
 def _participant_of(cache: Path) -> str:
-    """The participant label of a training cache ``sub-<scan_id>`` (sessions dropped)."""
-    return cache.name.removeprefix("sub-").split("_ses-")[0]
+    """The participant label of a training cache, ``sub-<scan_id>_cache.json`` (or its folder
+    ``sub-<scan_id>``), sessions dropped."""
+    scan = cache.name.removesuffix(CACHE_SUFFIX).removeprefix("sub-")
+    return scan.split("_ses-")[0]
 
 
 def check_training_subjects(train_caches: Sequence[str | Path]) -> None:
