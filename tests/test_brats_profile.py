@@ -57,6 +57,12 @@ def test_the_profile_validates_against_the_schema():
     splits = list(config["sets"]["assigned"].values())
     assert (splits.count("train"), splits.count("validation"), splits.count("test")) == (8, 2, 2)
     assert config["sets"]["assigned"][UNLABELLED] == "train"
+    # the learning curve's order lists every training patient once, and only those
+    order = config["train"]["training_order"]
+    assert sorted(order) == sorted(case for case, split in config["sets"]["assigned"].items()
+                                   if split == "train")
+    assert [config["experiments"][name]["training_subjects"]
+            for name in ("subjects3", "subjects6")] == [3, 6]
 
 
 def test_the_workflow_plans_the_cohort_as_the_profile_declares(source, tmp_path):
@@ -87,8 +93,8 @@ def test_the_workflow_plans_the_cohort_as_the_profile_declares(source, tmp_path)
     assert subjects["cache_training_subject"] == by_split["train"] | by_split["validation"]
     scored = {(job["wildcards"]["model"], job["wildcards"]["subject"]) for job in jobs
               if job["rule"] == "score_evaluation_subject"}
-    assert scored == {(model, s) for model in ("default", "flair", "floor-t1",
-                                               "floor-regression") for s in by_split["test"]}
+    models = ("default", "flair", "subjects3", "subjects6", "floor-t1", "floor-regression")
+    assert scored == {(model, s) for model in models for s in by_split["test"]}
     # enhancement truth from the expert labels: test and validation patients (the thresholds)
     assert subjects["resample_enhancing_truth_to_model_grid"] == (
         by_split["test"] | by_split["validation"])
