@@ -2,7 +2,7 @@
 learning curve from a finished `config/profiles/brats.yaml` run, and the predict-vs-workflow parity.
 
     python studies/real_brats.py tables results-brats studies/real-brats
-    python studies/real_brats.py parity results-brats brats/bids studies/real-brats
+    python studies/real_brats.py parity results-brats brats/bids studies/real-brats [EXPERIMENT ...]
 
 `tables` reads the validation summary first and chooses between T1+T2 (`default`) and
 T1+T2+FLAIR (`flair`) by the rule below, written before any model was scored; only then does it
@@ -18,18 +18,23 @@ read the test patients. It writes:
 - `learning_curve.tsv` and `learning_curve.png`: 3, 6 and 8 training patients (T1+T2) on the
   validation and the test patients, with the floors (nothing is chosen from it).
 
-`parity` runs `cesynth predict --coregistered` from the released model on each test patient's
-BIDS inputs and compares its model-grid image with the workflow's synthesis for that patient.
+`parity` runs `cesynth predict --coregistered --brainmask-method nonzero` (the scans are
+skull-stripped, as the profile declares) from each experiment's released model
+(`models:/cesynth-<experiment>@champion`; default: T1+T2 and T1+T2+FLAIR) on each test
+patient's BIDS inputs (T1, T2, FLAIR: a model uses those it takes) and compares its model-grid
+image with the workflow's synthesis of that experiment for that patient (`parity.tsv`).
 No image of a patient is written into the output folder: tables and a curve only.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -100,7 +105,8 @@ def learning_curve(validation: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame
             chosen = table[table["model"] == model]
             rows.append({"split": split, "model": model,
                          "training_patients": CURVE.get(model, 0), "n": len(chosen),
-                         **{column: float(chosen[column].mean()) for column in COLUMNS}})
+                         **{column: float(chosen[column].mean()) if column in chosen
+                            else float("nan") for column in COLUMNS}})  # validation: no tumor
     return pd.DataFrame(rows)
 
 
@@ -147,17 +153,22 @@ def tables(results: Path, out: Path) -> None:
     print(f"chosen on validation: {chosen}")
 
 
-def parity(results: Path, bids: Path, out: Path, model: str) -> None:
-    """Predict each test patient with the released model and compare with the workflow."""
+def parity(results: Path, bids: Path, out: Path, experiments: Sequence[str]) -> None:
+    """Predict each test patient with each experiment's released model (its champion) and
+    compare with the workflow's synthesis of that experiment."""
     metrics = pd.read_csv(results / "eval" / "metrics.tsv", sep="\t", dtype={"subject": str})
     rows = []
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{results / 'mlflow.db'}"}
-    for subject in sorted(metrics.loc[metrics["set"] == "A", "subject"].unique()):
+    subjects = sorted(metrics.loc[metrics["set"] == "A", "subject"].unique())
+    for experiment, subject in itertools.product(experiments, subjects):
+        model = f"models:/cesynth-{experiment}@champion"
         anat = bids / f"sub-{subject}" / "anat"
         with tempfile.TemporaryDirectory() as work:
             native, on_grid = Path(work) / "synthetic.nii.gz", Path(work) / "model_grid.nii.gz"
             command = ["cesynth", "predict", "--t1", anat / f"sub-{subject}_T1w.nii.gz",
-                       "--t2", anat / f"sub-{subject}_T2w.nii.gz", "--coregistered",
+                       "--t2", anat / f"sub-{subject}_T2w.nii.gz",
+                       "--flair", anat / f"sub-{subject}_FLAIR.nii.gz", "--coregistered",
+                       "--brainmask-method", "nonzero",
                        "--model", model, "--out", native, "--out-model-grid", on_grid]
             done = subprocess.run([str(part) for part in command], capture_output=True,
                                   text=True, env=env, check=False)
@@ -165,10 +176,11 @@ def parity(results: Path, bids: Path, out: Path, model: str) -> None:
                 raise SystemExit(f"sub-{subject}: predict failed: {done.stderr.strip()}")
             summary = json.loads(done.stdout)
             predicted = _volume(on_grid)
-        workflow = _volume(synthetic_path(results, "default", subject))
+        workflow = _volume(synthetic_path(results, experiment, subject))
         brain = _volume(_anat(results, subject, "space-model_desc-brain_mask")) > 0
         difference = np.abs(predicted - workflow)
         rows.append({"subject": subject, "model": model,
+                     "inputs": ",".join(summary["input_modalities"]),
                      "brainmask": summary["preprocessing"]["brainmask"],
                      "identical": bool(np.array_equal(predicted, workflow)),
                      "max_abs_difference": float(difference.max()),
@@ -184,9 +196,8 @@ def parity(results: Path, bids: Path, out: Path, model: str) -> None:
 def main(argv: list[str]) -> None:
     if argv[:1] == ["tables"] and len(argv) == 3:
         tables(Path(argv[1]), Path(argv[2]))
-    elif argv[:1] == ["parity"] and len(argv) in (4, 5):
-        model = argv[4] if len(argv) == 5 else "models:/cesynth-default@champion"
-        parity(Path(argv[1]), Path(argv[2]), Path(argv[3]), model)
+    elif argv[:1] == ["parity"] and len(argv) >= 4:
+        parity(Path(argv[1]), Path(argv[2]), Path(argv[3]), argv[4:] or list(INPUT_SETS))
     else:
         raise SystemExit(__doc__)
 
