@@ -31,9 +31,12 @@ CURVES = {  # knob: (axis label, the final model's value, {model: value})
                     {"lesionshare-0p5": 0.5, "lesionshare-1": 1.0}),
 }
 ENDPOINTS = (("enh_lesion_auc", "within-lesion AUC"),
-             ("enh_recovered_share", "recovered contrast share"))
+             ("enh_recovered_share", "recovered contrast share"),
+             ("enh_core_auc", "core AUC (rim vs necrotic core)"),
+             ("enh_core_recovered_share", "recovered core contrast share"))
 FLOORS = ("floor-t1", "floor-regression")
-COLUMNS = ("enh_lesion_auc", "enh_recovered_share", "brain_psnr")
+COLUMNS = ("enh_lesion_auc", "enh_recovered_share", "enh_core_auc",
+           "enh_core_recovered_share", "brain_psnr")
 
 
 def curve_points(summary: pd.DataFrame, knob: str) -> pd.DataFrame:
@@ -52,8 +55,8 @@ def mean_of(summary: pd.DataFrame, model: str, metric: str) -> float:
 
 
 def plot_curves(validation: pd.DataFrame, out: Path) -> Path:
-    figure, axes = plt.subplots(len(ENDPOINTS), len(CURVES), figsize=(3.2 * len(CURVES), 5.5),
-                                squeeze=False)
+    size = (3.2 * len(CURVES), 2.75 * len(ENDPOINTS))
+    figure, axes = plt.subplots(len(ENDPOINTS), len(CURVES), figsize=size, squeeze=False)
     for column, knob in enumerate(CURVES):
         points = curve_points(validation, knob)
         for row, (metric, title) in enumerate(ENDPOINTS):

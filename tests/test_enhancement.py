@@ -119,6 +119,28 @@ def test_a_lesion_painted_one_grey_keeps_its_tumor_psnr_but_draws_no_rim():
     assert record["lesions"]["nonenhancing_called"] == 1 and record["false_positives"] == 1
 
 
+def test_the_core_endpoints_tell_a_drawn_rim_from_a_brightened_tumor_core():
+    """The look-alike of a rim: the whole tumor core (rim and necrosis) brightened, the edema
+    not. Against the rest of the lesion (edema included) it scores well; against the necrotic
+    core alone, which is what a rim is drawn against, it scores one half and recovers nothing."""
+    subject = lesion_subject()
+    record = endpoints(subject, subject["cet1"])
+    assert record["core_auc"] == 1.0 and record["core_recovered_share"] == pytest.approx(1.0)
+    core = np.isin(subject["classes"], (ENHANCING, NON_ENHANCING))  # every lesion's tumor
+    brightened_core = np.where(core, subject["t1"] + 0.5, subject["t1"])
+    record = endpoints(subject, brightened_core)
+    assert record["lesion_auc"] > 0.7 and record["recovered_share"] > 0.5
+    assert record["core_auc"] == pytest.approx(0.5)
+    assert record["core_recovered_share"] == pytest.approx(0.0, abs=1e-9)
+    reversed_rim = np.where(subject["classes"] == NON_ENHANCING, subject["t1"] + 0.5,
+                            subject["t1"])
+    record = endpoints(subject, reversed_rim)
+    assert record["core_auc"] < 0.5 and record["core_recovered_share"] < 0
+    flat = flatten_endpoints({"enhancement": record})
+    assert flat["enh_core_auc"] == record["core_auc"]
+    assert flat["enh_core_recovered_share"] == record["core_recovered_share"]
+
+
 def test_enhancement_in_the_wrong_place_finds_nothing_and_is_one_false_positive():
     subject = lesion_subject()
     synthetic = subject["t1"].copy()

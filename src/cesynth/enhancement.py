@@ -89,8 +89,9 @@ DETECTION_COLUMNS = (
 """Endpoints at the threshold: empty when the threshold is degenerate."""
 ENDPOINT_COLUMNS = (
     "enh_brain_corr", "enh_brain_mae", "enh_tumor_corr", "enh_tumor_mae",
-    "enh_auc", "enh_lesion_auc", "enh_recovered_share",
-    "enh_sensitivity", "enh_specificity", "enh_dice", "enh_called_share",
+    "enh_auc", "enh_lesion_auc", "enh_recovered_share", "enh_core_auc",
+    "enh_core_recovered_share", "enh_sensitivity", "enh_specificity", "enh_dice",
+    "enh_called_share",
     "lesion_sensitivity", "lesion_sensitivity_small", "lesion_sensitivity_large",
     "lesions_scored", "lesions_not_scored", "nonenhancing_lesions", "nonenhancing_called",
     "false_positives", "threshold_degenerate",
@@ -192,19 +193,38 @@ def detection_scores(synthetic: np.ndarray, truth: np.ndarray, threshold: float)
 
 def within_lesion_scores(true_e: np.ndarray, synthetic_e: np.ndarray,
                          classes: np.ndarray) -> dict[str, float | None]:
-    """Within-lesion AUC and the recovered share of the enhancing-vs-non-enhancing contrast.
+    """Within-lesion AUC and the recovered share of the enhancing-vs-non-enhancing contrast,
+    against the whole rest of the lesion (core and edema) and against the core alone.
+
+    Against the rest of the lesion, a model that brightens the tumor core (rim and necrosis
+    alike) but not the edema scores above one half; against the core alone (``core_auc``,
+    ``core_recovered_share``) only one that draws the enhancing part brighter than the necrotic
+    or non-enhancing tissue it surrounds does.
 
     Args:
         true_e, synthetic_e: ``E`` and ``E'`` on the model grid.
         classes: the model-grid class map (brain voxels only are passed in by the caller).
 
     Returns:
-        ``lesion_auc``, ``contrast_true``, ``contrast_synthetic`` and ``recovered_share``
-        (None where the lesions lack enhancing or non-enhancing voxels, or the true contrast
-        is not positive).
+        ``lesion_auc``, ``contrast_true``, ``contrast_synthetic``, ``recovered_share`` and
+        ``core_auc``, ``core_recovered_share`` (None where the lesions lack enhancing or
+        non-enhancing voxels, or the true contrast is not positive).
     """
     enhancing = classes == ENHANCING
-    other = np.isin(classes, (NON_ENHANCING, EDEMA))
+    record: dict[str, float | None] = {}
+    for prefix, other_classes in (("", (NON_ENHANCING, EDEMA)), ("core_", (NON_ENHANCING,))):
+        other = np.isin(classes, other_classes)
+        scores = _contrast_scores(true_e, synthetic_e, enhancing, other)
+        if prefix:
+            scores = {"auc": scores["lesion_auc"], "recovered_share": scores["recovered_share"]}
+        record.update({prefix + key: value for key, value in scores.items()})
+    return record
+
+
+def _contrast_scores(true_e: np.ndarray, synthetic_e: np.ndarray, enhancing: np.ndarray,
+                     other: np.ndarray) -> dict[str, float | None]:
+    """AUC of ``E'`` for enhancing against ``other`` voxels, and the share of the true mean
+    contrast between them that ``E'`` recovers."""
     record: dict[str, float | None] = {"lesion_auc": None, "contrast_true": None,
                                        "contrast_synthetic": None, "recovered_share": None}
     if not enhancing.any() or not other.any():
@@ -497,6 +517,8 @@ def flatten_endpoints(record: Mapping[str, Any]) -> dict[str, float]:
         "enh_tumor_mae": (enhancement.get("tumor") or {}).get("mae"),
         "enh_auc": enhancement.get("auc"), "enh_lesion_auc": enhancement.get("lesion_auc"),
         "enh_recovered_share": enhancement.get("recovered_share"),
+        "enh_core_auc": enhancement.get("core_auc"),
+        "enh_core_recovered_share": enhancement.get("core_recovered_share"),
         "enh_sensitivity": enhancement.get("sensitivity"),
         "enh_specificity": enhancement.get("specificity"), "enh_dice": enhancement.get("dice"),
         "enh_called_share": enhancement.get("called_share"),

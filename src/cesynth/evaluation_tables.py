@@ -66,6 +66,8 @@ THRESHOLD_COLUMNS = ("enh_threshold", "enh_threshold_source")
 ENDPOINT_TABLE = (
     ("enh_auc", "Enh. AUC", 3), ("enh_lesion_auc", "Lesion AUC (enh. vs non-enh.)", 3),
     ("enh_recovered_share", "Recovered contrast share", 3),
+    ("enh_core_auc", "Core AUC (enh. vs necrotic/non-enh.)", 3),
+    ("enh_core_recovered_share", "Recovered core contrast share", 3),
     ("enh_sensitivity", "Enh. sens.", 3),
     ("enh_specificity", "Enh. spec.", 3), ("enh_dice", "Enh. Dice", 3),
     ("enh_called_share", "Called share of brain", 3),

@@ -21,7 +21,8 @@ from cesynth.io import write_tsv
 VALIDATION_SET = "validation"
 """The ``set`` value of a validation subject's scores."""
 SELECTION_COLUMNS = ("brain_mae", "brain_psnr", "brain_ssim", "enh_brain_corr", "enh_auc",
-                     "enh_lesion_auc", "enh_recovered_share")
+                     "enh_lesion_auc", "enh_recovered_share", "enh_core_auc",
+                     "enh_core_recovered_share")
 """Threshold-free columns kept for selection: image similarity and the enhancement endpoints
 that rank or integrate the synthetic enhancement without a threshold."""
 
