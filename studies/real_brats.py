@@ -11,7 +11,8 @@ read the test patients. It writes:
 - `validation.tsv`: both input sets on the validation patients, and `choice.txt` (the rule and
   what it chose);
 - `test.tsv`: every model and floor on the test patients (brain and tumor PSNR, the
-  within-lesion AUC, the recovered share of the true enhancement);
+  within-lesion AUC and recovered share of the true enhancement contrast, against the rest of
+  the lesion and against the necrotic/non-enhancing core alone);
 - `lesion_contrast.tsv`: per test patient and model, the mean enhancement over the T1
   (image - T1, normalised units) in the expert enhancing tumor (label 4) and in the
   necrotic / non-enhancing core (label 1), for the truth (CE-T1) and each prediction;
@@ -48,7 +49,8 @@ import pandas as pd  # noqa: E402
 INPUT_SETS = ("default", "flair")
 CURVE = {"subjects3": 3, "subjects6": 6, "default": 8}
 FLOORS = ("floor-t1", "floor-regression")
-COLUMNS = ("brain_psnr", "tumor_psnr", "enh_lesion_auc", "enh_recovered_share")
+COLUMNS = ("brain_psnr", "tumor_psnr", "enh_lesion_auc", "enh_recovered_share", "enh_core_auc",
+           "enh_core_recovered_share")
 ENHANCING, NONENHANCING = 4, 1
 CHOICE_RULE = ("the input set with the higher mean within-lesion AUC (enh_lesion_auc: is the "
                "synthetic enhancement higher in the enhancing tumor than in the non-enhancing "
