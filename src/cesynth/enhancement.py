@@ -211,14 +211,11 @@ def within_lesion_scores(true_e: np.ndarray, synthetic_e: np.ndarray,
         non-enhancing voxels, or the true contrast is not positive).
     """
     enhancing = classes == ENHANCING
-    record: dict[str, float | None] = {}
-    for prefix, other_classes in (("", (NON_ENHANCING, EDEMA)), ("core_", (NON_ENHANCING,))):
-        other = np.isin(classes, other_classes)
-        scores = _contrast_scores(true_e, synthetic_e, enhancing, other)
-        if prefix:
-            scores = {"auc": scores["lesion_auc"], "recovered_share": scores["recovered_share"]}
-        record.update({prefix + key: value for key, value in scores.items()})
-    return record
+    rest = _contrast_scores(true_e, synthetic_e, enhancing,
+                            np.isin(classes, (NON_ENHANCING, EDEMA)))
+    core = _contrast_scores(true_e, synthetic_e, enhancing, classes == NON_ENHANCING)
+    return {**rest, "core_auc": core["lesion_auc"],
+            "core_recovered_share": core["recovered_share"]}
 
 
 def _contrast_scores(true_e: np.ndarray, synthetic_e: np.ndarray, enhancing: np.ndarray,
